@@ -1,0 +1,153 @@
+//! `lhama bench`: prefill throughput and decode latency of the CPU backend at
+//! several batch sizes, on synthetic token ids (speed does not depend on them).
+
+use std::time::Instant;
+
+use clap::Args;
+use lhama_model::{Backend, ForwardBatch, ModelFiles, SeqSlice};
+
+use crate::load::{cpu_backend, load_model};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, env = "LHAMA_MODEL", default_value = lhama_model::source::DEFAULT_MODEL)]
+    model: String,
+    /// Prompt length of each sequence.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Decode steps timed per batch size (after one warm-up step).
+    #[arg(long, default_value_t = 16)]
+    decode_steps: usize,
+    /// Batch sizes to time decode at.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch: Vec<usize>,
+}
+
+/// Prefills `n` sequences of `len` tokens (one forward pass each) and returns
+/// their block tables.
+fn prefill(
+    backend: &mut dyn Backend,
+    n: usize,
+    len: usize,
+    steps: usize,
+    tables: &mut Vec<Vec<u32>>,
+) -> anyhow::Result<f64> {
+    let bs = backend.kv_geometry().block_size;
+    let per_seq = (len + steps + 1).div_ceil(bs);
+    tables.clear();
+    let vocab = backend.config().vocab_size as u32;
+    let mut logits = Vec::new();
+    let start = Instant::now();
+    for s in 0..n {
+        let table: Vec<u32> = ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect();
+        let tokens: Vec<u32> = (0..len as u32)
+            .map(|i| 3 + (i * 7919 + s as u32) % (vocab - 3))
+            .collect();
+        let positions: Vec<u32> = (0..len as u32).collect();
+        let seqs = [SeqSlice {
+            token_start: 0,
+            num_tokens: len,
+            block_table: &table,
+        }];
+        backend.forward(
+            &ForwardBatch {
+                tokens: &tokens,
+                positions: &positions,
+                seqs: &seqs,
+                logit_rows: &[len as u32 - 1],
+            },
+            &mut logits,
+        )?;
+        tables.push(table);
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.prompt_len > 0 && args.decode_steps > 0,
+        "--prompt-len and --decode-steps must be positive"
+    );
+    let ModelFiles {
+        config, weights, ..
+    } = load_model(&args.model)?;
+    let max_batch = args.batch.iter().copied().max().unwrap_or(1);
+    anyhow::ensure!(max_batch > 0, "--batch sizes must be positive");
+    let per_seq = args.prompt_len + args.decode_steps + 1;
+    anyhow::ensure!(
+        per_seq <= config.max_position_embeddings,
+        "--prompt-len + --decode-steps is over the context"
+    );
+    let mut backend = cpu_backend(&config, weights, max_batch * (per_seq + 16));
+    let threads = lhama_model::cpu::threads();
+    println!(
+        "threads: {threads}, prompt length: {}, decode steps: {}",
+        args.prompt_len, args.decode_steps
+    );
+    let mut tables = Vec::new();
+    let secs = prefill(
+        &mut backend,
+        1,
+        args.prompt_len,
+        args.decode_steps,
+        &mut tables,
+    )?;
+    println!(
+        "prefill: {} tokens in {:.3} s = {:.1} tok/s",
+        args.prompt_len,
+        secs,
+        args.prompt_len as f64 / secs
+    );
+    println!("{:>6} {:>12} {:>12}", "batch", "ms/step", "tok/s");
+    let mut logits = Vec::new();
+    for &b in &args.batch {
+        prefill(
+            &mut backend,
+            b,
+            args.prompt_len,
+            args.decode_steps,
+            &mut tables,
+        )?;
+        let seqs: Vec<SeqSlice<'_>> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| SeqSlice {
+                token_start: i,
+                num_tokens: 1,
+                block_table: t,
+            })
+            .collect();
+        let rows: Vec<u32> = (0..b as u32).collect();
+        let mut tokens: Vec<u32> = (0..b as u32).map(|i| 5 + i).collect();
+        let mut step = |backend: &mut dyn Backend, k: usize| -> anyhow::Result<()> {
+            let positions = vec![(args.prompt_len + k) as u32; b];
+            backend.forward(
+                &ForwardBatch {
+                    tokens: &tokens,
+                    positions: &positions,
+                    seqs: &seqs,
+                    logit_rows: &rows,
+                },
+                &mut logits,
+            )?;
+            let vocab = config.vocab_size;
+            for (i, t) in tokens.iter_mut().enumerate() {
+                *t = lhama_engine::sampling::argmax(&logits[i * vocab..][..vocab]);
+            }
+            Ok(())
+        };
+        step(&mut backend, 0)?; // warm-up
+        let start = Instant::now();
+        for k in 1..=args.decode_steps {
+            step(&mut backend, k)?;
+        }
+        let per_step = start.elapsed().as_secs_f64() / args.decode_steps as f64;
+        println!(
+            "{:>6} {:>12.2} {:>12.1}",
+            b,
+            per_step * 1e3,
+            b as f64 / per_step
+        );
+    }
+    Ok(())
+}

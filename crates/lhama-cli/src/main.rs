@@ -1,0 +1,95 @@
+//! The `lhama` binary.
+
+mod bench;
+mod generate;
+mod load;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lhama_model::synth::{self, Preset};
+
+#[derive(Parser)]
+#[command(
+    name = "lhama",
+    version,
+    about = "OpenAI-compatible inference server for small Llama models"
+)]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true, env = "LHAMA_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a synthetic checkpoint in the real model's exact format.
+    Synth {
+        /// tiny (fast tests, GQA) or ttl-460m (the real model's shapes).
+        #[arg(long, default_value = "tiny")]
+        preset: Preset,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Generate text from a prompt, streaming it to the terminal.
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode speed on the CPU backend.
+    Bench(bench::BenchArgs),
+    /// Compare the CPU backend with goldens from the transformers reference.
+    Verify {
+        #[arg(long, env = "LHAMA_MODEL", default_value = lhama_model::source::DEFAULT_MODEL)]
+        model: String,
+        /// JSON written by tests/reference/make_goldens.py.
+        #[arg(long)]
+        golden: PathBuf,
+        /// Largest allowed |logit difference|.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f32,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon_threads(n) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match cli.command {
+        Command::Synth { preset, seed, out } => synth::write_model(preset, seed, &out)
+            .map(|()| eprintln!("wrote {preset:?} (seed {seed}) to {}", out.display()))
+            .map_err(anyhow::Error::from),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Verify {
+            model,
+            golden,
+            tolerance,
+        } => load::verify(&model, &golden, tolerance),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rayon_threads(n: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(n > 0, "--threads must be at least 1");
+    lhama_model::cpu::set_threads(n).map_err(|e| anyhow::anyhow!("--threads: {e}"))
+}

@@ -1,0 +1,123 @@
+//! The seam between the engine and a compute backend (CPU here, CUDA later).
+//!
+//! One call runs the model over a flattened batch: the new tokens of several
+//! sequences, each at its own positions, with K/V kept in a pool of
+//! fixed-size blocks that each sequence addresses through its block table.
+//! The engine owns block allocation; the backend owns the pool's memory.
+
+use crate::config::LlamaConfig;
+
+/// The tokens of one sequence inside a flattened batch.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqSlice<'a> {
+    /// Index of the sequence's first token in `ForwardBatch::tokens`.
+    pub token_start: usize,
+    /// Number of consecutive tokens of this sequence in the batch.
+    pub num_tokens: usize,
+    /// Physical KV block of each logical block: position p lives in block
+    /// `block_table[p / block_size]`, slot `p % block_size`.
+    pub block_table: &'a [u32],
+}
+
+/// One forward step over a flattened batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardBatch<'a> {
+    /// [T] token ids of all sequences, back to back.
+    pub tokens: &'a [u32],
+    /// [T] position of each token in its own sequence (0 = first token).
+    pub positions: &'a [u32],
+    /// The sequences, in order, covering `tokens` exactly.
+    pub seqs: &'a [SeqSlice<'a>],
+    /// Indexes into `tokens` whose logits are wanted, in output order.
+    pub logit_rows: &'a [u32],
+}
+
+/// Size of a backend's KV pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    pub num_blocks: usize,
+    pub block_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+/// A compute backend: owns the weights and the KV pool, runs forward steps.
+pub trait Backend: Send {
+    /// Short name for logs ("cpu", "cuda").
+    fn name(&self) -> &'static str;
+    fn config(&self) -> &LlamaConfig;
+    fn kv_geometry(&self) -> KvGeometry;
+    /// Runs the batch; writes K/V of every token into its block, and puts the
+    /// logits of `logit_rows` into `logits` as [logit_rows.len(), vocab].
+    fn forward(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError>;
+}
+
+impl ForwardBatch<'_> {
+    /// Checks everything a backend indexes with, so no kernel reads out of
+    /// bounds whatever the caller passed.
+    pub fn validate(&self, config: &LlamaConfig, kv: KvGeometry) -> Result<(), BackendError> {
+        let bad = |m: String| Err(BackendError::InvalidBatch(m));
+        let t = self.tokens.len();
+        if self.positions.len() != t {
+            return bad(format!("{} positions for {t} tokens", self.positions.len()));
+        }
+        if let Some(&tok) = self
+            .tokens
+            .iter()
+            .find(|&&tok| tok as usize >= config.vocab_size)
+        {
+            return bad(format!(
+                "token id {tok} is outside the vocabulary ({})",
+                config.vocab_size
+            ));
+        }
+        let mut next = 0usize;
+        for (i, s) in self.seqs.iter().enumerate() {
+            if s.token_start != next || s.num_tokens == 0 {
+                return bad(format!(
+                    "sequence {i} does not continue the batch at token {next}"
+                ));
+            }
+            next = s.token_start + s.num_tokens;
+            if next > t {
+                return bad(format!(
+                    "sequence {i} runs past the {t} tokens of the batch"
+                ));
+            }
+            if let Some(&b) = s.block_table.iter().find(|&&b| b as usize >= kv.num_blocks) {
+                return bad(format!(
+                    "sequence {i}: block {b} is outside the pool ({})",
+                    kv.num_blocks
+                ));
+            }
+            for &p in &self.positions[s.token_start..next] {
+                if p as usize >= config.max_position_embeddings {
+                    return bad(format!(
+                        "sequence {i}: position {p} is past max_position_embeddings ({})",
+                        config.max_position_embeddings
+                    ));
+                }
+                if p as usize / kv.block_size >= s.block_table.len() {
+                    return bad(format!("sequence {i}: position {p} has no KV block"));
+                }
+            }
+        }
+        if next != t {
+            return bad(format!("sequences cover {next} of {t} tokens"));
+        }
+        if let Some(&r) = self.logit_rows.iter().find(|&&r| r as usize >= t) {
+            return bad(format!("logit row {r} is outside the batch ({t} tokens)"));
+        }
+        Ok(())
+    }
+}

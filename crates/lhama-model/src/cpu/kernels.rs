@@ -1,0 +1,339 @@
+//! CPU kernels of the forward pass, multi-threaded with rayon. The hot loops
+//! are written so LLVM vectorizes them; on x86-64 with AVX2+FMA they are
+//! compiled a second time for those features and picked at run time, so one
+//! binary serves every x86-64 machine.
+
+use rayon::prelude::*;
+
+use crate::awq::column_shift;
+
+/// A raw pointer that rayon tasks may share; each task writes a disjoint
+/// region, which every use states in its SAFETY note.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used for disjoint writes from parallel tasks (see each use).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// A method (not field access) so closures capture the whole Send + Sync wrapper.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Calls `$generic(args)` or, where the CPU has AVX2 and FMA, `$avx(args)`:
+/// the same body compiled for those features.
+macro_rules! dispatch {
+    ($generic:ident, $avx:ident, $($arg:expr),* $(,)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2_fma() {
+                // SAFETY: the CPU supports the features `$avx` is compiled for.
+                unsafe { $avx($($arg),*) }
+            } else {
+                $generic($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $generic($($arg),*)
+        }
+    }};
+}
+
+/// An AWQ layer prepared for the CPU: packed weights as in the checkpoint,
+/// zeros unpacked and scales widened (both are per group, K/G x smaller than
+/// the weights).
+pub struct AwqMatrix {
+    pub k: usize,
+    pub n: usize,
+    pub group: usize,
+    /// [K, N/8] AWQ-packed.
+    pub qweight: Vec<u32>,
+    /// [K/G, N]
+    pub zeros: Vec<f32>,
+    /// [K/G, N]
+    pub scales: Vec<f32>,
+}
+
+/// Output columns one task computes: 8 packed words.
+const TILE_N: usize = 64;
+
+/// y[M, N] = x[M, K] · W, W dequantized one [G, TILE_N] tile at a time into
+/// a buffer that stays in L1, then used by every row of x.
+pub fn awq_matmul(x: &[f32], m: usize, w: &AwqMatrix, y: &mut [f32]) {
+    assert_eq!(x.len(), m * w.k, "awq_matmul: x is not [M, K]");
+    assert_eq!(y.len(), m * w.n, "awq_matmul: y is not [M, N]");
+    let tiles = w.n.div_ceil(TILE_N);
+    let out = SyncPtr(y.as_mut_ptr());
+    (0..tiles).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(wt, acc): &mut (Vec<f32>, Vec<f32>), t| {
+            let n0 = t * TILE_N;
+            let tn = TILE_N.min(w.n - n0);
+            wt.resize(w.group * tn, 0.0);
+            acc.clear();
+            acc.resize(m * tn, 0.0);
+            dispatch!(awq_tile, awq_tile_avx2, x, m, w, n0, tn, wt, acc);
+            for row in 0..m {
+                // SAFETY: y has m * n elements (asserted above); this task alone
+                // writes columns n0..n0 + tn of each row.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        acc.as_ptr().add(row * tn),
+                        out.ptr().add(row * w.n + n0),
+                        tn,
+                    );
+                }
+            }
+        },
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn awq_tile_avx2(
+    x: &[f32],
+    m: usize,
+    w: &AwqMatrix,
+    n0: usize,
+    tn: usize,
+    wt: &mut [f32],
+    acc: &mut [f32],
+) {
+    awq_tile(x, m, w, n0, tn, wt, acc)
+}
+
+#[inline(always)]
+fn awq_tile(
+    x: &[f32],
+    m: usize,
+    w: &AwqMatrix,
+    n0: usize,
+    tn: usize,
+    wt: &mut [f32],
+    acc: &mut [f32],
+) {
+    let (k, n, group) = (w.k, w.n, w.group);
+    let n8 = n / 8;
+    let words = tn / 8;
+    for g in 0..k / group {
+        let s = &w.scales[g * n + n0..][..tn];
+        let z = &w.zeros[g * n + n0..][..tn];
+        // wt[kk, j] = (q - z) * s for the group's rows: [G, tn]
+        for kk in 0..group {
+            let packed = &w.qweight[(g * group + kk) * n8 + n0 / 8..][..words];
+            let dst = &mut wt[kk * tn..][..tn];
+            for (c, &word) in packed.iter().enumerate() {
+                for j in 0..8 {
+                    let q = ((word >> column_shift(j)) & 0xF) as f32;
+                    dst[c * 8 + j] = (q - z[c * 8 + j]) * s[c * 8 + j];
+                }
+            }
+        }
+        for r in 0..m {
+            let xr = &x[r * k + g * group..][..group];
+            let a = &mut acc[r * tn..][..tn];
+            for (kk, &xv) in xr.iter().enumerate() {
+                let wr = &wt[kk * tn..][..tn];
+                for (av, &wv) in a.iter_mut().zip(wr) {
+                    *av += xv * wv;
+                }
+            }
+        }
+    }
+}
+
+/// Rows of W one task handles in `dense_matmul`.
+const DENSE_ROWS: usize = 16;
+
+/// y[M, N] = x[M, K] · W^T with W in torch layout [N, K].
+pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], k: usize, n: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), m * k, "dense_matmul: x is not [M, K]");
+    assert_eq!(w.len(), n * k, "dense_matmul: W is not [N, K]");
+    assert_eq!(y.len(), m * n, "dense_matmul: y is not [M, N]");
+    let out = SyncPtr(y.as_mut_ptr());
+    (0..n.div_ceil(DENSE_ROWS))
+        .into_par_iter()
+        .for_each(|chunk| {
+            for col in chunk * DENSE_ROWS..((chunk + 1) * DENSE_ROWS).min(n) {
+                let wr = &w[col * k..][..k];
+                for row in 0..m {
+                    let v = dot(&x[row * k..][..k], wr);
+                    // SAFETY: row < m and col < n, so the index is inside y's m * n
+                    // elements; column `col` belongs to this task alone.
+                    unsafe { *out.ptr().add(row * n + col) = v };
+                }
+            }
+        });
+}
+
+/// Dot product with 8 independent partial sums (vectorizes; the order of
+/// additions is fixed, so results do not depend on threading).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dispatch!(dot_generic, dot_avx2, a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_generic(a, b)
+}
+
+#[inline(always)]
+fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        let (ac, bc) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for i in 0..8 {
+            acc[i] += ac[i] * bc[i];
+        }
+    }
+    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in chunks * 8..n {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+/// out[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * weight, rows of `weight.len()`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let h = weight.len();
+    for (xr, or) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+        let ms = dot(xr, xr) / h as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &wv) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * inv * wv;
+        }
+    }
+}
+
+/// out = silu(gate) * up, where `gu` holds [T, 2I] rows of gate then up.
+pub fn silu_mul(gu: &[f32], inter: usize, out: &mut [f32]) {
+    for (row, or) in gu.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)) {
+        let (gate, up) = row.split_at(inter);
+        for ((o, &g), &u) in or.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
+/// Rotary embedding tables in Hugging Face's convention: inv_freq and the
+/// angle pos * inv_freq in f32 (as transformers computes them), cos/sin of
+/// that angle.
+pub struct RopeTable {
+    half: usize,
+    /// [max_pos, half]
+    cos: Vec<f32>,
+    /// [max_pos, half]
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(head_dim: usize, theta: f64, max_pos: usize, position_scale: f64) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            let pos = (p as f64 / position_scale) as f32;
+            for &f in &inv_freq {
+                let angle = (pos * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Self { half, cos, sin }
+    }
+
+    /// Rotates every head of `x` ([T, heads * head_dim]) in place, pairing
+    /// dimension i with i + head_dim/2 (rotate_half).
+    pub fn apply(&self, x: &mut [f32], positions: &[u32], heads: usize) {
+        let hd = 2 * self.half;
+        for (row, &p) in x.chunks_exact_mut(heads * hd).zip(positions) {
+            let c = &self.cos[p as usize * self.half..][..self.half];
+            let s = &self.sin[p as usize * self.half..][..self.half];
+            for head in row.chunks_exact_mut(hd) {
+                let (lo, hi) = head.split_at_mut(self.half);
+                for i in 0..self.half {
+                    let (a, b) = (lo[i], hi[i]);
+                    lo[i] = a * c[i] - b * s[i];
+                    hi[i] = b * c[i] + a * s[i];
+                }
+            }
+        }
+    }
+}
+
+/// Shapes shared by the attention kernels.
+#[derive(Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+}
+
+/// Causal attention of each token over its own sequence's cached K/V, read
+/// through the block table. `q` and `out` are [T, heads * head_dim]; the
+/// caches are [blocks, block_size, kv_heads, head_dim]; `seq_of[t]` is the
+/// block table of token t's sequence and `positions[t]` its position: it sees
+/// positions 0..=positions[t].
+pub fn paged_attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    seq_of: &[&[u32]],
+    positions: &[u32],
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    let AttnShape {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        block_size: bs,
+    } = shape;
+    let group = heads / kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.par_chunks_mut(hd)
+        .enumerate()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+            let (t, h) = (i / heads, i % heads);
+            let kvh = h / group;
+            let table = seq_of[t];
+            let ctx = positions[t] as usize + 1;
+            let qv = &q[i * hd..][..hd];
+            let slot = |p: usize| ((table[p / bs] as usize * bs + p % bs) * kv_heads + kvh) * hd;
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for p in 0..ctx {
+                let s = dot(qv, &k_cache[slot(p)..][..hd]) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            o.fill(0.0);
+            for (p, &s) in scores.iter().enumerate() {
+                let wgt = s / sum;
+                for (ov, &vv) in o.iter_mut().zip(&v_cache[slot(p)..][..hd]) {
+                    *ov += wgt * vv;
+                }
+            }
+        });
+}

@@ -1,0 +1,335 @@
+//! The CPU backend: the whole Llama forward pass in f32 over AWQ-packed (or
+//! dense) weights, with K/V in a paged block pool. It is the reference every
+//! other backend is checked against.
+
+pub mod kernels;
+
+use half::f16;
+
+use crate::awq;
+use crate::backend::{Backend, BackendError, ForwardBatch, KvGeometry};
+use crate::config::{LlamaConfig, RopeScaling};
+use crate::weights::{AwqWeights, LinearWeights, LlamaWeights};
+use kernels::{AttnShape, AwqMatrix, RopeTable};
+
+/// A linear layer as the CPU kernels take it.
+enum CpuLinear {
+    Awq(AwqMatrix),
+    /// torch layout [N, K]
+    Dense {
+        k: usize,
+        n: usize,
+        w: Vec<f32>,
+    },
+}
+
+impl CpuLinear {
+    /// Builds one layer computing several of the checkpoint's layers side by
+    /// side (q|k|v, gate|up): their outputs are concatenated along N.
+    fn fused(parts: &[&LinearWeights]) -> Self {
+        let k = parts[0].in_features();
+        let n: usize = parts.iter().map(|p| p.out_features()).sum();
+        match parts[0] {
+            LinearWeights::Awq(first) => {
+                let awqs: Vec<&AwqWeights> = parts
+                    .iter()
+                    .map(|p| match p {
+                        LinearWeights::Awq(a) => a,
+                        LinearWeights::Dense { .. } => {
+                            unreachable!(
+                                "a checkpoint is either all AWQ or all dense (config decides)"
+                            )
+                        }
+                    })
+                    .collect();
+                let g = first.group_size;
+                let mut qweight = Vec::with_capacity(k * n / 8);
+                for row in 0..k {
+                    for a in &awqs {
+                        let n8 = a.out_features / 8;
+                        qweight.extend_from_slice(&a.qweight[row * n8..][..n8]);
+                    }
+                }
+                let mut zeros = Vec::with_capacity(k / g * n);
+                let mut scales = Vec::with_capacity(k / g * n);
+                for grp in 0..k / g {
+                    for a in &awqs {
+                        let n8 = a.out_features / 8;
+                        for c in 0..n8 {
+                            let word = a.qzeros[grp * n8 + c];
+                            zeros.extend((0..8).map(|j| awq::unpack(word, j) as f32));
+                        }
+                        scales.extend(
+                            a.scales[grp * a.out_features..][..a.out_features]
+                                .iter()
+                                .map(|s| s.to_f32()),
+                        );
+                    }
+                }
+                CpuLinear::Awq(AwqMatrix {
+                    k,
+                    n,
+                    group: g,
+                    qweight,
+                    zeros,
+                    scales,
+                })
+            }
+            LinearWeights::Dense { .. } => {
+                let mut w = Vec::with_capacity(k * n);
+                for p in parts {
+                    match p {
+                        LinearWeights::Dense { weight, .. } => w.extend_from_slice(weight),
+                        LinearWeights::Awq(_) => {
+                            unreachable!(
+                                "a checkpoint is either all AWQ or all dense (config decides)"
+                            )
+                        }
+                    }
+                }
+                CpuLinear::Dense { k, n, w }
+            }
+        }
+    }
+
+    fn out_features(&self) -> usize {
+        match self {
+            Self::Awq(a) => a.n,
+            Self::Dense { n, .. } => *n,
+        }
+    }
+
+    /// y[M, N] = x[M, K] · W
+    fn forward(&self, x: &[f32], m: usize, y: &mut Vec<f32>) {
+        y.clear();
+        y.resize(m * self.out_features(), 0.0);
+        match self {
+            Self::Awq(a) => kernels::awq_matmul(x, m, a, y),
+            Self::Dense { k, n, w } => kernels::dense_matmul(x, m, w, *k, *n, y),
+        }
+    }
+}
+
+struct CpuLayer {
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+    /// q | k | v
+    qkv: CpuLinear,
+    o: CpuLinear,
+    /// gate | up
+    gate_up: CpuLinear,
+    down: CpuLinear,
+    /// [blocks, block_size, kv_heads, head_dim]
+    k_cache: Vec<f32>,
+    v_cache: Vec<f32>,
+}
+
+pub struct CpuBackend {
+    config: LlamaConfig,
+    /// [vocab, hidden]
+    embed: Vec<f16>,
+    layers: Vec<CpuLayer>,
+    norm: Vec<f32>,
+    /// [vocab, hidden]
+    lm_head: Vec<f32>,
+    rope: RopeTable,
+    kv: KvGeometry,
+}
+
+/// Per-step buffers, named by what they hold.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+impl CpuBackend {
+    /// Prepares the weights for the CPU kernels and allocates a KV pool of
+    /// `kv.num_blocks` blocks of `kv.block_size` tokens.
+    pub fn new(config: &LlamaConfig, weights: LlamaWeights, kv: KvGeometry) -> Self {
+        let kv_len = kv.num_blocks * kv.block_size * config.num_kv_heads * config.head_dim;
+        let lm_head = weights.lm_head().iter().map(|v| v.to_f32()).collect();
+        let layers = weights
+            .layers
+            .into_iter()
+            .map(|l| CpuLayer {
+                qkv: CpuLinear::fused(&[&l.q_proj, &l.k_proj, &l.v_proj]),
+                o: CpuLinear::fused(&[&l.o_proj]),
+                gate_up: CpuLinear::fused(&[&l.gate_proj, &l.up_proj]),
+                down: CpuLinear::fused(&[&l.down_proj]),
+                input_norm: l.input_layernorm,
+                post_norm: l.post_attention_layernorm,
+                k_cache: vec![0.0; kv_len],
+                v_cache: vec![0.0; kv_len],
+            })
+            .collect();
+        let position_scale = match config.rope_scaling {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear { factor } => factor,
+        };
+        Self {
+            rope: RopeTable::new(
+                config.head_dim,
+                config.rope_theta,
+                config.max_position_embeddings,
+                position_scale,
+            ),
+            config: config.clone(),
+            embed: weights.embed_tokens,
+            layers,
+            norm: weights.norm,
+            lm_head,
+            kv,
+        }
+    }
+
+    /// Bytes the KV pool of `num_blocks` blocks takes on this backend.
+    pub fn kv_bytes(config: &LlamaConfig, kv: KvGeometry) -> usize {
+        2 * config.num_layers
+            * kv.num_blocks
+            * kv.block_size
+            * config.num_kv_heads
+            * config.head_dim
+            * std::mem::size_of::<f32>()
+    }
+
+    fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) {
+        let cfg = &self.config;
+        let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
+        let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
+        let inter = cfg.intermediate_size;
+        let eps = cfg.rms_norm_eps as f32;
+        let bs = self.kv.block_size;
+        let t = batch.tokens.len();
+        let mut s = Scratch::default();
+
+        // Block table of each token's sequence: [T]
+        let mut seq_of: Vec<&[u32]> = Vec::with_capacity(t);
+        for seq in batch.seqs {
+            seq_of.extend(std::iter::repeat_n(seq.block_table, seq.num_tokens));
+        }
+
+        // x: [T, hidden] embedding rows
+        s.x.reserve(t * hidden);
+        for &tok in batch.tokens {
+            s.x.extend(
+                self.embed[tok as usize * hidden..][..hidden]
+                    .iter()
+                    .map(|v| v.to_f32()),
+            );
+        }
+        s.h.resize(t * hidden, 0.0);
+        s.q.resize(t * q_dim, 0.0);
+        s.attn.resize(t * q_dim, 0.0);
+        s.act.resize(t * inter, 0.0);
+
+        for layer in &mut self.layers {
+            kernels::rms_norm(&s.x, &layer.input_norm, eps, &mut s.h);
+            layer.qkv.forward(&s.h, t, &mut s.qkv); // [T, q_dim + 2 kv_dim]
+            // Split q | k | v; rotate q and k; write k and v into their slots.
+            let mut k_rows = vec![0f32; t * kv_dim];
+            for (i, row) in s.qkv.chunks_exact(q_dim + 2 * kv_dim).enumerate() {
+                s.q[i * q_dim..][..q_dim].copy_from_slice(&row[..q_dim]);
+                k_rows[i * kv_dim..][..kv_dim].copy_from_slice(&row[q_dim..q_dim + kv_dim]);
+            }
+            self.rope.apply(&mut s.q, batch.positions, heads);
+            self.rope.apply(&mut k_rows, batch.positions, kv_heads);
+            for (i, row) in s.qkv.chunks_exact(q_dim + 2 * kv_dim).enumerate() {
+                let p = batch.positions[i] as usize;
+                let slot = (seq_of[i][p / bs] as usize * bs + p % bs) * kv_dim;
+                layer.k_cache[slot..][..kv_dim].copy_from_slice(&k_rows[i * kv_dim..][..kv_dim]);
+                layer.v_cache[slot..][..kv_dim].copy_from_slice(&row[q_dim + kv_dim..]);
+            }
+            let shape = AttnShape {
+                heads,
+                kv_heads,
+                head_dim: hd,
+                block_size: bs,
+            };
+            kernels::paged_attention(
+                &s.q,
+                &layer.k_cache,
+                &layer.v_cache,
+                &seq_of,
+                batch.positions,
+                shape,
+                &mut s.attn,
+            );
+            layer.o.forward(&s.attn, t, &mut s.proj);
+            add_in_place(&mut s.x, &s.proj);
+
+            kernels::rms_norm(&s.x, &layer.post_norm, eps, &mut s.h);
+            layer.gate_up.forward(&s.h, t, &mut s.gate_up);
+            kernels::silu_mul(&s.gate_up, inter, &mut s.act);
+            layer.down.forward(&s.act, t, &mut s.proj);
+            add_in_place(&mut s.x, &s.proj);
+        }
+
+        // Final norm and lm_head only for the rows whose logits are wanted.
+        let r = batch.logit_rows.len();
+        let mut rows = Vec::with_capacity(r * hidden);
+        for &i in batch.logit_rows {
+            rows.extend_from_slice(&s.x[i as usize * hidden..][..hidden]);
+        }
+        let mut normed = vec![0f32; r * hidden];
+        kernels::rms_norm(&rows, &self.norm, eps, &mut normed);
+        logits.clear();
+        logits.resize(r * cfg.vocab_size, 0.0);
+        kernels::dense_matmul(&normed, r, &self.lm_head, hidden, cfg.vocab_size, logits);
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn kv_geometry(&self) -> KvGeometry {
+        self.kv
+    }
+
+    fn forward(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        batch.validate(&self.config, self.kv)?;
+        if batch.tokens.is_empty() {
+            logits.clear();
+            return Ok(());
+        }
+        self.run(batch, logits);
+        Ok(())
+    }
+}
+
+/// Sets the number of worker threads the CPU kernels use (once, before the
+/// first forward pass).
+pub fn set_threads(n: usize) -> Result<(), String> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| e.to_string())
+}
+
+/// Worker threads the CPU kernels run on.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}

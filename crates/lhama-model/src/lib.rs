@@ -1,0 +1,25 @@
+//! lhama's model layer: reading Llama checkpoints (AWQ or plain) in Hugging
+//! Face layout, the tokenizer and chat template, synthetic checkpoints of the
+//! same format, and the CPU reference forward pass behind the `Backend` seam.
+
+pub mod awq;
+pub mod backend;
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod golden;
+pub mod model;
+pub mod rng;
+pub mod safetensors_io;
+pub mod source;
+pub mod synth;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::{Backend, BackendError, ForwardBatch, KvGeometry, SeqSlice};
+pub use config::{GenerationConfig, LlamaConfig};
+pub use error::{ModelError, Result};
+pub use model::ModelFiles;
+pub use template::{ChatMessage, ChatTemplate, TemplateError};
+pub use tokenizer::Tokenizer;
