@@ -228,11 +228,8 @@ pub fn tokenizer_json(model_vocab: usize) -> Value {
             added(0, UNK), added(1, BOS), added(2, EOS),
             added(n, INSTRUCTION_OPEN), added(n + 1, INSTRUCTION_CLOSE),
         ],
-        "normalizer": {"type": "Sequence", "normalizers": [
-            {"type": "Prepend", "prepend": "▁"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
-        ]},
-        "pre_tokenizer": null,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false},
         "post_processor": {
             "type": "TemplateProcessing",
             "single": [
