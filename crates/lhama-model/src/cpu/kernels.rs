@@ -337,3 +337,214 @@ pub fn paged_attention(
             }
         });
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each kernel against a naive float64 reference on fresh random inputs of
+    //! several shapes, outputs poisoned with NaN before each run.
+    use super::*;
+    use crate::awq;
+    use crate::rng::SplitMix64;
+
+    fn randn(g: &mut SplitMix64, n: usize) -> Vec<f32> {
+        (0..n).map(|_| g.next_normal() as f32).collect()
+    }
+
+    /// ‖out − ref‖ / ‖ref‖, failing on NaN.
+    fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
+        assert_eq!(out.len(), reference.len());
+        assert!(
+            out.iter().all(|v| v.is_finite()),
+            "an output was not written (NaN poison left)"
+        );
+        let num: f64 = out
+            .iter()
+            .zip(reference)
+            .map(|(&o, &r)| (o as f64 - r).powi(2))
+            .sum();
+        let den: f64 = reference.iter().map(|r| r * r).sum();
+        (num / den).sqrt()
+    }
+
+    #[test]
+    fn awq_matmul_matches_dequantized_reference() {
+        let mut g = SplitMix64::new(11);
+        for &(m, k, n, group) in &[
+            (1, 128, 64, 64),
+            (3, 256, 200, 128),
+            (17, 128, 8, 32),
+            (5, 384, 1000, 128),
+        ] {
+            let w = randn(&mut g, k * n);
+            let q = awq::quantize(&w, k, n, group);
+            let deq = awq::dequantize(&q.qweight, &q.qzeros, &q.scales, k, n, group);
+            let mat = AwqMatrix {
+                k,
+                n,
+                group,
+                qweight: q.qweight.clone(),
+                zeros: (0..k / group * n)
+                    .map(|i| awq::unpack(q.qzeros[i / 8], i % 8) as f32)
+                    .collect(),
+                scales: q.scales.iter().map(|s| s.to_f32()).collect(),
+            };
+            let x = randn(&mut g, m * k);
+            let mut y = vec![f32::NAN; m * n];
+            awq_matmul(&x, m, &mat, &mut y);
+            let reference: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    (0..k)
+                        .map(|kk| x[(i / n) * k + kk] as f64 * deq[kk * n + i % n] as f64)
+                        .sum()
+                })
+                .collect();
+            let e = rel_err(&y, &reference);
+            assert!(e < 1e-5, "m={m} k={k} n={n}: rel err {e}");
+        }
+    }
+
+    #[test]
+    fn dense_matmul_and_dot_match_reference() {
+        let mut g = SplitMix64::new(12);
+        for &(m, k, n) in &[(1, 7, 3), (4, 64, 33), (9, 1000, 17)] {
+            let x = randn(&mut g, m * k);
+            let w = randn(&mut g, n * k);
+            let mut y = vec![f32::NAN; m * n];
+            dense_matmul(&x, m, &w, k, n, &mut y);
+            let reference: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    (0..k)
+                        .map(|kk| x[(i / n) * k + kk] as f64 * w[(i % n) * k + kk] as f64)
+                        .sum()
+                })
+                .collect();
+            let e = rel_err(&y, &reference);
+            assert!(e < 1e-5, "m={m} k={k} n={n}: rel err {e}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_and_silu_match_reference() {
+        let mut g = SplitMix64::new(13);
+        let (t, h) = (5, 96);
+        let x = randn(&mut g, t * h);
+        let w = randn(&mut g, h);
+        let mut out = vec![f32::NAN; t * h];
+        rms_norm(&x, &w, 1e-5, &mut out);
+        let reference: Vec<f64> = (0..t * h)
+            .map(|i| {
+                let row = &x[(i / h) * h..][..h];
+                let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / h as f64;
+                x[i] as f64 / (ms + 1e-5).sqrt() * w[i % h] as f64
+            })
+            .collect();
+        assert!(rel_err(&out, &reference) < 1e-6);
+
+        let inter = 40;
+        let gu = randn(&mut g, t * 2 * inter);
+        let mut act = vec![f32::NAN; t * inter];
+        silu_mul(&gu, inter, &mut act);
+        let reference: Vec<f64> = (0..t * inter)
+            .map(|i| {
+                let (r, j) = (i / inter, i % inter);
+                let gate = gu[r * 2 * inter + j] as f64;
+                gate / (1.0 + (-gate).exp()) * gu[r * 2 * inter + inter + j] as f64
+            })
+            .collect();
+        assert!(rel_err(&act, &reference) < 1e-6);
+    }
+
+    #[test]
+    fn rope_pairs_i_with_i_plus_half() {
+        let (hd, heads) = (8, 2);
+        let table = RopeTable::new(hd, 10_000.0, 64, 1.0);
+        let mut g = SplitMix64::new(14);
+        let positions = [0u32, 5, 63];
+        let x = randn(&mut g, positions.len() * heads * hd);
+        let mut y = x.clone();
+        table.apply(&mut y, &positions, heads);
+        let mut reference = vec![0f64; x.len()];
+        for (t, &p) in positions.iter().enumerate() {
+            for h in 0..heads {
+                let base = (t * heads + h) * hd;
+                for i in 0..hd / 2 {
+                    let theta = p as f64 * 10_000f64.powf(-((2 * i) as f64) / hd as f64);
+                    let (a, b) = (x[base + i] as f64, x[base + i + hd / 2] as f64);
+                    reference[base + i] = a * theta.cos() - b * theta.sin();
+                    reference[base + i + hd / 2] = b * theta.cos() + a * theta.sin();
+                }
+            }
+        }
+        assert!(rel_err(&y, &reference) < 1e-5);
+        // position 0 is the identity
+        assert_eq!(y[..heads * hd], x[..heads * hd]);
+    }
+
+    #[test]
+    fn paged_attention_matches_dense_causal_attention() {
+        let mut g = SplitMix64::new(15);
+        let shape = AttnShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            block_size: 4,
+        };
+        let kv_dim = shape.kv_heads * shape.head_dim;
+        let num_blocks = 12;
+        // Two sequences with scattered blocks: lengths 10 and 3.
+        let tables: [&[u32]; 2] = [&[7, 2, 9], &[4]];
+        let lens = [10usize, 3];
+        let mut k_cache = vec![f32::NAN; num_blocks * shape.block_size * kv_dim];
+        let mut v_cache = k_cache.clone();
+        let mut dense_k = Vec::new();
+        let mut dense_v = Vec::new();
+        for (s, &len) in lens.iter().enumerate() {
+            let k = randn(&mut g, len * kv_dim);
+            let v = randn(&mut g, len * kv_dim);
+            for p in 0..len {
+                let slot = (tables[s][p / 4] as usize * 4 + p % 4) * kv_dim;
+                k_cache[slot..slot + kv_dim].copy_from_slice(&k[p * kv_dim..][..kv_dim]);
+                v_cache[slot..slot + kv_dim].copy_from_slice(&v[p * kv_dim..][..kv_dim]);
+            }
+            dense_k.push(k);
+            dense_v.push(v);
+        }
+        // Queries: all 10 positions of seq 0, the last position of seq 1.
+        let mut seq_of: Vec<&[u32]> = vec![tables[0]; 10];
+        seq_of.push(tables[1]);
+        let positions: Vec<u32> = (0..10).chain([2]).collect();
+        let q_dim = shape.heads * shape.head_dim;
+        let q = randn(&mut g, positions.len() * q_dim);
+        let mut out = vec![f32::NAN; q.len()];
+        paged_attention(&q, &k_cache, &v_cache, &seq_of, &positions, shape, &mut out);
+        let hd = shape.head_dim;
+        let mut reference = vec![0f64; q.len()];
+        for (t, &p) in positions.iter().enumerate() {
+            let s = if t < 10 { 0 } else { 1 };
+            for h in 0..shape.heads {
+                let kvh = h / 2;
+                let qv = &q[t * q_dim + h * hd..][..hd];
+                let scores: Vec<f64> = (0..=p as usize)
+                    .map(|j| {
+                        (0..hd)
+                            .map(|d| qv[d] as f64 * dense_k[s][j * kv_dim + kvh * hd + d] as f64)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = exps.iter().sum();
+                for d in 0..hd {
+                    reference[t * q_dim + h * hd + d] = exps
+                        .iter()
+                        .enumerate()
+                        .map(|(j, e)| e / sum * dense_v[s][j * kv_dim + kvh * hd + d] as f64)
+                        .sum();
+                }
+            }
+        }
+        let e = rel_err(&out, &reference);
+        assert!(e < 1e-5, "rel err {e}");
+    }
+}

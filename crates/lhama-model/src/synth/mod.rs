@@ -221,6 +221,13 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 /// Writes a complete model directory for `preset` into `out`.
 pub fn write_model(preset: Preset, seed: u64, out: &Path) -> Result<()> {
+    write_metadata(preset, out)?;
+    write_weights(preset, seed, out)
+}
+
+/// Writes everything but the weights: config.json, generation_config.json,
+/// tokenizer.json and tokenizer_config.json.
+pub fn write_metadata(preset: Preset, out: &Path) -> Result<()> {
     let s = preset.shapes();
     std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
     let vocab = s.model_vocab + 2;
@@ -293,8 +300,12 @@ pub fn write_model(preset: Preset, seed: u64, out: &Path) -> Result<()> {
             "model_max_length": s.max_positions,
             "tokenizer_class": "LlamaTokenizer",
         }),
-    )?;
-    let tensors = tensors(&s, seed);
+    )
+}
+
+/// Writes model.safetensors: every tensor the config calls for.
+pub fn write_weights(preset: Preset, seed: u64, out: &Path) -> Result<()> {
+    let tensors = tensors(&preset.shapes(), seed);
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, t)| {
