@@ -1,7 +1,10 @@
 //! Incremental, UTF-8-safe detokenization: text is released only once the
 //! tokens seen so far decode to whole characters, so a character split over
 //! byte-fallback tokens ("ã" as <0xC3><0xA3>) never arrives broken, and the
-//! concatenated deltas equal the decoding of all tokens at once.
+//! concatenated deltas equal the decoding of all tokens at once (for any
+//! sequence that decodes to valid UTF-8; for invalid byte runs, text once
+//! released is never taken back, so callers build the final text from the
+//! deltas too).
 
 use lhama_model::Tokenizer;
 
@@ -33,16 +36,31 @@ impl IncrementalDecoder {
         let skip = self.skip_special_tokens;
         let before = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
         let after = tokenizer.decode(&self.ids[self.prefix_offset..], skip)?;
-        if after.len() <= before.len()
-            || after.ends_with('\u{FFFD}')
-            || !after.is_char_boundary(before.len())
-        {
+        if after.ends_with('\u{FFFD}') {
+            // Possibly a character whose remaining bytes are still to come.
             return Ok(None);
         }
-        let delta = after[before.len()..].to_string();
+        Ok(self.release(&before, &after))
+    }
+
+    /// Releases what `after` adds to `before` and moves the window on. When
+    /// a later token changed how earlier bytes decode (a run of byte tokens
+    /// that turned out invalid), the text already released stands and only
+    /// the part after the common prefix is added.
+    fn release(&mut self, before: &str, after: &str) -> Option<String> {
+        let common = if after.starts_with(before) {
+            before.len()
+        } else {
+            before
+                .char_indices()
+                .zip(after.chars())
+                .find(|((_, a), b)| a != b)
+                .map_or(before.len().min(after.len()), |((i, _), _)| i)
+        };
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
-        Ok(Some(delta))
+        let delta = &after[common..];
+        (!delta.is_empty()).then(|| delta.to_string())
     }
 
     /// Text still held back (an incomplete character at the very end), as the
@@ -51,12 +69,6 @@ impl IncrementalDecoder {
         let skip = self.skip_special_tokens;
         let before = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
         let after = tokenizer.decode(&self.ids[self.prefix_offset..], skip)?;
-        self.prefix_offset = self.read_offset;
-        self.read_offset = self.ids.len();
-        if after.len() > before.len() && after.is_char_boundary(before.len()) {
-            Ok(Some(after[before.len()..].to_string()))
-        } else {
-            Ok(None)
-        }
+        Ok(self.release(&before, &after))
     }
 }

@@ -129,7 +129,9 @@ fn invalid_batches_are_errors_not_panics() {
     let vocab = files.config.vocab_size as u32;
     let table = [0u32, 1];
     let mut logits = Vec::new();
-    let cases: Vec<(Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>, &str)> = vec![
+    // (tokens, positions, block table, logit rows, expected message)
+    type Case = (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>, &'static str);
+    let cases: Vec<Case> = vec![
         (
             vec![vocab],
             vec![0],
