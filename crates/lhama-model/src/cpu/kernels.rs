@@ -3,6 +3,7 @@
 //! compiled a second time for those features and picked at run time, so one
 //! binary serves every x86-64 machine.
 
+use half::f16;
 use rayon::prelude::*;
 
 use crate::awq::column_shift;
@@ -60,6 +61,56 @@ pub struct AwqMatrix {
     pub zeros: Vec<f32>,
     /// [K/G, N]
     pub scales: Vec<f32>,
+    /// [K/G, N] zeros with each full 64-column tile in nibble-major order
+    /// (see `avx2`); ragged tail columns stay in column order.
+    pub zeros_nm: Vec<f32>,
+    /// [K/G, N] scales, laid out like `zeros_nm`.
+    pub scales_nm: Vec<f32>,
+}
+
+impl AwqMatrix {
+    /// Builds the matrix from packed weights and per-group zeros/scales in
+    /// column order, adding the nibble-major copies the AVX2 tile reads.
+    pub fn new(
+        k: usize,
+        n: usize,
+        group: usize,
+        qweight: Vec<u32>,
+        zeros: Vec<f32>,
+        scales: Vec<f32>,
+    ) -> Self {
+        let nibble_major = |v: &[f32]| -> Vec<f32> {
+            let mut out = v.to_vec();
+            for g in 0..k / group {
+                for t in 0..n / TILE_N {
+                    let base = g * n + t * TILE_N;
+                    for j in 0..TILE_N {
+                        out[base + tile_index(j)] = v[base + j];
+                    }
+                }
+            }
+            out
+        };
+        let zeros_nm = nibble_major(&zeros);
+        let scales_nm = nibble_major(&scales);
+        Self {
+            k,
+            n,
+            group,
+            qweight,
+            zeros,
+            scales,
+            zeros_nm,
+            scales_nm,
+        }
+    }
+}
+
+/// Position of tile column j in the nibble-major order of a full tile.
+pub(crate) fn tile_index(j: usize) -> usize {
+    let (c, within) = (j / 8, j % 8);
+    let nibble = crate::awq::SHIFT_SLOT[within] as usize;
+    nibble * 8 + c
 }
 
 /// Output columns one task computes: 8 packed words.
@@ -80,7 +131,17 @@ pub fn awq_matmul(x: &[f32], m: usize, w: &AwqMatrix, y: &mut [f32]) {
             wt.resize(w.group * tn, 0.0);
             acc.clear();
             acc.resize(m * tn, 0.0);
-            dispatch!(awq_tile, awq_tile_avx2, x, m, w, n0, tn, wt, acc);
+            #[cfg(target_arch = "x86_64")]
+            if tn == TILE_N && has_avx2_fma() {
+                // SAFETY: AVX2 and FMA are present; the tile is full (n0 + 64 <= n),
+                // x is [m, k] and y [m, n] (asserted above), acc is [m, 64] and wt
+                // holds group * 64 floats (resized above).
+                unsafe { super::avx2::awq_tile64(x, m, w, n0, wt, acc) };
+            } else {
+                dispatch!(awq_tile, awq_tile_avx2, x, m, w, n0, tn, wt, acc);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            awq_tile(x, m, w, n0, tn, wt, acc);
             for row in 0..m {
                 // SAFETY: y has m * n elements (asserted above); this task alone
                 // writes columns n0..n0 + tn of each row.
@@ -172,6 +233,62 @@ pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], k: usize, n: usize, y: &mut 
                 }
             }
         });
+}
+
+/// y[M, N] = x[M, K] · W^T with W in torch layout [N, K], stored as f16.
+pub fn dense_matmul_f16(x: &[f32], m: usize, w: &[f16], k: usize, n: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), m * k, "dense_matmul_f16: x is not [M, K]");
+    assert_eq!(w.len(), n * k, "dense_matmul_f16: W is not [N, K]");
+    assert_eq!(y.len(), m * n, "dense_matmul_f16: y is not [M, N]");
+    let out = SyncPtr(y.as_mut_ptr());
+    (0..n.div_ceil(DENSE_ROWS)).into_par_iter().for_each_init(
+        Vec::new,
+        |row_f32: &mut Vec<f32>, chunk| {
+            for col in chunk * DENSE_ROWS..((chunk + 1) * DENSE_ROWS).min(n) {
+                let wr = &w[col * k..][..k];
+                let fast = f16c_available();
+                if !fast {
+                    row_f32.clear();
+                    row_f32.extend(wr.iter().map(|v| v.to_f32()));
+                }
+                for row in 0..m {
+                    let xr = &x[row * k..][..k];
+                    let v = if fast {
+                        dot_f16(xr, wr)
+                    } else {
+                        dot(xr, row_f32)
+                    };
+                    // SAFETY: row < m and col < n, so the index is inside y's m * n
+                    // elements; column `col` belongs to this task alone.
+                    unsafe { *out.ptr().add(row * n + col) = v };
+                }
+            }
+        },
+    );
+}
+
+fn f16c_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// f32 · f16 dot product; only called where `f16c_available()`.
+fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: callers check f16c_available() (AVX2, FMA and F16C).
+        unsafe { super::avx2::dot_f16(a, b) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+    }
 }
 
 /// Dot product with 8 independent partial sums (vectorizes; the order of
@@ -378,16 +495,16 @@ mod tests {
             let w = randn(&mut g, k * n);
             let q = awq::quantize(&w, k, n, group);
             let deq = awq::dequantize(&q.qweight, &q.qzeros, &q.scales, k, n, group);
-            let mat = AwqMatrix {
+            let mat = AwqMatrix::new(
                 k,
                 n,
                 group,
-                qweight: q.qweight.clone(),
-                zeros: (0..k / group * n)
+                q.qweight.clone(),
+                (0..k / group * n)
                     .map(|i| awq::unpack(q.qzeros[i / 8], i % 8) as f32)
                     .collect(),
-                scales: q.scales.iter().map(|s| s.to_f32()).collect(),
-            };
+                q.scales.iter().map(|s| s.to_f32()).collect(),
+            );
             let x = randn(&mut g, m * k);
             let mut y = vec![f32::NAN; m * n];
             awq_matmul(&x, m, &mat, &mut y);

@@ -2,6 +2,8 @@
 //! dense) weights, with K/V in a paged block pool. It is the reference every
 //! other backend is checked against.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod kernels;
 
 use half::f16;
@@ -66,14 +68,7 @@ impl CpuLinear {
                         );
                     }
                 }
-                CpuLinear::Awq(AwqMatrix {
-                    k,
-                    n,
-                    group: g,
-                    qweight,
-                    zeros,
-                    scales,
-                })
+                CpuLinear::Awq(AwqMatrix::new(k, n, g, qweight, zeros, scales))
             }
             LinearWeights::Dense { .. } => {
                 let mut w = Vec::with_capacity(k * n);
@@ -131,7 +126,7 @@ pub struct CpuBackend {
     layers: Vec<CpuLayer>,
     norm: Vec<f32>,
     /// [vocab, hidden]
-    lm_head: Vec<f32>,
+    lm_head: Vec<f16>,
     rope: RopeTable,
     kv: KvGeometry,
 }
@@ -154,7 +149,7 @@ impl CpuBackend {
     /// `kv.num_blocks` blocks of `kv.block_size` tokens.
     pub fn new(config: &LlamaConfig, weights: LlamaWeights, kv: KvGeometry) -> Self {
         let kv_len = kv.num_blocks * kv.block_size * config.num_kv_heads * config.head_dim;
-        let lm_head = weights.lm_head().iter().map(|v| v.to_f32()).collect();
+        let lm_head = weights.lm_head().to_vec();
         let layers = weights
             .layers
             .into_iter()
@@ -282,7 +277,7 @@ impl CpuBackend {
         kernels::rms_norm(&rows, &self.norm, eps, &mut normed);
         logits.clear();
         logits.resize(r * cfg.vocab_size, 0.0);
-        kernels::dense_matmul(&normed, r, &self.lm_head, hidden, cfg.vocab_size, logits);
+        kernels::dense_matmul_f16(&normed, r, &self.lm_head, hidden, cfg.vocab_size, logits);
     }
 }
 
