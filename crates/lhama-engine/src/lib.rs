@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod detok;
 pub mod generate;
 pub mod sampling;
+pub mod scheduler;
 
 pub use blocks::BlockAllocator;
 pub use detok::IncrementalDecoder;
