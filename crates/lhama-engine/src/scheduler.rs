@@ -97,7 +97,12 @@ impl Scheduler {
     /// Queues a sequence. The caller has checked that prompt + max_tokens
     /// fits the KV pool on its own, so it can always run eventually.
     pub fn add(&mut self, id: SeqId, prompt: Vec<u32>) {
-        self.waiting.push_back(Seq { id, tokens: prompt, computed: 0, blocks: Vec::new() });
+        self.waiting.push_back(Seq {
+            id,
+            tokens: prompt,
+            computed: 0,
+            blocks: Vec::new(),
+        });
     }
 
     pub fn num_waiting(&self) -> usize {
@@ -162,7 +167,9 @@ impl Scheduler {
         }
         // Preempted sequences were requeued at the front; admit in order.
         while budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(front) = self.waiting.front_mut() else { break };
+            let Some(front) = self.waiting.front_mut() else {
+                break;
+            };
             if plan.preempted.contains(&front.id) {
                 break; // not again within the step that preempted it
             }
@@ -238,12 +245,20 @@ mod tests {
     }
 
     fn shape(plan: &StepPlan) -> Vec<(SeqId, usize, usize, bool)> {
-        plan.seqs.iter().map(|s| (s.id, s.start, s.tokens.len(), s.sample)).collect()
+        plan.seqs
+            .iter()
+            .map(|s| (s.id, s.start, s.tokens.len(), s.sample))
+            .collect()
     }
 
     /// Runs a plan as the engine would: every sampled sequence gets token 7.
     fn run(s: &mut Scheduler, plan: &StepPlan) {
-        let sampled: Vec<(SeqId, u32)> = plan.seqs.iter().filter(|q| q.sample).map(|q| (q.id, 7)).collect();
+        let sampled: Vec<(SeqId, u32)> = plan
+            .seqs
+            .iter()
+            .filter(|q| q.sample)
+            .map(|q| (q.id, 7))
+            .collect();
         s.complete(plan, &sampled);
     }
 

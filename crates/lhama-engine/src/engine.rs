@@ -1,0 +1,517 @@
+//! The engine loop: one thread owns the backend and the scheduler; the HTTP
+//! side submits requests through a channel and reads a stream of per-token
+//! events. Dropping the stream cancels the request: its sequence is removed
+//! and its KV blocks freed at the start of the next step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+
+use lhama_model::{Backend, ForwardBatch, SeqSlice, Tokenizer};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::detok::IncrementalDecoder;
+use crate::params::{RequestParams, logprobs, process_logits};
+use crate::sampling::Sampler;
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
+use crate::stop::{StopOutcome, StopText};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub scheduler: SchedulerConfig,
+    /// Longest sequence (prompt + generated) a request may reach.
+    pub max_model_len: usize,
+    /// Tokens that end generation unless `ignore_eos`.
+    pub eos_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// The most likely tokens at this position, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Logprobs of the prompt tokens (the first has none), before any token.
+    PromptLogprobs(Vec<Option<TokenLogprob>>),
+    /// A generated token and the text it completes (may be empty while a
+    /// character or a possible stop string is incomplete).
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// Text released at the end that belongs to no new token.
+    Text(String),
+    Done {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
+
+/// Live figures for /metrics and /health.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub alive: AtomicBool,
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub blocks_used: AtomicUsize,
+    pub blocks_free: AtomicUsize,
+    pub preemptions: AtomicU64,
+    pub steps: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+}
+
+enum Command {
+    Add {
+        id: SeqId,
+        prompt: Vec<u32>,
+        params: RequestParams,
+        events: UnboundedSender<Event>,
+    },
+}
+
+/// Where requests are submitted; cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    next_id: Arc<AtomicU64>,
+    pub stats: Arc<EngineStats>,
+    pub config: Arc<EngineConfig>,
+}
+
+/// Events of one request; dropping it cancels the request.
+pub struct RequestStream {
+    pub events: UnboundedReceiver<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the engine has stopped")]
+    EngineStopped,
+    #[error("empty prompt")]
+    EmptyPrompt,
+    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) = {} exceeds the maximum context length of {limit} tokens", prompt + max_tokens)]
+    TooLong {
+        prompt: usize,
+        max_tokens: usize,
+        limit: usize,
+    },
+}
+
+impl EngineHandle {
+    pub fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: RequestParams,
+    ) -> Result<RequestStream, SubmitError> {
+        if prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        let limit = self.config.max_model_len;
+        if prompt.len() + params.max_tokens > limit {
+            return Err(SubmitError::TooLong {
+                prompt: prompt.len(),
+                max_tokens: params.max_tokens,
+                limit,
+            });
+        }
+        let (events, rx) = unbounded_channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.commands
+            .send(Command::Add {
+                id,
+                prompt,
+                params,
+                events,
+            })
+            .map_err(|_| SubmitError::EngineStopped)?;
+        Ok(RequestStream { events: rx })
+    }
+}
+
+/// Starts the engine thread. It runs until every handle is dropped and the
+/// last request has finished.
+pub fn spawn(
+    backend: Box<dyn Backend>,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+) -> EngineHandle {
+    let (commands, rx) = mpsc::channel();
+    let stats = Arc::new(EngineStats::default());
+    stats.alive.store(true, Ordering::SeqCst);
+    let config = Arc::new(config);
+    let engine = Engine {
+        scheduler: Scheduler::new(config.scheduler),
+        backend,
+        tokenizer,
+        config: config.clone(),
+        stats: stats.clone(),
+        active: HashMap::new(),
+        logits: Vec::new(),
+    };
+    let thread_stats = stats.clone();
+    std::thread::Builder::new()
+        .name("lhama-engine".into())
+        .spawn(move || {
+            // Marks the engine dead however the loop ends (panics included).
+            struct Alive(Arc<EngineStats>);
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    self.0.alive.store(false, Ordering::SeqCst);
+                }
+            }
+            let _alive = Alive(thread_stats);
+            engine.run(rx);
+        })
+        .expect("spawning the engine thread");
+    EngineHandle {
+        commands,
+        next_id: Arc::new(AtomicU64::new(1)),
+        stats,
+        config,
+    }
+}
+
+struct Active {
+    prompt_len: usize,
+    /// Prompt, then every generated token.
+    tokens: Vec<u32>,
+    params: RequestParams,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopText,
+    events: UnboundedSender<Event>,
+    prompt_logprobs: Vec<Option<TokenLogprob>>,
+    prompt_logprobs_sent: bool,
+}
+
+impl Active {
+    fn generated(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+}
+
+struct Engine {
+    scheduler: Scheduler,
+    backend: Box<dyn Backend>,
+    tokenizer: Arc<Tokenizer>,
+    config: Arc<EngineConfig>,
+    stats: Arc<EngineStats>,
+    active: HashMap<SeqId, Active>,
+    logits: Vec<f32>,
+}
+
+impl Engine {
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
+        let mut open = true;
+        loop {
+            // Block for work when idle; otherwise take what has arrived.
+            if !self.scheduler.has_work() {
+                if !open {
+                    return;
+                }
+                match commands.recv() {
+                    Ok(c) => self.accept(c),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match commands.try_recv() {
+                    Ok(c) => self.accept(c),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.drop_cancelled();
+            let plan = self.scheduler.schedule();
+            if !plan.is_empty() {
+                let _span = tracing::debug_span!(
+                    "step",
+                    seqs = plan.seqs.len(),
+                    tokens = plan.num_tokens()
+                )
+                .entered();
+                self.step(&plan);
+            }
+            self.publish_stats();
+        }
+    }
+
+    fn accept(&mut self, command: Command) {
+        let Command::Add {
+            id,
+            prompt,
+            params,
+            events,
+        } = command;
+        self.stats
+            .prompt_tokens
+            .fetch_add(prompt.len() as u64, Ordering::Relaxed);
+        let active = Active {
+            prompt_len: prompt.len(),
+            tokens: prompt.clone(),
+            sampler: Sampler::new(params.sampling.clone()),
+            decoder: IncrementalDecoder::new(params.skip_special_tokens),
+            stop: StopText::new(params.stop.clone()),
+            params,
+            events,
+            prompt_logprobs: vec![None],
+            prompt_logprobs_sent: false,
+        };
+        self.active.insert(id, active);
+        self.scheduler.add(id, prompt);
+    }
+
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.finish(id);
+        }
+    }
+
+    fn finish(&mut self, id: SeqId) {
+        self.scheduler.remove(id);
+        self.active.remove(&id);
+    }
+
+    fn publish_stats(&self) {
+        let s = &self.stats;
+        s.waiting
+            .store(self.scheduler.num_waiting(), Ordering::Relaxed);
+        s.running
+            .store(self.scheduler.num_running(), Ordering::Relaxed);
+        s.blocks_used
+            .store(self.scheduler.blocks_used(), Ordering::Relaxed);
+        s.blocks_free
+            .store(self.scheduler.blocks_free(), Ordering::Relaxed);
+        s.preemptions
+            .store(self.scheduler.preemptions(), Ordering::Relaxed);
+    }
+
+    fn step(&mut self, plan: &StepPlan) {
+        let mut tokens = Vec::with_capacity(plan.num_tokens());
+        let mut positions = Vec::with_capacity(plan.num_tokens());
+        let mut rows = Vec::new();
+        // Per sequence: (first logit row, rows) for reading results back.
+        let mut row_start = Vec::with_capacity(plan.seqs.len());
+        for s in &plan.seqs {
+            let base = tokens.len() as u32;
+            tokens.extend_from_slice(&s.tokens);
+            positions.extend((s.start..s.start + s.tokens.len()).map(|p| p as u32));
+            let first_row = rows.len();
+            let wants_prompt = self.active.get(&s.id).is_some_and(|a| {
+                a.params.prompt_logprobs.is_some()
+                    && !a.prompt_logprobs_sent
+                    && s.start < a.prompt_len
+            });
+            if wants_prompt {
+                rows.extend(base..base + s.tokens.len() as u32);
+            } else if s.sample {
+                rows.push(base + s.tokens.len() as u32 - 1);
+            }
+            row_start.push(first_row);
+        }
+        let seqs: Vec<SeqSlice<'_>> = {
+            let mut start = 0;
+            plan.seqs
+                .iter()
+                .map(|s| {
+                    let slice = SeqSlice {
+                        token_start: start,
+                        num_tokens: s.tokens.len(),
+                        block_table: &s.block_table,
+                    };
+                    start += s.tokens.len();
+                    slice
+                })
+                .collect()
+        };
+        let batch = ForwardBatch {
+            tokens: &tokens,
+            positions: &positions,
+            seqs: &seqs,
+            logit_rows: &rows,
+        };
+        let mut logits = std::mem::take(&mut self.logits);
+        if let Err(e) = self.backend.forward(&batch, &mut logits) {
+            tracing::error!(error = %e, "forward step failed");
+            for s in &plan.seqs {
+                if let Some(a) = self.active.get(&s.id) {
+                    let _ = a.events.send(Event::Error(e.to_string()));
+                }
+                self.finish(s.id);
+            }
+            self.logits = logits;
+            return;
+        }
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let vocab = self.backend.config().vocab_size;
+        let mut sampled = Vec::new();
+        let mut finished = Vec::new();
+        for (s, &first_row) in plan.seqs.iter().zip(&row_start) {
+            let Some(a) = self.active.get_mut(&s.id) else {
+                continue;
+            };
+            let mut row = first_row;
+            if a.params.prompt_logprobs.is_some()
+                && !a.prompt_logprobs_sent
+                && s.start < a.prompt_len
+            {
+                let k = a.params.prompt_logprobs.unwrap_or(0);
+                for i in 0..s.tokens.len() {
+                    let pos = s.start + i;
+                    if pos + 1 < a.prompt_len {
+                        let next = a.tokens[pos + 1];
+                        let (lp, top) = logprobs(&logits[(row + i) * vocab..][..vocab], next, k);
+                        a.prompt_logprobs.push(Some(TokenLogprob {
+                            token: next,
+                            logprob: lp,
+                            top,
+                        }));
+                    }
+                }
+                row += s.tokens.len() - 1;
+            }
+            if !s.sample {
+                continue;
+            }
+            if a.params.prompt_logprobs.is_some() && !a.prompt_logprobs_sent {
+                a.prompt_logprobs_sent = true;
+                let lps = std::mem::take(&mut a.prompt_logprobs);
+                let _ = a.events.send(Event::PromptLogprobs(lps));
+            }
+            if a.params.max_tokens == 0 {
+                let _ = a.events.send(Event::Done {
+                    reason: FinishReason::Length,
+                    prompt_tokens: a.prompt_len,
+                    completion_tokens: 0,
+                });
+                finished.push(s.id);
+                continue;
+            }
+            let raw = &logits[row * vocab..][..vocab];
+            let mut processed = raw.to_vec();
+            process_logits(
+                &mut processed,
+                &a.params,
+                &a.tokens[..a.prompt_len],
+                a.generated(),
+                &self.config.eos_ids,
+            );
+            let token = a.sampler.sample(&processed);
+            let logprob = a.params.logprobs.map(|k| {
+                let (lp, top) = logprobs(raw, token, k);
+                TokenLogprob {
+                    token,
+                    logprob: lp,
+                    top,
+                }
+            });
+            a.tokens.push(token);
+            sampled.push((s.id, token));
+            self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            if let Some(reason) = self.emit(s.id, token, logprob) {
+                let a = &self.active[&s.id];
+                let _ = a.events.send(Event::Done {
+                    reason,
+                    prompt_tokens: a.prompt_len,
+                    completion_tokens: a.tokens.len() - a.prompt_len,
+                });
+                finished.push(s.id);
+            }
+        }
+        self.logits = logits;
+        self.scheduler.complete(plan, &sampled);
+        for id in finished {
+            self.finish(id);
+        }
+    }
+
+    /// Sends the token's event; returns why the sequence ends, if it does.
+    fn emit(
+        &mut self,
+        id: SeqId,
+        token: u32,
+        logprob: Option<TokenLogprob>,
+    ) -> Option<FinishReason> {
+        let eos = &self.config.eos_ids;
+        let a = self.active.get_mut(&id)?;
+        let is_stop_token = a.params.stop_token_ids.contains(&token)
+            || (!a.params.ignore_eos && eos.contains(&token));
+        let mut reason = None;
+        let mut text = String::new();
+        let mut matched_stop_string = false;
+        if is_stop_token {
+            reason = Some(FinishReason::Stop);
+        } else {
+            let delta = match a.decoder.push(&self.tokenizer, token) {
+                Ok(d) => d.unwrap_or_default(),
+                Err(e) => {
+                    let _ = a.events.send(Event::Error(format!("detokenizing: {e}")));
+                    return Some(FinishReason::Stop);
+                }
+            };
+            match a.stop.push(&delta) {
+                StopOutcome::Continue(t) => text = t,
+                StopOutcome::Stopped(t) => {
+                    text = t;
+                    reason = Some(FinishReason::Stop);
+                    matched_stop_string = true;
+                }
+            }
+        }
+        let generated = a.tokens.len() - a.prompt_len;
+        if reason.is_none()
+            && (generated >= a.params.max_tokens || a.tokens.len() >= self.config.max_model_len)
+        {
+            reason = Some(FinishReason::Length);
+        }
+        let _ = a.events.send(Event::Token {
+            id: token,
+            text,
+            logprob,
+        });
+        if reason.is_some() && !matched_stop_string {
+            // Release what the decoder and the stop matcher still hold; a stop
+            // string may still complete inside it.
+            let tail = a
+                .decoder
+                .finish(&self.tokenizer)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let tail = match a.stop.push(&tail) {
+                StopOutcome::Continue(t) => t + &a.stop.flush(),
+                StopOutcome::Stopped(t) => {
+                    reason = Some(FinishReason::Stop);
+                    t
+                }
+            };
+            if !tail.is_empty() {
+                let _ = a.events.send(Event::Text(tail));
+            }
+        }
+        reason
+    }
+}

@@ -1,0 +1,282 @@
+//! The engine loop on the tiny synthetic model: outputs equal the same
+//! request run alone, whatever runs beside it, even under preemption;
+//! cancelled requests free their KV blocks.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use lhama_engine::scheduler::SchedulerConfig;
+use lhama_engine::{
+    EngineConfig, EngineHandle, Event, FinishReason, RequestParams, SamplingParams, spawn,
+};
+use lhama_model::cpu::CpuBackend;
+use lhama_model::golden::greedy;
+use lhama_model::synth::{Preset, write_model};
+use lhama_model::{KvGeometry, ModelFiles, Tokenizer};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    files: ModelFiles,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(Preset::Tiny, 0, dir.path()).unwrap();
+    let files = ModelFiles::load(dir.path()).unwrap();
+    Fixture { _dir: dir, files }
+}
+
+fn engine(f: &Fixture, num_blocks: usize, budget: usize) -> EngineHandle {
+    let backend = CpuBackend::new(
+        &f.files.config,
+        f.files.weights.clone(),
+        KvGeometry {
+            num_blocks,
+            block_size: 16,
+        },
+    );
+    let tokenizer = Arc::new(Tokenizer::from_dir(&f.files.dir).unwrap());
+    spawn(
+        Box::new(backend),
+        tokenizer,
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                max_num_seqs: 64,
+                max_num_batched_tokens: budget,
+                num_blocks,
+                block_size: 16,
+            },
+            max_model_len: f.files.config.max_position_embeddings,
+            eos_ids: f.files.eos_token_ids(),
+        },
+    )
+}
+
+fn prompt(i: u32, len: usize) -> Vec<u32> {
+    std::iter::once(1)
+        .chain((1..len as u32).map(|j| 3 + (j * 97 + i * 31) % 500))
+        .collect()
+}
+
+fn greedy_params(max_tokens: usize) -> RequestParams {
+    RequestParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens,
+        ignore_eos: true,
+        ..RequestParams::default()
+    }
+}
+
+/// Collects (tokens, text, finish reason) from a stream.
+fn collect(mut s: lhama_engine::RequestStream) -> (Vec<u32>, String, FinishReason) {
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    while let Some(ev) = s.events.blocking_recv() {
+        match ev {
+            Event::Token { id, text: t, .. } => {
+                ids.push(id);
+                text += &t;
+            }
+            Event::Text(t) => text += &t,
+            Event::Done {
+                reason,
+                completion_tokens,
+                ..
+            } => {
+                assert_eq!(completion_tokens, ids.len());
+                return (ids, text, reason);
+            }
+            Event::Error(e) => panic!("engine error: {e}"),
+            Event::PromptLogprobs(_) => {}
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn concurrent_greedy_requests_equal_their_solo_runs_even_under_preemption() {
+    let f = fixture();
+    // Solo references straight from the backend.
+    let mut solo = CpuBackend::new(
+        &f.files.config,
+        f.files.weights.clone(),
+        KvGeometry {
+            num_blocks: 64,
+            block_size: 16,
+        },
+    );
+    let prompts: Vec<Vec<u32>> = (0..24)
+        .map(|i| prompt(i, 5 + (i as usize * 7) % 40))
+        .collect();
+    let expected: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| greedy(&mut solo, p, 20).unwrap())
+        .collect();
+    // A pool of 12 blocks (192 tokens) for 24 sequences of up to 60 tokens:
+    // preemption is unavoidable. A budget of 32 tokens forces chunked prefill.
+    let eng = engine(&f, 12, 32);
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| eng.submit(p.clone(), greedy_params(20)).unwrap())
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let (ids, _, reason) = collect(s);
+        assert_eq!(ids, expected[i], "request {i}");
+        assert_eq!(reason, FinishReason::Length);
+    }
+    assert!(
+        eng.stats.preemptions.load(Ordering::Relaxed) > 0,
+        "the test should exercise preemption"
+    );
+    wait_until("blocks to be freed", || {
+        eng.stats.blocks_used.load(Ordering::Relaxed) == 0
+    });
+}
+
+#[test]
+fn dropping_the_stream_cancels_and_frees_blocks() {
+    let f = fixture();
+    let eng = engine(&f, 64, 64);
+    let mut s = eng.submit(prompt(1, 30), greedy_params(400)).unwrap();
+    // Wait for the first token, then walk away.
+    loop {
+        if let Some(Event::Token { .. }) = s.events.blocking_recv() {
+            break;
+        }
+    }
+    assert!(eng.stats.blocks_used.load(Ordering::Relaxed) > 0);
+    drop(s);
+    wait_until("the cancelled sequence's blocks", || {
+        eng.stats.blocks_used.load(Ordering::Relaxed) == 0
+            && eng.stats.running.load(Ordering::Relaxed) == 0
+    });
+    // The engine keeps serving.
+    let (ids, _, _) = collect(eng.submit(prompt(2, 8), greedy_params(3)).unwrap());
+    assert_eq!(ids.len(), 3);
+}
+
+#[test]
+fn seeds_stop_strings_min_tokens_and_limits() {
+    let f = fixture();
+    let eng = engine(&f, 64, 128);
+    let sampled = |seed| RequestParams {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        },
+        max_tokens: 24,
+        ignore_eos: true,
+        ..RequestParams::default()
+    };
+    let a = collect(eng.submit(prompt(3, 10), sampled(5)).unwrap());
+    let b = collect(eng.submit(prompt(3, 10), sampled(5)).unwrap());
+    let c = collect(eng.submit(prompt(3, 10), sampled(6)).unwrap());
+    assert_eq!(a.0, b.0, "same seed, same tokens");
+    assert_ne!(a.0, c.0, "another seed, other tokens");
+
+    // A stop string taken from the greedy text ends generation before it.
+    let (_, full, _) = collect(eng.submit(prompt(4, 10), greedy_params(30)).unwrap());
+    let chars: Vec<char> = full.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let params = RequestParams {
+        stop: vec![stop.clone()],
+        ..greedy_params(30)
+    };
+    let (_, text, reason) = collect(eng.submit(prompt(4, 10), params).unwrap());
+    assert_eq!(reason, FinishReason::Stop);
+    assert_eq!(
+        text,
+        full[..full.find(&stop).unwrap()],
+        "text up to the stop string"
+    );
+
+    // stop_token_ids: the greedy path's third token stops it.
+    let (ids, _, _) = collect(eng.submit(prompt(4, 10), greedy_params(30)).unwrap());
+    let params = RequestParams {
+        stop_token_ids: vec![ids[2]],
+        ..greedy_params(30)
+    };
+    let (got, _, reason) = collect(eng.submit(prompt(4, 10), params).unwrap());
+    assert_eq!(reason, FinishReason::Stop);
+    assert_eq!(got, ids[..=ids.iter().position(|&t| t == ids[2]).unwrap()]);
+
+    // min_tokens suppresses a stop token until reached.
+    let params = RequestParams {
+        stop_token_ids: vec![ids[0]],
+        min_tokens: 5,
+        ..greedy_params(8)
+    };
+    let (got, _, _) = collect(eng.submit(prompt(4, 10), params).unwrap());
+    assert!(got.len() >= 5 && !got[..4].contains(&ids[0]), "{got:?}");
+
+    // Over the context length: refused at submission.
+    let err = eng
+        .submit(prompt(5, 500), greedy_params(100))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("exceeds the maximum context length of 512"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prompt_logprobs_with_max_tokens_zero() {
+    let f = fixture();
+    let eng = engine(&f, 64, 16);
+    let p = prompt(6, 40); // 40 tokens over 3 chunks of at most 16
+    let params = RequestParams {
+        max_tokens: 0,
+        prompt_logprobs: Some(2),
+        ..greedy_params(0)
+    };
+    let mut s = eng.submit(p.clone(), params).unwrap();
+    let mut lps = None;
+    while let Some(ev) = s.events.blocking_recv() {
+        match ev {
+            Event::PromptLogprobs(l) => lps = Some(l),
+            Event::Done {
+                completion_tokens,
+                reason,
+                ..
+            } => {
+                assert_eq!((completion_tokens, reason), (0, FinishReason::Length));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let lps = lps.expect("prompt logprobs");
+    assert_eq!(lps.len(), p.len());
+    assert!(lps[0].is_none());
+    // Against the backend's own logits.
+    let mut solo = CpuBackend::new(
+        &f.files.config,
+        f.files.weights.clone(),
+        KvGeometry {
+            num_blocks: 8,
+            block_size: 16,
+        },
+    );
+    let logits = lhama_model::golden::prompt_logits(&mut solo, &p).unwrap();
+    let vocab = f.files.config.vocab_size;
+    for i in 1..p.len() {
+        let lp = lps[i].as_ref().unwrap();
+        let (want, top) =
+            lhama_engine::params::logprobs(&logits[(i - 1) * vocab..][..vocab], p[i], 2);
+        assert_eq!(lp.token, p[i]);
+        assert!((lp.logprob - want).abs() < 1e-5);
+        assert_eq!(lp.top.len(), 2);
+        assert_eq!(lp.top[0].0, top[0].0);
+    }
+}
