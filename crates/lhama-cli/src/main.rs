@@ -3,6 +3,7 @@
 mod bench;
 mod generate;
 mod load;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the OpenAI-compatible HTTP server.
+    Serve(serve::ServeArgs),
     /// Write a synthetic checkpoint in the real model's exact format.
     Synth {
         /// tiny (fast tests, GQA) or ttl-460m (the real model's shapes).
@@ -54,14 +57,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    // Serve settings are resolved first: the log format may come from its file.
+    let serve_settings = match &cli.command {
+        Command::Serve(args) => match args.resolve() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let json_logs = serve_settings
+        .as_ref()
+        .is_some_and(|s| s.log_format == serve::LogFormat::Json);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     if let Some(n) = cli.threads {
         if let Err(e) = rayon_threads(n) {
             eprintln!("error: {e}");
@@ -72,6 +92,10 @@ fn main() -> ExitCode {
         Command::Synth { preset, seed, out } => synth::write_model(preset, seed, &out)
             .map(|()| eprintln!("wrote {preset:?} (seed {seed}) to {}", out.display()))
             .map_err(anyhow::Error::from),
+        Command::Serve(_) => match serve_settings {
+            Some(settings) => serve::run(settings),
+            None => unreachable!("serve settings are resolved above for the serve command"),
+        },
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Verify {

@@ -1,0 +1,331 @@
+//! `lhama serve`: configuration (flags, each with an env override, over an
+//! optional TOML file, over defaults), model loading in the background, and
+//! the HTTP server with graceful shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use lhama_engine::scheduler::SchedulerConfig;
+use lhama_engine::{EngineConfig, spawn};
+use lhama_model::{KvGeometry, ModelFiles};
+use lhama_server::{AppState, Loaded, ServerConfig};
+use serde::Deserialize;
+
+use crate::load::{BLOCK_SIZE, load_model};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting; flags and env vars override the TOML file (`--config`).
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (see config/lhama.toml).
+    #[arg(long, env = "LHAMA_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "LHAMA_HOST")]
+    pub host: Option<String>,
+    #[arg(long, env = "LHAMA_PORT")]
+    pub port: Option<u16>,
+    /// Model directory or Hugging Face repo id.
+    #[arg(long, env = "LHAMA_MODEL")]
+    pub model: Option<String>,
+    /// Names clients may use for the model (comma-separated; the first is canonical).
+    #[arg(long, env = "LHAMA_SERVED_MODEL_NAME", value_delimiter = ',')]
+    pub served_model_name: Option<Vec<String>>,
+    /// Longest prompt + completion (default: max_position_embeddings).
+    #[arg(long, env = "LHAMA_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
+    #[arg(long, env = "LHAMA_MAX_NUM_SEQS")]
+    pub max_num_seqs: Option<usize>,
+    #[arg(long, env = "LHAMA_MAX_NUM_BATCHED_TOKENS")]
+    pub max_num_batched_tokens: Option<usize>,
+    /// KV cache size in tokens.
+    #[arg(long, env = "LHAMA_KV_CACHE_TOKENS")]
+    pub kv_cache_tokens: Option<usize>,
+    #[arg(long, env = "LHAMA_MAX_QUEUE_REQUESTS")]
+    pub max_queue_requests: Option<usize>,
+    #[arg(long, env = "LHAMA_MAX_QUEUE_TOKENS")]
+    pub max_queue_tokens: Option<usize>,
+    #[arg(long, env = "LHAMA_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Accepted API keys (comma-separated); none means no authentication.
+    #[arg(long, env = "LHAMA_API_KEY", value_delimiter = ',')]
+    pub api_key: Option<Vec<String>>,
+    /// File with one API key per line.
+    #[arg(long, env = "LHAMA_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Allowed CORS origins (comma-separated, `*` for any); none disables CORS.
+    #[arg(long, env = "LHAMA_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
+    #[arg(long, env = "LHAMA_BACKEND", value_enum)]
+    pub backend: Option<BackendKind>,
+    #[arg(long, env = "LHAMA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Seconds running requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "LHAMA_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// Settings after flags, env, file and defaults are merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub model: String,
+    pub served_model_names: Vec<String>,
+    pub max_model_len: Option<usize>,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub kv_cache_tokens: usize,
+    pub server: ServerConfig,
+    pub backend: BackendKind,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<ServeArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+impl ServeArgs {
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(p) => read_file_config(p)?,
+            None => ServeArgs::default(),
+        };
+        macro_rules! pick {
+            ($f:ident, $default:expr) => {
+                self.$f
+                    .clone()
+                    .or(file.$f.clone())
+                    .unwrap_or_else(|| $default)
+            };
+        }
+        let model: String = pick!(model, lhama_model::source::DEFAULT_MODEL.to_string());
+        let mut api_keys: Vec<String> = pick!(api_key, Vec::new());
+        if let Some(path) = self.api_key_file.clone().or(file.api_key_file.clone()) {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--api-key-file {}: cannot read", path.display()))?;
+            api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        let served: Vec<String> = pick!(served_model_name, vec![model.clone()]);
+        anyhow::ensure!(
+            !served.is_empty() && served.iter().all(|s| !s.is_empty()),
+            "--served-model-name must not be empty"
+        );
+        let positive = |name: &str, v: usize| -> anyhow::Result<usize> {
+            anyhow::ensure!(v > 0, "--{name} must be greater than 0");
+            Ok(v)
+        };
+        Ok(Settings {
+            host: pick!(host, "0.0.0.0".to_string()),
+            port: pick!(port, 8000),
+            served_model_names: served,
+            max_model_len: self
+                .max_model_len
+                .or(file.max_model_len)
+                .map(|v| positive("max-model-len", v))
+                .transpose()?,
+            max_num_seqs: positive("max-num-seqs", pick!(max_num_seqs, 64))?,
+            max_num_batched_tokens: positive(
+                "max-num-batched-tokens",
+                pick!(max_num_batched_tokens, 2048),
+            )?,
+            kv_cache_tokens: positive("kv-cache-tokens", pick!(kv_cache_tokens, 32768))?,
+            server: ServerConfig {
+                served_model_names: Vec::new(), // set below
+                api_keys,
+                max_body_bytes: positive("max-body-bytes", pick!(max_body_bytes, 8 << 20))?,
+                max_queue_requests: positive("max-queue-requests", pick!(max_queue_requests, 256))?,
+                max_queue_tokens: positive("max-queue-tokens", pick!(max_queue_tokens, 1 << 20))?,
+                cors_origins: pick!(cors_origins, Vec::new()),
+            },
+            backend: pick!(backend, BackendKind::Auto),
+            log_format: pick!(log_format, LogFormat::Text),
+            shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 30)),
+            model,
+        })
+        .map(|mut s| {
+            s.server.served_model_names = s.served_model_names.clone();
+            s
+        })
+    }
+}
+
+/// Loads the model and starts the engine; runs on a blocking thread.
+fn load(settings: &Settings) -> anyhow::Result<Loaded> {
+    match settings.backend {
+        BackendKind::Cuda => anyhow::bail!(
+            "--backend cuda: the CUDA backend is not part of this build yet; use --backend cpu"
+        ),
+        BackendKind::Auto => {
+            tracing::info!("backend auto: using the CPU (this build has no CUDA backend yet)")
+        }
+        BackendKind::Cpu => {}
+    }
+    let files = load_model(&settings.model)?;
+    let eos_ids = files.eos_token_ids();
+    let ModelFiles {
+        config,
+        tokenizer,
+        weights,
+        generation,
+        ..
+    } = files;
+    let max_model_len = settings
+        .max_model_len
+        .unwrap_or(config.max_position_embeddings);
+    anyhow::ensure!(
+        max_model_len <= config.max_position_embeddings,
+        "--max-model-len {max_model_len} is over the model's max_position_embeddings ({})",
+        config.max_position_embeddings
+    );
+    let num_blocks = settings.kv_cache_tokens.div_ceil(BLOCK_SIZE);
+    anyhow::ensure!(
+        num_blocks * BLOCK_SIZE >= max_model_len,
+        "--kv-cache-tokens {} cannot hold one sequence of --max-model-len {max_model_len} tokens",
+        settings.kv_cache_tokens
+    );
+    let kv = KvGeometry {
+        num_blocks,
+        block_size: BLOCK_SIZE,
+    };
+    let backend = lhama_model::cpu::CpuBackend::new(&config, weights, kv);
+    let vocab_size = config.vocab_size;
+    let tokenizer = Arc::new(tokenizer);
+    let engine = spawn(
+        Box::new(backend),
+        tokenizer.clone(),
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                max_num_seqs: settings.max_num_seqs,
+                max_num_batched_tokens: settings.max_num_batched_tokens,
+                num_blocks,
+                block_size: BLOCK_SIZE,
+            },
+            max_model_len,
+            eos_ids,
+        },
+    );
+    Ok(Loaded {
+        engine,
+        tokenizer,
+        generation,
+        vocab_size,
+        max_model_len,
+        backend: "cpu",
+    })
+}
+
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let addr = format!("{}:{}", settings.host, settings.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let state = AppState::new(settings.server.clone());
+    let app = lhama_server::router(state.clone());
+    let load_state = state.clone();
+    let load_settings = settings.clone();
+    tokio::task::spawn_blocking(move || match load(&load_settings) {
+        Ok(loaded) => {
+            tracing::info!(
+                address = %local,
+                model = %load_settings.model,
+                served_as = ?load_settings.served_model_names,
+                backend = loaded.backend,
+                max_model_len = loaded.max_model_len,
+                max_num_seqs = load_settings.max_num_seqs,
+                max_num_batched_tokens = load_settings.max_num_batched_tokens,
+                kv_cache_tokens = load_settings.kv_cache_tokens,
+                max_queue_requests = load_settings.server.max_queue_requests,
+                api_keys = load_settings.server.api_keys.len(),
+                "lhama serving"
+            );
+            let _ = load_state.0.loaded.set(loaded);
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "model failed to load");
+            let _ = load_state.0.load_error.set(format!("{e:#}"));
+        }
+    });
+    tracing::info!(address = %local, "listening (model loading)");
+    let shutdown_state = state.clone();
+    let grace = settings.shutdown_grace;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests; letting running ones finish");
+        shutdown_state.0.shutting_down.store(true, Ordering::SeqCst);
+        let _ = stop_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    // After the signal, give in-flight requests the grace period, then exit.
+    let deadline = async move {
+        if stop_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r.context("server task")?.context("serving")?,
+        () = deadline => tracing::warn!("grace period over; exiting with requests still running"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

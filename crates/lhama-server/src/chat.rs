@@ -1,0 +1,192 @@
+//! POST /v1/chat/completions
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use lhama_engine::{Event, TokenLogprob};
+use lhama_model::{ChatMessage, Tokenizer};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::generation::{self, Job, finish_str, request_id, unix_now};
+use crate::openai::{ChatRequest, message_text, top_count};
+use crate::sse::{self, ChunkWriter};
+use crate::state::AppState;
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let loaded = state.ready()?;
+    state.check_model(&req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(ApiError::invalid_param(
+                &format!("messages[{i}].role"),
+                format!("unknown role {:?}; expected one of {ROLES:?}", m.role),
+            ));
+        }
+        messages.push(ChatMessage::new(&m.role, message_text(m, i)?));
+    }
+    let sampling = req.sampling();
+    let n = sampling.n()?;
+    let text = loaded
+        .tokenizer
+        .apply_chat_template(&messages, true)
+        .map_err(ApiError::from_template)?;
+    let prompt = loaded
+        .tokenizer
+        .encode(&text, false)
+        .map_err(ApiError::internal)?;
+    let default_max = loaded.max_model_len.saturating_sub(prompt.len());
+    let mut params = sampling.to_params(&loaded.generation, loaded.vocab_size, default_max)?;
+    params.logprobs = match (req.logprobs, req.top_logprobs) {
+        (true, k) => Some(top_count("top_logprobs", k.unwrap_or(0))?),
+        (false, Some(_)) => {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "`top_logprobs` requires `logprobs: true`",
+            ));
+        }
+        (false, None) => None,
+    };
+    let jobs = (0..n)
+        .map(|i| {
+            let mut p = params.clone();
+            p.sampling.seed = p.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            Job {
+                index: i,
+                prompt: prompt.clone(),
+                params: p,
+            }
+        })
+        .collect();
+    let merged = generation::start(&state, loaded, jobs, "messages")?;
+    let id = request_id("chatcmpl");
+    let model = req.model.clone();
+    let created = unix_now();
+    let tokenizer = loaded.tokenizer.clone();
+    if req.stream {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let writer = ChatChunks {
+            id,
+            model,
+            created,
+            n,
+            include_usage,
+            tokenizer,
+            usage: (prompt.len(), 0),
+        };
+        return Ok(sse::stream(merged, writer));
+    }
+    let choices = generation::collect(merged, n).await?;
+    let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    let body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices.iter().enumerate().map(|(i, c)| json!({
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": req.logprobs.then(|| json!({"content": c.logprobs.iter().map(|l| chat_logprob(&tokenizer, l)).collect::<Vec<_>>()})),
+            "finish_reason": finish_str(c.finish),
+        })).collect::<Vec<_>>(),
+        "usage": {"prompt_tokens": prompt.len(), "completion_tokens": completion, "total_tokens": prompt.len() + completion},
+        "system_fingerprint": Value::Null,
+    });
+    Ok(Json(body).into_response())
+}
+
+/// The text of a token as OpenAI reports it ("▁" as a space; byte pieces as their byte).
+pub fn token_text(tokenizer: &Tokenizer, id: u32) -> (String, Vec<u8>) {
+    let piece = tokenizer.id_to_token(id).unwrap_or_default();
+    if let Some(hex) = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
+        if let Ok(b) = u8::from_str_radix(hex, 16) {
+            return (String::from_utf8_lossy(&[b]).into_owned(), vec![b]);
+        }
+    }
+    let text = piece.replace('▁', " ");
+    let bytes = text.as_bytes().to_vec();
+    (text, bytes)
+}
+
+fn chat_logprob(tokenizer: &Tokenizer, l: &TokenLogprob) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let (t, b) = token_text(tokenizer, id);
+        json!({"token": t, "logprob": lp, "bytes": b})
+    };
+    let mut v = entry(l.token, l.logprob);
+    v["top_logprobs"] = Value::Array(l.top.iter().map(|&(id, lp)| entry(id, lp)).collect());
+    v
+}
+
+struct ChatChunks {
+    id: String,
+    model: String,
+    created: u64,
+    n: usize,
+    include_usage: bool,
+    tokenizer: Arc<Tokenizer>,
+    /// (prompt tokens, completion tokens so far)
+    usage: (usize, usize),
+}
+
+impl ChatChunks {
+    fn chunk(&self, choices: Value) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "system_fingerprint": Value::Null, "choices": choices})
+    }
+}
+
+impl ChunkWriter for ChatChunks {
+    fn start(&mut self) -> Vec<Value> {
+        (0..self.n)
+            .map(|i| {
+                self.chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]))
+            })
+            .collect()
+    }
+
+    fn event(&mut self, index: usize, ev: Event) -> Result<Vec<Value>, ApiError> {
+        Ok(match ev {
+            Event::Token { text, logprob, .. } => {
+                self.usage.1 += 1;
+                if text.is_empty() && logprob.is_none() {
+                    return Ok(Vec::new());
+                }
+                let lp = logprob.map(|l| json!({"content": [chat_logprob(&self.tokenizer, &l)]}));
+                vec![self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]))]
+            }
+            Event::Text(text) => {
+                vec![self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]))]
+            }
+            Event::Done { reason, .. } => {
+                vec![self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_str(Some(reason))}]))]
+            }
+            Event::PromptLogprobs(_) => Vec::new(),
+            Event::Error(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
+        })
+    }
+
+    fn end(&mut self) -> Vec<Value> {
+        if !self.include_usage {
+            return Vec::new();
+        }
+        let (p, c) = self.usage;
+        let mut chunk = self.chunk(json!([]));
+        chunk["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+        vec![chunk]
+    }
+}

@@ -1,0 +1,240 @@
+//! POST /v1/completions
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use lhama_engine::{Event, TokenLogprob};
+use lhama_model::Tokenizer;
+use serde_json::{Map, Value, json};
+
+use crate::chat::token_text;
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::generation::{self, Choice, Job, finish_str, request_id, unix_now};
+use crate::openai::{CompletionRequest, Prompt, top_count};
+use crate::sse::{self, ChunkWriter};
+use crate::state::AppState;
+
+/// The prompts of a request as token ids, with their text for `echo`.
+fn prompts(
+    req: &CompletionRequest,
+    tokenizer: &Tokenizer,
+    vocab: usize,
+) -> Result<Vec<(Vec<u32>, String)>, ApiError> {
+    let encode = |t: &str| -> Result<(Vec<u32>, String), ApiError> {
+        Ok((
+            tokenizer.encode(t, true).map_err(ApiError::internal)?,
+            t.to_string(),
+        ))
+    };
+    let ids = |list: &[i64]| -> Result<(Vec<u32>, String), ApiError> {
+        let ids = list
+            .iter()
+            .map(|&t| {
+                if t < 0 || t as usize >= vocab {
+                    Err(ApiError::invalid_param(
+                        "prompt",
+                        format!("token id {t} is outside the vocabulary (0..{vocab})"),
+                    ))
+                } else {
+                    Ok(t as u32)
+                }
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
+        let text = tokenizer.decode(&ids, false).map_err(ApiError::internal)?;
+        Ok((ids, text))
+    };
+    let out = match &req.prompt {
+        Prompt::Text(t) => vec![encode(t)?],
+        Prompt::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+        Prompt::Ids(list) => vec![ids(list)?],
+        Prompt::IdLists(lists) => lists.iter().map(|l| ids(l)).collect::<Result<_, _>>()?,
+    };
+    if out.is_empty() || out.iter().any(|(ids, _)| ids.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "`prompt` must not be empty",
+        ));
+    }
+    Ok(out)
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let loaded = state.ready()?;
+    state.check_model(&req.model)?;
+    if req.suffix.is_some() {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "`suffix` is not supported",
+        ));
+    }
+    let sampling = req.sampling();
+    let n = sampling.n()?;
+    if req.best_of.is_some_and(|b| b != n as i64) {
+        return Err(ApiError::invalid_param(
+            "best_of",
+            "`best_of` other than `n` is not supported",
+        ));
+    }
+    let tokenizer = loaded.tokenizer.clone();
+    let prompts = prompts(&req, &tokenizer, loaded.vocab_size)?;
+    let logprobs = req.logprobs.map(|k| top_count("logprobs", k)).transpose()?;
+    let mut jobs = Vec::new();
+    for (p, (ids, _)) in prompts.iter().enumerate() {
+        let mut params = sampling.to_params(&loaded.generation, loaded.vocab_size, 16)?;
+        params.logprobs = logprobs;
+        params.prompt_logprobs = if req.echo { logprobs } else { None };
+        for i in 0..n {
+            let mut params = params.clone();
+            params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            jobs.push(Job {
+                index: p * n + i,
+                prompt: ids.clone(),
+                params,
+            });
+        }
+    }
+    let count = jobs.len();
+    let merged = generation::start(&state, loaded, jobs, "prompt")?;
+    let id = request_id("cmpl");
+    let created = unix_now();
+    let echo_texts: Vec<String> = (0..count).map(|i| prompts[i / n].1.clone()).collect();
+    let prompt_tokens: usize = prompts.iter().map(|(ids, _)| ids.len()).sum::<usize>() * n;
+    if req.stream {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let writer = CompletionChunks {
+            id,
+            model: req.model.clone(),
+            created,
+            echo: req.echo.then_some(echo_texts),
+            include_usage,
+            tokenizer,
+            usage: (prompt_tokens, 0),
+        };
+        return Ok(sse::stream(merged, writer));
+    }
+    let choices = generation::collect(merged, count).await?;
+    let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    let body = json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": req.model,
+        "choices": choices.iter().enumerate().map(|(i, c)| {
+            let text = if req.echo { format!("{}{}", echo_texts[i], c.text) } else { c.text.clone() };
+            json!({
+                "index": i,
+                "text": text,
+                "logprobs": logprobs.map(|_| completion_logprobs(&tokenizer, c, req.echo.then_some(&prompts[i / n].0))),
+                "finish_reason": finish_str(c.finish),
+            })
+        }).collect::<Vec<_>>(),
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
+    });
+    Ok(Json(body).into_response())
+}
+
+/// The legacy completions logprobs object; with echo, prompt tokens first.
+fn completion_logprobs(tokenizer: &Tokenizer, c: &Choice, prompt: Option<&Vec<u32>>) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top = Vec::new();
+    let mut offsets = Vec::new();
+    let mut offset = 0usize;
+    let mut push = |id: u32, lp: Option<&TokenLogprob>| {
+        let (t, _) = token_text(tokenizer, id);
+        offsets.push(offset);
+        offset += t.len();
+        tokens.push(Value::String(t));
+        token_logprobs.push(lp.map_or(Value::Null, |l| json!(l.logprob)));
+        top.push(lp.map_or(Value::Null, |l| {
+            let m: Map<String, Value> = l
+                .top
+                .iter()
+                .map(|&(id, p)| (token_text(tokenizer, id).0, json!(p)))
+                .collect();
+            Value::Object(m)
+        }));
+    };
+    if let (Some(ids), Some(lps)) = (prompt, &c.prompt_logprobs) {
+        for (i, &id) in ids.iter().enumerate() {
+            push(id, lps.get(i).and_then(Option::as_ref));
+        }
+    }
+    for (id, lp) in c.tokens.iter().zip(&c.logprobs) {
+        push(*id, Some(lp));
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+}
+
+struct CompletionChunks {
+    id: String,
+    model: String,
+    created: u64,
+    echo: Option<Vec<String>>,
+    include_usage: bool,
+    tokenizer: Arc<Tokenizer>,
+    usage: (usize, usize),
+}
+
+impl CompletionChunks {
+    fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Option<&str>) -> Value {
+        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+               "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]})
+    }
+}
+
+impl ChunkWriter for CompletionChunks {
+    fn start(&mut self) -> Vec<Value> {
+        match &self.echo {
+            Some(texts) => texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| self.chunk(i, t, Value::Null, None))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn event(&mut self, index: usize, ev: Event) -> Result<Vec<Value>, ApiError> {
+        Ok(match ev {
+            Event::Token { id, text, logprob } => {
+                self.usage.1 += 1;
+                let lp = logprob.map_or(Value::Null, |l| {
+                    let c = Choice {
+                        tokens: vec![id],
+                        logprobs: vec![l],
+                        ..Choice::default()
+                    };
+                    completion_logprobs(&self.tokenizer, &c, None)
+                });
+                if text.is_empty() && lp.is_null() {
+                    return Ok(Vec::new());
+                }
+                vec![self.chunk(index, &text, lp, None)]
+            }
+            Event::Text(text) => vec![self.chunk(index, &text, Value::Null, None)],
+            Event::Done { reason, .. } => {
+                vec![self.chunk(index, "", Value::Null, finish_str(Some(reason)))]
+            }
+            Event::PromptLogprobs(_) => Vec::new(),
+            Event::Error(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
+        })
+    }
+
+    fn end(&mut self) -> Vec<Value> {
+        if !self.include_usage {
+            return Vec::new();
+        }
+        let (p, c) = self.usage;
+        vec![
+            json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                    "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}),
+        ]
+    }
+}

@@ -1,0 +1,384 @@
+//! OpenAI request types and their validation into engine parameters.
+
+use std::collections::HashMap;
+
+use lhama_engine::{RequestParams, SamplingParams};
+use lhama_model::GenerationConfig;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields shared by both endpoints (OpenAI's plus vLLM-style extras).
+#[derive(Debug, Clone, Default)]
+pub struct Sampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub seed: Option<i64>,
+    pub n: Option<i64>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub min_tokens: Option<i64>,
+    pub stop: Option<StringOrList>,
+    pub stop_token_ids: Option<Vec<i64>>,
+    pub ignore_eos: Option<bool>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub logit_bias: Option<HashMap<String, f64>>,
+    pub skip_special_tokens: Option<bool>,
+}
+
+/// Declares a request struct with the sampling fields inline (not
+/// `#[serde(flatten)]`, which would hide the name of a field with a wrong
+/// type) and a `sampling()` accessor.
+macro_rules! request_with_sampling {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $(#[$m])*
+        pub struct $name {
+            $($(#[$fm])* pub $field: $ty,)*
+            pub temperature: Option<f64>,
+            pub top_p: Option<f64>,
+            pub top_k: Option<i64>,
+            pub min_p: Option<f64>,
+            pub seed: Option<i64>,
+            pub n: Option<i64>,
+            pub max_tokens: Option<i64>,
+            pub max_completion_tokens: Option<i64>,
+            pub min_tokens: Option<i64>,
+            pub stop: Option<StringOrList>,
+            pub stop_token_ids: Option<Vec<i64>>,
+            pub ignore_eos: Option<bool>,
+            pub presence_penalty: Option<f64>,
+            pub frequency_penalty: Option<f64>,
+            pub repetition_penalty: Option<f64>,
+            pub logit_bias: Option<HashMap<String, f64>>,
+            pub skip_special_tokens: Option<bool>,
+        }
+
+        impl $name {
+            pub fn sampling(&self) -> Sampling {
+                Sampling {
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    top_k: self.top_k,
+                    min_p: self.min_p,
+                    seed: self.seed,
+                    n: self.n,
+                    max_tokens: self.max_tokens,
+                    max_completion_tokens: self.max_completion_tokens,
+                    min_tokens: self.min_tokens,
+                    stop: self.stop.clone(),
+                    stop_token_ids: self.stop_token_ids.clone(),
+                    ignore_eos: self.ignore_eos,
+                    presence_penalty: self.presence_penalty,
+                    frequency_penalty: self.frequency_penalty,
+                    repetition_penalty: self.repetition_penalty,
+                    logit_bias: self.logit_bias.clone(),
+                    skip_special_tokens: self.skip_special_tokens,
+                }
+            }
+        }
+    };
+}
+
+request_with_sampling! {
+    #[derive(Debug, Clone, Deserialize)]
+    pub struct ChatRequest {
+        pub model: String,
+        pub messages: Vec<Message>,
+        #[serde(default)]
+        pub stream: bool,
+        pub stream_options: Option<StreamOptions>,
+        #[serde(default)]
+        pub logprobs: bool,
+        pub top_logprobs: Option<i64>,
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<i64>),
+    IdLists(Vec<Vec<i64>>),
+}
+
+request_with_sampling! {
+    #[derive(Debug, Clone, Deserialize)]
+    pub struct CompletionRequest {
+        pub model: String,
+        pub prompt: Prompt,
+        #[serde(default)]
+        pub stream: bool,
+        pub stream_options: Option<StreamOptions>,
+        #[serde(default)]
+        pub echo: bool,
+        pub logprobs: Option<i64>,
+        pub suffix: Option<String>,
+        pub best_of: Option<i64>,
+    }
+}
+
+pub const MAX_N: i64 = 16;
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+pub const MAX_STOP_STRINGS: usize = 16;
+pub const MAX_STOP_LEN: usize = 256;
+
+fn finite(param: &str, v: f64) -> Result<f64, ApiError> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` must be a finite number"),
+        ))
+    }
+}
+
+fn in_range(param: &str, v: f64, lo: f64, hi: f64) -> Result<f32, ApiError> {
+    let v = finite(param, v)?;
+    if v < lo || v > hi {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` must be between {lo} and {hi}, got {v}"),
+        ));
+    }
+    Ok(v as f32)
+}
+
+impl Sampling {
+    /// Number of choices per prompt.
+    pub fn n(&self) -> Result<usize, ApiError> {
+        match self.n {
+            None => Ok(1),
+            Some(n) if (1..=MAX_N).contains(&n) => Ok(n as usize),
+            Some(n) => Err(ApiError::invalid_param(
+                "n",
+                format!("`n` must be between 1 and {MAX_N}, got {n}"),
+            )),
+        }
+    }
+
+    /// Validates every field; `default_max` applies when max_tokens is absent.
+    pub fn to_params(
+        &self,
+        generation: &GenerationConfig,
+        vocab: usize,
+        default_max: usize,
+    ) -> Result<RequestParams, ApiError> {
+        let temperature = match self.temperature {
+            Some(t) => in_range("temperature", t, 0.0, 2.0)?,
+            None => match (generation.do_sample, generation.temperature) {
+                (Some(false), _) => 0.0,
+                (_, Some(t)) => t,
+                (_, None) => 1.0,
+            },
+        };
+        let top_p = match self.top_p {
+            Some(p) => in_range("top_p", p, 0.0, 1.0)?,
+            None => generation.top_p.unwrap_or(1.0),
+        };
+        if top_p <= 0.0 {
+            return Err(ApiError::invalid_param(
+                "top_p",
+                "`top_p` must be greater than 0",
+            ));
+        }
+        let top_k = match self.top_k {
+            Some(k) if k == -1 || k == 0 => 0,
+            Some(k) if k > 0 => k as usize,
+            Some(k) => {
+                return Err(ApiError::invalid_param(
+                    "top_k",
+                    format!("`top_k` must be -1, 0 or positive, got {k}"),
+                ));
+            }
+            None => generation.top_k.map_or(0, |k| k as usize),
+        };
+        let min_p = self
+            .min_p
+            .map(|p| in_range("min_p", p, 0.0, 1.0))
+            .transpose()?
+            .unwrap_or(0.0);
+        let seed = self.seed.map(|s| s as u64);
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            None => default_max,
+            Some(m) if m >= 0 => m as usize,
+            Some(m) => {
+                let param = if self.max_completion_tokens.is_some() {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                };
+                return Err(ApiError::invalid_param(
+                    param,
+                    format!("`{param}` must be at least 0, got {m}"),
+                ));
+            }
+        };
+        let min_tokens = match self.min_tokens {
+            None => 0,
+            Some(m) if m >= 0 && m as usize <= max_tokens => m as usize,
+            Some(m) => {
+                return Err(ApiError::invalid_param(
+                    "min_tokens",
+                    format!("`min_tokens` must be between 0 and max_tokens, got {m}"),
+                ));
+            }
+        };
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StringOrList::One(s)) => vec![s.clone()],
+            Some(StringOrList::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::invalid_param(
+                "stop",
+                format!(
+                    "at most {MAX_STOP_STRINGS} stop strings, got {}",
+                    stop.len()
+                ),
+            ));
+        }
+        if stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+            return Err(ApiError::invalid_param(
+                "stop",
+                format!("stop strings must be 1 to {MAX_STOP_LEN} bytes"),
+            ));
+        }
+        let token = |param: &str, id: i64| -> Result<u32, ApiError> {
+            if id < 0 || id as usize >= vocab {
+                return Err(ApiError::invalid_param(
+                    param,
+                    format!("token id {id} is outside the vocabulary (0..{vocab})"),
+                ));
+            }
+            Ok(id as u32)
+        };
+        let stop_token_ids = self
+            .stop_token_ids
+            .iter()
+            .flatten()
+            .map(|&id| token("stop_token_ids", id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut logit_bias = Vec::new();
+        for (k, &v) in self.logit_bias.iter().flatten() {
+            let id: i64 = k.parse().map_err(|_| {
+                ApiError::invalid_param(
+                    "logit_bias",
+                    format!("logit_bias key {k:?} is not a token id"),
+                )
+            })?;
+            logit_bias.push((
+                token("logit_bias", id)?,
+                in_range("logit_bias", v, -100.0, 100.0)?,
+            ));
+        }
+        logit_bias.sort_by_key(|&(t, _)| t);
+        Ok(RequestParams {
+            sampling: SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                min_p,
+                seed,
+            },
+            max_tokens,
+            min_tokens,
+            stop,
+            stop_token_ids,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            repetition_penalty: match self.repetition_penalty {
+                Some(r) => in_range("repetition_penalty", r, 0.01, 10.0)?,
+                None => generation.repetition_penalty.unwrap_or(1.0),
+            },
+            presence_penalty: self
+                .presence_penalty
+                .map(|p| in_range("presence_penalty", p, -2.0, 2.0))
+                .transpose()?
+                .unwrap_or(0.0),
+            frequency_penalty: self
+                .frequency_penalty
+                .map(|p| in_range("frequency_penalty", p, -2.0, 2.0))
+                .transpose()?
+                .unwrap_or(0.0),
+            logit_bias,
+            logprobs: None,
+            prompt_logprobs: None,
+            skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+        })
+    }
+}
+
+/// top_logprobs / logprobs counts.
+pub fn top_count(param: &str, v: i64) -> Result<usize, ApiError> {
+    if (0..=MAX_TOP_LOGPROBS).contains(&v) {
+        Ok(v as usize)
+    } else {
+        Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` must be between 0 and {MAX_TOP_LOGPROBS}, got {v}"),
+        ))
+    }
+}
+
+/// The text of a message: a string, or the concatenated text parts.
+pub fn message_text(m: &Message, index: usize) -> Result<String, ApiError> {
+    match &m.content {
+        None => Ok(String::new()),
+        Some(Content::Text(t)) => Ok(t.clone()),
+        Some(Content::Parts(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => out.push_str(t),
+                    (kind, _) => {
+                        return Err(ApiError::invalid_param(
+                            &format!("messages[{index}].content"),
+                            format!(
+                                "content parts of type {kind:?} are not supported; only \"text\""
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
