@@ -1,0 +1,204 @@
+//! Starts the real `lhama serve` on a free port with a fresh tiny synthetic
+//! model, and small HTTP helpers for the server tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    _model: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn synth_tiny() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_lhama"))
+        .args([
+            "synth",
+            "--preset",
+            "tiny",
+            "--seed",
+            "0",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    dir
+}
+
+/// Starts a server and waits until /health answers (200, or 503 when
+/// `expect_ready` is false).
+pub async fn start_with(model: tempfile::TempDir, extra: &[&str], expect_ready: bool) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lhama"))
+        .args([
+            "serve",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
+        .args([
+            "--served-model-name",
+            "tiny,tiny-alias",
+            "--log-format",
+            "json",
+            "--shutdown-grace-secs",
+            "20",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("LHAMA_CONFIG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(a) = v["fields"]["address"].as_str() {
+                        let _ = tx.send(a.to_string());
+                        sent = true;
+                    }
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server printed its address");
+    let server = Server {
+        child,
+        base: format!("http://{addr}"),
+        _model: model,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(format!("{}/health", server.base)).send().await {
+            if r.status().is_success() == expect_ready
+                || (!expect_ready && r.status().as_u16() == 503)
+            {
+                if !expect_ready {
+                    let body: Value = r.json().await.unwrap();
+                    if body["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("loading"))
+                    {
+                        continue;
+                    }
+                }
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become healthy");
+        tokio::task::yield_now().await;
+    }
+    server
+}
+
+pub async fn start(extra: &[&str]) -> Server {
+    start_with(synth_tiny(), extra, true).await
+}
+
+pub async fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", server.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Posts a streaming request and returns the parsed `data:` payloads
+/// (`[DONE]` as the string "[DONE]").
+pub async fn post_stream(server: &Server, path: &str, body: &Value) -> Vec<Value> {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", server.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+    let mut events = Vec::new();
+    let mut buf = String::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    events.push(if data == "[DONE]" {
+                        Value::String(data.into())
+                    } else {
+                        serde_json::from_str(data).unwrap()
+                    });
+                }
+            }
+        }
+    }
+    events
+}
+
+/// Concatenated text per choice index of a stream of chunks.
+pub fn stream_texts(events: &[Value], field: fn(&Value) -> Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in events {
+        for c in e["choices"].as_array().into_iter().flatten() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            if out.len() <= i {
+                out.resize(i + 1, String::new());
+            }
+            if let Some(t) = field(c) {
+                out[i].push_str(t);
+            }
+        }
+    }
+    out
+}
+
+pub async fn metric(server: &Server, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+}
+
+pub async fn wait_metric(server: &Server, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(server, name).await != want {
+        assert!(Instant::now() < deadline, "{name} never reached {want}");
+        tokio::task::yield_now().await;
+    }
+}
