@@ -2,9 +2,36 @@
 //! body too large (413), not JSON or wrong types (400, naming the field).
 
 use axum::extract::{FromRequest, Request};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+
+/// Bytes of an oversized body read (and dropped) before answering 413, so a
+/// client still sending gets the answer instead of a reset connection.
+const DRAIN_LIMIT: usize = 256 << 20;
+
+async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut stream = req.into_body().into_data_stream();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(format!("Could not read the request body: {e}"), None)
+        })?;
+        total += chunk.len();
+        if total > DRAIN_LIMIT {
+            break;
+        }
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if total > limit {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    Ok(buf)
+}
 
 /// Set on the router as an extension: the largest body accepted, in bytes.
 #[derive(Debug, Clone, Copy)]
@@ -17,9 +44,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let limit = req.extensions().get::<BodyLimit>().map_or(1 << 20, |l| l.0);
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| ApiError::payload_too_large(limit))?;
+        let bytes = read_body(req, limit).await?;
         let text = std::str::from_utf8(&bytes).map_err(|e| {
             ApiError::bad_request(format!("Request body is not valid UTF-8: {e}"), None)
         })?;

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
     let mut app = v1
         .merge(open)
         .fallback(misc::not_found)
+        .method_not_allowed_fallback(misc::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

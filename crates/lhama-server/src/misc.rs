@@ -120,6 +120,10 @@ pub async fn detokenize(
     Ok(Json(json!({"prompt": text})))
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("No such route.")
 }
