@@ -1,0 +1,248 @@
+//! Load, cancellation, queue limits, start-up failure and graceful shutdown
+//! of the real server.
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+fn chat_body(prompt: &str, extra: Value) -> Value {
+    let mut b = json!({"model": "tiny", "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 24, "ignore_eos": true});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+/// 64 concurrent streaming requests with mixed parameters: some cancelled
+/// midway, some with stop strings, some with n = 2. Every finished greedy
+/// output equals the same request run alone, and the KV blocks in use return
+/// to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_streams_equal_their_solo_runs() {
+    // A small KV pool (96 blocks of 16) so the load also preempts.
+    let server = common::start(&[
+        "--kv-cache-tokens",
+        "1536",
+        "--max-num-batched-tokens",
+        "256",
+    ])
+    .await;
+    let prompts: Vec<String> = (0..64)
+        .map(|i| {
+            format!(
+                "Pergunta {i}: qual a capital {}?",
+                "do Brasil ".repeat(i % 7)
+            )
+        })
+        .collect();
+    // Solo runs, one at a time.
+    let mut solo = Vec::new();
+    for p in &prompts {
+        let (status, body) =
+            common::post(&server, "/v1/chat/completions", &chat_body(p, json!({}))).await;
+        assert_eq!(status, 200, "{body}");
+        solo.push(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let mut tasks = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let extra = match i % 4 {
+            0 => json!({"stream": true}),
+            1 => json!({"stream": true, "n": 2}),
+            2 => {
+                // A stop string that occurs in the solo output, when there is one.
+                let chars: Vec<char> = solo[i].chars().collect();
+                let stop: String = chars[chars.len() / 2..(chars.len() / 2 + 2).min(chars.len())]
+                    .iter()
+                    .collect();
+                json!({"stream": true, "stop": [stop]})
+            }
+            _ => json!({"stream": true, "max_tokens": 400}), // cancelled midway
+        };
+        let body = chat_body(p, extra.clone());
+        let base = server.base.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let mut stream = r.bytes_stream();
+            let mut raw = String::new();
+            let cancel = i % 4 == 3;
+            while let Some(chunk) = stream.next().await {
+                raw.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+                if cancel && raw.matches("data: ").count() >= 3 {
+                    return (i, extra, None); // drop the stream: the client goes away
+                }
+            }
+            let events: Vec<Value> = raw
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect();
+            assert!(raw.trim_end().ends_with("data: [DONE]"));
+            (
+                i,
+                extra,
+                Some(common::stream_texts(&events, |c| {
+                    c["delta"]["content"].as_str()
+                })),
+            )
+        }));
+    }
+    for t in tasks {
+        let (i, extra, texts) = t.await.unwrap();
+        let Some(texts) = texts else { continue };
+        match i % 4 {
+            0 => assert_eq!(texts, vec![solo[i].clone()], "request {i}"),
+            1 => assert_eq!(
+                texts,
+                vec![solo[i].clone(), solo[i].clone()],
+                "request {i}: greedy n=2"
+            ),
+            2 => {
+                let stop = extra["stop"][0].as_str().unwrap();
+                let want = &solo[i][..solo[i].find(stop).unwrap()];
+                assert_eq!(
+                    texts,
+                    vec![want.to_string()],
+                    "request {i} with stop {stop:?}"
+                );
+            }
+            _ => unreachable!("cancelled requests return no texts"),
+        }
+    }
+    common::wait_metric(&server, "lhama_kv_blocks_used", 0.0).await;
+    common::wait_metric(&server, "lhama_running_sequences", 0.0).await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_frees_its_blocks() {
+    let server = common::start(&[]).await;
+    // Non-streaming: give up on the response after a moment.
+    let body = chat_body("Oi", json!({"max_tokens": 480}));
+    let url = format!("{}/v1/chat/completions", server.base);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .timeout(Duration::from_millis(30))
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "the request should have been abandoned before finishing"
+    );
+    common::wait_metric(&server, "lhama_kv_blocks_used", 0.0).await;
+    let generated = common::metric(&server, "lhama_generation_tokens_total").await;
+    assert!(
+        generated < 480.0,
+        "generation went on after the client left ({generated} tokens)"
+    );
+    // Streaming: read one chunk, then drop.
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&chat_body("Oi", json!({"max_tokens": 480, "stream": true})))
+        .send()
+        .await
+        .unwrap();
+    let mut s = r.bytes_stream();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    common::wait_metric(&server, "lhama_kv_blocks_used", 0.0).await;
+    common::wait_metric(&server, "lhama_running_sequences", 0.0).await;
+    let total = common::metric(&server, "lhama_generation_tokens_total").await;
+    assert!(
+        total - generated < 480.0,
+        "the stream's generation went on after the client left"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let server = common::start(&["--max-queue-requests", "1"]).await;
+    // n = 2 puts two sequences in the queue at once: the second is refused.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&chat_body("Oi", json!({"n": 2})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // One at a time is fine.
+    let (status, _) =
+        common::post(&server, "/v1/chat/completions", &chat_body("Oi", json!({}))).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_model_that_fails_to_load_leaves_health_at_503() {
+    let model = common::synth_tiny();
+    std::fs::write(model.path().join("config.json"), "{ not json").unwrap();
+    let server = common::start_with(model, &[], false).await;
+    let r = reqwest::get(format!("{}/health", server.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config.json"),
+        "{body}"
+    );
+    let (status, body) =
+        common::post(&server, "/v1/chat/completions", &chat_body("Oi", json!({}))).await;
+    assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_requests_finish_and_exits_zero() {
+    let mut server = common::start(&[]).await;
+    let url = format!("{}/v1/chat/completions", server.base);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&chat_body("Oi", json!({"max_tokens": 300, "stream": true})))
+        .send()
+        .await
+        .unwrap();
+    let mut s = r.bytes_stream();
+    let mut raw = String::from_utf8_lossy(&s.next().await.unwrap().unwrap()).into_owned();
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    while let Some(chunk) = s.next().await {
+        raw.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(
+        raw.trim_end().ends_with("data: [DONE]"),
+        "the running stream finished"
+    );
+    assert!(raw.contains("\"finish_reason\":\"length\""));
+    let status = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
