@@ -77,14 +77,16 @@ async fn sixty_four_concurrent_streams_equal_their_solo_runs() {
                 .unwrap();
             assert_eq!(r.status().as_u16(), 200);
             let mut stream = r.bytes_stream();
-            let mut raw = String::new();
+            // Bytes, decoded at the end: a chunk may split a UTF-8 character.
+            let mut bytes: Vec<u8> = Vec::new();
             let cancel = i % 4 == 3;
             while let Some(chunk) = stream.next().await {
-                raw.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-                if cancel && raw.matches("data: ").count() >= 3 {
+                bytes.extend_from_slice(&chunk.unwrap());
+                if cancel && bytes.windows(6).filter(|w| w == b"data: ").count() >= 3 {
                     return (i, extra, None); // drop the stream: the client goes away
                 }
             }
+            let raw = String::from_utf8(bytes).unwrap();
             let events: Vec<Value> = raw
                 .lines()
                 .filter_map(|l| l.strip_prefix("data: "))
@@ -224,7 +226,7 @@ async fn sigterm_lets_running_requests_finish_and_exits_zero() {
         .await
         .unwrap();
     let mut s = r.bytes_stream();
-    let mut raw = String::from_utf8_lossy(&s.next().await.unwrap().unwrap()).into_owned();
+    let mut bytes = s.next().await.unwrap().unwrap().to_vec();
     let pid = server.child.id().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -234,8 +236,9 @@ async fn sigterm_lets_running_requests_finish_and_exits_zero() {
             .success()
     );
     while let Some(chunk) = s.next().await {
-        raw.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        bytes.extend_from_slice(&chunk.unwrap());
     }
+    let raw = String::from_utf8(bytes).unwrap();
     assert!(
         raw.trim_end().ends_with("data: [DONE]"),
         "the running stream finished"

@@ -142,13 +142,14 @@ pub async fn post_stream(server: &Server, path: &str, body: &Value) -> Vec<Value
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
     let mut events = Vec::new();
-    let mut buf = String::new();
+    // Bytes until a blank line: a chunk may end inside a UTF-8 character.
+    let mut buf: Vec<u8> = Vec::new();
     let mut stream = r.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        buf.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            for line in event.lines() {
+        buf.extend_from_slice(&chunk.unwrap());
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            for line in std::str::from_utf8(&event).unwrap().lines() {
                 if let Some(data) = line.strip_prefix("data: ") {
                     events.push(if data == "[DONE]" {
                         Value::String(data.into())
