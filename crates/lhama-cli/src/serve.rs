@@ -85,7 +85,7 @@ pub struct ServeArgs {
 }
 
 /// Settings after flags, env, file and defaults are merged.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub host: String,
     pub port: u16,
@@ -327,5 +327,79 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_file(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(name)
+    }
+
+    #[test]
+    fn the_documented_config_file_holds_the_real_defaults() {
+        let from_file = ServeArgs {
+            config: Some(repo_file("config/lhama.toml")),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_file.resolve().unwrap(),
+            ServeArgs::default().resolve().unwrap()
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_and_keys_come_from_files_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "k2\n\n  k3  \n").unwrap();
+        let cfg = dir.path().join("lhama.toml");
+        std::fs::write(
+            &cfg,
+            format!("port = 9000\nmax-num-seqs = 8\napi-key = [\"k1\"]\napi-key-file = {:?}\nserved-model-name = [\"a\", \"b\"]\n", keys),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(cfg.clone()),
+            port: Some(9100),
+            ..ServeArgs::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.port, 9100, "the flag wins");
+        assert_eq!(s.max_num_seqs, 8, "the file wins over the default");
+        assert_eq!(s.server.api_keys, vec!["k1", "k2", "k3"]);
+        assert_eq!(s.server.served_model_names, vec!["a", "b"]);
+
+        std::fs::write(&cfg, "max-num-seqs = \"many\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(cfg.clone()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("lhama.toml")
+                && format!("{err:#}").contains("max-num-seqs"),
+            "{err:#}"
+        );
+        std::fs::write(&cfg, "max-num-sequences = 3\n").unwrap();
+        let err = ServeArgs {
+            config: Some(cfg),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        let err = ServeArgs {
+            max_num_seqs: Some(0),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("--max-num-seqs"), "{err:#}");
     }
 }

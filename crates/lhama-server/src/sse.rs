@@ -66,3 +66,95 @@ pub fn stream(mut merged: Merged, mut writer: impl ChunkWriter) -> Response {
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+    use lhama_engine::FinishReason;
+    use serde_json::json;
+
+    /// Writes each token's text as `{"t": text}`.
+    struct Plain;
+
+    impl ChunkWriter for Plain {
+        fn start(&mut self) -> Vec<Value> {
+            vec![json!({"start": true})]
+        }
+        fn event(&mut self, _index: usize, ev: Event) -> Result<Vec<Value>, ApiError> {
+            match ev {
+                Event::Token { text, .. } => Ok(vec![json!({"t": text})]),
+                Event::Error(e) => Err(ApiError::internal(format!("generation failed: {e}"))),
+                _ => Ok(Vec::new()),
+            }
+        }
+        fn end(&mut self) -> Vec<Value> {
+            vec![json!({"end": true})]
+        }
+    }
+
+    async fn body_of(events: Vec<(usize, Event)>) -> String {
+        let merged: Merged = Box::pin(stream::iter(events));
+        let response = stream(merged, Plain);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn token(t: &str) -> Event {
+        Event::Token {
+            id: 5,
+            text: t.into(),
+            logprob: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_then_end_then_done() {
+        let body = body_of(vec![
+            (0, token("a")),
+            (
+                0,
+                Event::Done {
+                    reason: FinishReason::Stop,
+                    prompt_tokens: 1,
+                    completion_tokens: 1,
+                },
+            ),
+        ])
+        .await;
+        let data: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(
+            data,
+            vec![
+                r#"{"start":true}"#,
+                r#"{"t":"a"}"#,
+                r#"{"end":true}"#,
+                "[DONE]"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_mid_stream_is_an_openai_error_event() {
+        let body = body_of(vec![
+            (0, token("a")),
+            (0, Event::Error("boom".into())),
+            (0, token("never")),
+        ])
+        .await;
+        let data: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(data.len(), 4, "{body}");
+        let err: Value = serde_json::from_str(data[2]).unwrap();
+        assert_eq!(err["error"]["message"], "generation failed: boom");
+        assert_eq!(err["error"]["type"], "server_error");
+        assert_eq!(data[3], "[DONE]");
+    }
+}

@@ -10,7 +10,7 @@ use lhama_model::{GenerationConfig, Tokenizer};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// The first is the canonical name; the rest are aliases.
     pub served_model_names: Vec<String>,

@@ -1,0 +1,149 @@
+//! Smaller routes and behaviours of the real server: prompt scoring with
+//! echo + max_tokens 0, generation_config defaults, tokenize/detokenize,
+//! version, metrics, CORS.
+
+mod common;
+
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn echo_with_max_tokens_zero_scores_the_prompt() {
+    let server = common::start(&[]).await;
+    let (status, body) = common::post(
+        &server,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "Qual a capital do Brasil?", "max_tokens": 0, "echo": true, "logprobs": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["text"], "Qual a capital do Brasil?");
+    assert_eq!(choice["finish_reason"], "length");
+    let lp = &choice["logprobs"];
+    let n = body["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(body["usage"]["completion_tokens"], 0);
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n);
+    assert!(
+        lp["token_logprobs"][0].is_null(),
+        "the first token has no context"
+    );
+    for v in &lp["token_logprobs"].as_array().unwrap()[1..] {
+        assert!(v.as_f64().unwrap() <= 0.0);
+    }
+    assert_eq!(lp["tokens"][0], "<s>");
+}
+
+#[tokio::test]
+async fn generation_config_supplies_defaults_the_request_leaves_out() {
+    let model = common::synth_tiny();
+    std::fs::write(
+        model.path().join("generation_config.json"),
+        r#"{"do_sample": false, "eos_token_id": 2}"#,
+    )
+    .unwrap();
+    let server = common::start_with(model, &[], true).await;
+    let ask = |extra: Value| {
+        let mut b = json!({"model": "tiny", "messages": [{"role": "user", "content": "Oi"}], "max_tokens": 12, "ignore_eos": true});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let (_, silent) = common::post(&server, "/v1/chat/completions", &ask(json!({}))).await;
+    let (_, greedy) = common::post(
+        &server,
+        "/v1/chat/completions",
+        &ask(json!({"temperature": 0})),
+    )
+    .await;
+    let (_, hot) = common::post(
+        &server,
+        "/v1/chat/completions",
+        &ask(json!({"temperature": 1.5, "seed": 1})),
+    )
+    .await;
+    let text = |b: &Value| {
+        b["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        text(&silent),
+        text(&greedy),
+        "do_sample=false makes a silent request greedy"
+    );
+    assert_ne!(
+        text(&hot),
+        text(&greedy),
+        "an explicit temperature still wins"
+    );
+}
+
+#[tokio::test]
+async fn tokenize_detokenize_version_and_metrics() {
+    let server = common::start(&[]).await;
+    let (status, t) = common::post(&server, "/tokenize", &json!({"prompt": "Olá, Brasil!"})).await;
+    assert_eq!(status, 200);
+    let ids = t["tokens"].clone();
+    assert_eq!(ids[0], 1, "BOS");
+    assert_eq!(t["count"], ids.as_array().unwrap().len());
+    let (_, d) = common::post(&server, "/detokenize", &json!({"tokens": ids})).await;
+    assert_eq!(d["prompt"], "<s> Olá, Brasil!");
+    let v: Value = reqwest::get(format!("{}/version", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+
+    common::post(
+        &server,
+        "/v1/chat/completions",
+        &json!({"model": "tiny", "messages": [{"role": "user", "content": "Oi"}], "max_tokens": 3}),
+    )
+    .await;
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "lhama_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 1",
+        "lhama_generation_tokens_total 3",
+        "lhama_time_to_first_token_seconds_count 1",
+        "lhama_inter_token_latency_seconds_count 2",
+        "lhama_e2e_request_latency_seconds_count 1",
+        "lhama_queue_depth 0",
+        "lhama_preemptions_total 0",
+    ] {
+        assert!(text.contains(name), "missing {name:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_configurable() {
+    let preflight = |base: String| async move {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{base}/v1/chat/completions"),
+            )
+            .header("origin", "https://chat.example.com")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap()
+    };
+    let plain = common::start(&[]).await;
+    let r = preflight(plain.base.clone()).await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let cors = common::start(&["--cors-origins", "https://chat.example.com"]).await;
+    let r = preflight(cors.base.clone()).await;
+    assert_eq!(
+        r.headers().get("access-control-allow-origin").unwrap(),
+        "https://chat.example.com"
+    );
+}
