@@ -40,7 +40,22 @@ pub fn start(
         let begun = Instant::now();
         let mut last: Option<Instant> = None;
         let index = job.index;
-        let s = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |ev| {
+        // A stream that ends without Done means the engine went away.
+        let mut finished = false;
+        let events = futures_util::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(ev)) => {
+                finished |= matches!(ev, Event::Done { .. } | Event::Error(_));
+                std::task::Poll::Ready(Some(ev))
+            }
+            std::task::Poll::Ready(None) if !finished => {
+                finished = true;
+                std::task::Poll::Ready(Some(Event::Error(
+                    "the engine stopped before the request finished".into(),
+                )))
+            }
+            other => other,
+        });
+        let s = events.map(move |ev| {
             if let Some(mut s) = slot.take() {
                 s.release();
             }
