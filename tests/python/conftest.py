@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -15,10 +16,13 @@ LHAMA = os.environ.get("LHAMA_BIN", os.path.join(os.path.dirname(__file__), "../
 
 
 class Server:
-    def __init__(self, *extra):
+    def __init__(self, *extra, broken=False):
         self.dir = tempfile.TemporaryDirectory()
         subprocess.run([LHAMA, "synth", "--preset", "tiny", "--seed", "0", "--out", self.dir.name],
                        check=True, capture_output=True)
+        if broken:
+            with open(os.path.join(self.dir.name, "config.json"), "w") as f:
+                f.write("{ not json")
         self.proc = subprocess.Popen(
             [LHAMA, "serve", "--model", self.dir.name, "--host", "127.0.0.1", "--port", "0",
              "--served-model-name", "tiny", "--log-format", "json", *extra],
@@ -43,6 +47,9 @@ class Server:
                 with urllib.request.urlopen(self.base + "/health") as r:
                     if r.status == 200:
                         break
+            except urllib.error.HTTPError as e:
+                if broken and b"failed to load" in e.read():
+                    break
             except OSError:
                 pass
             assert time.time() < deadline, "server never became healthy"
@@ -64,5 +71,12 @@ def server():
 @pytest.fixture(scope="session")
 def keyed_server():
     s = Server("--api-key", "secret", "--max-queue-requests", "1", "--max-body-bytes", "100000")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def broken_server():
+    s = Server(broken=True)
     yield s
     s.stop()

@@ -83,3 +83,10 @@ def test_auth_queue_and_size_errors(keyed_server):
     with pytest.raises(openai.APIStatusError) as e:
         ok.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a" * 200000}])
     assert e.value.status_code == 413
+
+
+def test_unavailable_model_raises_internal_server_error(broken_server):
+    with pytest.raises(openai.InternalServerError) as e:
+        client(broken_server).chat.completions.create(model="tiny", messages=QUESTION)
+    assert e.value.status_code == 503
+    assert "config.json" in e.value.message

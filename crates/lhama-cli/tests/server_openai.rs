@@ -317,3 +317,41 @@ async fn api_keys_guard_the_v1_routes() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn body_limit_and_unavailable_model_through_the_client() {
+    let server = common::start(&["--max-body-bytes", "2000"]).await;
+    let long = "a".repeat(5000);
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("tiny")
+        .messages([user(&long)])
+        .build()
+        .unwrap();
+    let (status, e) = api_error(
+        client(&server, "unused")
+            .chat()
+            .create(req)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 413);
+    assert!(e.message.contains("2000"), "{}", e.message);
+
+    let model = common::synth_tiny();
+    std::fs::remove_file(model.path().join("tokenizer.json")).unwrap();
+    let broken = common::start_with(model, &[], false).await;
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("tiny")
+        .messages([user("Oi")])
+        .build()
+        .unwrap();
+    let (status, e) = api_error(
+        client(&broken, "unused")
+            .chat()
+            .create(req)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 503);
+    assert!(e.message.contains("tokenizer.json"), "{}", e.message);
+}
