@@ -6,7 +6,7 @@ use std::time::Instant;
 use clap::Args;
 use lhama_model::{Backend, ForwardBatch, ModelFiles, SeqSlice};
 
-use crate::load::{cpu_backend, load_model};
+use crate::load::{BackendKind, BackendLimits, load_model, make_backend};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -21,6 +21,8 @@ pub struct BenchArgs {
     /// Batch sizes to time decode at.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     batch: Vec<usize>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
 }
 
 /// Prefills `n` sequences of `len` tokens (one forward pass each) and returns
@@ -78,20 +80,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         per_seq <= config.max_position_embeddings,
         "--prompt-len + --decode-steps is over the context"
     );
-    let mut backend = cpu_backend(&config, weights, max_batch * (per_seq + 16));
+    let limits = BackendLimits {
+        kv_cache_tokens: Some(max_batch * (per_seq + 16)),
+        max_batch_tokens: args.prompt_len.max(max_batch),
+        max_seqs: max_batch,
+        gpu_memory_utilization: 0.9,
+    };
+    let mut boxed = make_backend(args.backend, &config, weights, limits)?;
+    let backend = boxed.as_mut();
     let threads = lhama_model::cpu::threads();
     println!(
-        "threads: {threads}, prompt length: {}, decode steps: {}",
-        args.prompt_len, args.decode_steps
+        "backend: {}, CPU threads: {threads}, prompt length: {}, decode steps: {}",
+        backend.name(),
+        args.prompt_len,
+        args.decode_steps
     );
     let mut tables = Vec::new();
-    let secs = prefill(
-        &mut backend,
-        1,
-        args.prompt_len,
-        args.decode_steps,
-        &mut tables,
-    )?;
+    let secs = prefill(backend, 1, args.prompt_len, args.decode_steps, &mut tables)?;
     println!(
         "prefill: {} tokens in {:.3} s = {:.1} tok/s",
         args.prompt_len,
@@ -101,13 +106,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("{:>6} {:>12} {:>12}", "batch", "ms/step", "tok/s");
     let mut logits = Vec::new();
     for &b in &args.batch {
-        prefill(
-            &mut backend,
-            b,
-            args.prompt_len,
-            args.decode_steps,
-            &mut tables,
-        )?;
+        prefill(backend, b, args.prompt_len, args.decode_steps, &mut tables)?;
         let seqs: Vec<SeqSlice<'_>> = tables
             .iter()
             .enumerate()
@@ -136,10 +135,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             Ok(())
         };
-        step(&mut backend, 0)?; // warm-up
+        step(backend, 0)?; // warm-up
         let start = Instant::now();
         for k in 1..=args.decode_steps {
-            step(&mut backend, k)?;
+            step(backend, k)?;
         }
         let per_step = start.elapsed().as_secs_f64() / args.decode_steps as f64;
         println!(

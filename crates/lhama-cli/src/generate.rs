@@ -7,7 +7,7 @@ use clap::Args;
 use lhama_engine::{IncrementalDecoder, Sampler, SamplingParams, generate};
 use lhama_model::{ChatMessage, ModelFiles};
 
-use crate::load::{cpu_backend, load_model};
+use crate::load::{BackendKind, BackendLimits, load_model, make_backend};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -34,6 +34,8 @@ pub struct GenerateArgs {
     /// Keep generating past the end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendKind,
 }
 
 fn sampling_params(args: &GenerateArgs, files: &ModelFiles) -> anyhow::Result<SamplingParams> {
@@ -96,13 +98,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.max_tokens,
         config.max_position_embeddings
     );
-    let mut backend = cpu_backend(&config, weights, total);
+    let limits = BackendLimits {
+        kv_cache_tokens: Some(total),
+        max_batch_tokens: lhama_engine::generate::PREFILL_CHUNK,
+        max_seqs: 1,
+        gpu_memory_utilization: 0.9,
+    };
+    let mut backend = make_backend(args.backend, &config, weights, limits)?;
     let mut sampler = Sampler::new(params);
     let mut decoder = IncrementalDecoder::new(true);
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
     let stats = generate(
-        &mut backend,
+        backend.as_mut(),
         &prompt_ids,
         args.max_tokens,
         &mut sampler,

@@ -25,6 +25,71 @@ pub fn load_model(spec: &str) -> anyhow::Result<ModelFiles> {
     Ok(files)
 }
 
+/// Which backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// CUDA when a usable GPU is found, else the CPU (the reason is logged).
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Limits a backend is built for.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendLimits {
+    /// KV cache in tokens; None: the backend's default (CPU: 32768, CUDA:
+    /// what `gpu_memory_utilization` leaves after weights and buffers).
+    pub kv_cache_tokens: Option<usize>,
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
+    pub gpu_memory_utilization: f64,
+}
+
+pub const CPU_DEFAULT_KV_TOKENS: usize = 32768;
+
+/// Builds the backend `kind` asks for; under `auto` a CUDA failure falls
+/// back to the CPU with a log line saying why.
+pub fn make_backend(
+    kind: BackendKind,
+    config: &LlamaConfig,
+    weights: LlamaWeights,
+    limits: BackendLimits,
+) -> anyhow::Result<Box<dyn lhama_model::Backend>> {
+    let cuda = |weights: &LlamaWeights| {
+        let opts = lhama_cuda::CudaOptions {
+            gpu_memory_utilization: limits.gpu_memory_utilization,
+            max_batch_tokens: limits.max_batch_tokens,
+            max_seqs: limits.max_seqs,
+            kv_cache_tokens: limits.kv_cache_tokens,
+            block_size: BLOCK_SIZE,
+            ..lhama_cuda::CudaOptions::default()
+        };
+        lhama_cuda::CudaBackend::new(config, weights, &opts)
+    };
+    match kind {
+        BackendKind::Cuda => Ok(Box::new(
+            cuda(&weights).map_err(|e| anyhow::anyhow!("--backend cuda: {e}"))?,
+        )),
+        BackendKind::Auto => match cuda(&weights) {
+            Ok(b) => Ok(Box::new(b)),
+            Err(e) => {
+                tracing::info!(reason = %e, "backend auto: using the CPU");
+                Ok(Box::new(cpu_backend(
+                    config,
+                    weights,
+                    limits.kv_cache_tokens.unwrap_or(CPU_DEFAULT_KV_TOKENS),
+                )))
+            }
+        },
+        BackendKind::Cpu => Ok(Box::new(cpu_backend(
+            config,
+            weights,
+            limits.kv_cache_tokens.unwrap_or(CPU_DEFAULT_KV_TOKENS),
+        ))),
+    }
+}
+
 /// A CPU backend with a KV pool of at least `tokens` tokens.
 pub fn cpu_backend(config: &LlamaConfig, weights: LlamaWeights, tokens: usize) -> CpuBackend {
     let kv = KvGeometry {
@@ -34,7 +99,12 @@ pub fn cpu_backend(config: &LlamaConfig, weights: LlamaWeights, tokens: usize) -
     CpuBackend::new(config, weights, kv)
 }
 
-pub fn verify(model: &str, golden_path: &Path, tolerance: f32) -> anyhow::Result<()> {
+pub fn verify(
+    model: &str,
+    golden_path: &Path,
+    tolerance: f32,
+    kind: BackendKind,
+) -> anyhow::Result<()> {
     let ModelFiles {
         config,
         tokenizer,
@@ -48,9 +118,16 @@ pub fn verify(model: &str, golden_path: &Path, tolerance: f32) -> anyhow::Result
         .map(|p| p.ids.len() + p.greedy.len())
         .max()
         .unwrap_or(1);
-    let mut backend = cpu_backend(&config, weights, longest);
+    let limits = BackendLimits {
+        kv_cache_tokens: Some(longest + BLOCK_SIZE),
+        max_batch_tokens: longest,
+        max_seqs: 1,
+        gpu_memory_utilization: 0.9,
+    };
+    let mut backend = make_backend(kind, &config, weights, limits)?;
+    println!("backend: {}", backend.name());
     let report =
-        golden::compare(&mut backend, &tokenizer, &golden).context("running the goldens")?;
+        golden::compare(backend.as_mut(), &tokenizer, &golden).context("running the goldens")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     anyhow::ensure!(
         report.max_abs_logit_diff <= tolerance,

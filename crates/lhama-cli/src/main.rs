@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the OpenAI-compatible HTTP server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Write a synthetic checkpoint in the real model's exact format.
     Synth {
         /// tiny (fast tests, GQA) or ttl-460m (the real model's shapes).
@@ -53,6 +53,8 @@ enum Command {
         /// Largest allowed |logit difference|.
         #[arg(long, default_value_t = 1e-3)]
         tolerance: f32,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: load::BackendKind,
     },
 }
 
@@ -102,7 +104,8 @@ fn main() -> ExitCode {
             model,
             golden,
             tolerance,
-        } => load::verify(&model, &golden, tolerance),
+            backend,
+        } => load::verify(&model, &golden, tolerance, backend),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

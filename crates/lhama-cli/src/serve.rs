@@ -11,19 +11,11 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lhama_engine::scheduler::SchedulerConfig;
 use lhama_engine::{EngineConfig, spawn};
-use lhama_model::{KvGeometry, ModelFiles};
+use lhama_model::ModelFiles;
 use lhama_server::{AppState, Loaded, ServerConfig};
 use serde::Deserialize;
 
-use crate::load::{BLOCK_SIZE, load_model};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    Auto,
-    Cpu,
-    Cuda,
-}
+use crate::load::{BackendKind, BackendLimits, load_model, make_backend};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,9 +49,13 @@ pub struct ServeArgs {
     pub max_num_seqs: Option<usize>,
     #[arg(long, env = "LHAMA_MAX_NUM_BATCHED_TOKENS")]
     pub max_num_batched_tokens: Option<usize>,
-    /// KV cache size in tokens.
+    /// KV cache size in tokens (default: CPU 32768; CUDA what
+    /// --gpu-memory-utilization leaves after weights and buffers).
     #[arg(long, env = "LHAMA_KV_CACHE_TOKENS")]
     pub kv_cache_tokens: Option<usize>,
+    /// Fraction of the GPU's memory the CUDA backend may take.
+    #[arg(long, env = "LHAMA_GPU_MEMORY_UTILIZATION")]
+    pub gpu_memory_utilization: Option<f64>,
     #[arg(long, env = "LHAMA_MAX_QUEUE_REQUESTS")]
     pub max_queue_requests: Option<usize>,
     #[arg(long, env = "LHAMA_MAX_QUEUE_TOKENS")]
@@ -94,7 +90,8 @@ pub struct Settings {
     pub max_model_len: Option<usize>,
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
-    pub kv_cache_tokens: usize,
+    pub kv_cache_tokens: Option<usize>,
+    pub gpu_memory_utilization: f64,
     pub server: ServerConfig,
     pub backend: BackendKind,
     pub log_format: LogFormat,
@@ -156,7 +153,19 @@ impl ServeArgs {
                 "max-num-batched-tokens",
                 pick!(max_num_batched_tokens, 2048),
             )?,
-            kv_cache_tokens: positive("kv-cache-tokens", pick!(kv_cache_tokens, 32768))?,
+            kv_cache_tokens: self
+                .kv_cache_tokens
+                .or(file.kv_cache_tokens)
+                .map(|v| positive("kv-cache-tokens", v))
+                .transpose()?,
+            gpu_memory_utilization: {
+                let u = pick!(gpu_memory_utilization, 0.9);
+                anyhow::ensure!(
+                    u > 0.0 && u <= 1.0,
+                    "--gpu-memory-utilization must be in (0, 1], got {u}"
+                );
+                u
+            },
             server: ServerConfig {
                 served_model_names: Vec::new(), // set below
                 api_keys,
@@ -179,15 +188,6 @@ impl ServeArgs {
 
 /// Loads the model and starts the engine; runs on a blocking thread.
 fn load(settings: &Settings) -> anyhow::Result<Loaded> {
-    match settings.backend {
-        BackendKind::Cuda => anyhow::bail!(
-            "--backend cuda: the CUDA backend is not part of this build yet; use --backend cpu"
-        ),
-        BackendKind::Auto => {
-            tracing::info!("backend auto: using the CPU (this build has no CUDA backend yet)")
-        }
-        BackendKind::Cpu => {}
-    }
     let files = load_model(&settings.model)?;
     let eos_ids = files.eos_token_ids();
     let ModelFiles {
@@ -205,28 +205,31 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
         "--max-model-len {max_model_len} is over the model's max_position_embeddings ({})",
         config.max_position_embeddings
     );
-    let num_blocks = settings.kv_cache_tokens.div_ceil(BLOCK_SIZE);
-    anyhow::ensure!(
-        num_blocks * BLOCK_SIZE >= max_model_len,
-        "--kv-cache-tokens {} cannot hold one sequence of --max-model-len {max_model_len} tokens",
-        settings.kv_cache_tokens
-    );
-    let kv = KvGeometry {
-        num_blocks,
-        block_size: BLOCK_SIZE,
+    let limits = BackendLimits {
+        kv_cache_tokens: settings.kv_cache_tokens,
+        max_batch_tokens: settings.max_num_batched_tokens,
+        max_seqs: settings.max_num_seqs,
+        gpu_memory_utilization: settings.gpu_memory_utilization,
     };
-    let backend = lhama_model::cpu::CpuBackend::new(&config, weights, kv);
+    let backend = make_backend(settings.backend, &config, weights, limits)?;
+    let kv = backend.kv_geometry();
+    anyhow::ensure!(
+        kv.num_blocks * kv.block_size >= max_model_len,
+        "the KV cache ({} tokens) cannot hold one sequence of --max-model-len {max_model_len} tokens",
+        kv.num_blocks * kv.block_size
+    );
+    let backend_name = backend.name();
     let vocab_size = config.vocab_size;
     let tokenizer = Arc::new(tokenizer);
     let engine = spawn(
-        Box::new(backend),
+        backend,
         tokenizer.clone(),
         EngineConfig {
             scheduler: SchedulerConfig {
                 max_num_seqs: settings.max_num_seqs,
                 max_num_batched_tokens: settings.max_num_batched_tokens,
-                num_blocks,
-                block_size: BLOCK_SIZE,
+                num_blocks: kv.num_blocks,
+                block_size: kv.block_size,
             },
             max_model_len,
             eos_ids,
@@ -238,7 +241,7 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
         generation,
         vocab_size,
         max_model_len,
-        backend: "cpu",
+        backend: backend_name,
     })
 }
 
@@ -271,7 +274,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 max_model_len = loaded.max_model_len,
                 max_num_seqs = load_settings.max_num_seqs,
                 max_num_batched_tokens = load_settings.max_num_batched_tokens,
-                kv_cache_tokens = load_settings.kv_cache_tokens,
+                kv_cache_tokens = loaded.engine.config.scheduler.num_blocks * loaded.engine.config.scheduler.block_size,
                 max_queue_requests = load_settings.server.max_queue_requests,
                 api_keys = load_settings.server.api_keys.len(),
                 "lhama serving"

@@ -158,3 +158,67 @@ fn load_linear(
         }
     }
 }
+
+/// Several AWQ layers with the same input computed as one (q|k|v, gate|up):
+/// outputs concatenated along N, packed words copied row by row, zero points
+/// unpacked and scales widened to f32 (both per group: K/G times smaller than
+/// the weights). Both backends start from this.
+#[derive(Debug, Clone)]
+pub struct FusedAwq {
+    pub k: usize,
+    pub n: usize,
+    pub group: usize,
+    /// [K, N/8] AWQ-packed
+    pub qweight: Vec<u32>,
+    /// [K/G, N]
+    pub zeros: Vec<f32>,
+    /// [K/G, N]
+    pub scales: Vec<f32>,
+}
+
+impl FusedAwq {
+    /// Fuses `parts`; they must share K and the group size (they do when they
+    /// come from one checkpoint's config).
+    pub fn new(parts: &[&AwqWeights]) -> Self {
+        let first = parts.first().expect("at least one layer to fuse");
+        let (k, g) = (first.in_features, first.group_size);
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.in_features == k && p.group_size == g),
+            "fused layers share K and group size (checked at load)"
+        );
+        let n: usize = parts.iter().map(|p| p.out_features).sum();
+        let mut qweight = Vec::with_capacity(k * n / 8);
+        for row in 0..k {
+            for a in parts {
+                let n8 = a.out_features / 8;
+                qweight.extend_from_slice(&a.qweight[row * n8..][..n8]);
+            }
+        }
+        let mut zeros = Vec::with_capacity(k / g * n);
+        let mut scales = Vec::with_capacity(k / g * n);
+        for grp in 0..k / g {
+            for a in parts {
+                let n8 = a.out_features / 8;
+                for c in 0..n8 {
+                    let word = a.qzeros[grp * n8 + c];
+                    zeros.extend((0..8).map(|j| crate::awq::unpack(word, j) as f32));
+                }
+                scales.extend(
+                    a.scales[grp * a.out_features..][..a.out_features]
+                        .iter()
+                        .map(|s| s.to_f32()),
+                );
+            }
+        }
+        Self {
+            k,
+            n,
+            group: g,
+            qweight,
+            zeros,
+            scales,
+        }
+    }
+}

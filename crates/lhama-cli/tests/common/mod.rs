@@ -22,9 +22,15 @@ impl Drop for Server {
     }
 }
 
+/// The binary under test: LHAMA_BIN when set (test executables carried to
+/// another machine), else the one cargo built.
+pub fn lhama_bin() -> String {
+    std::env::var("LHAMA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lhama").to_string())
+}
+
 pub fn synth_tiny() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let st = Command::new(env!("CARGO_BIN_EXE_lhama"))
+    let st = Command::new(lhama_bin())
         .args([
             "synth",
             "--preset",
@@ -43,7 +49,7 @@ pub fn synth_tiny() -> tempfile::TempDir {
 /// Starts a server and waits until /health answers (200, or 503 when
 /// `expect_ready` is false).
 pub async fn start_with(model: tempfile::TempDir, extra: &[&str], expect_ready: bool) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lhama"))
+    let mut child = Command::new(lhama_bin())
         .args([
             "serve",
             "--model",

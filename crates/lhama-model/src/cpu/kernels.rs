@@ -374,6 +374,26 @@ impl RopeTable {
         Self { half, cos, sin }
     }
 
+    /// The tables for a model's config (head_dim, rope_theta, linear scaling,
+    /// max_position_embeddings).
+    pub fn for_config(config: &crate::config::LlamaConfig) -> Self {
+        let position_scale = match config.rope_scaling {
+            crate::config::RopeScaling::None => 1.0,
+            crate::config::RopeScaling::Linear { factor } => factor,
+        };
+        Self::new(
+            config.head_dim,
+            config.rope_theta,
+            config.max_position_embeddings,
+            position_scale,
+        )
+    }
+
+    /// (cos, sin), each [max_pos, head_dim / 2].
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates every head of `x` ([T, heads * head_dim]) in place, pairing
     /// dimension i with i + head_dim/2 (rotate_half).
     pub fn apply(&self, x: &mut [f32], positions: &[u32], heads: usize) {

@@ -8,10 +8,9 @@ pub mod kernels;
 
 use half::f16;
 
-use crate::awq;
 use crate::backend::{Backend, BackendError, ForwardBatch, KvGeometry};
-use crate::config::{LlamaConfig, RopeScaling};
-use crate::weights::{AwqWeights, LinearWeights, LlamaWeights};
+use crate::config::LlamaConfig;
+use crate::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
 use kernels::{AttnShape, AwqMatrix, RopeTable};
 
 /// A linear layer as the CPU kernels take it.
@@ -32,7 +31,7 @@ impl CpuLinear {
         let k = parts[0].in_features();
         let n: usize = parts.iter().map(|p| p.out_features()).sum();
         match parts[0] {
-            LinearWeights::Awq(first) => {
+            LinearWeights::Awq(_) => {
                 let awqs: Vec<&AwqWeights> = parts
                     .iter()
                     .map(|p| match p {
@@ -44,31 +43,10 @@ impl CpuLinear {
                         }
                     })
                     .collect();
-                let g = first.group_size;
-                let mut qweight = Vec::with_capacity(k * n / 8);
-                for row in 0..k {
-                    for a in &awqs {
-                        let n8 = a.out_features / 8;
-                        qweight.extend_from_slice(&a.qweight[row * n8..][..n8]);
-                    }
-                }
-                let mut zeros = Vec::with_capacity(k / g * n);
-                let mut scales = Vec::with_capacity(k / g * n);
-                for grp in 0..k / g {
-                    for a in &awqs {
-                        let n8 = a.out_features / 8;
-                        for c in 0..n8 {
-                            let word = a.qzeros[grp * n8 + c];
-                            zeros.extend((0..8).map(|j| awq::unpack(word, j) as f32));
-                        }
-                        scales.extend(
-                            a.scales[grp * a.out_features..][..a.out_features]
-                                .iter()
-                                .map(|s| s.to_f32()),
-                        );
-                    }
-                }
-                CpuLinear::Awq(AwqMatrix::new(k, n, g, qweight, zeros, scales))
+                let f = FusedAwq::new(&awqs);
+                CpuLinear::Awq(AwqMatrix::new(
+                    f.k, f.n, f.group, f.qweight, f.zeros, f.scales,
+                ))
             }
             LinearWeights::Dense { .. } => {
                 let mut w = Vec::with_capacity(k * n);
@@ -164,17 +142,8 @@ impl CpuBackend {
                 v_cache: vec![0.0; kv_len],
             })
             .collect();
-        let position_scale = match config.rope_scaling {
-            RopeScaling::None => 1.0,
-            RopeScaling::Linear { factor } => factor,
-        };
         Self {
-            rope: RopeTable::new(
-                config.head_dim,
-                config.rope_theta,
-                config.max_position_embeddings,
-                position_scale,
-            ),
+            rope: RopeTable::for_config(config),
             config: config.clone(),
             embed: weights.embed_tokens,
             layers,

@@ -1,0 +1,517 @@
+//! The CUDA backend: weights, KV cache and every per-step buffer allocated
+//! once on the GPU; a step uploads the batch's small index arrays, runs the
+//! kernels on one stream and copies back only the requested logits.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use half::f16;
+use lhama_model::cpu::kernels::RopeTable;
+use lhama_model::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
+use lhama_model::{Backend, BackendError, ForwardBatch, KvGeometry, LlamaConfig};
+
+use crate::CudaError;
+use crate::kernels::{GpuAwq, Kernels};
+
+#[derive(Debug, Clone)]
+pub struct CudaOptions {
+    pub device: usize,
+    /// Fraction of the GPU's memory lhama may take (weights, KV cache, buffers).
+    pub gpu_memory_utilization: f64,
+    /// Most tokens one forward step takes.
+    pub max_batch_tokens: usize,
+    /// Most sequences one step takes.
+    pub max_seqs: usize,
+    /// KV cache size in tokens; None = all the memory budget leaves.
+    pub kv_cache_tokens: Option<usize>,
+    pub block_size: usize,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            device: 0,
+            gpu_memory_utilization: 0.9,
+            max_batch_tokens: 2048,
+            max_seqs: 256,
+            kv_cache_tokens: None,
+            block_size: 16,
+        }
+    }
+}
+
+struct GpuLayer {
+    input_norm: CudaSlice<f32>,
+    post_norm: CudaSlice<f32>,
+    qkv: GpuAwq,
+    o: GpuAwq,
+    gate_up: GpuAwq,
+    down: GpuAwq,
+    /// [blocks * block_size, kv_heads, head_dim]
+    k_cache: CudaSlice<f32>,
+    v_cache: CudaSlice<f32>,
+}
+
+/// Per-step device buffers, sized for `max_batch_tokens` / `max_seqs`.
+struct Workspace {
+    /// [T, hidden] residual stream
+    x: CudaSlice<f32>,
+    /// [T, hidden] normed
+    h: CudaSlice<f32>,
+    /// [T, q + 2 kv]
+    qkv: CudaSlice<f32>,
+    /// [T, q]
+    q: CudaSlice<f32>,
+    /// [T, q]
+    attn: CudaSlice<f32>,
+    /// [T, hidden] o_proj / down_proj output
+    proj: CudaSlice<f32>,
+    /// [T, 2 inter]
+    gate_up: CudaSlice<f32>,
+    /// [T, inter]
+    act: CudaSlice<f32>,
+    partial: CudaSlice<f32>,
+    /// [T, vocab]
+    logits: CudaSlice<f32>,
+    tokens: CudaSlice<u32>,
+    positions: CudaSlice<u32>,
+    slots: CudaSlice<u32>,
+    seq_of: CudaSlice<u32>,
+    /// [max_seqs, max_blocks]
+    tables: CudaSlice<u32>,
+    rows: CudaSlice<u32>,
+}
+
+pub struct CudaBackend {
+    config: LlamaConfig,
+    device_name: String,
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    /// [vocab, hidden]
+    embed: CudaSlice<f16>,
+    /// [vocab, hidden]; None when tied to `embed`.
+    lm_head: Option<CudaSlice<f16>>,
+    norm: CudaSlice<f32>,
+    layers: Vec<GpuLayer>,
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+    kv: KvGeometry,
+    max_batch_tokens: usize,
+    max_seqs: usize,
+    max_blocks: usize,
+    ws: Workspace,
+    // Host staging, reused every step.
+    host_slots: Vec<u32>,
+    host_seq_of: Vec<u32>,
+    host_tables: Vec<u32>,
+}
+
+fn awq_parts<'a>(parts: &[&'a LinearWeights]) -> Result<Vec<&'a AwqWeights>, CudaError> {
+    parts
+        .iter()
+        .map(|p| match p {
+            LinearWeights::Awq(a) => Ok(a),
+            LinearWeights::Dense { .. } => Err(CudaError::Unsupported(
+                "only AWQ (GEMM) checkpoints run on the CUDA backend for now".into(),
+            )),
+        })
+        .collect()
+}
+
+const MIB: usize = 1 << 20;
+
+impl CudaBackend {
+    pub fn new(
+        config: &LlamaConfig,
+        weights: &LlamaWeights,
+        opts: &CudaOptions,
+    ) -> Result<Self, CudaError> {
+        let (name, _, _) = crate::probe()?;
+        let awq = config
+            .awq
+            .ok_or_else(|| CudaError::Unsupported("the checkpoint is not AWQ-quantized".into()))?;
+        if awq.group_size % 32 != 0 {
+            return Err(CudaError::Unsupported(format!(
+                "AWQ group size {} is not a multiple of 32",
+                awq.group_size
+            )));
+        }
+        if config.head_dim > 128 || 128 % config.head_dim != 0 {
+            return Err(CudaError::Unsupported(format!(
+                "head_dim {} must divide 128",
+                config.head_dim
+            )));
+        }
+        let ctx = CudaContext::new(opts.device)?;
+        // One stream does everything: cudarc's per-buffer event tracking would only add work.
+        // SAFETY: no buffer of this context is ever used from a second stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let k = Kernels::load(&ctx)?;
+
+        let (hidden, inter, vocab) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let q_dim = config.num_heads * config.head_dim;
+        let kv_dim = config.num_kv_heads * config.head_dim;
+        let t = opts.max_batch_tokens;
+        let max_blocks = config.max_position_embeddings.div_ceil(opts.block_size);
+        let block_bytes = 2 * config.num_layers * opts.block_size * kv_dim * 4;
+
+        // Budget: weights + workspace + KV must fit in utilization * total.
+        let (free, total) = ctx.mem_get_info()?;
+        let weight_bytes: usize = weights.embed_tokens.len() * 2
+            + weights.lm_head.as_ref().map_or(0, |l| l.len() * 2)
+            + weights
+                .layers
+                .iter()
+                .map(|l| {
+                    [
+                        &l.q_proj,
+                        &l.k_proj,
+                        &l.v_proj,
+                        &l.o_proj,
+                        &l.gate_proj,
+                        &l.up_proj,
+                        &l.down_proj,
+                    ]
+                    .iter()
+                    .map(|p| match p {
+                        LinearWeights::Awq(a) => a.qweight.len() * 4 + 2 * a.scales.len() * 4,
+                        LinearWeights::Dense { weight, .. } => weight.len() * 4,
+                    })
+                    .sum::<usize>()
+                })
+                .sum::<usize>();
+        let partial_len = [hidden, inter, q_dim]
+            .iter()
+            .map(|&kk| kk.div_ceil(128))
+            .max()
+            .unwrap_or(1)
+            * crate::kernels::AWQ_MAX_M
+            * (2 * inter).max(q_dim + 2 * kv_dim).max(hidden);
+        let ws_floats = t
+            * (2 * hidden + (q_dim + 2 * kv_dim) + 2 * q_dim + hidden + 3 * inter + vocab)
+            + partial_len;
+        let ws_bytes = ws_floats * 4 + (4 * t + opts.max_seqs * max_blocks + t) * 4;
+        let budget = ((total as f64 * opts.gpu_memory_utilization) as usize).min(free);
+        let fixed = weight_bytes + ws_bytes + 256 * MIB;
+        let num_blocks = match opts.kv_cache_tokens {
+            Some(tokens) => tokens.div_ceil(opts.block_size),
+            None => budget.saturating_sub(fixed) / block_bytes,
+        };
+        let need = fixed + num_blocks * block_bytes;
+        if num_blocks * opts.block_size < config.max_position_embeddings.min(2048) || need > budget
+        {
+            return Err(CudaError::OutOfMemory {
+                what: format!(
+                    "weights ({} MiB) + buffers ({} MiB) + KV cache ({} blocks, {} MiB)",
+                    weight_bytes / MIB,
+                    ws_bytes / MIB,
+                    num_blocks,
+                    num_blocks * block_bytes / MIB
+                ),
+                need_mib: need.max(
+                    fixed + block_bytes * config.max_position_embeddings.div_ceil(opts.block_size),
+                ) / MIB,
+                free_mib: budget / MIB,
+            });
+        }
+
+        let fused = |parts: &[&LinearWeights]| -> Result<GpuAwq, CudaError> {
+            GpuAwq::upload(&stream, &FusedAwq::new(&awq_parts(parts)?))
+        };
+        let cache_len = num_blocks * opts.block_size * kv_dim;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for l in &weights.layers {
+            layers.push(GpuLayer {
+                input_norm: stream.clone_htod(&l.input_layernorm)?,
+                post_norm: stream.clone_htod(&l.post_attention_layernorm)?,
+                qkv: fused(&[&l.q_proj, &l.k_proj, &l.v_proj])?,
+                o: fused(&[&l.o_proj])?,
+                gate_up: fused(&[&l.gate_proj, &l.up_proj])?,
+                down: fused(&[&l.down_proj])?,
+                k_cache: stream.alloc_zeros(cache_len)?,
+                v_cache: stream.alloc_zeros(cache_len)?,
+            });
+        }
+        let rope = RopeTable::for_config(config);
+        let (cos, sin) = rope.tables();
+        let ws = Workspace {
+            x: stream.alloc_zeros(t * hidden)?,
+            h: stream.alloc_zeros(t * hidden)?,
+            qkv: stream.alloc_zeros(t * (q_dim + 2 * kv_dim))?,
+            q: stream.alloc_zeros(t * q_dim)?,
+            attn: stream.alloc_zeros(t * q_dim)?,
+            proj: stream.alloc_zeros(t * hidden)?,
+            gate_up: stream.alloc_zeros(t * 2 * inter)?,
+            act: stream.alloc_zeros(t * inter)?,
+            partial: stream.alloc_zeros(partial_len)?,
+            logits: stream.alloc_zeros(t * vocab)?,
+            tokens: stream.alloc_zeros(t)?,
+            positions: stream.alloc_zeros(t)?,
+            slots: stream.alloc_zeros(t)?,
+            seq_of: stream.alloc_zeros(t)?,
+            tables: stream.alloc_zeros(opts.max_seqs * max_blocks)?,
+            rows: stream.alloc_zeros(t)?,
+        };
+        let backend = Self {
+            embed: stream.clone_htod(&weights.embed_tokens)?,
+            lm_head: weights
+                .lm_head
+                .as_ref()
+                .map(|l| stream.clone_htod(l))
+                .transpose()?,
+            norm: stream.clone_htod(&weights.norm)?,
+            cos: stream.clone_htod(cos)?,
+            sin: stream.clone_htod(sin)?,
+            config: config.clone(),
+            device_name: name,
+            _ctx: ctx.clone(),
+            stream,
+            k,
+            layers,
+            kv: KvGeometry {
+                num_blocks,
+                block_size: opts.block_size,
+            },
+            max_batch_tokens: t,
+            max_seqs: opts.max_seqs,
+            max_blocks,
+            ws,
+            host_slots: Vec::with_capacity(t),
+            host_seq_of: Vec::with_capacity(t),
+            host_tables: vec![0; opts.max_seqs * max_blocks],
+        };
+        backend.stream.synchronize()?;
+        tracing::info!(
+            device = %backend.device_name,
+            weights_mib = weight_bytes / MIB,
+            kv_blocks = num_blocks,
+            kv_tokens = num_blocks * opts.block_size,
+            "CUDA backend ready"
+        );
+        Ok(backend)
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) -> Result<(), CudaError> {
+        let cfg = &self.config;
+        let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let eps = cfg.rms_norm_eps as f32;
+        let bs = self.kv.block_size;
+        let t = batch.tokens.len();
+        let r = batch.logit_rows.len();
+
+        // Index arrays: each token's slot and sequence, the padded block tables.
+        self.host_slots.clear();
+        self.host_seq_of.clear();
+        let mut max_context = 0usize;
+        for (si, seq) in batch.seqs.iter().enumerate() {
+            let row = &mut self.host_tables[si * self.max_blocks..(si + 1) * self.max_blocks];
+            row.fill(0);
+            row[..seq.block_table.len()].copy_from_slice(seq.block_table);
+            for &p in &batch.positions[seq.token_start..seq.token_start + seq.num_tokens] {
+                let p = p as usize;
+                self.host_slots
+                    .push(seq.block_table[p / bs] * bs as u32 + (p % bs) as u32);
+                self.host_seq_of.push(si as u32);
+                max_context = max_context.max(p + 1);
+            }
+        }
+        let s = &self.stream;
+        let ws = &mut self.ws;
+        s.memcpy_htod(batch.tokens, &mut ws.tokens.slice_mut(0..t))?;
+        s.memcpy_htod(batch.positions, &mut ws.positions.slice_mut(0..t))?;
+        s.memcpy_htod(&self.host_slots, &mut ws.slots.slice_mut(0..t))?;
+        s.memcpy_htod(&self.host_seq_of, &mut ws.seq_of.slice_mut(0..t))?;
+        let table_len = batch.seqs.len() * self.max_blocks;
+        s.memcpy_htod(
+            &self.host_tables[..table_len],
+            &mut ws.tables.slice_mut(0..table_len),
+        )?;
+        if r > 0 {
+            s.memcpy_htod(batch.logit_rows, &mut ws.rows.slice_mut(0..r))?;
+        }
+
+        let k = &self.k;
+        k.embedding(
+            s,
+            &self.embed,
+            &ws.tokens.slice(0..t),
+            &mut ws.x.slice_mut(0..t * hidden),
+            hidden,
+        )?;
+        let mut pending_delta = false;
+        for layer in &mut self.layers {
+            k.add_rmsnorm(
+                s,
+                &mut ws.x.slice_mut(0..t * hidden),
+                pending_delta.then(|| ws.proj.slice(0..t * hidden)).as_ref(),
+                &layer.input_norm,
+                &mut ws.h.slice_mut(0..t * hidden),
+                t,
+                eps,
+            )?;
+            k.awq_matmul(
+                s,
+                &ws.h.slice(0..t * hidden),
+                t,
+                &layer.qkv,
+                &mut ws.partial,
+                &mut ws.qkv.slice_mut(..),
+            )?;
+            k.rope_kv_write(
+                s,
+                &ws.qkv.slice(..),
+                &ws.positions.slice(0..t),
+                &self.cos,
+                &self.sin,
+                &ws.slots.slice(0..t),
+                &mut ws.q.slice_mut(..),
+                &mut layer.k_cache,
+                &mut layer.v_cache,
+                shape,
+            )?;
+            k.paged_attention(
+                s,
+                &ws.q.slice(..),
+                &layer.k_cache,
+                &layer.v_cache,
+                &ws.tables.slice(0..table_len),
+                &ws.seq_of.slice(0..t),
+                &ws.positions.slice(0..t),
+                &mut ws.attn.slice_mut(..),
+                shape,
+                bs,
+                self.max_blocks,
+                max_context,
+            )?;
+            k.awq_matmul(
+                s,
+                &ws.attn.slice(..),
+                t,
+                &layer.o,
+                &mut ws.partial,
+                &mut ws.proj.slice_mut(..),
+            )?;
+            k.add_rmsnorm(
+                s,
+                &mut ws.x.slice_mut(0..t * hidden),
+                Some(&ws.proj.slice(0..t * hidden)),
+                &layer.post_norm,
+                &mut ws.h.slice_mut(0..t * hidden),
+                t,
+                eps,
+            )?;
+            k.awq_matmul(
+                s,
+                &ws.h.slice(0..t * hidden),
+                t,
+                &layer.gate_up,
+                &mut ws.partial,
+                &mut ws.gate_up.slice_mut(..),
+            )?;
+            k.silu_mul(
+                s,
+                &ws.gate_up.slice(..),
+                &mut ws.act.slice_mut(..),
+                t,
+                inter,
+            )?;
+            k.awq_matmul(
+                s,
+                &ws.act.slice(..),
+                t,
+                &layer.down,
+                &mut ws.partial,
+                &mut ws.proj.slice_mut(..),
+            )?;
+            pending_delta = true;
+        }
+        logits.clear();
+        if r == 0 {
+            return Ok(());
+        }
+        k.add_rmsnorm(
+            s,
+            &mut ws.x.slice_mut(0..t * hidden),
+            pending_delta.then(|| ws.proj.slice(0..t * hidden)).as_ref(),
+            &self.norm,
+            &mut ws.h.slice_mut(0..t * hidden),
+            t,
+            eps,
+        )?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        k.lm_head(
+            s,
+            &ws.h.slice(0..t * hidden),
+            &ws.rows.slice(0..r),
+            head,
+            &mut ws.logits.slice_mut(0..r * vocab),
+            hidden,
+        )?;
+        logits.resize(r * vocab, 0.0);
+        s.memcpy_dtoh(&ws.logits.slice(0..r * vocab), logits.as_mut_slice())?;
+        s.synchronize()?;
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn kv_geometry(&self) -> KvGeometry {
+        self.kv
+    }
+
+    fn forward(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        batch.validate(&self.config, self.kv)?;
+        let t = batch.tokens.len();
+        if t == 0 {
+            logits.clear();
+            return Ok(());
+        }
+        if t > self.max_batch_tokens
+            || batch.seqs.len() > self.max_seqs
+            || batch.logit_rows.len() > self.max_batch_tokens
+        {
+            return Err(BackendError::InvalidBatch(format!(
+                "{t} tokens / {} sequences exceed the CUDA backend's limits ({} / {})",
+                batch.seqs.len(),
+                self.max_batch_tokens,
+                self.max_seqs
+            )));
+        }
+        if let Some(s) = batch
+            .seqs
+            .iter()
+            .find(|s| s.block_table.len() > self.max_blocks)
+        {
+            return Err(BackendError::InvalidBatch(format!(
+                "a block table of {} blocks is longer than {}",
+                s.block_table.len(),
+                self.max_blocks
+            )));
+        }
+        self.run(batch, logits)
+            .map_err(|e| BackendError::Device(e.to_string()))
+    }
+}

@@ -1,0 +1,99 @@
+//! Kernel sources (kernels/*.cu, embedded in the binary) and their compilation
+//! to PTX with NVRTC, loaded at run time: one binary serves machines with and
+//! without CUDA, and the PTX targets exactly the GPU found (sm_80 or sm_90a).
+
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+
+use crate::CudaError;
+
+/// Every kernel family, in the order they are concatenated after common.cuh.
+pub const SOURCES: &[(&str, &str)] = &[
+    (
+        "embedding.cu",
+        include_str!("../../../kernels/embedding.cu"),
+    ),
+    ("rmsnorm.cu", include_str!("../../../kernels/rmsnorm.cu")),
+    (
+        "activation.cu",
+        include_str!("../../../kernels/activation.cu"),
+    ),
+    ("awq.cu", include_str!("../../../kernels/awq.cu")),
+    ("rope_kv.cu", include_str!("../../../kernels/rope_kv.cu")),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
+    ("lm_head.cu", include_str!("../../../kernels/lm_head.cu")),
+];
+
+const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+/// Names of every `extern "C"` kernel the backend loads.
+pub const KERNELS: &[&str] = &[
+    "embedding_gather_f16_f32",
+    "add_rmsnorm_f32",
+    "silu_mul_f32",
+    "awq_gemv_partial_f32",
+    "awq_reduce_partials_f32",
+    "rope_kv_write_f32",
+    "paged_attention_f32",
+    "lm_head_f16_f32",
+];
+
+/// The whole program: common helpers, then each family with a line marker so
+/// compiler messages name the original file.
+pub fn program_source() -> String {
+    let mut src = String::from(COMMON);
+    for (name, body) in SOURCES {
+        src.push_str(&format!("\n#line 1 \"{name}\"\n"));
+        src.push_str(body);
+    }
+    src
+}
+
+/// Folder with cuda_fp16.h: LHAMA_CUDA_INCLUDE, else $CUDA_HOME/include or
+/// $CUDA_PATH/include, else /usr/local/cuda/include.
+pub fn include_dir() -> String {
+    if let Ok(dir) = std::env::var("LHAMA_CUDA_INCLUDE") {
+        return dir;
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Ok(root) = std::env::var(var) {
+            return format!("{root}/include");
+        }
+    }
+    "/usr/local/cuda/include".to_string()
+}
+
+/// NVRTC target for a compute capability: Hopper gets sm_90a features.
+pub fn arch_for(major: i32, minor: i32) -> Option<&'static str> {
+    match (major, minor) {
+        (9, 0) => Some("compute_90a"),
+        (8, 0) => Some("compute_80"),
+        (8, 6) => Some("compute_86"),
+        (8, 9) => Some("compute_89"),
+        (m, _) if m >= 10 => Some("compute_90"),
+        _ => None,
+    }
+}
+
+/// Whether the NVRTC library can be loaded at all.
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only probes for the shared library; nothing is called in it.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles every kernel for `arch` (e.g. "compute_90a").
+pub fn compile(arch: &'static str) -> Result<Ptx, CudaError> {
+    if !nvrtc_available() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let opts = CompileOptions {
+        arch: Some(arch),
+        include_paths: vec![include_dir()],
+        options: vec!["--std=c++17".into()],
+        name: Some("lhama_kernels.cu".into()),
+        ..CompileOptions::default()
+    };
+    compile_ptx_with_opts(program_source(), opts).map_err(|e| CudaError::Compile(format!("{e:?}")))
+}

@@ -1,0 +1,436 @@
+//! Typed launchers for the kernels in kernels/*.cu. Each checks the sizes it
+//! relies on before the unsafe launch; a wrong size is an error, not a
+//! device fault.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    LaunchConfig, PushKernelArg,
+};
+use half::f16;
+
+use crate::CudaError;
+use crate::compile;
+
+/// AWQ rows per launch of the GEMV kernel (AWQ_MAX_M in awq.cu).
+pub const AWQ_MAX_M: usize = 8;
+/// Input rows one GEMV block covers (AWQ_ROWS_PER_BLOCK in awq.cu).
+pub const AWQ_ROWS_PER_BLOCK: usize = 128;
+/// Threads per attention block (and the most head_dim it supports).
+pub const ATTENTION_THREADS: usize = 128;
+
+/// An AWQ layer on the device (see `lhama_model::weights::FusedAwq`).
+pub struct GpuAwq {
+    pub k: usize,
+    pub n: usize,
+    pub group: usize,
+    /// [K, N/8]
+    pub qweight: CudaSlice<u32>,
+    /// [K/G, N]
+    pub zeros: CudaSlice<f32>,
+    /// [K/G, N]
+    pub scales: CudaSlice<f32>,
+}
+
+impl GpuAwq {
+    pub fn upload(
+        stream: &Arc<CudaStream>,
+        f: &lhama_model::weights::FusedAwq,
+    ) -> Result<Self, CudaError> {
+        Ok(Self {
+            k: f.k,
+            n: f.n,
+            group: f.group,
+            qweight: stream.clone_htod(&f.qweight)?,
+            zeros: stream.clone_htod(&f.zeros)?,
+            scales: stream.clone_htod(&f.scales)?,
+        })
+    }
+
+    /// Floats of split-K partial sums one launch of up to AWQ_MAX_M rows needs.
+    pub fn partial_len(&self) -> usize {
+        self.k.div_ceil(AWQ_ROWS_PER_BLOCK) * AWQ_MAX_M * self.n
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.qweight.num_bytes() + self.zeros.num_bytes() + self.scales.num_bytes()
+    }
+}
+
+pub struct Kernels {
+    _module: Arc<CudaModule>,
+    embedding: CudaFunction,
+    add_rmsnorm: CudaFunction,
+    silu_mul: CudaFunction,
+    awq_partial: CudaFunction,
+    awq_reduce: CudaFunction,
+    rope_kv: CudaFunction,
+    attention: CudaFunction,
+    lm_head: CudaFunction,
+}
+
+fn grid(n: usize, per_block: usize) -> u32 {
+    n.div_ceil(per_block).max(1) as u32
+}
+
+fn check(ok: bool, what: &str) -> Result<(), CudaError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(CudaError::Driver(format!("kernel launch refused: {what}")))
+    }
+}
+
+fn i32_of(v: usize) -> i32 {
+    i32::try_from(v).expect("sizes are validated far below i32::MAX at load")
+}
+
+impl Kernels {
+    /// Compiles (NVRTC) and loads every kernel for the context's device.
+    pub fn load(ctx: &Arc<CudaContext>) -> Result<Self, CudaError> {
+        let (major, minor) = ctx.compute_capability()?;
+        let arch = compile::arch_for(major, minor).ok_or(CudaError::TooOld {
+            name: ctx.name()?,
+            major,
+            minor,
+        })?;
+        let ptx = compile::compile(arch)?;
+        let module = ctx.load_module(ptx)?;
+        let f = |name: &str| module.load_function(name);
+        Ok(Self {
+            embedding: f("embedding_gather_f16_f32")?,
+            add_rmsnorm: f("add_rmsnorm_f32")?,
+            silu_mul: f("silu_mul_f32")?,
+            awq_partial: f("awq_gemv_partial_f32")?,
+            awq_reduce: f("awq_reduce_partials_f32")?,
+            rope_kv: f("rope_kv_write_f32")?,
+            attention: f("paged_attention_f32")?,
+            lm_head: f("lm_head_f16_f32")?,
+            _module: module,
+        })
+    }
+
+    /// x[T, hidden] = table[tokens[t]].
+    pub fn embedding(
+        &self,
+        s: &CudaStream,
+        table: &CudaSlice<f16>,
+        tokens: &CudaView<'_, u32>,
+        x: &mut CudaViewMut<'_, f32>,
+        hidden: usize,
+    ) -> Result<(), CudaError> {
+        let t = tokens.len();
+        check(
+            x.len() >= t * hidden && table.len() % hidden == 0,
+            "embedding sizes",
+        )?;
+        let h = i32_of(hidden);
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: table holds vocab * hidden f16, tokens < vocab (validated with the
+        // batch), x holds t * hidden f32 (checked above).
+        unsafe {
+            s.launch_builder(&self.embedding)
+                .arg(table)
+                .arg(tokens)
+                .arg(x)
+                .arg(&h)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+
+    /// x += delta (when given); out = rmsnorm(x) * weight, for `rows` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rmsnorm(
+        &self,
+        s: &CudaStream,
+        x: &mut CudaViewMut<'_, f32>,
+        delta: Option<&CudaView<'_, f32>>,
+        weight: &CudaSlice<f32>,
+        out: &mut CudaViewMut<'_, f32>,
+        rows: usize,
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        let hidden = weight.len();
+        check(
+            x.len() >= rows * hidden && out.len() >= rows * hidden,
+            "rmsnorm sizes",
+        )?;
+        check(
+            delta.is_none_or(|d| d.len() >= rows * hidden),
+            "rmsnorm delta size",
+        )?;
+        let h = i32_of(hidden);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let null = 0u64;
+        let mut b = s.launch_builder(&self.add_rmsnorm);
+        b.arg(x);
+        match delta {
+            Some(d) => b.arg(d),
+            None => b.arg(&null),
+        };
+        // SAFETY: x, delta and out hold rows * hidden f32 and weight hidden f32
+        // (checked above); a null delta is allowed by the kernel.
+        unsafe { b.arg(weight).arg(out).arg(&h).arg(&eps).launch(cfg) }?;
+        Ok(())
+    }
+
+    /// out[T, inter] = silu(gate) * up from gate_up[T, 2 * inter].
+    pub fn silu_mul(
+        &self,
+        s: &CudaStream,
+        gate_up: &CudaView<'_, f32>,
+        out: &mut CudaViewMut<'_, f32>,
+        tokens: usize,
+        inter: usize,
+    ) -> Result<(), CudaError> {
+        check(
+            gate_up.len() >= tokens * 2 * inter && out.len() >= tokens * inter,
+            "silu sizes",
+        )?;
+        let (t, i) = (i32_of(tokens), i32_of(inter));
+        let cfg = LaunchConfig {
+            grid_dim: (grid(tokens * inter, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: sizes checked above.
+        unsafe {
+            s.launch_builder(&self.silu_mul)
+                .arg(gate_up)
+                .arg(out)
+                .arg(&t)
+                .arg(&i)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+
+    /// y[M, N] = x[M, K] · W, in chunks of AWQ_MAX_M rows; `partial` holds
+    /// at least `w.partial_len()` floats.
+    pub fn awq_matmul(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<(), CudaError> {
+        check(x.len() >= m * w.k && y.len() >= m * w.n, "awq x/y sizes")?;
+        check(partial.len() >= w.partial_len(), "awq partial buffer")?;
+        check(
+            w.n % 8 == 0 && w.group % 32 == 0 && w.k % w.group == 0,
+            "awq shape",
+        )?;
+        let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
+        let (k, n, g, sp) = (i32_of(w.k), i32_of(w.n), i32_of(w.group), i32_of(splits));
+        let mut row = 0;
+        while row < m {
+            let rows = AWQ_MAX_M.min(m - row);
+            let r = i32_of(rows);
+            let xs = x.slice(row * w.k..(row + rows) * w.k);
+            let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
+            let cfg = LaunchConfig {
+                grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
+                block_dim: (32, 4, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: xs holds rows * K, qweight K * N/8, zeros/scales K/G * N,
+            // partial splits * rows * N (checked above).
+            unsafe {
+                s.launch_builder(&self.awq_partial)
+                    .arg(&xs)
+                    .arg(&w.qweight)
+                    .arg(&w.zeros)
+                    .arg(&w.scales)
+                    .arg(&mut *partial)
+                    .arg(&r)
+                    .arg(&k)
+                    .arg(&n)
+                    .arg(&g)
+                    .launch(cfg)
+            }?;
+            let cfg = LaunchConfig {
+                grid_dim: (grid(rows * w.n, 256), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: partial holds splits * rows * N written above; ys rows * N.
+            unsafe {
+                s.launch_builder(&self.awq_reduce)
+                    .arg(&*partial)
+                    .arg(&mut ys)
+                    .arg(&sp)
+                    .arg(&r)
+                    .arg(&n)
+                    .launch(cfg)
+            }?;
+            row += rows;
+        }
+        Ok(())
+    }
+
+    /// Rotates q and k of every token and writes k, v into their slots.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv_write(
+        &self,
+        s: &CudaStream,
+        qkv: &CudaView<'_, f32>,
+        positions: &CudaView<'_, u32>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        slots: &CudaView<'_, u32>,
+        q_out: &mut CudaViewMut<'_, f32>,
+        k_cache: &mut CudaSlice<f32>,
+        v_cache: &mut CudaSlice<f32>,
+        shape: (usize, usize, usize),
+    ) -> Result<(), CudaError> {
+        let (heads, kv_heads, hd) = shape;
+        let t = positions.len();
+        check(
+            slots.len() == t
+                && qkv.len() >= t * (heads + 2 * kv_heads) * hd
+                && q_out.len() >= t * heads * hd,
+            "rope sizes",
+        )?;
+        let (h, kvh, d) = (i32_of(heads), i32_of(kv_heads), i32_of(hd));
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: positions < max positions of the tables and slots inside the
+        // caches (validated with the batch); buffer sizes checked above.
+        unsafe {
+            s.launch_builder(&self.rope_kv)
+                .arg(qkv)
+                .arg(positions)
+                .arg(cos)
+                .arg(sin)
+                .arg(slots)
+                .arg(q_out)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(&h)
+                .arg(&kvh)
+                .arg(&d)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+
+    /// Causal paged attention of every query token over its sequence.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention(
+        &self,
+        s: &CudaStream,
+        q: &CudaView<'_, f32>,
+        k_cache: &CudaSlice<f32>,
+        v_cache: &CudaSlice<f32>,
+        block_tables: &CudaView<'_, u32>,
+        seq_of: &CudaView<'_, u32>,
+        positions: &CudaView<'_, u32>,
+        out: &mut CudaViewMut<'_, f32>,
+        shape: (usize, usize, usize),
+        block_size: usize,
+        max_blocks: usize,
+        max_context: usize,
+    ) -> Result<(), CudaError> {
+        let (heads, kv_heads, hd) = shape;
+        let t = positions.len();
+        check(
+            hd <= ATTENTION_THREADS && ATTENTION_THREADS % hd == 0,
+            "head_dim must divide 128",
+        )?;
+        check(
+            seq_of.len() == t && q.len() >= t * heads * hd && out.len() >= t * heads * hd,
+            "attention sizes",
+        )?;
+        let smem = (max_context.max(ATTENTION_THREADS) + hd + 32) * std::mem::size_of::<f32>();
+        check(
+            smem <= 48 * 1024,
+            "context too long for the attention kernel's shared memory",
+        )?;
+        let (h, kvh, d, bs, mb) = (
+            i32_of(heads),
+            i32_of(kv_heads),
+            i32_of(hd),
+            i32_of(block_size),
+            i32_of(max_blocks),
+        );
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, heads as u32, 1),
+            block_dim: (ATTENTION_THREADS as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: every position < max_context, every table entry < blocks and
+        // every seq_of < rows of block_tables (validated with the batch); sizes
+        // checked above.
+        unsafe {
+            s.launch_builder(&self.attention)
+                .arg(q)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(block_tables)
+                .arg(seq_of)
+                .arg(positions)
+                .arg(out)
+                .arg(&h)
+                .arg(&kvh)
+                .arg(&d)
+                .arg(&bs)
+                .arg(&mb)
+                .arg(&scale)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+
+    /// logits[R, vocab] for the rows `rows` of xn[T, hidden].
+    pub fn lm_head(
+        &self,
+        s: &CudaStream,
+        xn: &CudaView<'_, f32>,
+        rows: &CudaView<'_, u32>,
+        weight: &CudaSlice<f16>,
+        logits: &mut CudaViewMut<'_, f32>,
+        hidden: usize,
+    ) -> Result<(), CudaError> {
+        let vocab = weight.len() / hidden;
+        let r = rows.len();
+        check(
+            logits.len() >= r * vocab && weight.len() == vocab * hidden,
+            "lm_head sizes",
+        )?;
+        let (nr, h, v) = (i32_of(r), i32_of(hidden), i32_of(vocab));
+        let cfg = LaunchConfig {
+            grid_dim: (grid(vocab, 8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: rows index into xn's rows (validated with the batch); sizes checked above.
+        unsafe {
+            s.launch_builder(&self.lm_head)
+                .arg(xn)
+                .arg(rows)
+                .arg(weight)
+                .arg(logits)
+                .arg(&nr)
+                .arg(&h)
+                .arg(&v)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+}
