@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every GPU check, on the device machine, from the repository root, with the
+# executables scripts/carry-gpu.sh put in .carry/:
+#   1. the kernel tests and the whole-model comparisons (tiny; ttl-460m with a
+#      transformers golden made here), `--ignored` so the GPU tests run;
+#   2. the server's end-to-end suites (async-openai, load, bad input) with
+#      --backend cuda;
+#   3. the benchmark (bench/gpu_bench.sh).
+# Logs go to $OUT (or ./gpu-logs); a summary table is printed last.
+set -u
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+export LHAMA_CUDA_INCLUDE=${LHAMA_CUDA_INCLUDE:-/usr/local/cuda/include}
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LHAMA_BIN=$PWD/.carry/lhama
+export PYTHONUNBUFFERED=1
+summary=()
+step() { # name, command...
+  local name=$1; shift
+  local start=$SECONDS
+  if "$@" >"$out/$name.log" 2>&1; then summary+=("ok    $name ($((SECONDS - start)) s)"); else summary+=("FAIL  $name ($((SECONDS - start)) s): see $name.log"); fi
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/device.txt"
+step synth-ttl .carry/lhama synth --preset ttl-460m --seed 0 --out /tmp/ttl
+step golden-ttl python3 tests/reference/make_goldens.py --model /tmp/ttl --out /tmp/ttl.json
+step gpu-kernels-and-models env LHAMA_TTL_MODEL=/tmp/ttl LHAMA_TTL_GOLDEN=/tmp/ttl.json .carry/gpu --ignored --nocapture --test-threads 1
+step verify-ttl-cuda .carry/lhama verify --backend cuda --model /tmp/ttl --golden /tmp/ttl.json
+for suite in server_openai server_lifecycle server_bad_input server_extras; do
+  step "$suite-cuda" env LHAMA_BACKEND=cuda LHAMA_GPU_MEMORY_UTILIZATION=0.15 .carry/$suite --test-threads 2
+done
+step bench bash bench/gpu_bench.sh /tmp/ttl
+echo "device: $(cat "$out/device.txt")"
+grep -hE "max \|gpu - cpu\||gpu vs transformers" "$out/gpu-kernels-and-models.log" || true
+grep -hE "test result" "$out"/*.log || true
+cat "$out/bench.log" 2>/dev/null | tail -20
+printf '%s\n' "${summary[@]}"
