@@ -204,8 +204,7 @@ impl CudaBackend {
             None => budget.saturating_sub(fixed) / block_bytes,
         };
         let need = fixed + num_blocks * block_bytes;
-        if num_blocks * opts.block_size < config.max_position_embeddings.min(2048) || need > budget
-        {
+        if num_blocks == 0 || need > budget {
             return Err(CudaError::OutOfMemory {
                 what: format!(
                     "weights ({} MiB) + buffers ({} MiB) + KV cache ({} blocks, {} MiB)",
@@ -214,9 +213,7 @@ impl CudaBackend {
                     num_blocks,
                     num_blocks * block_bytes / MIB
                 ),
-                need_mib: need.max(
-                    fixed + block_bytes * config.max_position_embeddings.div_ceil(opts.block_size),
-                ) / MIB,
+                need_mib: need.max(fixed + block_bytes) / MIB,
                 free_mib: budget / MIB,
             });
         }

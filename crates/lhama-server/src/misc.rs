@@ -38,7 +38,11 @@ pub async fn get_model(
 
 pub async fn health(State(state): State<AppState>) -> Response {
     match state.ready() {
-        Ok(_) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
+        Ok(l) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "backend": l.backend})),
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -101,6 +101,17 @@ pub async fn start_with(model: tempfile::TempDir, extra: &[&str], expect_ready: 
     let client = reqwest::Client::new();
     loop {
         if let Ok(r) = client.get(format!("{}/health", server.base)).send().await {
+            if expect_ready && r.status().is_success() {
+                // When a backend is forced (LHAMA_BACKEND=cuda on the device), prove it is the one serving.
+                let body: Value = r.json().await.unwrap();
+                if let Ok(want) = std::env::var("LHAMA_BACKEND") {
+                    assert_eq!(
+                        body["backend"], want,
+                        "the server runs on the requested backend"
+                    );
+                }
+                break;
+            }
             if r.status().is_success() == expect_ready
                 || (!expect_ready && r.status().as_u16() == 503)
             {

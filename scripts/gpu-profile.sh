@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Per-kernel GPU time of one batch-1 decode step of the ttl-460m preset
+# (Nsight Compute), against the step's wall time from `lhama bench`.
+# Usage on the device: bash scripts/gpu-profile.sh MODEL_DIR
+set -euo pipefail
+model=$1
+lhama=${LHAMA_BIN:-.carry/lhama}
+out=${OUT:-gpu-logs}
+# bench --batch 1 runs: prefill (128 tokens) twice, one warm-up step, then steps.
+# Launches per forward: 12 per layer for <= 8 tokens, GEMV chunks of 8 rows for more.
+layers=$(python3 -c "import json,sys; print(json.load(open('$model/config.json'))['num_hidden_layers'])")
+per_step=$((12 * layers + 3))
+per_prefill=$(((6 + 4 * 2 * 16) * layers + 3))
+skip=$((2 * per_prefill + per_step))
+ncu --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip "$skip" --launch-count "$per_step" \
+  "$lhama" bench --backend cuda --model "$model" --prompt-len 128 --decode-steps 2 --batch 1 > "$out/ncu.csv" 2> "$out/ncu.err" || true
+python3 - "$out/ncu.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]
+ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
+tot = collections.defaultdict(float); cnt = collections.Counter()
+for r in rows[1:]:
+    v = float(r[vi].replace(",", ""))
+    v = v / 1000.0 if r[ui] == "nsecond" else v if r[ui] == "usecond" else v * 1000.0
+    tot[r[ki].split("(")[0]] += v; cnt[r[ki].split("(")[0]] += 1
+print(f"{'kernel':32} {'launches':>8} {'total us':>10} {'us/launch':>10}")
+for k, v in sorted(tot.items(), key=lambda x: -x[1]):
+    print(f"{k:32} {cnt[k]:8d} {v:10.1f} {v / cnt[k]:10.2f}")
+print(f"{'all':32} {sum(cnt.values()):8d} {sum(tot.values()):10.1f}")
+PY
