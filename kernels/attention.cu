@@ -4,8 +4,8 @@
 // k_cache, v_cache [blocks * block_size, KVH, D] f32
 // block_tables [S, max_blocks] u32, seq_of [T] u32 (row of block_tables), positions [T] u32
 // out          [T, H * D] f32
-// Grid: (T, H), block: 128, dynamic shared memory: (max context + D + 32) floats.
-// D <= 128 and 128 % D == 0 (checked on the host).
+// Grid: (T, H), block: 256, dynamic shared memory: (max(max context, 256) + D + 32)
+// floats. D <= 256 and 256 % D == 0 (checked on the host).
 extern "C" __global__ void paged_attention_f32(
     const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
     const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
@@ -27,6 +27,7 @@ extern "C" __global__ void paged_attention_f32(
         const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
         const float* krow = k_cache + slot * kv_dim + kvh * head_dim;
         float dot = 0.0f;
+#pragma unroll 16
         for (int d = 0; d < head_dim; ++d) dot += qs[d] * krow[d];
         dot *= scale;
         scores[p] = dot;
@@ -46,6 +47,7 @@ extern "C" __global__ void paged_attention_f32(
     const int d = threadIdx.x % head_dim, part = threadIdx.x / head_dim;
     float acc = 0.0f;
     if (part < parts) {
+#pragma unroll 8
         for (int p = part; p < ctx; p += parts) {
             const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
             acc += scores[p] * v_cache[slot * kv_dim + kvh * head_dim + d];

@@ -20,7 +20,8 @@
 #define AWQ_WARPS 4
 #define AWQ_ROWS_PER_BLOCK (AWQ_ROWS_PER_WARP * AWQ_WARPS)
 
-__constant__ int AWQ_SHIFT[8] = {0, 16, 4, 20, 8, 24, 12, 28};
+// Bit shift of column 8c + j inside word c (compile-time after unrolling).
+#define AWQ_SHIFT(j) (4 * ((j) % 2 == 0 ? (j) / 2 : 4 + (j) / 2))
 
 extern "C" __global__ void awq_gemv_partial_f32(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
@@ -44,17 +45,21 @@ extern "C" __global__ void awq_gemv_partial_f32(
             z[j] = zeros[(size_t)g * n + word * 8 + j];
             s[j] = scales[(size_t)g * n + word * 8 + j];
         }
-        const int rows = min(AWQ_ROWS_PER_WARP, k - row0);
-        for (int i = 0; i < rows; ++i) {
-            const int row = row0 + i;
-            const unsigned packed = qweight[(size_t)row * n8 + word];
+        // All 32 rows' words first, so their loads are in flight together
+        // (K is a multiple of 32: the host checks G % 32 == 0 and K % G == 0).
+        unsigned packed[AWQ_ROWS_PER_WARP];
+        const unsigned* wp = qweight + (size_t)row0 * n8 + word;
+#pragma unroll
+        for (int i = 0; i < AWQ_ROWS_PER_WARP; ++i) packed[i] = wp[(size_t)i * n8];
+#pragma unroll
+        for (int i = 0; i < AWQ_ROWS_PER_WARP; ++i) {
             float w[8];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) w[j] = ((float)((packed >> AWQ_SHIFT[j]) & 0xFu) - z[j]) * s[j];
+            for (int j = 0; j < 8; ++j) w[j] = ((float)((packed[i] >> AWQ_SHIFT(j)) & 0xFu) - z[j]) * s[j];
 #pragma unroll
             for (int r = 0; r < AWQ_MAX_M; ++r) {
                 if (r < m) {
-                    const float xv = x[(size_t)r * k + row];
+                    const float xv = x[(size_t)r * k + row0 + i];
 #pragma unroll
                     for (int j = 0; j < 8; ++j) acc[r][j] += xv * w[j];
                 }

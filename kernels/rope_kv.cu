@@ -6,7 +6,7 @@
 // slots      [T] u32: physical slot = block * block_size + offset of each token
 // q_out      [T, H * D] f32 rotated q
 // k_cache, v_cache [blocks * block_size, KVH, D] f32
-// Grid: (T), block: 128 (threads stride over head pairs).
+// Grid: (T), block: 256 (threads stride over head pairs).
 extern "C" __global__ void rope_kv_write_f32(
     const float* __restrict__ qkv, const unsigned* __restrict__ positions, const float* __restrict__ cos_table,
     const float* __restrict__ sin_table, const unsigned* __restrict__ slots, float* __restrict__ q_out,

@@ -12,7 +12,7 @@ layers=$(python3 -c "import json,sys; print(json.load(open('$model/config.json')
 per_step=$((12 * layers + 3))
 per_prefill=$(((6 + 4 * 2 * 16) * layers + 3))
 skip=$((2 * per_prefill + per_step))
-ncu --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip "$skip" --launch-count "$per_step" \
+LHAMA_CUDA_GRAPHS=0 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --launch-skip "$skip" --launch-count "$per_step" \
   "$lhama" bench --backend cuda --model "$model" --prompt-len 128 --decode-steps 2 --batch 1 > "$out/ncu.csv" 2> "$out/ncu.err" || true
 python3 - "$out/ncu.csv" <<'PY'
 import csv, sys, collections
@@ -22,7 +22,7 @@ ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("
 tot = collections.defaultdict(float); cnt = collections.Counter()
 for r in rows[1:]:
     v = float(r[vi].replace(",", ""))
-    v = v / 1000.0 if r[ui] == "nsecond" else v if r[ui] == "usecond" else v * 1000.0
+    v *= {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}[r[ui]]
     tot[r[ki].split("(")[0]] += v; cnt[r[ki].split("(")[0]] += 1
 print(f"{'kernel':32} {'launches':>8} {'total us':>10} {'us/launch':>10}")
 for k, v in sorted(tot.items(), key=lambda x: -x[1]):

@@ -101,6 +101,10 @@ pub struct CudaBackend {
     max_seqs: usize,
     max_blocks: usize,
     ws: Workspace,
+    /// Decode steps (one token per sequence, every row's logits) replay a
+    /// CUDA graph captured once per batch size: no per-kernel launch cost.
+    graphs: std::collections::HashMap<usize, Graph>,
+    use_graphs: bool,
     // Host staging, reused every step.
     host_slots: Vec<u32>,
     host_seq_of: Vec<u32>,
@@ -121,6 +125,14 @@ fn awq_parts<'a>(parts: &[&'a LinearWeights]) -> Result<Vec<&'a AwqWeights>, Cud
 
 const MIB: usize = 1 << 20;
 
+/// A captured decode step.
+struct Graph(cudarc::driver::CudaGraph);
+
+// SAFETY: CUDA graphs must not be used from two threads at once; a graph is
+// only reached through `&mut CudaBackend`, so one thread at a time uses it
+// (the backend moves to the engine thread and stays there).
+unsafe impl Send for Graph {}
+
 impl CudaBackend {
     pub fn new(
         config: &LlamaConfig,
@@ -137,9 +149,9 @@ impl CudaBackend {
                 awq.group_size
             )));
         }
-        if config.head_dim > 128 || 128 % config.head_dim != 0 {
+        if config.head_dim > 256 || 256 % config.head_dim != 0 {
             return Err(CudaError::Unsupported(format!(
-                "head_dim {} must divide 128",
+                "head_dim {} must divide 256",
                 config.head_dim
             )));
         }
@@ -147,7 +159,8 @@ impl CudaBackend {
         // One stream does everything: cudarc's per-buffer event tracking would only add work.
         // SAFETY: no buffer of this context is ever used from a second stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into graphs.
+        let stream = ctx.new_stream()?;
         let k = Kernels::load(&ctx)?;
 
         let (hidden, inter, vocab) = (
@@ -279,6 +292,8 @@ impl CudaBackend {
             max_seqs: opts.max_seqs,
             max_blocks,
             ws,
+            graphs: std::collections::HashMap::new(),
+            use_graphs: std::env::var("LHAMA_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             host_slots: Vec::with_capacity(t),
             host_seq_of: Vec::with_capacity(t),
             host_tables: vec![0; opts.max_seqs * max_blocks],
@@ -298,16 +313,12 @@ impl CudaBackend {
         &self.device_name
     }
 
-    fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) -> Result<(), CudaError> {
-        let cfg = &self.config;
-        let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let eps = cfg.rms_norm_eps as f32;
+    /// Uploads the batch's index arrays; returns the longest context.
+    fn upload(&mut self, batch: &ForwardBatch<'_>) -> Result<usize, CudaError> {
         let bs = self.kv.block_size;
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
-
-        // Index arrays: each token's slot and sequence, the padded block tables.
+        // Each token's slot and sequence, the padded block tables.
         self.host_slots.clear();
         self.host_seq_of.clear();
         let mut max_context = 0usize;
@@ -337,7 +348,26 @@ impl CudaBackend {
         if r > 0 {
             s.memcpy_htod(batch.logit_rows, &mut ws.rows.slice_mut(0..r))?;
         }
+        Ok(max_context)
+    }
 
+    /// Every kernel of one forward pass over `t` tokens whose index arrays are
+    /// uploaded, ending with the logits of `r` rows in `ws.logits`. Issues no
+    /// copy and no synchronization, so it can be captured into a graph.
+    fn launch_all(
+        &mut self,
+        t: usize,
+        r: usize,
+        max_context: usize,
+        table_len: usize,
+    ) -> Result<(), CudaError> {
+        let cfg = &self.config;
+        let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let eps = cfg.rms_norm_eps as f32;
+        let bs = self.kv.block_size;
+        let s = &self.stream;
+        let ws = &mut self.ws;
         let k = &self.k;
         k.embedding(
             s,
@@ -433,7 +463,6 @@ impl CudaBackend {
             )?;
             pending_delta = true;
         }
-        logits.clear();
         if r == 0 {
             return Ok(());
         }
@@ -455,9 +484,53 @@ impl CudaBackend {
             &mut ws.logits.slice_mut(0..r * vocab),
             hidden,
         )?;
-        logits.resize(r * vocab, 0.0);
-        s.memcpy_dtoh(&ws.logits.slice(0..r * vocab), logits.as_mut_slice())?;
-        s.synchronize()?;
+        Ok(())
+    }
+
+    fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) -> Result<(), CudaError> {
+        let t = batch.tokens.len();
+        let r = batch.logit_rows.len();
+        let max_context = self.upload(batch)?;
+        let decode = self.use_graphs
+            && batch.seqs.iter().all(|s| s.num_tokens == 1)
+            && r == t
+            && batch
+                .logit_rows
+                .iter()
+                .enumerate()
+                .all(|(i, &row)| row as usize == i);
+        if decode {
+            if !self.graphs.contains_key(&t) {
+                // Captured with the longest context and the full table buffer,
+                // so one graph serves every later step of this batch size.
+                let (context, tables) = (
+                    self.config.max_position_embeddings,
+                    self.max_seqs * self.max_blocks,
+                );
+                self.stream.begin_capture(
+                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )?;
+                let launched = self.launch_all(t, t, context, tables);
+                let graph = self
+                    .stream
+                    .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+                launched?;
+                let graph = graph?
+                    .ok_or_else(|| CudaError::Driver("graph capture produced no graph".into()))?;
+                self.graphs.insert(t, Graph(graph));
+            }
+            self.graphs[&t].0.launch()?;
+        } else {
+            self.launch_all(t, r, max_context, batch.seqs.len() * self.max_blocks)?;
+        }
+        logits.clear();
+        if r > 0 {
+            let vocab = self.config.vocab_size;
+            logits.resize(r * vocab, 0.0);
+            self.stream
+                .memcpy_dtoh(&self.ws.logits.slice(0..r * vocab), logits.as_mut_slice())?;
+        }
+        self.stream.synchronize()?;
         Ok(())
     }
 }

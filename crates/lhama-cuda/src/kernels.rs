@@ -18,7 +18,7 @@ pub const AWQ_MAX_M: usize = 8;
 /// Input rows one GEMV block covers (AWQ_ROWS_PER_BLOCK in awq.cu).
 pub const AWQ_ROWS_PER_BLOCK: usize = 128;
 /// Threads per attention block (and the most head_dim it supports).
-pub const ATTENTION_THREADS: usize = 128;
+pub const ATTENTION_THREADS: usize = 256;
 
 /// An AWQ layer on the device (see `lhama_model::weights::FusedAwq`).
 pub struct GpuAwq {
@@ -306,7 +306,7 @@ impl Kernels {
         let (h, kvh, d) = (i32_of(heads), i32_of(kv_heads), i32_of(hd));
         let cfg = LaunchConfig {
             grid_dim: (t as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: positions < max positions of the tables and slots inside the
@@ -350,7 +350,7 @@ impl Kernels {
         let t = positions.len();
         check(
             hd <= ATTENTION_THREADS && ATTENTION_THREADS % hd == 0,
-            "head_dim must divide 128",
+            "head_dim must divide 256",
         )?;
         check(
             seq_of.len() == t && q.len() >= t * heads * hd && out.len() >= t * heads * hd,
