@@ -4,63 +4,62 @@
 // k_cache, v_cache [blocks * block_size, KVH, D] f32
 // block_tables [S, max_blocks] u32, seq_of [T] u32 (row of block_tables), positions [T] u32
 // out          [T, H * D] f32
-// Grid: (T, H), block: 256, dynamic shared memory: (max(max context, 256) + D + 32)
-// floats. D <= 256 and 256 % D == 0 (checked on the host).
+// Grid: (T, ceil(H / 4)), block: 128 = 4 warps, one (token, head) per warp.
+// Lane l holds dimensions l, l + 32, ... (D % 32 == 0 and D <= 128, checked on
+// the host). One pass with an online softmax: per position, the warp adds up
+// q . k (coalesced row loads, shuffle reduction), then rescales its running
+// sum of v rows; no shared memory and no block-wide barrier.
+#define ATTN_MAX_DIMS_PER_LANE 4
+
 extern "C" __global__ void paged_attention_f32(
     const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
     const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
     const unsigned* __restrict__ positions, float* __restrict__ out, int heads, int kv_heads, int head_dim,
     int block_size, int max_blocks, float scale) {
-    extern __shared__ float smem[];
-    const int t = blockIdx.x, h = blockIdx.y;
+    const int lane = threadIdx.x % LHAMA_WARP;
+    const int t = blockIdx.x;
+    const int h = blockIdx.y * (blockDim.x / LHAMA_WARP) + threadIdx.x / LHAMA_WARP;
+    if (h >= heads) return;
     const int kvh = h / (heads / kv_heads);
     const int kv_dim = kv_heads * head_dim;
+    const int dims = head_dim / LHAMA_WARP;
     const int ctx = (int)positions[t] + 1;
     const unsigned* table = block_tables + (size_t)seq_of[t] * max_blocks;
-    float* qs = smem;                 // [D]
-    float* scratch = smem + head_dim; // [32]
-    float* scores = scratch + 32;     // [ctx]
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[(size_t)t * heads * head_dim + h * head_dim + d];
-    __syncthreads();
-    float local_max = LHAMA_NEG_INF;
-    for (int p = threadIdx.x; p < ctx; p += blockDim.x) {
+    const float* qrow = q + (size_t)t * heads * head_dim + h * head_dim;
+    float qv[ATTN_MAX_DIMS_PER_LANE], acc[ATTN_MAX_DIMS_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+        qv[i] = i < dims ? qrow[i * LHAMA_WARP + lane] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float running_max = LHAMA_NEG_INF, running_sum = 0.0f;
+    for (int p = 0; p < ctx; ++p) {
         const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
         const float* krow = k_cache + slot * kv_dim + kvh * head_dim;
-        float dot = 0.0f;
-#pragma unroll 16
-        for (int d = 0; d < head_dim; ++d) dot += qs[d] * krow[d];
-        dot *= scale;
-        scores[p] = dot;
-        local_max = fmaxf(local_max, dot);
-    }
-    const float max_score = block_reduce_f32<true>(local_max, scratch);
-    float local_sum = 0.0f;
-    for (int p = threadIdx.x; p < ctx; p += blockDim.x) {
-        const float e = expf(scores[p] - max_score);
-        scores[p] = e;
-        local_sum += e;
-    }
-    const float sum = block_reduce_f32<false>(local_sum, scratch);
-    __syncthreads();
-    // Output: thread (part, d) sums positions p = part, part + parts, ...
-    const int parts = blockDim.x / head_dim;
-    const int d = threadIdx.x % head_dim, part = threadIdx.x / head_dim;
-    float acc = 0.0f;
-    if (part < parts) {
-#pragma unroll 8
-        for (int p = part; p < ctx; p += parts) {
-            const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
-            acc += scores[p] * v_cache[slot * kv_dim + kvh * head_dim + d];
+        const float* vrow = v_cache + slot * kv_dim + kvh * head_dim;
+        float part = 0.0f;
+        float vv[ATTN_MAX_DIMS_PER_LANE];
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+            if (i < dims) {
+                part += qv[i] * krow[i * LHAMA_WARP + lane];
+                vv[i] = vrow[i * LHAMA_WARP + lane];
+            }
         }
+        const float score = warp_sum_f32(part) * scale;
+        const float new_max = fmaxf(running_max, score);
+        const float correction = expf(running_max - new_max);
+        const float weight = expf(score - new_max);
+        running_sum = running_sum * correction + weight;
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+            if (i < dims) acc[i] = acc[i] * correction + weight * vv[i];
+        }
+        running_max = new_max;
     }
-    __syncthreads();
-    // Reuse the score buffer's head for the parts' partial sums, added in order.
-    float* partials = scores;
-    if (part < parts) partials[part * head_dim + d] = acc;
-    __syncthreads();
-    if (threadIdx.x < head_dim) {
-        float v = 0.0f;
-        for (int i = 0; i < parts; ++i) v += partials[i * head_dim + threadIdx.x];
-        out[(size_t)t * heads * head_dim + h * head_dim + threadIdx.x] = v / sum;
+    float* orow = out + (size_t)t * heads * head_dim + h * head_dim;
+#pragma unroll
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+        if (i < dims) orow[i * LHAMA_WARP + lane] = acc[i] / running_sum;
     }
 }

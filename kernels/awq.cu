@@ -6,35 +6,45 @@
 //   qweight  [K, N/8] u32: word (k, c) holds columns 8c..8c+7 of row k;
 //            column 8c + j sits at bits 4 * SLOT[j], SLOT = {0, 4, 1, 5, 2, 6, 3, 7}
 //   zeros    [K/G, N] f32 (unpacked at load), scales [K/G, N] f32
-//   x        [M, K] f32, M <= AWQ_MAX_M rows per launch (the host loops over chunks)
+//   x        [M, K] f32, M in {1, 2, 4, 8} rows per launch (the host loops over chunks)
 //   partial  [K / AWQ_ROWS_PER_BLOCK, M, N] f32
 //   y        [M, N] f32
 // W[k, n] = (q[k, n] - zeros[k / G, n]) * scales[k / G, n]; y = x · W.
 //
-// Partial kernel: grid (ceil((N/8) / 32), K / AWQ_ROWS_PER_BLOCK), block (32, 4).
-// Each thread owns one packed word column (8 outputs); each of the 4 warps takes
-// 32 consecutive rows of the block's 128 (G must be a multiple of 32, so the rows
-// of a warp share one group); the 4 warps' sums are added in shared memory.
+// Partial kernels: grid (ceil((N/8) / 32), K / AWQ_ROWS_PER_BLOCK), block (32, WARPS).
+// Each thread owns one packed word column (8 outputs); each warp takes ROWS
+// consecutive rows of the block's 128 (G is a multiple of 32, so a warp's rows
+// share one group); the warps' sums are added in shared memory in a fixed order.
+// One instantiation per batch-row count M (1, 2, 4, 8): with M fixed at compile
+// time no work is spent on absent rows, and small M get more, shorter warps
+// (more warps in flight hide more memory latency).
+// Partial kernels: grid (ceil((N/8) / 32), K / AWQ_ROWS_PER_BLOCK), block (32, WARPS).
+// Each thread owns one packed word column (8 outputs); each warp takes ROWS
+// consecutive rows of the block's 128 (G is a multiple of 32, so a warp's rows
+// share one group); the warps' sums are added in shared memory in a fixed order.
+// One instantiation per batch-row count M (1, 2, 4, 8): with M fixed at compile
+// time no work is spent on absent rows, and small M get more, shorter warps
+// (more warps in flight hide more memory latency).
 #define AWQ_MAX_M 8
-#define AWQ_ROWS_PER_WARP 32
-#define AWQ_WARPS 4
-#define AWQ_ROWS_PER_BLOCK (AWQ_ROWS_PER_WARP * AWQ_WARPS)
+#define AWQ_ROWS_PER_BLOCK 128
 
 // Bit shift of column 8c + j inside word c (compile-time after unrolling).
 #define AWQ_SHIFT(j) (4 * ((j) % 2 == 0 ? (j) / 2 : 4 + (j) / 2))
 
-extern "C" __global__ void awq_gemv_partial_f32(
+template <int M, int ROWS, int WARPS>
+__device__ __forceinline__ void awq_gemv_partial(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
-    const float* __restrict__ scales, float* __restrict__ partial, int m, int k, int n, int group) {
-    __shared__ float sums[AWQ_WARPS][AWQ_MAX_M * 8][32];
+    const float* __restrict__ scales, float* __restrict__ partial, int k, int n, int group) {
+    static_assert(ROWS * WARPS == AWQ_ROWS_PER_BLOCK, "a block covers 128 rows");
+    __shared__ float sums[WARPS][M * 8][32];
     const int lane = threadIdx.x;
     const int warp = threadIdx.y;
     const int n8 = n / 8;
     const int word = blockIdx.x * 32 + lane;
-    const int row0 = blockIdx.y * AWQ_ROWS_PER_BLOCK + warp * AWQ_ROWS_PER_WARP;
-    float acc[AWQ_MAX_M][8];
+    const int row0 = blockIdx.y * AWQ_ROWS_PER_BLOCK + warp * ROWS;
+    float acc[M][8];
 #pragma unroll
-    for (int r = 0; r < AWQ_MAX_M; ++r)
+    for (int r = 0; r < M; ++r)
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[r][j] = 0.0f;
     if (word < n8 && row0 < k) {
@@ -45,43 +55,57 @@ extern "C" __global__ void awq_gemv_partial_f32(
             z[j] = zeros[(size_t)g * n + word * 8 + j];
             s[j] = scales[(size_t)g * n + word * 8 + j];
         }
-        // All 32 rows' words first, so their loads are in flight together
+        // All rows' words first, so their loads are in flight together
         // (K is a multiple of 32: the host checks G % 32 == 0 and K % G == 0).
-        unsigned packed[AWQ_ROWS_PER_WARP];
+        unsigned packed[ROWS];
         const unsigned* wp = qweight + (size_t)row0 * n8 + word;
 #pragma unroll
-        for (int i = 0; i < AWQ_ROWS_PER_WARP; ++i) packed[i] = wp[(size_t)i * n8];
+        for (int i = 0; i < ROWS; ++i) packed[i] = wp[(size_t)i * n8];
+        float xv[M][ROWS];
 #pragma unroll
-        for (int i = 0; i < AWQ_ROWS_PER_WARP; ++i) {
-            float w[8];
+        for (int r = 0; r < M; ++r)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) w[j] = ((float)((packed[i] >> AWQ_SHIFT(j)) & 0xFu) - z[j]) * s[j];
+            for (int i = 0; i < ROWS; ++i) xv[r][i] = x[(size_t)r * k + row0 + i];
 #pragma unroll
-            for (int r = 0; r < AWQ_MAX_M; ++r) {
-                if (r < m) {
-                    const float xv = x[(size_t)r * k + row0 + i];
+        for (int i = 0; i < ROWS; ++i) {
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) acc[r][j] += xv * w[j];
-                }
+            for (int j = 0; j < 8; ++j) {
+                const float w = ((float)((packed[i] >> AWQ_SHIFT(j)) & 0xFu) - z[j]) * s[j];
+#pragma unroll
+                for (int r = 0; r < M; ++r) acc[r][j] += xv[r][i] * w;
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < AWQ_MAX_M; ++r)
+    for (int r = 0; r < M; ++r)
 #pragma unroll
         for (int j = 0; j < 8; ++j) sums[warp][r * 8 + j][lane] = acc[r][j];
     __syncthreads();
-    if (warp == 0 && word < n8) {
-        for (int r = 0; r < m; ++r) {
+    // Every thread of the block adds up some of the (row, column) sums.
+    const int tid = warp * 32 + lane;
+    for (int e = tid; e < M * 8 * 32; e += 32 * WARPS) {
+        const int rj = e / 32, l = e % 32;
+        const int w = blockIdx.x * 32 + l;
+        if (w < n8) {
+            float v = 0.0f;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                float v = sums[0][r * 8 + j][lane];
-                for (int w2 = 1; w2 < AWQ_WARPS; ++w2) v += sums[w2][r * 8 + j][lane];
-                partial[((size_t)blockIdx.y * m + r) * n + word * 8 + j] = v;
-            }
+            for (int w2 = 0; w2 < WARPS; ++w2) v += sums[w2][rj][l];
+            partial[((size_t)blockIdx.y * M + rj / 8) * n + w * 8 + rj % 8] = v;
         }
     }
 }
+
+#define AWQ_GEMV_KERNEL(M, ROWS, WARPS)                                                                        \
+    extern "C" __global__ void awq_gemv_partial_m##M##_f32(                                                   \
+        const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
+        const float* __restrict__ scales, float* __restrict__ partial, int k, int n, int group) {             \
+        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, k, n, group);                   \
+    }
+
+AWQ_GEMV_KERNEL(1, 8, 16)
+AWQ_GEMV_KERNEL(2, 8, 16)
+AWQ_GEMV_KERNEL(4, 16, 8)
+AWQ_GEMV_KERNEL(8, 32, 4)
 
 // y[r, col] = sum over splits s (in order) of partial[s, r, col].
 // Grid: (ceil(m * n / 256)), block: 256.

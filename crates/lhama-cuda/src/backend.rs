@@ -149,9 +149,9 @@ impl CudaBackend {
                 awq.group_size
             )));
         }
-        if config.head_dim > 256 || 256 % config.head_dim != 0 {
+        if config.head_dim > 128 || config.head_dim % 32 != 0 {
             return Err(CudaError::Unsupported(format!(
-                "head_dim {} must divide 256",
+                "head_dim {} must be a multiple of 32, at most 128",
                 config.head_dim
             )));
         }
@@ -313,15 +313,14 @@ impl CudaBackend {
         &self.device_name
     }
 
-    /// Uploads the batch's index arrays; returns the longest context.
-    fn upload(&mut self, batch: &ForwardBatch<'_>) -> Result<usize, CudaError> {
+    /// Uploads the batch's index arrays.
+    fn upload(&mut self, batch: &ForwardBatch<'_>) -> Result<(), CudaError> {
         let bs = self.kv.block_size;
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
         // Each token's slot and sequence, the padded block tables.
         self.host_slots.clear();
         self.host_seq_of.clear();
-        let mut max_context = 0usize;
         for (si, seq) in batch.seqs.iter().enumerate() {
             let row = &mut self.host_tables[si * self.max_blocks..(si + 1) * self.max_blocks];
             row.fill(0);
@@ -331,7 +330,6 @@ impl CudaBackend {
                 self.host_slots
                     .push(seq.block_table[p / bs] * bs as u32 + (p % bs) as u32);
                 self.host_seq_of.push(si as u32);
-                max_context = max_context.max(p + 1);
             }
         }
         let s = &self.stream;
@@ -348,19 +346,13 @@ impl CudaBackend {
         if r > 0 {
             s.memcpy_htod(batch.logit_rows, &mut ws.rows.slice_mut(0..r))?;
         }
-        Ok(max_context)
+        Ok(())
     }
 
     /// Every kernel of one forward pass over `t` tokens whose index arrays are
     /// uploaded, ending with the logits of `r` rows in `ws.logits`. Issues no
     /// copy and no synchronization, so it can be captured into a graph.
-    fn launch_all(
-        &mut self,
-        t: usize,
-        r: usize,
-        max_context: usize,
-        table_len: usize,
-    ) -> Result<(), CudaError> {
+    fn launch_all(&mut self, t: usize, r: usize, table_len: usize) -> Result<(), CudaError> {
         let cfg = &self.config;
         let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -419,7 +411,6 @@ impl CudaBackend {
                 shape,
                 bs,
                 self.max_blocks,
-                max_context,
             )?;
             k.awq_matmul(
                 s,
@@ -490,7 +481,7 @@ impl CudaBackend {
     fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) -> Result<(), CudaError> {
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
-        let max_context = self.upload(batch)?;
+        self.upload(batch)?;
         let decode = self.use_graphs
             && batch.seqs.iter().all(|s| s.num_tokens == 1)
             && r == t
@@ -501,16 +492,13 @@ impl CudaBackend {
                 .all(|(i, &row)| row as usize == i);
         if decode {
             if !self.graphs.contains_key(&t) {
-                // Captured with the longest context and the full table buffer,
-                // so one graph serves every later step of this batch size.
-                let (context, tables) = (
-                    self.config.max_position_embeddings,
-                    self.max_seqs * self.max_blocks,
-                );
+                // Captured with the full table buffer, so one graph serves every
+                // later step of this batch size (contexts are read on the device).
+                let tables = self.max_seqs * self.max_blocks;
                 self.stream.begin_capture(
                     cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
                 )?;
-                let launched = self.launch_all(t, t, context, tables);
+                let launched = self.launch_all(t, t, tables);
                 let graph = self
                     .stream
                     .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
@@ -521,7 +509,7 @@ impl CudaBackend {
             }
             self.graphs[&t].0.launch()?;
         } else {
-            self.launch_all(t, r, max_context, batch.seqs.len() * self.max_blocks)?;
+            self.launch_all(t, r, batch.seqs.len() * self.max_blocks)?;
         }
         logits.clear();
         if r > 0 {

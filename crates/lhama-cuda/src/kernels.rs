@@ -17,8 +17,10 @@ use crate::compile;
 pub const AWQ_MAX_M: usize = 8;
 /// Input rows one GEMV block covers (AWQ_ROWS_PER_BLOCK in awq.cu).
 pub const AWQ_ROWS_PER_BLOCK: usize = 128;
-/// Threads per attention block (and the most head_dim it supports).
-pub const ATTENTION_THREADS: usize = 256;
+/// Heads per attention block (one warp each).
+pub const ATTENTION_HEADS_PER_BLOCK: usize = 4;
+/// Largest head_dim the attention kernel handles (4 dimensions per lane).
+pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
 /// An AWQ layer on the device (see `lhama_model::weights::FusedAwq`).
 pub struct GpuAwq {
@@ -63,7 +65,8 @@ pub struct Kernels {
     embedding: CudaFunction,
     add_rmsnorm: CudaFunction,
     silu_mul: CudaFunction,
-    awq_partial: CudaFunction,
+    /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
+    awq_partial: [(usize, usize, CudaFunction); 4],
     awq_reduce: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
@@ -102,7 +105,12 @@ impl Kernels {
             embedding: f("embedding_gather_f16_f32")?,
             add_rmsnorm: f("add_rmsnorm_f32")?,
             silu_mul: f("silu_mul_f32")?,
-            awq_partial: f("awq_gemv_partial_f32")?,
+            awq_partial: [
+                (1, 16, f("awq_gemv_partial_m1_f32")?),
+                (2, 16, f("awq_gemv_partial_m2_f32")?),
+                (4, 8, f("awq_gemv_partial_m4_f32")?),
+                (8, 4, f("awq_gemv_partial_m8_f32")?),
+            ],
             awq_reduce: f("awq_reduce_partials_f32")?,
             rope_kv: f("rope_kv_write_f32")?,
             attention: f("paged_attention_f32")?,
@@ -236,25 +244,31 @@ impl Kernels {
         let (k, n, g, sp) = (i32_of(w.k), i32_of(w.n), i32_of(w.group), i32_of(splits));
         let mut row = 0;
         while row < m {
-            let rows = AWQ_MAX_M.min(m - row);
+            // The largest kernel variant (8, 4, 2 or 1 rows) that fits what is left.
+            let (rows, warps, func) = self
+                .awq_partial
+                .iter()
+                .rev()
+                .find(|(v, _, _)| *v <= m - row)
+                .map(|(v, w, f)| (*v, *w, f))
+                .expect("the 1-row variant always fits");
             let r = i32_of(rows);
             let xs = x.slice(row * w.k..(row + rows) * w.k);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             let cfg = LaunchConfig {
                 grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
-                block_dim: (32, 4, 1),
+                block_dim: (32, warps as u32, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: xs holds rows * K, qweight K * N/8, zeros/scales K/G * N,
             // partial splits * rows * N (checked above).
             unsafe {
-                s.launch_builder(&self.awq_partial)
+                s.launch_builder(func)
                     .arg(&xs)
                     .arg(&w.qweight)
                     .arg(&w.zeros)
                     .arg(&w.scales)
                     .arg(&mut *partial)
-                    .arg(&r)
                     .arg(&k)
                     .arg(&n)
                     .arg(&g)
@@ -344,22 +358,16 @@ impl Kernels {
         shape: (usize, usize, usize),
         block_size: usize,
         max_blocks: usize,
-        max_context: usize,
     ) -> Result<(), CudaError> {
         let (heads, kv_heads, hd) = shape;
         let t = positions.len();
         check(
-            hd <= ATTENTION_THREADS && ATTENTION_THREADS % hd == 0,
-            "head_dim must divide 256",
+            hd % 32 == 0 && hd <= ATTENTION_MAX_HEAD_DIM,
+            "head_dim must be a multiple of 32, at most 128",
         )?;
         check(
             seq_of.len() == t && q.len() >= t * heads * hd && out.len() >= t * heads * hd,
             "attention sizes",
-        )?;
-        let smem = (max_context.max(ATTENTION_THREADS) + hd + 32) * std::mem::size_of::<f32>();
-        check(
-            smem <= 48 * 1024,
-            "context too long for the attention kernel's shared memory",
         )?;
         let (h, kvh, d, bs, mb) = (
             i32_of(heads),
@@ -370,13 +378,12 @@ impl Kernels {
         );
         let scale = 1.0f32 / (hd as f32).sqrt();
         let cfg = LaunchConfig {
-            grid_dim: (t as u32, heads as u32, 1),
-            block_dim: (ATTENTION_THREADS as u32, 1, 1),
-            shared_mem_bytes: smem as u32,
+            grid_dim: (t as u32, grid(heads, ATTENTION_HEADS_PER_BLOCK), 1),
+            block_dim: (32 * ATTENTION_HEADS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
         };
-        // SAFETY: every position < max_context, every table entry < blocks and
-        // every seq_of < rows of block_tables (validated with the batch); sizes
-        // checked above.
+        // SAFETY: every table entry < blocks and every seq_of < rows of
+        // block_tables (validated with the batch); sizes checked above.
         unsafe {
             s.launch_builder(&self.attention)
                 .arg(q)

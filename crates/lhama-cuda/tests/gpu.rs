@@ -317,7 +317,6 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
         let so: Vec<u32> = seq_ids.iter().map(|&x| x as u32).collect();
         let sod = s.clone_htod(&so).unwrap();
         let mut out = poisoned(&s, t * q_dim);
-        let max_ctx = positions.iter().map(|&p| p as usize + 1).max().unwrap();
         k.paged_attention(
             &s,
             &qd.slice(..),
@@ -330,7 +329,6 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
             (heads, kv_heads, hd),
             bs,
             max_blocks,
-            max_ctx,
         )
         .unwrap();
         let e = rel_err(&back(&s, &out, t * q_dim), &want);
@@ -412,8 +410,8 @@ fn check_model(dir: &std::path::Path, golden: &std::path::Path) {
         report.greedy_matching_prefix
     );
 
-    // Batch invariance on the GPU: the prompt batched with a decode token of
-    // another sequence at scattered blocks gives the same logits.
+    // The prompt batched with a decode token of another sequence at
+    // scattered blocks gives the same logits, up to rounding.
     let other: Vec<u32> = (0..20u32).map(|i| 3 + i).collect();
     let t_other: Vec<u32> = vec![200, 201];
     let mut logits = Vec::new();
@@ -459,7 +457,17 @@ fn check_model(dir: &std::path::Path, golden: &std::path::Path) {
         &mut logits,
     )
     .unwrap();
-    assert!(logits == a, "GPU logits of a prompt changed when batched");
+    // The GPU picks its GEMV kernel by rows per chunk (8, 4, 2, 1), whose
+    // summation orders differ, so batching changes logits by rounding only.
+    let diff = logits
+        .iter()
+        .zip(&a)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff <= 1e-4,
+        "GPU logits of a prompt changed by {diff} when batched"
+    );
 }
 
 fn serde_report(r: &lhama_model::golden::Report) -> String {
