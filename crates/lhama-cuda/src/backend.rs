@@ -71,6 +71,8 @@ struct Workspace {
     /// [T, inter]
     act: CudaSlice<f32>,
     partial: CudaSlice<f32>,
+    /// [T, heads, context partitions, head_dim + 2]
+    attn_work: CudaSlice<f32>,
     /// [T, vocab]
     logits: CudaSlice<f32>,
     tokens: CudaSlice<u32>,
@@ -206,8 +208,14 @@ impl CudaBackend {
             .unwrap_or(1)
             * crate::kernels::AWQ_MAX_M
             * (2 * inter).max(q_dim + 2 * kv_dim).max(hidden);
-        let ws_floats = t
-            * (2 * hidden + (q_dim + 2 * kv_dim) + 2 * q_dim + hidden + 3 * inter + vocab)
+        let attn_work_len = Kernels::attention_work_len(
+            t,
+            config.num_heads,
+            config.head_dim,
+            config.max_position_embeddings,
+        );
+        let ws_floats = attn_work_len
+            + t * (2 * hidden + (q_dim + 2 * kv_dim) + 2 * q_dim + hidden + 3 * inter + vocab)
             + partial_len;
         let ws_bytes = ws_floats * 4 + (4 * t + opts.max_seqs * max_blocks + t) * 4;
         let budget = ((total as f64 * opts.gpu_memory_utilization) as usize).min(free);
@@ -260,6 +268,7 @@ impl CudaBackend {
             gate_up: stream.alloc_zeros(t * 2 * inter)?,
             act: stream.alloc_zeros(t * inter)?,
             partial: stream.alloc_zeros(partial_len)?,
+            attn_work: stream.alloc_zeros(attn_work_len)?,
             logits: stream.alloc_zeros(t * vocab)?,
             tokens: stream.alloc_zeros(t)?,
             positions: stream.alloc_zeros(t)?,
@@ -407,10 +416,12 @@ impl CudaBackend {
                 &ws.tables.slice(0..table_len),
                 &ws.seq_of.slice(0..t),
                 &ws.positions.slice(0..t),
+                &mut ws.attn_work,
                 &mut ws.attn.slice_mut(..),
                 shape,
                 bs,
                 self.max_blocks,
+                cfg.max_position_embeddings,
             )?;
             k.awq_matmul(
                 s,

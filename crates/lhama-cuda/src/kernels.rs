@@ -17,8 +17,10 @@ use crate::compile;
 pub const AWQ_MAX_M: usize = 8;
 /// Input rows one GEMV block covers (AWQ_ROWS_PER_BLOCK in awq.cu).
 pub const AWQ_ROWS_PER_BLOCK: usize = 128;
-/// Heads per attention block (one warp each).
-pub const ATTENTION_HEADS_PER_BLOCK: usize = 4;
+/// Warps per attention block (ATTN_WARPS in attention.cu).
+pub const ATTENTION_WARPS: usize = 8;
+/// Context positions one attention block handles (ATTN_PART in attention.cu).
+pub const ATTENTION_PART: usize = 64;
 /// Largest head_dim the attention kernel handles (4 dimensions per lane).
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
@@ -69,7 +71,8 @@ pub struct Kernels {
     awq_partial: [(usize, usize, CudaFunction); 4],
     awq_reduce: CudaFunction,
     rope_kv: CudaFunction,
-    attention: CudaFunction,
+    attention_partial: CudaFunction,
+    attention_combine: CudaFunction,
     lm_head: CudaFunction,
 }
 
@@ -113,7 +116,8 @@ impl Kernels {
             ],
             awq_reduce: f("awq_reduce_partials_f32")?,
             rope_kv: f("rope_kv_write_f32")?,
-            attention: f("paged_attention_f32")?,
+            attention_partial: f("paged_attention_partial_f32")?,
+            attention_combine: f("paged_attention_combine_f32")?,
             lm_head: f("lm_head_f16_f32")?,
             _module: module,
         })
@@ -343,7 +347,23 @@ impl Kernels {
         Ok(())
     }
 
-    /// Causal paged attention of every query token over its sequence.
+    /// Context partitions of `max_context` positions (ATTN_PART in attention.cu).
+    pub fn attention_parts(max_context: usize) -> usize {
+        max_context.div_ceil(ATTENTION_PART)
+    }
+
+    /// Floats of attention workspace for `tokens` tokens.
+    pub fn attention_work_len(
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        max_context: usize,
+    ) -> usize {
+        tokens * heads * Self::attention_parts(max_context) * (head_dim + 2)
+    }
+
+    /// Causal paged attention of every query token over its sequence, split
+    /// over the context and combined (two launches).
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention(
         &self,
@@ -354,10 +374,12 @@ impl Kernels {
         block_tables: &CudaView<'_, u32>,
         seq_of: &CudaView<'_, u32>,
         positions: &CudaView<'_, u32>,
+        work: &mut CudaSlice<f32>,
         out: &mut CudaViewMut<'_, f32>,
         shape: (usize, usize, usize),
         block_size: usize,
         max_blocks: usize,
+        max_context: usize,
     ) -> Result<(), CudaError> {
         let (heads, kv_heads, hd) = shape;
         let t = positions.len();
@@ -369,36 +391,61 @@ impl Kernels {
             seq_of.len() == t && q.len() >= t * heads * hd && out.len() >= t * heads * hd,
             "attention sizes",
         )?;
-        let (h, kvh, d, bs, mb) = (
+        let parts = Self::attention_parts(max_context);
+        check(
+            work.len() >= Self::attention_work_len(t, heads, hd, max_context),
+            "attention workspace",
+        )?;
+        let (h, kvh, d, bs, mb, mp) = (
             i32_of(heads),
             i32_of(kv_heads),
             i32_of(hd),
             i32_of(block_size),
             i32_of(max_blocks),
+            i32_of(parts),
         );
         let scale = 1.0f32 / (hd as f32).sqrt();
         let cfg = LaunchConfig {
-            grid_dim: (t as u32, grid(heads, ATTENTION_HEADS_PER_BLOCK), 1),
-            block_dim: (32 * ATTENTION_HEADS_PER_BLOCK as u32, 1, 1),
+            grid_dim: (t as u32, heads as u32, parts as u32),
+            block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: every table entry < blocks and every seq_of < rows of
-        // block_tables (validated with the batch); sizes checked above.
+        // SAFETY: every table entry < blocks, every seq_of < rows of
+        // block_tables and every position < max_context (validated with the
+        // batch; max_context is the model's max positions), so partitions stay
+        // inside `work`; sizes checked above.
         unsafe {
-            s.launch_builder(&self.attention)
+            s.launch_builder(&self.attention_partial)
                 .arg(q)
                 .arg(k_cache)
                 .arg(v_cache)
                 .arg(block_tables)
                 .arg(seq_of)
                 .arg(positions)
-                .arg(out)
+                .arg(&mut *work)
                 .arg(&h)
                 .arg(&kvh)
                 .arg(&d)
                 .arg(&bs)
                 .arg(&mb)
+                .arg(&mp)
                 .arg(&scale)
+                .launch(cfg)
+        }?;
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, heads as u32, 1),
+            block_dim: (hd as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the partitions a token has were written above; out holds t * heads * hd.
+        unsafe {
+            s.launch_builder(&self.attention_combine)
+                .arg(&*work)
+                .arg(positions)
+                .arg(out)
+                .arg(&h)
+                .arg(&d)
+                .arg(&mp)
                 .launch(cfg)
         }?;
         Ok(())

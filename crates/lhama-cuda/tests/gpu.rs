@@ -229,13 +229,14 @@ fn elementwise_kernels_match_cpu() {
 fn rope_kv_write_and_paged_attention_match_cpu() {
     let (s, k) = setup();
     let mut g = SplitMix64::new(23);
-    let (heads, kv_heads, hd, bs) = (4usize, 2usize, 32usize, 4usize);
+    let (heads, kv_heads, hd, bs) = (4usize, 2usize, 32usize, 16usize);
     let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
-    let num_blocks = 16;
-    let rope = RopeTable::new(hd, 10_000.0, 64, 1.0);
-    // Two sequences with scattered blocks: 10 prompt tokens of seq 0, then one
-    // decode token of seq 1 at position 6 (its earlier K/V written first).
-    let tables: Vec<Vec<u32>> = vec![vec![7, 2, 9], vec![4, 11]];
+    let num_blocks = 24;
+    let rope = RopeTable::new(hd, 10_000.0, 128, 1.0);
+    // Two sequences with scattered blocks: 100 prompt tokens of seq 0 (two
+    // context partitions of 64), then one decode token of seq 1 at position 6
+    // (its earlier K/V written first).
+    let tables: Vec<Vec<u32>> = vec![vec![7, 2, 9, 15, 20, 11, 3], vec![4, 18]];
     let mut cpu_k = vec![0f32; num_blocks * bs * kv_dim];
     let mut cpu_v = cpu_k.clone();
     let mut kd = s.clone_htod(&cpu_k).unwrap();
@@ -304,7 +305,7 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
         )
         .unwrap();
         assert!(rel_err(&back(&s, &qd, t * q_dim), &q) < 1e-6, "rotated q");
-        let max_blocks = 3;
+        let max_blocks = 7;
         let flat: Vec<u32> = tables
             .iter()
             .flat_map(|t| {
@@ -317,6 +318,9 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
         let so: Vec<u32> = seq_ids.iter().map(|&x| x as u32).collect();
         let sod = s.clone_htod(&so).unwrap();
         let mut out = poisoned(&s, t * q_dim);
+        let mut work = s
+            .alloc_zeros::<f32>(Kernels::attention_work_len(t, heads, hd, 128))
+            .unwrap();
         k.paged_attention(
             &s,
             &qd.slice(..),
@@ -325,19 +329,21 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
             &td.slice(..),
             &sod.slice(..),
             &pd.slice(..),
+            &mut work,
             &mut out.slice_mut(..),
             (heads, kv_heads, hd),
             bs,
             max_blocks,
+            128,
         )
         .unwrap();
         let e = rel_err(&back(&s, &out, t * q_dim), &want);
         assert!(e < 1e-5, "attention rel err {e}");
     };
     run(vec![1; 6], (0..6).collect(), &mut cpu_k, &mut cpu_v);
-    let mut ids = vec![0usize; 10];
+    let mut ids = vec![0usize; 100];
     ids.push(1);
-    let mut pos: Vec<u32> = (0..10).collect();
+    let mut pos: Vec<u32> = (0..100).collect();
     pos.push(6);
     run(ids, pos, &mut cpu_k, &mut cpu_v);
     // The caches themselves agree too.
