@@ -1,14 +1,16 @@
-// AWQ int4 matrix product for small batches (GEMV-style), in two launches:
-// awq_gemv_partial_f32 computes split-K partial sums, awq_reduce_partials_f32
-// adds them in a fixed order (deterministic: no atomics).
+// AWQ int4 matrix product for small batches (GEMV-style), in one launch:
+// blocks compute split-K partial sums, and the last block of each column tile
+// to finish (an atomic counter per tile) adds them up in split order, so the
+// result does not depend on which block finished last.
 //
 // Layouts (AutoAWQ WQLinear_GEMM, K inputs, N outputs, group size G):
 //   qweight  [K, N/8] u32: word (k, c) holds columns 8c..8c+7 of row k;
 //            column 8c + j sits at bits 4 * SLOT[j], SLOT = {0, 4, 1, 5, 2, 6, 3, 7}
 //   zeros    [K/G, N] f32 (unpacked at load), scales [K/G, N] f32
 //   x        [M, K] f32, M in {1, 2, 4, 8} rows per launch (the host loops over chunks)
-//   partial  [K / AWQ_ROWS_PER_BLOCK, M, N] f32
+//   partial  [K / AWQ_ROWS_PER_BLOCK, M, N] f32 scratch
 //   y        [M, N] f32
+//   counters [ceil(N / 256)] u32, zero between launches (each launch re-arms them)
 // W[k, n] = (q[k, n] - zeros[k / G, n]) * scales[k / G, n]; y = x · W.
 //
 // Partial kernels: grid (ceil((N/8) / 32), K / AWQ_ROWS_PER_BLOCK), block (32, WARPS).
@@ -34,7 +36,8 @@
 template <int M, int ROWS, int WARPS>
 __device__ __forceinline__ void awq_gemv_partial(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
-    const float* __restrict__ scales, float* __restrict__ partial, int k, int n, int group) {
+    const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
+    unsigned* __restrict__ counters, int k, int n, int group) {
     static_assert(ROWS * WARPS == AWQ_ROWS_PER_BLOCK, "a block covers 128 rows");
     __shared__ float sums[WARPS][M * 8][32];
     const int lane = threadIdx.x;
@@ -93,27 +96,34 @@ __device__ __forceinline__ void awq_gemv_partial(
             partial[((size_t)blockIdx.y * M + rj / 8) * n + w * 8 + rj % 8] = v;
         }
     }
+    // The last block of this column tile to finish adds the splits up, in
+    // split order (deterministic), and writes y; then it re-arms the counter.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int cols = min(256, n - blockIdx.x * 256);
+    for (int e = tid; e < M * cols; e += 32 * WARPS) {
+        const int r = e / cols, c = blockIdx.x * 256 + e % cols;
+        float v = 0.0f;
+        for (int split = 0; split < (int)gridDim.y; ++split) v += __ldcg(&partial[((size_t)split * M + r) * n + c]);
+        y[(size_t)r * n + c] = v;
+    }
+    if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
 #define AWQ_GEMV_KERNEL(M, ROWS, WARPS)                                                                        \
     extern "C" __global__ void awq_gemv_partial_m##M##_f32(                                                   \
         const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
-        const float* __restrict__ scales, float* __restrict__ partial, int k, int n, int group) {             \
-        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, k, n, group);                   \
+        const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
+        unsigned* __restrict__ counters, int k, int n, int group) {                                           \
+        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, y, counters, k, n, group);      \
     }
 
 AWQ_GEMV_KERNEL(1, 8, 16)
 AWQ_GEMV_KERNEL(2, 8, 16)
 AWQ_GEMV_KERNEL(4, 16, 8)
 AWQ_GEMV_KERNEL(8, 32, 4)
-
-// y[r, col] = sum over splits s (in order) of partial[s, r, col].
-// Grid: (ceil(m * n / 256)), block: 256.
-extern "C" __global__ void awq_reduce_partials_f32(
-    const float* __restrict__ partial, float* __restrict__ y, int splits, int m, int n) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)m * n) return;
-    float v = 0.0f;
-    for (int s = 0; s < splits; ++s) v += partial[(size_t)s * m * n + i];
-    y[i] = v;
-}

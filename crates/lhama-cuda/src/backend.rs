@@ -71,6 +71,8 @@ struct Workspace {
     /// [T, inter]
     act: CudaSlice<f32>,
     partial: CudaSlice<f32>,
+    /// GEMV tile counters (zero between launches)
+    counters: CudaSlice<u32>,
     /// [T, heads, context partitions, head_dim + 2]
     attn_work: CudaSlice<f32>,
     /// [T, vocab]
@@ -269,6 +271,9 @@ impl CudaBackend {
             act: stream.alloc_zeros(t * inter)?,
             partial: stream.alloc_zeros(partial_len)?,
             attn_work: stream.alloc_zeros(attn_work_len)?,
+            counters: stream.alloc_zeros(crate::kernels::counters_len(
+                (2 * inter).max(q_dim + 2 * kv_dim).max(hidden),
+            ))?,
             logits: stream.alloc_zeros(t * vocab)?,
             tokens: stream.alloc_zeros(t)?,
             positions: stream.alloc_zeros(t)?,
@@ -394,6 +399,7 @@ impl CudaBackend {
                 t,
                 &layer.qkv,
                 &mut ws.partial,
+                &mut ws.counters,
                 &mut ws.qkv.slice_mut(..),
             )?;
             k.rope_kv_write(
@@ -429,6 +435,7 @@ impl CudaBackend {
                 t,
                 &layer.o,
                 &mut ws.partial,
+                &mut ws.counters,
                 &mut ws.proj.slice_mut(..),
             )?;
             k.add_rmsnorm(
@@ -446,6 +453,7 @@ impl CudaBackend {
                 t,
                 &layer.gate_up,
                 &mut ws.partial,
+                &mut ws.counters,
                 &mut ws.gate_up.slice_mut(..),
             )?;
             k.silu_mul(
@@ -461,6 +469,7 @@ impl CudaBackend {
                 t,
                 &layer.down,
                 &mut ws.partial,
+                &mut ws.counters,
                 &mut ws.proj.slice_mut(..),
             )?;
             pending_delta = true;

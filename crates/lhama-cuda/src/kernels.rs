@@ -17,6 +17,11 @@ use crate::compile;
 pub const AWQ_MAX_M: usize = 8;
 /// Input rows one GEMV block covers (AWQ_ROWS_PER_BLOCK in awq.cu).
 pub const AWQ_ROWS_PER_BLOCK: usize = 128;
+
+/// Tile counters the GEMV needs for N outputs (one per 256 columns).
+pub fn counters_len(n: usize) -> usize {
+    n.div_ceil(256)
+}
 /// Warps per attention block (ATTN_WARPS in attention.cu).
 pub const ATTENTION_WARPS: usize = 8;
 /// Context positions one attention block handles (ATTN_PART in attention.cu).
@@ -69,7 +74,6 @@ pub struct Kernels {
     silu_mul: CudaFunction,
     /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
     awq_partial: [(usize, usize, CudaFunction); 4],
-    awq_reduce: CudaFunction,
     rope_kv: CudaFunction,
     attention_partial: CudaFunction,
     attention_combine: CudaFunction,
@@ -114,7 +118,6 @@ impl Kernels {
                 (4, 8, f("awq_gemv_partial_m4_f32")?),
                 (8, 4, f("awq_gemv_partial_m8_f32")?),
             ],
-            awq_reduce: f("awq_reduce_partials_f32")?,
             rope_kv: f("rope_kv_write_f32")?,
             attention_partial: f("paged_attention_partial_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -227,8 +230,10 @@ impl Kernels {
         Ok(())
     }
 
-    /// y[M, N] = x[M, K] · W, in chunks of AWQ_MAX_M rows; `partial` holds
-    /// at least `w.partial_len()` floats.
+    /// y[M, N] = x[M, K] · W, in chunks of 8, 4, 2 or 1 rows; `partial` holds
+    /// at least `w.partial_len()` floats and `counters` (zero) at least
+    /// `counters_len(N)` entries.
+    #[allow(clippy::too_many_arguments)]
     pub fn awq_matmul(
         &self,
         s: &CudaStream,
@@ -236,16 +241,18 @@ impl Kernels {
         m: usize,
         w: &GpuAwq,
         partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<(), CudaError> {
         check(x.len() >= m * w.k && y.len() >= m * w.n, "awq x/y sizes")?;
         check(partial.len() >= w.partial_len(), "awq partial buffer")?;
+        check(counters.len() >= counters_len(w.n), "awq counters")?;
         check(
             w.n % 8 == 0 && w.group % 32 == 0 && w.k % w.group == 0,
             "awq shape",
         )?;
         let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
-        let (k, n, g, sp) = (i32_of(w.k), i32_of(w.n), i32_of(w.group), i32_of(splits));
+        let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
         let mut row = 0;
         while row < m {
             // The largest kernel variant (8, 4, 2 or 1 rows) that fits what is left.
@@ -256,7 +263,6 @@ impl Kernels {
                 .find(|(v, _, _)| *v <= m - row)
                 .map(|(v, w, f)| (*v, *w, f))
                 .expect("the 1-row variant always fits");
-            let r = i32_of(rows);
             let xs = x.slice(row * w.k..(row + rows) * w.k);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             let cfg = LaunchConfig {
@@ -265,7 +271,8 @@ impl Kernels {
                 shared_mem_bytes: 0,
             };
             // SAFETY: xs holds rows * K, qweight K * N/8, zeros/scales K/G * N,
-            // partial splits * rows * N (checked above).
+            // partial splits * rows * N, ys rows * N, counters one per 256
+            // columns, all zero (checked above; each launch re-arms them).
             unsafe {
                 s.launch_builder(func)
                     .arg(&xs)
@@ -273,24 +280,11 @@ impl Kernels {
                     .arg(&w.zeros)
                     .arg(&w.scales)
                     .arg(&mut *partial)
+                    .arg(&mut ys)
+                    .arg(&mut *counters)
                     .arg(&k)
                     .arg(&n)
                     .arg(&g)
-                    .launch(cfg)
-            }?;
-            let cfg = LaunchConfig {
-                grid_dim: (grid(rows * w.n, 256), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: partial holds splits * rows * N written above; ys rows * N.
-            unsafe {
-                s.launch_builder(&self.awq_reduce)
-                    .arg(&*partial)
-                    .arg(&mut ys)
-                    .arg(&sp)
-                    .arg(&r)
-                    .arg(&n)
                     .launch(cfg)
             }?;
             row += rows;
