@@ -1,7 +1,8 @@
-// AWQ int4 matrix product for small batches (GEMV-style), in one launch:
-// blocks compute split-K partial sums, and the last block of each column tile
-// to finish (an atomic counter per tile) adds them up in split order, so the
-// result does not depend on which block finished last.
+// AWQ int4 matrix product for small batches (GEMV-style). Blocks compute
+// split-K partial sums; for 1 or 2 rows the last block of each column tile to
+// finish (an atomic counter per tile) adds them up in split order, in the same
+// launch; for more rows a second kernel does. Either way the order is fixed,
+// so results do not depend on which block finished last.
 //
 // Layouts (AutoAWQ WQLinear_GEMM, K inputs, N outputs, group size G):
 //   qweight  [K, N/8] u32: word (k, c) holds columns 8c..8c+7 of row k;
@@ -37,7 +38,7 @@ template <int M, int ROWS, int WARPS>
 __device__ __forceinline__ void awq_gemv_partial(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
-    unsigned* __restrict__ counters, int k, int n, int group) {
+    unsigned* __restrict__ counters, int k, int n, int group, int fused) {
     static_assert(ROWS * WARPS == AWQ_ROWS_PER_BLOCK, "a block covers 128 rows");
     __shared__ float sums[WARPS][M * 8][32];
     const int lane = threadIdx.x;
@@ -96,8 +97,11 @@ __device__ __forceinline__ void awq_gemv_partial(
             partial[((size_t)blockIdx.y * M + rj / 8) * n + w * 8 + rj % 8] = v;
         }
     }
-    // The last block of this column tile to finish adds the splits up, in
-    // split order (deterministic), and writes y; then it re-arms the counter.
+    // With `fused`, the last block of this column tile to finish adds the
+    // splits up, in split order (deterministic), and writes y; then it re-arms
+    // the counter. Without (many rows: one block per tile would be too slow),
+    // awq_reduce_partials_f32 does it in a second launch.
+    if (!fused) return;
     __shared__ bool last;
     __threadfence();
     __syncthreads();
@@ -119,11 +123,22 @@ __device__ __forceinline__ void awq_gemv_partial(
     extern "C" __global__ void awq_gemv_partial_m##M##_f32(                                                   \
         const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
         const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
-        unsigned* __restrict__ counters, int k, int n, int group) {                                           \
-        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, y, counters, k, n, group);      \
+        unsigned* __restrict__ counters, int k, int n, int group, int fused) {                                \
+        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, y, counters, k, n, group, fused); \
     }
 
 AWQ_GEMV_KERNEL(1, 8, 16)
 AWQ_GEMV_KERNEL(2, 8, 16)
 AWQ_GEMV_KERNEL(4, 16, 8)
 AWQ_GEMV_KERNEL(8, 32, 4)
+
+// y[r, col] = sum over splits s (in order) of partial[s, r, col].
+// Grid: (ceil(m * n / 256)), block: 256.
+extern "C" __global__ void awq_reduce_partials_f32(
+    const float* __restrict__ partial, float* __restrict__ y, int splits, int m, int n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)m * n) return;
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v += partial[(size_t)s * m * n + i];
+    y[i] = v;
+}

@@ -37,6 +37,7 @@ pub const KERNELS: &[&str] = &[
     "awq_gemv_partial_m2_f32",
     "awq_gemv_partial_m4_f32",
     "awq_gemv_partial_m8_f32",
+    "awq_reduce_partials_f32",
     "rope_kv_write_f32",
     "paged_attention_partial_f32",
     "paged_attention_combine_f32",

@@ -18,6 +18,10 @@ pub const AWQ_MAX_M: usize = 8;
 /// Input rows one GEMV block covers (AWQ_ROWS_PER_BLOCK in awq.cu).
 pub const AWQ_ROWS_PER_BLOCK: usize = 128;
 
+/// Chunks of at most this many rows add their split-K partials up in the
+/// GEMV launch itself; larger ones use the separate reduce kernel.
+pub const AWQ_FUSED_MAX_ROWS: usize = 2;
+
 /// Tile counters the GEMV needs for N outputs (one per 256 columns).
 pub fn counters_len(n: usize) -> usize {
     n.div_ceil(256)
@@ -75,6 +79,7 @@ pub struct Kernels {
     /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
     awq_partial: [(usize, usize, CudaFunction); 4],
     rope_kv: CudaFunction,
+    awq_reduce: CudaFunction,
     attention_partial: CudaFunction,
     attention_combine: CudaFunction,
     lm_head: CudaFunction,
@@ -119,6 +124,7 @@ impl Kernels {
                 (8, 4, f("awq_gemv_partial_m8_f32")?),
             ],
             rope_kv: f("rope_kv_write_f32")?,
+            awq_reduce: f("awq_reduce_partials_f32")?,
             attention_partial: f("paged_attention_partial_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
             lm_head: f("lm_head_f16_f32")?,
@@ -265,6 +271,7 @@ impl Kernels {
                 .expect("the 1-row variant always fits");
             let xs = x.slice(row * w.k..(row + rows) * w.k);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
+            let fused = i32::from(rows <= AWQ_FUSED_MAX_ROWS);
             let cfg = LaunchConfig {
                 grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
                 block_dim: (32, warps as u32, 1),
@@ -272,7 +279,7 @@ impl Kernels {
             };
             // SAFETY: xs holds rows * K, qweight K * N/8, zeros/scales K/G * N,
             // partial splits * rows * N, ys rows * N, counters one per 256
-            // columns, all zero (checked above; each launch re-arms them).
+            // columns, all zero (checked above; each fused launch re-arms them).
             unsafe {
                 s.launch_builder(func)
                     .arg(&xs)
@@ -285,8 +292,27 @@ impl Kernels {
                     .arg(&k)
                     .arg(&n)
                     .arg(&g)
+                    .arg(&fused)
                     .launch(cfg)
             }?;
+            if fused == 0 {
+                let (sp, r) = (i32_of(splits), i32_of(rows));
+                let cfg = LaunchConfig {
+                    grid_dim: (grid(rows * w.n, 256), 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: partial holds splits * rows * N written above; ys rows * N.
+                unsafe {
+                    s.launch_builder(&self.awq_reduce)
+                        .arg(&*partial)
+                        .arg(&mut ys)
+                        .arg(&sp)
+                        .arg(&r)
+                        .arg(&n)
+                        .launch(cfg)
+                }?;
+            }
             row += rows;
         }
         Ok(())
