@@ -98,25 +98,27 @@ __device__ __forceinline__ void awq_gemv_partial(
         const unsigned* wp = qweight + (size_t)row0 * n8 + word;
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) packed[i] = wp[(size_t)i * n8];
+        float xv[M][ROWS];
 #pragma unroll
-        for (int i = 0; i < ROWS; ++i) {
-            // This row's input value of every batch row, transformed as asked.
-            float xv[M];
+        for (int r = 0; r < M; ++r) {
 #pragma unroll
-            for (int r = 0; r < M; ++r) {
+            for (int i = 0; i < ROWS; ++i) {
                 float v = x[(size_t)r * x_stride + row0 + i];
                 if (silu) {
                     const float up = x[(size_t)r * x_stride + k + row0 + i];
                     v = v / (1.0f + expf(-v)) * up;
                 }
                 if (norm_w) v = v * inv_rms[r] * norm_w[row0 + i];
-                xv[r] = v;
+                xv[r][i] = v;
             }
+        }
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const float w = ((float)((packed[i] >> AWQ_SHIFT(j)) & 0xFu) - z[j]) * s[j];
 #pragma unroll
-                for (int r = 0; r < M; ++r) acc[r][j] += xv[r] * w;
+                for (int r = 0; r < M; ++r) acc[r][j] += xv[r][i] * w;
             }
         }
     }
