@@ -1,29 +1,26 @@
-// AWQ int4 matrix product for small batches (GEMV-style), with the layer's
-// neighbours fused in: the input may be RMS-normalized on the fly (x * rsqrt(
-// mean(x^2) + eps) * norm_w, each block computing the row statistics itself) or
-// be SiLU(gate) * up of a [gate | up] buffer; the output may be added to y (the
-// residual stream) instead of stored.
-//
-// Blocks compute split-K partial sums; for 1 or 2 rows the last block of each
-// column tile to finish (an atomic counter per tile) adds them up in split
-// order, in the same launch; for more rows awq_reduce_partials_f32 does, in a
-// second launch. Either way the order is fixed: results do not depend on which
-// block finished last.
+// AWQ int4 matrix product for small batches (GEMV-style). Blocks compute
+// split-K partial sums; for 1 or 2 rows the last block of each column tile to
+// finish (an atomic counter per tile) adds them up in split order, in the same
+// launch; for more rows a second kernel does. Either way the order is fixed,
+// so results do not depend on which block finished last.
 //
 // Layouts (AutoAWQ WQLinear_GEMM, K inputs, N outputs, group size G):
 //   qweight  [K, N/8] u32: word (k, c) holds columns 8c..8c+7 of row k;
 //            column 8c + j sits at bits 4 * SLOT[j], SLOT = {0, 4, 1, 5, 2, 6, 3, 7}
 //   zeros    [K/G, N] f32 (unpacked at load), scales [K/G, N] f32
-//   x        [M, x_stride] f32; M in {1, 2, 4, 8} rows per launch (the host
-//            loops over chunks). Plain or normalized: x_stride >= K, row r's
-//            input is x[r, 0..K). SiLU mode: x_stride = 2K, gate x[r, 0..K),
-//            up x[r, K..2K).
-//   norm_w   [K] f32 or null
+//   x        [M, K] f32, M in {1, 2, 4, 8} rows per launch (the host loops over chunks)
 //   partial  [K / AWQ_ROWS_PER_BLOCK, M, N] f32 scratch
-//   y        [M, N] f32 (stored, or added to when `accumulate`)
-//   counters [ceil(N / 256)] u32, zero between launches (each fused launch re-arms them)
-// W[k, n] = (q[k, n] - zeros[k / G, n]) * scales[k / G, n]; y (+)= input · W.
+//   y        [M, N] f32
+//   counters [ceil(N / 256)] u32, zero between launches (each launch re-arms them)
+// W[k, n] = (q[k, n] - zeros[k / G, n]) * scales[k / G, n]; y = x · W.
 //
+// Partial kernels: grid (ceil((N/8) / 32), K / AWQ_ROWS_PER_BLOCK), block (32, WARPS).
+// Each thread owns one packed word column (8 outputs); each warp takes ROWS
+// consecutive rows of the block's 128 (G is a multiple of 32, so a warp's rows
+// share one group); the warps' sums are added in shared memory in a fixed order.
+// One instantiation per batch-row count M (1, 2, 4, 8): with M fixed at compile
+// time no work is spent on absent rows, and small M get more, shorter warps
+// (more warps in flight hide more memory latency).
 // Partial kernels: grid (ceil((N/8) / 32), K / AWQ_ROWS_PER_BLOCK), block (32, WARPS).
 // Each thread owns one packed word column (8 outputs); each warp takes ROWS
 // consecutive rows of the block's 128 (G is a multiple of 32, so a warp's rows
@@ -39,46 +36,16 @@
 
 template <int M, int ROWS, int WARPS>
 __device__ __forceinline__ void awq_gemv_partial(
-    const float* __restrict__ x, int x_stride, const float* __restrict__ norm_w, float eps, int silu,
-    const unsigned* __restrict__ qweight, const float* __restrict__ zeros, const float* __restrict__ scales,
-    float* __restrict__ partial, float* __restrict__ y, int accumulate, unsigned* __restrict__ counters, int k,
-    int n, int group, int fused) {
+    const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
+    const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
+    unsigned* __restrict__ counters, int k, int n, int group, int fused) {
     static_assert(ROWS * WARPS == AWQ_ROWS_PER_BLOCK, "a block covers 128 rows");
     __shared__ float sums[WARPS][M * 8][32];
-    __shared__ float row_stats[WARPS][M];
-    __shared__ float inv_rms[M];
     const int lane = threadIdx.x;
     const int warp = threadIdx.y;
-    const int tid = warp * 32 + lane;
     const int n8 = n / 8;
     const int word = blockIdx.x * 32 + lane;
     const int row0 = blockIdx.y * AWQ_ROWS_PER_BLOCK + warp * ROWS;
-
-    if (norm_w) {
-        // Sum of squares of each input row, by the whole block.
-        float ss[M];
-#pragma unroll
-        for (int r = 0; r < M; ++r) {
-            ss[r] = 0.0f;
-            for (int i = tid; i < k; i += 32 * WARPS) {
-                const float v = x[(size_t)r * x_stride + i];
-                ss[r] += v * v;
-            }
-            ss[r] = warp_sum_f32(ss[r]);
-        }
-        if (lane == 0) {
-#pragma unroll
-            for (int r = 0; r < M; ++r) row_stats[warp][r] = ss[r];
-        }
-        __syncthreads();
-        if (tid < M) {
-            float total = 0.0f;
-            for (int w = 0; w < WARPS; ++w) total += row_stats[w][tid];
-            inv_rms[tid] = rsqrtf(total / (float)k + eps);
-        }
-        __syncthreads();
-    }
-
     float acc[M][8];
 #pragma unroll
     for (int r = 0; r < M; ++r)
@@ -100,18 +67,9 @@ __device__ __forceinline__ void awq_gemv_partial(
         for (int i = 0; i < ROWS; ++i) packed[i] = wp[(size_t)i * n8];
         float xv[M][ROWS];
 #pragma unroll
-        for (int r = 0; r < M; ++r) {
+        for (int r = 0; r < M; ++r)
 #pragma unroll
-            for (int i = 0; i < ROWS; ++i) {
-                float v = x[(size_t)r * x_stride + row0 + i];
-                if (silu) {
-                    const float up = x[(size_t)r * x_stride + k + row0 + i];
-                    v = v / (1.0f + expf(-v)) * up;
-                }
-                if (norm_w) v = v * inv_rms[r] * norm_w[row0 + i];
-                xv[r][i] = v;
-            }
-        }
+            for (int i = 0; i < ROWS; ++i) xv[r][i] = x[(size_t)r * k + row0 + i];
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) {
 #pragma unroll
@@ -128,6 +86,7 @@ __device__ __forceinline__ void awq_gemv_partial(
         for (int j = 0; j < 8; ++j) sums[warp][r * 8 + j][lane] = acc[r][j];
     __syncthreads();
     // Every thread of the block adds up some of the (row, column) sums.
+    const int tid = warp * 32 + lane;
     for (int e = tid; e < M * 8 * 32; e += 32 * WARPS) {
         const int rj = e / 32, l = e % 32;
         const int w = blockIdx.x * 32 + l;
@@ -138,9 +97,11 @@ __device__ __forceinline__ void awq_gemv_partial(
             partial[((size_t)blockIdx.y * M + rj / 8) * n + w * 8 + rj % 8] = v;
         }
     }
+    // With `fused`, the last block of this column tile to finish adds the
+    // splits up, in split order (deterministic), and writes y; then it re-arms
+    // the counter. Without (many rows: one block per tile would be too slow),
+    // awq_reduce_partials_f32 does it in a second launch.
     if (!fused) return;
-    // The last block of this column tile to finish adds the splits up, in
-    // split order, and writes y; then it re-arms the counter.
     __shared__ bool last;
     __threadfence();
     __syncthreads();
@@ -148,28 +109,22 @@ __device__ __forceinline__ void awq_gemv_partial(
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const int cols = min(256, n - (int)blockIdx.x * 256);
+    const int cols = min(256, n - blockIdx.x * 256);
     for (int e = tid; e < M * cols; e += 32 * WARPS) {
         const int r = e / cols, c = blockIdx.x * 256 + e % cols;
         float v = 0.0f;
         for (int split = 0; split < (int)gridDim.y; ++split) v += __ldcg(&partial[((size_t)split * M + r) * n + c]);
-        if (accumulate) {
-            y[(size_t)r * n + c] += v;
-        } else {
-            y[(size_t)r * n + c] = v;
-        }
+        y[(size_t)r * n + c] = v;
     }
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
 #define AWQ_GEMV_KERNEL(M, ROWS, WARPS)                                                                        \
     extern "C" __global__ void awq_gemv_partial_m##M##_f32(                                                   \
-        const float* __restrict__ x, int x_stride, const float* __restrict__ norm_w, float eps, int silu,      \
-        const unsigned* __restrict__ qweight, const float* __restrict__ zeros,                                \
-        const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y, int accumulate, \
+        const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
+        const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
         unsigned* __restrict__ counters, int k, int n, int group, int fused) {                                \
-        awq_gemv_partial<M, ROWS, WARPS>(x, x_stride, norm_w, eps, silu, qweight, zeros, scales, partial, y,  \
-                                         accumulate, counters, k, n, group, fused);                           \
+        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, y, counters, k, n, group, fused); \
     }
 
 AWQ_GEMV_KERNEL(1, 8, 16)
@@ -177,17 +132,13 @@ AWQ_GEMV_KERNEL(2, 8, 16)
 AWQ_GEMV_KERNEL(4, 16, 8)
 AWQ_GEMV_KERNEL(8, 32, 4)
 
-// y[r, col] (+)= sum over splits s (in order) of partial[s, r, col].
+// y[r, col] = sum over splits s (in order) of partial[s, r, col].
 // Grid: (ceil(m * n / 256)), block: 256.
 extern "C" __global__ void awq_reduce_partials_f32(
-    const float* __restrict__ partial, float* __restrict__ y, int splits, int m, int n, int accumulate) {
+    const float* __restrict__ partial, float* __restrict__ y, int splits, int m, int n) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)m * n) return;
     float v = 0.0f;
     for (int s = 0; s < splits; ++s) v += partial[(size_t)s * m * n + i];
-    if (accumulate) {
-        y[i] += v;
-    } else {
-        y[i] = v;
-    }
+    y[i] = v;
 }

@@ -7,10 +7,10 @@ model=$1
 lhama=${LHAMA_BIN:-.carry/lhama}
 out=${OUT:-gpu-logs}
 # bench --batch 1 runs: prefill (128 tokens) twice, one warm-up step, then steps.
-# Launches per forward: 7 per layer for <= 8 tokens, GEMV chunks of 8 rows for more.
+# Launches per forward: 10 per layer for <= 8 tokens, GEMV chunks of 8 rows for more.
 layers=$(python3 -c "import json,sys; print(json.load(open('$model/config.json'))['num_hidden_layers'])")
-per_step=$((7 * layers + 3))
-per_prefill=$(((3 + 4 * 2 * 16) * layers + 3))
+per_step=$((10 * layers + 3))
+per_prefill=$(((6 + 4 * 2 * 16) * layers + 3))
 skip=$((2 * per_prefill + per_step))
 LHAMA_CUDA_GRAPHS=0 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --launch-skip "$skip" --launch-count "$per_step" \
   "$lhama" bench --backend cuda --model "$model" --prompt-len 128 --decode-steps 2 --batch 1 > "$out/ncu.csv" 2> "$out/ncu.err" || true

@@ -11,7 +11,7 @@ use lhama_model::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
 use lhama_model::{Backend, BackendError, ForwardBatch, KvGeometry, LlamaConfig};
 
 use crate::CudaError;
-use crate::kernels::{GemvInput, GpuAwq, Kernels};
+use crate::kernels::{GpuAwq, Kernels};
 
 #[derive(Debug, Clone)]
 pub struct CudaOptions {
@@ -64,8 +64,12 @@ struct Workspace {
     q: CudaSlice<f32>,
     /// [T, q]
     attn: CudaSlice<f32>,
+    /// [T, hidden] o_proj / down_proj output
+    proj: CudaSlice<f32>,
     /// [T, 2 inter]
     gate_up: CudaSlice<f32>,
+    /// [T, inter]
+    act: CudaSlice<f32>,
     partial: CudaSlice<f32>,
     /// GEMV tile counters (zero between launches)
     counters: CudaSlice<u32>,
@@ -213,7 +217,7 @@ impl CudaBackend {
             config.max_position_embeddings,
         );
         let ws_floats = attn_work_len
-            + t * (2 * hidden + (q_dim + 2 * kv_dim) + 2 * q_dim + 2 * inter + vocab)
+            + t * (2 * hidden + (q_dim + 2 * kv_dim) + 2 * q_dim + hidden + 3 * inter + vocab)
             + partial_len;
         let ws_bytes = ws_floats * 4 + (4 * t + opts.max_seqs * max_blocks + t) * 4;
         let budget = ((total as f64 * opts.gpu_memory_utilization) as usize).min(free);
@@ -262,7 +266,9 @@ impl CudaBackend {
             qkv: stream.alloc_zeros(t * (q_dim + 2 * kv_dim))?,
             q: stream.alloc_zeros(t * q_dim)?,
             attn: stream.alloc_zeros(t * q_dim)?,
+            proj: stream.alloc_zeros(t * hidden)?,
             gate_up: stream.alloc_zeros(t * 2 * inter)?,
+            act: stream.alloc_zeros(t * inter)?,
             partial: stream.alloc_zeros(partial_len)?,
             attn_work: stream.alloc_zeros(attn_work_len)?,
             counters: stream.alloc_zeros(crate::kernels::counters_len(
@@ -362,7 +368,7 @@ impl CudaBackend {
     /// copy and no synchronization, so it can be captured into a graph.
     fn launch_all(&mut self, t: usize, r: usize, table_len: usize) -> Result<(), CudaError> {
         let cfg = &self.config;
-        let (hidden, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps as f32;
         let bs = self.kv.block_size;
@@ -376,21 +382,25 @@ impl CudaBackend {
             &mut ws.x.slice_mut(0..t * hidden),
             hidden,
         )?;
+        let mut pending_delta = false;
         for layer in &mut self.layers {
-            // qkv = rmsnorm(x) · Wqkv (the norm inside the GEMV)
+            k.add_rmsnorm(
+                s,
+                &mut ws.x.slice_mut(0..t * hidden),
+                pending_delta.then(|| ws.proj.slice(0..t * hidden)).as_ref(),
+                &layer.input_norm,
+                &mut ws.h.slice_mut(0..t * hidden),
+                t,
+                eps,
+            )?;
             k.awq_matmul(
                 s,
-                &ws.x.slice(0..t * hidden),
+                &ws.h.slice(0..t * hidden),
                 t,
-                GemvInput::Norm {
-                    weight: &layer.input_norm,
-                    eps,
-                },
                 &layer.qkv,
                 &mut ws.partial,
                 &mut ws.counters,
                 &mut ws.qkv.slice_mut(..),
-                false,
             )?;
             k.rope_kv_write(
                 s,
@@ -419,45 +429,50 @@ impl CudaBackend {
                 self.max_blocks,
                 cfg.max_position_embeddings,
             )?;
-            // x += attn · Wo
             k.awq_matmul(
                 s,
                 &ws.attn.slice(..),
                 t,
-                GemvInput::Plain,
                 &layer.o,
                 &mut ws.partial,
                 &mut ws.counters,
-                &mut ws.x.slice_mut(0..t * hidden),
-                true,
+                &mut ws.proj.slice_mut(..),
             )?;
-            // gate|up = rmsnorm(x) · Wgu
+            k.add_rmsnorm(
+                s,
+                &mut ws.x.slice_mut(0..t * hidden),
+                Some(&ws.proj.slice(0..t * hidden)),
+                &layer.post_norm,
+                &mut ws.h.slice_mut(0..t * hidden),
+                t,
+                eps,
+            )?;
             k.awq_matmul(
                 s,
-                &ws.x.slice(0..t * hidden),
+                &ws.h.slice(0..t * hidden),
                 t,
-                GemvInput::Norm {
-                    weight: &layer.post_norm,
-                    eps,
-                },
                 &layer.gate_up,
                 &mut ws.partial,
                 &mut ws.counters,
                 &mut ws.gate_up.slice_mut(..),
-                false,
             )?;
-            // x += (silu(gate) * up) · Wdown
-            k.awq_matmul(
+            k.silu_mul(
                 s,
                 &ws.gate_up.slice(..),
+                &mut ws.act.slice_mut(..),
                 t,
-                GemvInput::SiluOfGateUp,
+                inter,
+            )?;
+            k.awq_matmul(
+                s,
+                &ws.act.slice(..),
+                t,
                 &layer.down,
                 &mut ws.partial,
                 &mut ws.counters,
-                &mut ws.x.slice_mut(0..t * hidden),
-                true,
+                &mut ws.proj.slice_mut(..),
             )?;
+            pending_delta = true;
         }
         if r == 0 {
             return Ok(());
@@ -465,7 +480,7 @@ impl CudaBackend {
         k.add_rmsnorm(
             s,
             &mut ws.x.slice_mut(0..t * hidden),
-            None,
+            pending_delta.then(|| ws.proj.slice(0..t * hidden)).as_ref(),
             &self.norm,
             &mut ws.h.slice_mut(0..t * hidden),
             t,

@@ -13,6 +13,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/embedding.cu"),
     ),
     ("rmsnorm.cu", include_str!("../../../kernels/rmsnorm.cu")),
+    (
+        "activation.cu",
+        include_str!("../../../kernels/activation.cu"),
+    ),
     ("awq.cu", include_str!("../../../kernels/awq.cu")),
     ("rope_kv.cu", include_str!("../../../kernels/rope_kv.cu")),
     (
@@ -28,6 +32,7 @@ const COMMON: &str = include_str!("../../../kernels/common.cuh");
 pub const KERNELS: &[&str] = &[
     "embedding_gather_f16_f32",
     "add_rmsnorm_f32",
+    "silu_mul_f32",
     "awq_gemv_partial_m1_f32",
     "awq_gemv_partial_m2_f32",
     "awq_gemv_partial_m4_f32",

@@ -22,20 +22,6 @@ pub const AWQ_ROWS_PER_BLOCK: usize = 128;
 /// GEMV launch itself; larger ones use the separate reduce kernel.
 pub const AWQ_FUSED_MAX_ROWS: usize = 2;
 
-/// How the AWQ GEMV reads its input rows from `x`.
-#[derive(Clone, Copy)]
-pub enum GemvInput<'a> {
-    /// x[r, 0..K) as it is.
-    Plain,
-    /// RMS-normalized on the fly: x * rsqrt(mean(x^2) + eps) * weight.
-    Norm {
-        weight: &'a CudaSlice<f32>,
-        eps: f32,
-    },
-    /// x is [gate | up] rows of 2K: silu(gate) * up.
-    SiluOfGateUp,
-}
-
 /// Tile counters the GEMV needs for N outputs (one per 256 columns).
 pub fn counters_len(n: usize) -> usize {
     n.div_ceil(256)
@@ -89,6 +75,7 @@ pub struct Kernels {
     _module: Arc<CudaModule>,
     embedding: CudaFunction,
     add_rmsnorm: CudaFunction,
+    silu_mul: CudaFunction,
     /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
     awq_partial: [(usize, usize, CudaFunction); 4],
     rope_kv: CudaFunction,
@@ -129,6 +116,7 @@ impl Kernels {
         Ok(Self {
             embedding: f("embedding_gather_f16_f32")?,
             add_rmsnorm: f("add_rmsnorm_f32")?,
+            silu_mul: f("silu_mul_f32")?,
             awq_partial: [
                 (1, 16, f("awq_gemv_partial_m1_f32")?),
                 (2, 16, f("awq_gemv_partial_m2_f32")?),
@@ -217,9 +205,39 @@ impl Kernels {
         Ok(())
     }
 
-    /// y[M, N] = input[M, K] · W (or y += when `accumulate`), in chunks of 8,
-    /// 4, 2 or 1 rows, the input taken from `x` as `input` says. `partial`
-    /// holds at least `w.partial_len()` floats and `counters` (zero) at least
+    /// out[T, inter] = silu(gate) * up from gate_up[T, 2 * inter].
+    pub fn silu_mul(
+        &self,
+        s: &CudaStream,
+        gate_up: &CudaView<'_, f32>,
+        out: &mut CudaViewMut<'_, f32>,
+        tokens: usize,
+        inter: usize,
+    ) -> Result<(), CudaError> {
+        check(
+            gate_up.len() >= tokens * 2 * inter && out.len() >= tokens * inter,
+            "silu sizes",
+        )?;
+        let (t, i) = (i32_of(tokens), i32_of(inter));
+        let cfg = LaunchConfig {
+            grid_dim: (grid(tokens * inter, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: sizes checked above.
+        unsafe {
+            s.launch_builder(&self.silu_mul)
+                .arg(gate_up)
+                .arg(out)
+                .arg(&t)
+                .arg(&i)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+
+    /// y[M, N] = x[M, K] · W, in chunks of 8, 4, 2 or 1 rows; `partial` holds
+    /// at least `w.partial_len()` floats and `counters` (zero) at least
     /// `counters_len(N)` entries.
     #[allow(clippy::too_many_arguments)]
     pub fn awq_matmul(
@@ -227,21 +245,12 @@ impl Kernels {
         s: &CudaStream,
         x: &CudaView<'_, f32>,
         m: usize,
-        input: GemvInput<'_>,
         w: &GpuAwq,
         partial: &mut CudaSlice<f32>,
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
-        accumulate: bool,
     ) -> Result<(), CudaError> {
-        let stride = match input {
-            GemvInput::SiluOfGateUp => 2 * w.k,
-            GemvInput::Plain | GemvInput::Norm { .. } => w.k,
-        };
-        check(x.len() >= m * stride && y.len() >= m * w.n, "awq x/y sizes")?;
-        if let GemvInput::Norm { weight, .. } = input {
-            check(weight.len() == w.k, "awq norm weight")?;
-        }
+        check(x.len() >= m * w.k && y.len() >= m * w.n, "awq x/y sizes")?;
         check(partial.len() >= w.partial_len(), "awq partial buffer")?;
         check(counters.len() >= counters_len(w.n), "awq counters")?;
         check(
@@ -260,42 +269,25 @@ impl Kernels {
                 .find(|(v, _, _)| *v <= m - row)
                 .map(|(v, w, f)| (*v, *w, f))
                 .expect("the 1-row variant always fits");
-            let xs = x.slice(row * stride..(row + rows) * stride);
+            let xs = x.slice(row * w.k..(row + rows) * w.k);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             let fused = i32::from(rows <= AWQ_FUSED_MAX_ROWS);
-            let acc = i32::from(accumulate);
-            let (xstride, silu) = (
-                i32_of(stride),
-                i32::from(matches!(input, GemvInput::SiluOfGateUp)),
-            );
-            let null = 0u64;
-            let (norm_w, eps) = match input {
-                GemvInput::Norm { weight, eps } => (Some(weight), eps),
-                _ => (None, 0.0f32),
-            };
             let cfg = LaunchConfig {
                 grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
                 block_dim: (32, warps as u32, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: xs holds rows * stride, norm_w K (or null), qweight K * N/8, zeros/scales K/G * N,
+            // SAFETY: xs holds rows * K, qweight K * N/8, zeros/scales K/G * N,
             // partial splits * rows * N, ys rows * N, counters one per 256
             // columns, all zero (checked above; each fused launch re-arms them).
             unsafe {
-                let mut b = s.launch_builder(func);
-                b.arg(&xs).arg(&xstride);
-                match norm_w {
-                    Some(nw) => b.arg(nw),
-                    None => b.arg(&null),
-                };
-                b.arg(&eps)
-                    .arg(&silu)
+                s.launch_builder(func)
+                    .arg(&xs)
                     .arg(&w.qweight)
                     .arg(&w.zeros)
                     .arg(&w.scales)
                     .arg(&mut *partial)
                     .arg(&mut ys)
-                    .arg(&acc)
                     .arg(&mut *counters)
                     .arg(&k)
                     .arg(&n)
@@ -318,7 +310,6 @@ impl Kernels {
                         .arg(&sp)
                         .arg(&r)
                         .arg(&n)
-                        .arg(&acc)
                         .launch(cfg)
                 }?;
             }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::f16;
-use lhama_cuda::kernels::{GemvInput, GpuAwq, Kernels};
+use lhama_cuda::kernels::{GpuAwq, Kernels};
 use lhama_cuda::{CudaBackend, CudaOptions};
 use lhama_model::awq;
 use lhama_model::cpu::CpuBackend;
@@ -87,7 +87,6 @@ fn awq_matmul_matches_cpu() {
         (8, 384, 1000, 128),
         (13, 1024, 3072, 128),
         (1, 4096, 1024, 128),
-        (2, 1024, 8192, 128),
     ] {
         let a = random_awq(&mut g, kk, n, group);
         let f = FusedAwq::new(&[&a]);
@@ -99,94 +98,46 @@ fn awq_matmul_matches_cpu() {
             f.zeros.clone(),
             f.scales.clone(),
         );
+        let x = randn(&mut g, m * kk);
+        let mut want = vec![0f32; m * n];
+        cpu::awq_matmul(&x, m, &cpu_m, &mut want);
         let w = GpuAwq::upload(&s, &f).unwrap();
+        let xd = s.clone_htod(&x).unwrap();
+        let mut yd = poisoned(&s, m * n);
         let mut partial = s.alloc_zeros::<f32>(w.partial_len()).unwrap();
         let mut counters = s
             .alloc_zeros::<u32>(lhama_cuda::kernels::counters_len(n))
             .unwrap();
-        // The three input modes: plain, RMS-normalized, silu(gate) * up.
-        let x = randn(&mut g, m * 2 * kk);
-        let norm_w = randn(&mut g, kk);
-        let plain: Vec<f32> = x[..m * kk].to_vec();
-        let mut normed = vec![0f32; m * kk];
-        cpu::rms_norm(&plain, &norm_w, 1e-5, &mut normed);
-        let mut activated = vec![0f32; m * kk];
-        cpu::silu_mul(&x, kk, &mut activated);
-        let nwd = s.clone_htod(&norm_w).unwrap();
-        let cases: [(&str, GemvInput<'_>, &[f32], &[f32]); 3] = [
-            ("plain", GemvInput::Plain, &plain, &plain),
-            (
-                "norm",
-                GemvInput::Norm {
-                    weight: &nwd,
-                    eps: 1e-5,
-                },
-                &plain,
-                &normed,
-            ),
-            ("silu", GemvInput::SiluOfGateUp, &x, &activated),
-        ];
-        for (mode, input, device_x, effective_x) in cases {
-            let mut want = vec![0f32; m * n];
-            cpu::awq_matmul(effective_x, m, &cpu_m, &mut want);
-            let xd = s.clone_htod(device_x).unwrap();
-            let mut yd = poisoned(&s, m * n);
-            k.awq_matmul(
-                &s,
-                &xd.slice(..),
-                m,
-                input,
-                &w,
-                &mut partial,
-                &mut counters,
-                &mut yd.slice_mut(..),
-                false,
-            )
-            .unwrap();
-            let first = back(&s, &yd, m * n);
-            let e = rel_err(&first, &want);
-            assert!(e < 1e-5, "{mode} m={m} k={kk} n={n}: rel err {e}");
-            // The tile counters re-arm themselves: a second launch on the same
-            // buffers gives the same result, bit for bit.
-            s.memcpy_htod(&vec![f32::NAN; m * n], &mut yd).unwrap();
-            k.awq_matmul(
-                &s,
-                &xd.slice(..),
-                m,
-                input,
-                &w,
-                &mut partial,
-                &mut counters,
-                &mut yd.slice_mut(..),
-                false,
-            )
-            .unwrap();
-            assert!(
-                back(&s, &yd, m * n) == first,
-                "{mode} m={m} k={kk} n={n}: second launch differs"
-            );
-        }
-        // Accumulating into y (the residual add).
-        let y0 = randn(&mut g, m * n);
-        let mut want = vec![0f32; m * n];
-        cpu::awq_matmul(&plain, m, &cpu_m, &mut want);
-        let want: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
-        let xd = s.clone_htod(&plain).unwrap();
-        let mut yd = s.clone_htod(&y0).unwrap();
         k.awq_matmul(
             &s,
             &xd.slice(..),
             m,
-            GemvInput::Plain,
             &w,
             &mut partial,
             &mut counters,
             &mut yd.slice_mut(..),
-            true,
         )
         .unwrap();
-        let e = rel_err(&back(&s, &yd, m * n), &want);
-        assert!(e < 1e-5, "accumulate m={m} k={kk} n={n}: rel err {e}");
+        let first = back(&s, &yd, m * n);
+        let e = rel_err(&first, &want);
+        assert!(e < 1e-5, "m={m} k={kk} n={n}: rel err {e}");
+        // The tile counters re-arm themselves: a second launch on the same
+        // buffers gives the same result, bit for bit.
+        s.memcpy_htod(&vec![f32::NAN; m * n], &mut yd).unwrap();
+        k.awq_matmul(
+            &s,
+            &xd.slice(..),
+            m,
+            &w,
+            &mut partial,
+            &mut counters,
+            &mut yd.slice_mut(..),
+        )
+        .unwrap();
+        assert!(
+            back(&s, &yd, m * n) == first,
+            "m={m} k={kk} n={n}: second launch differs"
+        );
     }
 }
 
@@ -234,6 +185,17 @@ fn elementwise_kernels_match_cpu() {
         )
         .unwrap();
         assert!(rel_err(&back(&s, &out2, t * h), &want) < 1e-6);
+    }
+    // silu_mul
+    for &(t, inter) in &[(1usize, 256usize), (9, 4096)] {
+        let gu = randn(&mut g, t * 2 * inter);
+        let mut want = vec![0f32; t * inter];
+        cpu::silu_mul(&gu, inter, &mut want);
+        let gd = s.clone_htod(&gu).unwrap();
+        let mut out = poisoned(&s, t * inter);
+        k.silu_mul(&s, &gd.slice(..), &mut out.slice_mut(..), t, inter)
+            .unwrap();
+        assert!(rel_err(&back(&s, &out, t * inter), &want) < 1e-6);
     }
     // embedding gather
     let (vocab, h) = (300usize, 64usize);
