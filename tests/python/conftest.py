@@ -46,6 +46,10 @@ class Server:
             try:
                 with urllib.request.urlopen(self.base + "/health") as r:
                     if r.status == 200:
+                        # A forced backend (LHAMA_BACKEND=cuda on a GPU machine) must be the one serving.
+                        want = os.environ.get("LHAMA_BACKEND")
+                        if want:
+                            assert json.load(r)["backend"] == want
                         break
             except urllib.error.HTTPError as e:
                 if broken and b"failed to load" in e.read():
