@@ -152,7 +152,10 @@ fn dropping_the_stream_cancels_and_frees_blocks() {
             break;
         }
     }
-    assert!(eng.stats.blocks_used.load(Ordering::Relaxed) > 0);
+    // Stats are published at the end of each step, after its events are sent.
+    wait_until("the running sequence's blocks to show", || {
+        eng.stats.blocks_used.load(Ordering::Relaxed) > 0
+    });
     drop(s);
     wait_until("the cancelled sequence's blocks", || {
         eng.stats.blocks_used.load(Ordering::Relaxed) == 0
