@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds here what the GPU run needs and copies it into .carry/ (ignored by
 # git) under stable names: the lhama binary and the test executables that
-# talk to a GPU. Then, with the device tool:
-#   run(command="bash scripts/gpu-tests.sh", carry=[".carry"])
+# talk to a GPU. With scripts/fetch-gpu-wheels.sh too, then with the device tool:
+#   run(command="bash scripts/gpu-tests.sh", carry=[".carry", ".whl"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked

@@ -3,8 +3,9 @@
 # executables scripts/carry-gpu.sh put in .carry/:
 #   1. the kernel tests and the whole-model comparisons (tiny; ttl-460m with a
 #      transformers golden made here), `--ignored` so the GPU tests run;
-#   2. the server's end-to-end suites (async-openai, load, bad input) with
-#      --backend cuda;
+#   2. the server's end-to-end suites (async-openai, load, bad input) and, when
+#      the run carries .whl (scripts/fetch-gpu-wheels.sh), the OpenAI Python
+#      SDK suite, with --backend cuda;
 #   3. the benchmark (bench/gpu_bench.sh).
 # Logs go to $OUT (or ./gpu-logs); a summary table is printed last.
 set -u
@@ -28,6 +29,10 @@ step verify-ttl-cuda .carry/lhama verify --backend cuda --model /tmp/ttl --golde
 for suite in server_openai server_lifecycle server_bad_input server_extras; do
   step "$suite-cuda" env LHAMA_BACKEND=cuda LHAMA_GPU_MEMORY_UTILIZATION=0.15 .carry/$suite --test-threads 2
 done
+if ls .whl/*.whl >/dev/null 2>&1; then  # carried by scripts/fetch-gpu-wheels.sh
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  step python-sdk-cuda env PYTHONPATH=/tmp/site LHAMA_BACKEND=cuda LHAMA_GPU_MEMORY_UTILIZATION=0.15 python3 -m pytest -q -p no:cacheprovider tests/python
+fi
 step bench bash bench/gpu_bench.sh /tmp/ttl
 echo "device: $(cat "$out/device.txt")"
 grep -hE "max \|gpu - cpu\||gpu vs transformers" "$out/gpu-kernels-and-models.log" || true
