@@ -159,6 +159,12 @@ impl CudaBackend {
                 config.head_dim
             )));
         }
+        if config.hidden_size % 8 != 0 {
+            return Err(CudaError::Unsupported(format!(
+                "hidden_size {} is not a multiple of 8",
+                config.hidden_size
+            )));
+        }
         let ctx = CudaContext::new(opts.device)?;
         // One stream does everything: cudarc's per-buffer event tracking would only add work.
         // SAFETY: no buffer of this context is ever used from a second stream.

@@ -484,8 +484,8 @@ impl Kernels {
         let vocab = weight.len() / hidden;
         let r = rows.len();
         check(
-            logits.len() >= r * vocab && weight.len() == vocab * hidden,
-            "lm_head sizes",
+            logits.len() >= r * vocab && weight.len() == vocab * hidden && hidden % 8 == 0,
+            "lm_head sizes (hidden must be a multiple of 8)",
         )?;
         let (nr, h, v) = (i32_of(r), i32_of(hidden), i32_of(vocab));
         let cfg = LaunchConfig {
