@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::generation::{self, Job, finish_str, request_id, unix_now};
+use crate::generation::{self, finish_str, request_id, unix_now};
 use crate::openai::{ChatRequest, message_text, top_count};
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
@@ -61,17 +61,7 @@ pub async fn chat_completions(
         }
         (false, None) => None,
     };
-    let jobs = (0..n)
-        .map(|i| {
-            let mut p = params.clone();
-            p.sampling.seed = p.sampling.seed.map(|s| s.wrapping_add(i as u64));
-            Job {
-                index: i,
-                prompt: prompt.clone(),
-                params: p,
-            }
-        })
-        .collect();
+    let jobs = generation::choices(&prompt, &params, n, 0);
     let merged = generation::start(&state, loaded, jobs, "messages")?;
     let id = request_id("chatcmpl");
     let model = req.model.clone();

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::chat::token_text;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::generation::{self, Choice, Job, finish_str, request_id, unix_now};
+use crate::generation::{self, Choice, finish_str, request_id, unix_now};
 use crate::openai::{CompletionRequest, Prompt, top_count};
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
@@ -89,15 +89,7 @@ pub async fn completions(
         let mut params = sampling.to_params(&loaded.generation, loaded.vocab_size, 16)?;
         params.logprobs = logprobs;
         params.prompt_logprobs = if req.echo { logprobs } else { None };
-        for i in 0..n {
-            let mut params = params.clone();
-            params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
-            jobs.push(Job {
-                index: p * n + i,
-                prompt: ids.clone(),
-                params,
-            });
-        }
+        jobs.extend(generation::choices(ids, &params, n, p * n));
     }
     let count = jobs.len();
     let merged = generation::start(&state, loaded, jobs, "prompt")?;

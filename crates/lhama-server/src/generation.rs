@@ -21,6 +21,22 @@ pub struct Job {
 
 pub type Merged = Pin<Box<dyn Stream<Item = (usize, Event)> + Send>>;
 
+/// The `n` choices of one prompt, numbered from `first_index`; a seeded
+/// request gives choice i the seed + i, so choices differ yet repeat.
+pub fn choices(prompt: &[u32], params: &RequestParams, n: usize, first_index: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| {
+            let mut params = params.clone();
+            params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            Job {
+                index: first_index + i,
+                prompt: prompt.to_vec(),
+                params,
+            }
+        })
+        .collect()
+}
+
 /// Submits every job; dropping the returned stream cancels them all.
 pub fn start(
     state: &AppState,
