@@ -90,14 +90,7 @@ fn awq_matmul_matches_cpu() {
     ] {
         let a = random_awq(&mut g, kk, n, group);
         let f = FusedAwq::new(&[&a]);
-        let cpu_m = AwqMatrix::new(
-            kk,
-            n,
-            group,
-            f.qweight.clone(),
-            f.zeros.clone(),
-            f.scales.clone(),
-        );
+        let cpu_m = AwqMatrix::new(f.clone());
         let x = randn(&mut g, m * kk);
         let mut want = vec![0f32; m * n];
         cpu::awq_matmul(&x, m, &cpu_m, &mut want);

@@ -7,6 +7,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::awq::column_shift;
+use crate::weights::FusedAwq;
 
 /// A raw pointer that rayon tasks may share; each task writes a disjoint
 /// region, which every use states in its SAFETY note.
@@ -48,19 +49,12 @@ macro_rules! dispatch {
     }};
 }
 
-/// An AWQ layer prepared for the CPU: packed weights as in the checkpoint,
-/// zeros unpacked and scales widened (both are per group, K/G x smaller than
-/// the weights).
+/// An AWQ layer prepared for the CPU: the fused weights (packed as in the
+/// checkpoint, zeros unpacked and scales widened, both per group) plus the
+/// nibble-major copies of zeros and scales the AVX2 tile reads. Derefs to
+/// the `FusedAwq` it was built from.
 pub struct AwqMatrix {
-    pub k: usize,
-    pub n: usize,
-    pub group: usize,
-    /// [K, N/8] AWQ-packed.
-    pub qweight: Vec<u32>,
-    /// [K/G, N]
-    pub zeros: Vec<f32>,
-    /// [K/G, N]
-    pub scales: Vec<f32>,
+    pub weights: FusedAwq,
     /// [K/G, N] zeros with each full 64-column tile in nibble-major order
     /// (see `avx2`); ragged tail columns stay in column order.
     pub zeros_nm: Vec<f32>,
@@ -68,17 +62,17 @@ pub struct AwqMatrix {
     pub scales_nm: Vec<f32>,
 }
 
+impl std::ops::Deref for AwqMatrix {
+    type Target = FusedAwq;
+    fn deref(&self) -> &FusedAwq {
+        &self.weights
+    }
+}
+
 impl AwqMatrix {
-    /// Builds the matrix from packed weights and per-group zeros/scales in
-    /// column order, adding the nibble-major copies the AVX2 tile reads.
-    pub fn new(
-        k: usize,
-        n: usize,
-        group: usize,
-        qweight: Vec<u32>,
-        zeros: Vec<f32>,
-        scales: Vec<f32>,
-    ) -> Self {
+    /// Adds the nibble-major copies of zeros and scales to `weights`.
+    pub fn new(weights: FusedAwq) -> Self {
+        let (k, n, group) = (weights.k, weights.n, weights.group);
         let nibble_major = |v: &[f32]| -> Vec<f32> {
             let mut out = v.to_vec();
             for g in 0..k / group {
@@ -91,15 +85,10 @@ impl AwqMatrix {
             }
             out
         };
-        let zeros_nm = nibble_major(&zeros);
-        let scales_nm = nibble_major(&scales);
+        let zeros_nm = nibble_major(&weights.zeros);
+        let scales_nm = nibble_major(&weights.scales);
         Self {
-            k,
-            n,
-            group,
-            qweight,
-            zeros,
-            scales,
+            weights,
             zeros_nm,
             scales_nm,
         }
@@ -515,16 +504,16 @@ mod tests {
             let w = randn(&mut g, k * n);
             let q = awq::quantize(&w, k, n, group);
             let deq = awq::dequantize(&q.qweight, &q.qzeros, &q.scales, k, n, group);
-            let mat = AwqMatrix::new(
+            let mat = AwqMatrix::new(FusedAwq {
                 k,
                 n,
                 group,
-                q.qweight.clone(),
-                (0..k / group * n)
+                qweight: q.qweight.clone(),
+                zeros: (0..k / group * n)
                     .map(|i| awq::unpack(q.qzeros[i / 8], i % 8) as f32)
                     .collect(),
-                q.scales.iter().map(|s| s.to_f32()).collect(),
-            );
+                scales: q.scales.iter().map(|s| s.to_f32()).collect(),
+            });
             let x = randn(&mut g, m * k);
             let mut y = vec![f32::NAN; m * n];
             awq_matmul(&x, m, &mat, &mut y);

@@ -43,10 +43,7 @@ impl CpuLinear {
                         }
                     })
                     .collect();
-                let f = FusedAwq::new(&awqs);
-                CpuLinear::Awq(AwqMatrix::new(
-                    f.k, f.n, f.group, f.qweight, f.zeros, f.scales,
-                ))
+                CpuLinear::Awq(AwqMatrix::new(FusedAwq::new(&awqs)))
             }
             LinearWeights::Dense { .. } => {
                 let mut w = Vec::with_capacity(k * n);
