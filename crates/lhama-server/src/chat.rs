@@ -21,8 +21,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let loaded = state.ready()?;
-    state.check_model(&req.model)?;
+    let loaded = state.serving(&req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",

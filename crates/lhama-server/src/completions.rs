@@ -65,8 +65,7 @@ pub async fn completions(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let loaded = state.ready()?;
-    state.check_model(&req.model)?;
+    let loaded = state.serving(&req.model)?;
     if req.suffix.is_some() {
         return Err(ApiError::invalid_param(
             "suffix",

@@ -73,10 +73,10 @@ pub async fn tokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let loaded = state.ready()?;
-    if let Some(m) = &req.model {
-        state.check_model(m)?;
-    }
+    let loaded = match &req.model {
+        Some(m) => state.serving(m)?,
+        None => state.ready()?,
+    };
     let ids = loaded
         .tokenizer
         .encode(&req.prompt, req.add_special_tokens)
@@ -96,10 +96,10 @@ pub async fn detokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let loaded = state.ready()?;
-    if let Some(m) = &req.model {
-        state.check_model(m)?;
-    }
+    let loaded = match &req.model {
+        Some(m) => state.serving(m)?,
+        None => state.ready()?,
+    };
     let ids = req
         .tokens
         .iter()

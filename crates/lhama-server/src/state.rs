@@ -91,6 +91,13 @@ impl AppState {
         }
     }
 
+    /// The loaded model for a request naming `model`: `ready` and `check_model` together.
+    pub fn serving(&self, model: &str) -> Result<&Loaded, ApiError> {
+        let loaded = self.ready()?;
+        self.check_model(model)?;
+        Ok(loaded)
+    }
+
     pub fn model_name(&self) -> &str {
         self.0
             .config
