@@ -1,11 +1,13 @@
 //! The `lhama` binary end to end: synth, generate, bench, verify, and how
 //! `--model` resolves local directories and Hugging Face repo ids offline.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn lhama(args: &[&str], envs: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lhama"));
+    let mut cmd = Command::new(common::lhama_bin());
     cmd.args(args)
         .env_remove("HF_HUB_OFFLINE")
         .env_remove("LHAMA_MODEL")
@@ -20,27 +22,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn synth_tiny() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let out = lhama(
-        &[
-            "synth",
-            "--preset",
-            "tiny",
-            "--seed",
-            "0",
-            "--out",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    dir
-}
-
 #[test]
 fn generate_streams_text_and_reports_counts() {
-    let dir = synth_tiny();
+    let dir = common::synth_tiny();
     let m = dir.path().to_str().unwrap();
     let args = [
         "generate",
@@ -75,7 +59,7 @@ fn generate_streams_text_and_reports_counts() {
 
 #[test]
 fn verify_passes_against_the_committed_goldens() {
-    let dir = synth_tiny();
+    let dir = common::synth_tiny();
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/goldens/tiny.json");
     let out = lhama(
         &[
@@ -98,7 +82,7 @@ fn verify_passes_against_the_committed_goldens() {
 
 #[test]
 fn bench_prints_prefill_and_decode_figures() {
-    let dir = synth_tiny();
+    let dir = common::synth_tiny();
     let out = lhama(
         &[
             "bench",
@@ -125,7 +109,7 @@ fn bench_prints_prefill_and_decode_figures() {
 
 #[test]
 fn context_overflow_and_bad_model_paths_are_clear_errors() {
-    let dir = synth_tiny();
+    let dir = common::synth_tiny();
     let out = lhama(
         &[
             "generate",
@@ -181,7 +165,7 @@ fn offline_hub_ids_fail_fast_with_a_hint() {
 
 #[test]
 fn offline_hub_ids_resolve_from_the_hf_cache() {
-    let model = synth_tiny();
+    let model = common::synth_tiny();
     let home = tempfile::tempdir().unwrap();
     // The standard cache layout: hub/models--OWNER--NAME/{refs/main, snapshots/REV/...}
     let repo = home.path().join("hub/models--lhama-test--tiny");
