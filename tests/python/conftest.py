@@ -6,7 +6,6 @@ import os
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -29,35 +28,32 @@ class Server:
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             env={**os.environ, "RUST_LOG": "info"},
         )
-        address = None
+        # Wait on the server's own log lines: the address first, then either
+        # "lhama serving" (loaded) or "model failed to load".
+        address, state = None, None
         for line in self.proc.stderr:
             try:
-                address = json.loads(line).get("fields", {}).get("address")
+                fields = json.loads(line).get("fields", {})
             except ValueError:
                 continue
-            if address:
+            address = address or fields.get("address")
+            if fields.get("message") in ("lhama serving", "model failed to load"):
+                state = fields["message"]
                 break
-        assert address, "the server did not print its address"
+        assert address and state, "the server stopped before it was ready"
+        assert state == ("model failed to load" if broken else "lhama serving"), state
         # Keep draining stderr so the server never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
         self.base = f"http://{address}"
-        deadline = time.time() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(self.base + "/health") as r:
-                    if r.status == 200:
-                        # A forced backend (LHAMA_BACKEND=cuda on a GPU machine) must be the one serving.
-                        want = os.environ.get("LHAMA_BACKEND")
-                        if want:
-                            assert json.load(r)["backend"] == want
-                        break
-            except urllib.error.HTTPError as e:
-                if broken and b"failed to load" in e.read():
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline, "server never became healthy"
-            time.sleep(0.05)
+        try:
+            with urllib.request.urlopen(self.base + "/health") as r:
+                assert r.status == 200 and not broken
+                # A forced backend (LHAMA_BACKEND=cuda on a GPU machine) must be the one serving.
+                want = os.environ.get("LHAMA_BACKEND")
+                if want:
+                    assert json.load(r)["backend"] == want
+        except urllib.error.HTTPError as e:
+            assert broken and e.code == 503 and b"failed to load" in e.read()
 
     def stop(self):
         self.proc.kill()

@@ -266,24 +266,27 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let load_settings = settings.clone();
     tokio::task::spawn_blocking(move || match load(&load_settings) {
         Ok(loaded) => {
+            // Published first, so that /health answers 200 once the line below is out.
+            let (backend, max_model_len) = (loaded.backend, loaded.max_model_len);
+            let scheduler = loaded.engine.config.scheduler;
+            let _ = load_state.0.loaded.set(loaded);
             tracing::info!(
                 address = %local,
                 model = %load_settings.model,
                 served_as = ?load_settings.served_model_names,
-                backend = loaded.backend,
-                max_model_len = loaded.max_model_len,
+                backend,
+                max_model_len,
                 max_num_seqs = load_settings.max_num_seqs,
                 max_num_batched_tokens = load_settings.max_num_batched_tokens,
-                kv_cache_tokens = loaded.engine.config.scheduler.num_blocks * loaded.engine.config.scheduler.block_size,
+                kv_cache_tokens = scheduler.num_blocks * scheduler.block_size,
                 max_queue_requests = load_settings.server.max_queue_requests,
                 api_keys = load_settings.server.api_keys.len(),
                 "lhama serving"
             );
-            let _ = load_state.0.loaded.set(loaded);
         }
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "model failed to load");
             let _ = load_state.0.load_error.set(format!("{e:#}"));
+            tracing::error!(error = %format!("{e:#}"), "model failed to load");
         }
     });
     tracing::info!(address = %local, "listening (model loading)");
