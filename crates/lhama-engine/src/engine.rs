@@ -411,15 +411,20 @@ impl Engine {
                 continue;
             }
             let raw = &logits[row * vocab..][..vocab];
-            let mut processed = raw.to_vec();
-            process_logits(
-                &mut processed,
-                &a.params,
-                &a.tokens[..a.prompt_len],
-                a.generated(),
-                &self.config.eos_ids,
-            );
-            let token = a.sampler.sample(&processed);
+            // Copy the row only when something changes it (penalties, bias, min_tokens).
+            let token = if a.params.changes_logits(a.generated().len()) {
+                let mut processed = raw.to_vec();
+                process_logits(
+                    &mut processed,
+                    &a.params,
+                    &a.tokens[..a.prompt_len],
+                    a.generated(),
+                    &self.config.eos_ids,
+                );
+                a.sampler.sample(&processed)
+            } else {
+                a.sampler.sample(raw)
+            };
             let logprob = a.params.logprobs.map(|k| {
                 let (lp, top) = logprobs(raw, token, k);
                 TokenLogprob {

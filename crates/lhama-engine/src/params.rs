@@ -45,6 +45,18 @@ impl Default for RequestParams {
     }
 }
 
+impl RequestParams {
+    /// Whether `process_logits` would change anything once `generated`
+    /// tokens exist (when not, the raw row is sampled without a copy).
+    pub fn changes_logits(&self, generated: usize) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
+            || generated < self.min_tokens
+    }
+}
+
 /// Applies penalties, logit bias and the min_tokens mask in place.
 pub fn process_logits(
     logits: &mut [f32],
@@ -145,6 +157,40 @@ mod tests {
         assert_eq!(l[2], f32::NEG_INFINITY); // eos before min_tokens
         assert_eq!(l[3], 1.0);
         assert_eq!(l[4], 10.0);
+    }
+
+    #[test]
+    fn plain_requests_leave_logits_alone() {
+        let plain = RequestParams::default();
+        assert!(!plain.changes_logits(0));
+        let mut l = vec![0.5, -1.0, 2.0];
+        let before = l.clone();
+        process_logits(&mut l, &plain, &[0, 1], &[2, 2], &[1]);
+        assert_eq!(
+            l, before,
+            "changes_logits() == false must mean process_logits is a no-op"
+        );
+        assert!(
+            RequestParams {
+                min_tokens: 2,
+                ..RequestParams::default()
+            }
+            .changes_logits(1)
+        );
+        assert!(
+            !RequestParams {
+                min_tokens: 2,
+                ..RequestParams::default()
+            }
+            .changes_logits(2)
+        );
+        assert!(
+            RequestParams {
+                logit_bias: vec![(1, 1.0)],
+                ..RequestParams::default()
+            }
+            .changes_logits(9)
+        );
     }
 
     #[test]
