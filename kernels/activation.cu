@@ -3,6 +3,8 @@
 // out     [T, inter] f32 = silu(gate) * up
 // Grid: (ceil(T * inter / 256)), block: 256.
 extern "C" __global__ void silu_mul_f32(const float* __restrict__ gate_up, float* __restrict__ out, int tokens, int inter) {
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)tokens * inter) return;
     const size_t t = i / inter, j = i % inter;

@@ -31,6 +31,8 @@ extern "C" __global__ void paged_attention_partial_f32(
     __shared__ float scores[ATTN_PART];
     __shared__ float partial[ATTN_WARPS][128];
     __shared__ float scratch[32];
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
     const int lane = threadIdx.x % LHAMA_WARP;
     const int warp = threadIdx.x / LHAMA_WARP;
     const int t = blockIdx.x, h = blockIdx.y, z = blockIdx.z;
@@ -115,6 +117,8 @@ extern "C" __global__ void paged_attention_partial_f32(
 extern "C" __global__ void paged_attention_combine_f32(
     const float* __restrict__ work, const unsigned* __restrict__ positions, float* __restrict__ out, int heads,
     int head_dim, int max_parts) {
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
     const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const int parts = ((int)positions[t] + ATTN_PART) / ATTN_PART;  // ceil((pos + 1) / PART)
     const float* src = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);

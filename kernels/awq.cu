@@ -21,13 +21,6 @@
 // One instantiation per batch-row count M (1, 2, 4, 8): with M fixed at compile
 // time no work is spent on absent rows, and small M get more, shorter warps
 // (more warps in flight hide more memory latency).
-// Partial kernels: grid (ceil((N/8) / 32), K / AWQ_ROWS_PER_BLOCK), block (32, WARPS).
-// Each thread owns one packed word column (8 outputs); each warp takes ROWS
-// consecutive rows of the block's 128 (G is a multiple of 32, so a warp's rows
-// share one group); the warps' sums are added in shared memory in a fixed order.
-// One instantiation per batch-row count M (1, 2, 4, 8): with M fixed at compile
-// time no work is spent on absent rows, and small M get more, shorter warps
-// (more warps in flight hide more memory latency).
 #define AWQ_MAX_M 8
 #define AWQ_ROWS_PER_BLOCK 128
 
@@ -51,20 +44,26 @@ __device__ __forceinline__ void awq_gemv_partial(
     for (int r = 0; r < M; ++r)
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[r][j] = 0.0f;
-    if (word < n8 && row0 < k) {
+    // Weights first, before waiting for the previous kernel (they are
+    // constant): all rows' words in flight together (K is a multiple of 32:
+    // the host checks G % 32 == 0 and K % G == 0).
+    const bool active = word < n8 && row0 < k;
+    float z[8], s[8];
+    unsigned packed[ROWS];
+    if (active) {
         const int g = row0 / group;
-        float z[8], s[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             z[j] = zeros[(size_t)g * n + word * 8 + j];
             s[j] = scales[(size_t)g * n + word * 8 + j];
         }
-        // All rows' words first, so their loads are in flight together
-        // (K is a multiple of 32: the host checks G % 32 == 0 and K % G == 0).
-        unsigned packed[ROWS];
         const unsigned* wp = qweight + (size_t)row0 * n8 + word;
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) packed[i] = wp[(size_t)i * n8];
+    }
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
+    if (active) {
         float xv[M][ROWS];
 #pragma unroll
         for (int r = 0; r < M; ++r)
@@ -136,6 +135,8 @@ AWQ_GEMV_KERNEL(8, 32, 4)
 // Grid: (ceil(m * n / 256)), block: 256.
 extern "C" __global__ void awq_reduce_partials_f32(
     const float* __restrict__ partial, float* __restrict__ y, int splits, int m, int n) {
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)m * n) return;
     float v = 0.0f;

@@ -7,6 +7,26 @@
 #include <cuda_fp16.h>
 
 #define LHAMA_WARP 32
+
+// Programmatic dependent launch (Hopper): the host may start a kernel while
+// the previous one on the stream is still finishing. Every kernel calls
+// LHAMA_GRID_WAIT() before it touches anything an earlier kernel writes (or
+// reads: a kernel's writes must not race the previous kernel's reads), in
+// every block, before any early return, so that a grid finishing implies all
+// earlier grids finished. Before the wait only constant data (weights) may be
+// read. LHAMA_GRID_LAUNCH_DEPENDENTS() then lets the next kernel start its own
+// prologue. Both are no-ops on older GPUs and for ordinary launches.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define LHAMA_GRID_WAIT() asm volatile("griddepcontrol.wait;\n" ::: "memory")
+#define LHAMA_GRID_LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory")
+#else
+#define LHAMA_GRID_WAIT() \
+    do {                  \
+    } while (0)
+#define LHAMA_GRID_LAUNCH_DEPENDENTS() \
+    do {                               \
+    } while (0)
+#endif
 #define LHAMA_NEG_INF (-__int_as_float(0x7f800000))
 
 __device__ __forceinline__ float warp_sum_f32(float v) {

@@ -8,6 +8,8 @@
 extern "C" __global__ void lm_head_f16_f32(
     const float* __restrict__ xn, const unsigned* __restrict__ rows, const __half* __restrict__ weight,
     float* __restrict__ logits, int num_rows, int hidden, int vocab) {
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
     const int lane = threadIdx.x % LHAMA_WARP;
     const int v = blockIdx.x * (blockDim.x / LHAMA_WARP) + threadIdx.x / LHAMA_WARP;
     if (v >= vocab) return;

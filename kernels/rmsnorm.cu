@@ -8,6 +8,8 @@ extern "C" __global__ void add_rmsnorm_f32(
     float* __restrict__ x, const float* __restrict__ delta, const float* __restrict__ weight,
     float* __restrict__ out, int hidden, float eps) {
     __shared__ float scratch[32];
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
     float* row = x + (size_t)blockIdx.x * hidden;
     const float* drow = delta ? delta + (size_t)blockIdx.x * hidden : nullptr;
     float* orow = out + (size_t)blockIdx.x * hidden;

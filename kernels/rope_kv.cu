@@ -11,6 +11,8 @@ extern "C" __global__ void rope_kv_write_f32(
     const float* __restrict__ qkv, const unsigned* __restrict__ positions, const float* __restrict__ cos_table,
     const float* __restrict__ sin_table, const unsigned* __restrict__ slots, float* __restrict__ q_out,
     float* __restrict__ k_cache, float* __restrict__ v_cache, int heads, int kv_heads, int head_dim) {
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
     const int t = blockIdx.x;
     const int half = head_dim / 2;
     const int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;

@@ -6,18 +6,18 @@ set -euo pipefail
 model=$1
 lhama=${LHAMA_BIN:-.carry/lhama}
 out=${OUT:-gpu-logs}
-# bench --batch 1 runs: prefill (128 tokens) twice, one warm-up step, then steps.
-# Launches per forward: 10 per layer for <= 8 tokens, GEMV chunks of 8 rows for more.
+# Every launch of a short bench run is profiled; the last decode step's
+# launches (10 per layer at batch 1, plus embedding, final norm, lm_head) are
+# the table.
 layers=$(python3 -c "import json,sys; print(json.load(open('$model/config.json'))['num_hidden_layers'])")
 per_step=$((10 * layers + 3))
-per_prefill=$(((6 + 4 * 2 * 16) * layers + 3))
-skip=$((2 * per_prefill + per_step))
-LHAMA_CUDA_GRAPHS=0 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --launch-skip "$skip" --launch-count "$per_step" \
-  "$lhama" bench --backend cuda --model "$model" --prompt-len 128 --decode-steps 2 --batch 1 > "$out/ncu.csv" 2> "$out/ncu.err" || true
-python3 - "$out/ncu.csv" <<'PY'
+LHAMA_CUDA_GRAPHS=0 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
+  "$lhama" bench --backend cuda --model "$model" --prompt-len 128 --decode-steps 1 --batch 1 > "$out/ncu.csv" 2> "$out/ncu.err" || true
+python3 - "$out/ncu.csv" "$per_step" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 head = rows[0]
+rows = [head] + rows[-int(sys.argv[2]):]
 ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
 tot = collections.defaultdict(float); cnt = collections.Counter()
 for r in rows[1:]:

@@ -24,6 +24,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/attention.cu"),
     ),
     ("lm_head.cu", include_str!("../../../kernels/lm_head.cu")),
+    ("gemm_mma.cu", include_str!("../../../kernels/gemm_mma.cu")),
 ];
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
@@ -42,6 +43,8 @@ pub const KERNELS: &[&str] = &[
     "paged_attention_partial_f32",
     "paged_attention_combine_f32",
     "lm_head_f16_f32",
+    "awq_gemm_mma_f32",
+    "lm_head_mma_f16_f32",
 ];
 
 /// The whole program: common helpers, then each family with a line marker so

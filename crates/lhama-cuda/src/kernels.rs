@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use std::ffi::c_void;
+
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    DevicePtrMut, LaunchConfig,
 };
 use half::f16;
 
@@ -78,12 +80,32 @@ pub struct Kernels {
     silu_mul: CudaFunction,
     /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
     awq_partial: [(usize, usize, CudaFunction); 4],
+    awq_mma: CudaFunction,
     rope_kv: CudaFunction,
     awq_reduce: CudaFunction,
     attention_partial: CudaFunction,
     attention_combine: CudaFunction,
     lm_head: CudaFunction,
+    lm_head_mma: CudaFunction,
+    /// Streaming multiprocessors: the tensor-core GEMM splits K until its
+    /// grid fills them twice over.
+    sm_count: usize,
+    /// Launch with programmatic dependent launch (Hopper and newer): each
+    /// kernel's start overlaps the previous one's end.
+    pub pdl: bool,
+    /// AWQ products of at least this many rows use the tensor-core GEMM;
+    /// fewer rows use the GEMV kernels.
+    pub mma_min_rows: usize,
+    /// lm_head over at least this many rows uses the tensor-core GEMM.
+    pub lm_head_mma_min_rows: usize,
 }
+
+/// Rows from which the tensor cores beat looping the GEMV (measured on an
+/// H200, docs/BENCHMARKS.md).
+pub const DEFAULT_MMA_MIN_ROWS: usize = 16;
+/// Tile of the tensor-core GEMM (MMA_BM, MMA_BN in gemm_mma.cu) and its k step.
+const MMA_TILE: usize = 64;
+const MMA_BK: usize = 32;
 
 fn grid(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).max(1) as u32
@@ -101,6 +123,60 @@ fn i32_of(v: usize) -> i32 {
     i32::try_from(v).expect("sizes are validated far below i32::MAX at load")
 }
 
+/// A row-count threshold from the environment (for tuning runs), if set.
+fn env_rows(var: &str) -> Result<Option<usize>, CudaError> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| CudaError::Unsupported(format!("{var}={v:?} is not a row count"))),
+        Err(_) => Ok(None),
+    }
+}
+
+const MAX_ARGS: usize = 16;
+
+/// Kernel arguments as cuLaunchKernelEx takes them: each value's bytes at
+/// the start of its own 8-byte slot (the driver copies the parameter's size).
+struct Args<'s> {
+    s: &'s CudaStream,
+    vals: [u64; MAX_ARGS],
+    n: usize,
+}
+
+impl<'s> Args<'s> {
+    fn new(s: &'s CudaStream) -> Self {
+        Self {
+            s,
+            vals: [0; MAX_ARGS],
+            n: 0,
+        }
+    }
+    fn push(&mut self, v: u64) -> &mut Self {
+        assert!(self.n < MAX_ARGS, "more kernel arguments than MAX_ARGS");
+        self.vals[self.n] = v;
+        self.n += 1;
+        self
+    }
+    fn buf<T>(&mut self, p: &impl DevicePtr<T>) -> &mut Self {
+        let (ptr, _sync) = p.device_ptr(self.s);
+        self.push(ptr)
+    }
+    fn buf_mut<T>(&mut self, p: &mut impl DevicePtrMut<T>) -> &mut Self {
+        let (ptr, _sync) = p.device_ptr_mut(self.s);
+        self.push(ptr)
+    }
+    fn null(&mut self) -> &mut Self {
+        self.push(0)
+    }
+    fn i32(&mut self, v: i32) -> &mut Self {
+        self.push(u64::from(v as u32))
+    }
+    fn f32(&mut self, v: f32) -> &mut Self {
+        self.push(u64::from(v.to_bits()))
+    }
+}
+
 impl Kernels {
     /// Compiles (NVRTC) and loads every kernel for the context's device.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self, CudaError> {
@@ -112,6 +188,9 @@ impl Kernels {
         })?;
         let ptx = compile::compile(arch)?;
         let module = ctx.load_module(ptx)?;
+        let sm_count = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?;
         let f = |name: &str| module.load_function(name);
         Ok(Self {
             embedding: f("embedding_gather_f16_f32")?,
@@ -123,13 +202,72 @@ impl Kernels {
                 (4, 8, f("awq_gemv_partial_m4_f32")?),
                 (8, 4, f("awq_gemv_partial_m8_f32")?),
             ],
+            awq_mma: f("awq_gemm_mma_f32")?,
             rope_kv: f("rope_kv_write_f32")?,
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_partial: f("paged_attention_partial_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
             lm_head: f("lm_head_f16_f32")?,
+            lm_head_mma: f("lm_head_mma_f16_f32")?,
             _module: module,
+            sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
+            pdl: major >= 9 && std::env::var("LHAMA_CUDA_PDL").map_or(true, |v| v != "0"),
+            mma_min_rows: env_rows("LHAMA_MMA_MIN_ROWS")?.unwrap_or(DEFAULT_MMA_MIN_ROWS),
+            lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
+                .unwrap_or(DEFAULT_MMA_MIN_ROWS),
         })
+    }
+
+    fn launch(
+        &self,
+        s: &CudaStream,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut Args<'_>,
+    ) -> Result<(), CudaError> {
+        use cudarc::driver::sys;
+        let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+        for (p, v) in params.iter_mut().zip(args.vals.iter_mut()).take(args.n) {
+            *p = (v as *mut u64).cast::<c_void>();
+        }
+        // SAFETY: a zeroed launch-attribute value is a valid (empty) union.
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: s.cu_stream(),
+            attrs: if self.pdl {
+                &mut attr
+            } else {
+                std::ptr::null_mut()
+            },
+            numAttrs: u32::from(self.pdl),
+        };
+        s.context().bind_to_thread()?;
+        // SAFETY: the caller passes exactly the kernel's parameters, in order,
+        // each checked against the sizes the kernel relies on; `params` points
+        // into `args`, which outlives the call (the driver copies them).
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()?;
+        Ok(())
     }
 
     /// x[T, hidden] = table[tokens[t]].
@@ -146,23 +284,23 @@ impl Kernels {
             x.len() >= t * hidden && table.len() % hidden == 0,
             "embedding sizes",
         )?;
-        let h = i32_of(hidden);
         let cfg = LaunchConfig {
             grid_dim: (t as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: table holds vocab * hidden f16, tokens < vocab (validated with the
+        // table holds vocab * hidden f16, tokens < vocab (validated with the
         // batch), x holds t * hidden f32 (checked above).
-        unsafe {
-            s.launch_builder(&self.embedding)
-                .arg(table)
-                .arg(tokens)
-                .arg(x)
-                .arg(&h)
-                .launch(cfg)
-        }?;
-        Ok(())
+        self.launch(
+            s,
+            &self.embedding,
+            cfg,
+            Args::new(s)
+                .buf(table)
+                .buf(tokens)
+                .buf_mut(x)
+                .i32(i32_of(hidden)),
+        )
     }
 
     /// x += delta (when given); out = rmsnorm(x) * weight, for `rows` rows.
@@ -186,23 +324,21 @@ impl Kernels {
             delta.is_none_or(|d| d.len() >= rows * hidden),
             "rmsnorm delta size",
         )?;
-        let h = i32_of(hidden);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let null = 0u64;
-        let mut b = s.launch_builder(&self.add_rmsnorm);
-        b.arg(x);
+        let mut a = Args::new(s);
+        a.buf_mut(x);
         match delta {
-            Some(d) => b.arg(d),
-            None => b.arg(&null),
+            Some(d) => a.buf(d),
+            None => a.null(),
         };
-        // SAFETY: x, delta and out hold rows * hidden f32 and weight hidden f32
+        // x, delta and out hold rows * hidden f32 and weight hidden f32
         // (checked above); a null delta is allowed by the kernel.
-        unsafe { b.arg(weight).arg(out).arg(&h).arg(&eps).launch(cfg) }?;
-        Ok(())
+        a.buf(weight).buf_mut(out).i32(i32_of(hidden)).f32(eps);
+        self.launch(s, &self.add_rmsnorm, cfg, &mut a)
     }
 
     /// out[T, inter] = silu(gate) * up from gate_up[T, 2 * inter].
@@ -218,27 +354,27 @@ impl Kernels {
             gate_up.len() >= tokens * 2 * inter && out.len() >= tokens * inter,
             "silu sizes",
         )?;
-        let (t, i) = (i32_of(tokens), i32_of(inter));
         let cfg = LaunchConfig {
             grid_dim: (grid(tokens * inter, 256), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: sizes checked above.
-        unsafe {
-            s.launch_builder(&self.silu_mul)
-                .arg(gate_up)
-                .arg(out)
-                .arg(&t)
-                .arg(&i)
-                .launch(cfg)
-        }?;
-        Ok(())
+        self.launch(
+            s,
+            &self.silu_mul,
+            cfg,
+            Args::new(s)
+                .buf(gate_up)
+                .buf_mut(out)
+                .i32(i32_of(tokens))
+                .i32(i32_of(inter)),
+        )
     }
 
-    /// y[M, N] = x[M, K] · W, in chunks of 8, 4, 2 or 1 rows; `partial` holds
-    /// at least `w.partial_len()` floats and `counters` (zero) at least
-    /// `counters_len(N)` entries.
+    /// y[M, N] = x[M, K] · W. Fewer than `mma_min_rows` rows go through the
+    /// GEMV kernels in chunks of 8, 4, 2 or 1 rows, more through the
+    /// tensor-core GEMM. `partial` holds at least `w.partial_len()` floats and
+    /// `counters` (zero) at least `counters_len(N)` entries.
     #[allow(clippy::too_many_arguments)]
     pub fn awq_matmul(
         &self,
@@ -257,6 +393,9 @@ impl Kernels {
             w.n % 8 == 0 && w.group % 32 == 0 && w.k % w.group == 0,
             "awq shape",
         )?;
+        if m >= self.mma_min_rows.max(1) {
+            return self.awq_mma(s, x, m, w, partial, y);
+        }
         let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
         let mut row = 0;
@@ -277,43 +416,109 @@ impl Kernels {
                 block_dim: (32, warps as u32, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: xs holds rows * K, qweight K * N/8, zeros/scales K/G * N,
+            // xs holds rows * K, qweight K * N/8, zeros/scales K/G * N,
             // partial splits * rows * N, ys rows * N, counters one per 256
             // columns, all zero (checked above; each fused launch re-arms them).
-            unsafe {
-                s.launch_builder(func)
-                    .arg(&xs)
-                    .arg(&w.qweight)
-                    .arg(&w.zeros)
-                    .arg(&w.scales)
-                    .arg(&mut *partial)
-                    .arg(&mut ys)
-                    .arg(&mut *counters)
-                    .arg(&k)
-                    .arg(&n)
-                    .arg(&g)
-                    .arg(&fused)
-                    .launch(cfg)
-            }?;
+            self.launch(
+                s,
+                func,
+                cfg,
+                Args::new(s)
+                    .buf(&xs)
+                    .buf(&w.qweight)
+                    .buf(&w.zeros)
+                    .buf(&w.scales)
+                    .buf_mut(partial)
+                    .buf_mut(&mut ys)
+                    .buf_mut(counters)
+                    .i32(k)
+                    .i32(n)
+                    .i32(g)
+                    .i32(fused),
+            )?;
             if fused == 0 {
-                let (sp, r) = (i32_of(splits), i32_of(rows));
-                let cfg = LaunchConfig {
-                    grid_dim: (grid(rows * w.n, 256), 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                // SAFETY: partial holds splits * rows * N written above; ys rows * N.
-                unsafe {
-                    s.launch_builder(&self.awq_reduce)
-                        .arg(&*partial)
-                        .arg(&mut ys)
-                        .arg(&sp)
-                        .arg(&r)
-                        .arg(&n)
-                        .launch(cfg)
-                }?;
+                self.reduce_partials(s, partial, &mut ys, splits, rows, w.n)?;
             }
             row += rows;
+        }
+        Ok(())
+    }
+
+    /// y[r, col] = sum over the splits (in order) of partial[split, r, col].
+    fn reduce_partials(
+        &self,
+        s: &CudaStream,
+        partial: &CudaSlice<f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        splits: usize,
+        m: usize,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        check(
+            partial.len() >= splits * m * n && y.len() >= m * n,
+            "reduce sizes",
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid(m * n, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(
+            s,
+            &self.awq_reduce,
+            cfg,
+            Args::new(s)
+                .buf(partial)
+                .buf_mut(y)
+                .i32(i32_of(splits))
+                .i32(i32_of(m))
+                .i32(i32_of(n)),
+        )
+    }
+
+    /// The tensor-core path of `awq_matmul` (sizes checked there). K is split
+    /// at group boundaries until the grid covers the GPU twice, as far as
+    /// `partial` holds the splits.
+    fn awq_mma(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<(), CudaError> {
+        let groups = w.k / w.group;
+        let tiles = w.n.div_ceil(MMA_TILE) * m.div_ceil(MMA_TILE);
+        let mut splits = (2 * self.sm_count).div_ceil(tiles).clamp(1, groups);
+        while splits > 1 && splits * m * w.n > partial.len() {
+            splits -= 1;
+        }
+        let k_per_split = groups.div_ceil(splits) * w.group;
+        let splits = w.k.div_ceil(k_per_split);
+        let cfg = LaunchConfig {
+            grid_dim: (grid(w.n, MMA_TILE), grid(m, MMA_TILE), splits as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut a = Args::new(s);
+        a.buf(x).buf(&w.qweight).buf(&w.zeros).buf(&w.scales);
+        if splits == 1 {
+            a.buf_mut(y);
+        } else {
+            a.buf_mut(partial);
+        }
+        // x holds m * K, the weights K x N, the output (y, or partial holding
+        // splits * m * N as ensured above) m * N per split; k_per_split is a
+        // multiple of the group (itself of 32).
+        a.i32(i32_of(m))
+            .i32(i32_of(w.k))
+            .i32(i32_of(w.n))
+            .i32(i32_of(w.group))
+            .i32(i32_of(k_per_split));
+        self.launch(s, &self.awq_mma, cfg, &mut a)?;
+        if splits > 1 {
+            self.reduce_partials(s, partial, y, splits, m, w.n)?;
         }
         Ok(())
     }
@@ -341,30 +546,30 @@ impl Kernels {
                 && q_out.len() >= t * heads * hd,
             "rope sizes",
         )?;
-        let (h, kvh, d) = (i32_of(heads), i32_of(kv_heads), i32_of(hd));
         let cfg = LaunchConfig {
             grid_dim: (t as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: positions < max positions of the tables and slots inside the
+        // positions < max positions of the tables and slots inside the
         // caches (validated with the batch); buffer sizes checked above.
-        unsafe {
-            s.launch_builder(&self.rope_kv)
-                .arg(qkv)
-                .arg(positions)
-                .arg(cos)
-                .arg(sin)
-                .arg(slots)
-                .arg(q_out)
-                .arg(k_cache)
-                .arg(v_cache)
-                .arg(&h)
-                .arg(&kvh)
-                .arg(&d)
-                .launch(cfg)
-        }?;
-        Ok(())
+        self.launch(
+            s,
+            &self.rope_kv,
+            cfg,
+            Args::new(s)
+                .buf(qkv)
+                .buf(positions)
+                .buf(cos)
+                .buf(sin)
+                .buf(slots)
+                .buf_mut(q_out)
+                .buf_mut(k_cache)
+                .buf_mut(v_cache)
+                .i32(i32_of(heads))
+                .i32(i32_of(kv_heads))
+                .i32(i32_of(hd)),
+        )
     }
 
     /// Context partitions of `max_context` positions (ATTN_PART in attention.cu).
@@ -416,62 +621,58 @@ impl Kernels {
             work.len() >= Self::attention_work_len(t, heads, hd, max_context),
             "attention workspace",
         )?;
-        let (h, kvh, d, bs, mb, mp) = (
-            i32_of(heads),
-            i32_of(kv_heads),
-            i32_of(hd),
-            i32_of(block_size),
-            i32_of(max_blocks),
-            i32_of(parts),
-        );
         let scale = 1.0f32 / (hd as f32).sqrt();
         let cfg = LaunchConfig {
             grid_dim: (t as u32, heads as u32, parts as u32),
             block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: every table entry < blocks, every seq_of < rows of
-        // block_tables and every position < max_context (validated with the
-        // batch; max_context is the model's max positions), so partitions stay
-        // inside `work`; sizes checked above.
-        unsafe {
-            s.launch_builder(&self.attention_partial)
-                .arg(q)
-                .arg(k_cache)
-                .arg(v_cache)
-                .arg(block_tables)
-                .arg(seq_of)
-                .arg(positions)
-                .arg(&mut *work)
-                .arg(&h)
-                .arg(&kvh)
-                .arg(&d)
-                .arg(&bs)
-                .arg(&mb)
-                .arg(&mp)
-                .arg(&scale)
-                .launch(cfg)
-        }?;
+        // Every table entry < blocks, every seq_of < rows of block_tables and
+        // every position < max_context (validated with the batch; max_context
+        // is the model's max positions), so partitions stay inside `work`;
+        // sizes checked above.
+        self.launch(
+            s,
+            &self.attention_partial,
+            cfg,
+            Args::new(s)
+                .buf(q)
+                .buf(k_cache)
+                .buf(v_cache)
+                .buf(block_tables)
+                .buf(seq_of)
+                .buf(positions)
+                .buf_mut(work)
+                .i32(i32_of(heads))
+                .i32(i32_of(kv_heads))
+                .i32(i32_of(hd))
+                .i32(i32_of(block_size))
+                .i32(i32_of(max_blocks))
+                .i32(i32_of(parts))
+                .f32(scale),
+        )?;
         let cfg = LaunchConfig {
             grid_dim: (t as u32, heads as u32, 1),
             block_dim: (hd as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the partitions a token has were written above; out holds t * heads * hd.
-        unsafe {
-            s.launch_builder(&self.attention_combine)
-                .arg(&*work)
-                .arg(positions)
-                .arg(out)
-                .arg(&h)
-                .arg(&d)
-                .arg(&mp)
-                .launch(cfg)
-        }?;
-        Ok(())
+        // The partitions a token has were written above; out holds t * heads * hd.
+        self.launch(
+            s,
+            &self.attention_combine,
+            cfg,
+            Args::new(s)
+                .buf(work)
+                .buf(positions)
+                .buf_mut(out)
+                .i32(i32_of(heads))
+                .i32(i32_of(hd))
+                .i32(i32_of(parts)),
+        )
     }
 
-    /// logits[R, vocab] for the rows `rows` of xn[T, hidden].
+    /// logits[R, vocab] for the rows `rows` of xn[T, hidden]: a warp per
+    /// vocabulary row for few rows, the tensor-core GEMM for many.
     pub fn lm_head(
         &self,
         s: &CudaStream,
@@ -488,23 +689,36 @@ impl Kernels {
             "lm_head sizes (hidden must be a multiple of 8)",
         )?;
         let (nr, h, v) = (i32_of(r), i32_of(hidden), i32_of(vocab));
-        let cfg = LaunchConfig {
-            grid_dim: (grid(vocab, 8), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        let mma = r >= self.lm_head_mma_min_rows.max(1) && hidden % MMA_BK == 0;
+        let (func, cfg) = if mma {
+            let cfg = LaunchConfig {
+                grid_dim: (grid(vocab, MMA_TILE), grid(r, MMA_TILE), 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (&self.lm_head_mma, cfg)
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (grid(vocab, 8), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (&self.lm_head, cfg)
         };
-        // SAFETY: rows index into xn's rows (validated with the batch); sizes checked above.
-        unsafe {
-            s.launch_builder(&self.lm_head)
-                .arg(xn)
-                .arg(rows)
-                .arg(weight)
-                .arg(logits)
-                .arg(&nr)
-                .arg(&h)
-                .arg(&v)
-                .launch(cfg)
-        }?;
-        Ok(())
+        // rows index into xn's rows (validated with the batch); sizes checked
+        // above (the GEMM needs hidden % 32 == 0, checked for its choice).
+        self.launch(
+            s,
+            func,
+            cfg,
+            Args::new(s)
+                .buf(xn)
+                .buf(rows)
+                .buf(weight)
+                .buf_mut(logits)
+                .i32(nr)
+                .i32(h)
+                .i32(v),
+        )
     }
 }

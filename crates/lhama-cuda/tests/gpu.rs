@@ -79,14 +79,20 @@ fn random_awq(g: &mut SplitMix64, k: usize, n: usize, group: usize) -> AwqWeight
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn awq_matmul_matches_cpu() {
     let _ = NEEDS_GPU;
-    let (s, k) = setup();
+    let (s, mut k) = setup();
     let mut g = SplitMix64::new(21);
+    // (rows, K, N, group): ragged rows and columns (N not a multiple of the
+    // 64-column GEMM tile), one and many K splits, both kernels' row ranges.
     for &(m, kk, n, group) in &[
         (1, 128, 64, 64),
         (3, 256, 200, 128),
         (8, 384, 1000, 128),
         (13, 1024, 3072, 128),
         (1, 4096, 1024, 128),
+        (16, 1024, 1024, 128),
+        (64, 256, 200, 64),
+        (100, 1024, 8192, 128),
+        (257, 4096, 1024, 128),
     ] {
         let a = random_awq(&mut g, kk, n, group);
         let f = FusedAwq::new(&[&a]);
@@ -96,48 +102,56 @@ fn awq_matmul_matches_cpu() {
         cpu::awq_matmul(&x, m, &cpu_m, &mut want);
         let w = GpuAwq::upload(&s, &f).unwrap();
         let xd = s.clone_htod(&x).unwrap();
-        let mut yd = poisoned(&s, m * n);
         let mut partial = s.alloc_zeros::<f32>(w.partial_len()).unwrap();
         let mut counters = s
             .alloc_zeros::<u32>(lhama_cuda::kernels::counters_len(n))
             .unwrap();
-        k.awq_matmul(
-            &s,
-            &xd.slice(..),
-            m,
-            &w,
-            &mut partial,
-            &mut counters,
-            &mut yd.slice_mut(..),
-        )
-        .unwrap();
-        let first = back(&s, &yd, m * n);
-        let e = rel_err(&first, &want);
-        assert!(e < 1e-5, "m={m} k={kk} n={n}: rel err {e}");
-        // The tile counters re-arm themselves: a second launch on the same
-        // buffers gives the same result, bit for bit.
-        s.memcpy_htod(&vec![f32::NAN; m * n], &mut yd).unwrap();
-        k.awq_matmul(
-            &s,
-            &xd.slice(..),
-            m,
-            &w,
-            &mut partial,
-            &mut counters,
-            &mut yd.slice_mut(..),
-        )
-        .unwrap();
-        assert!(
-            back(&s, &yd, m * n) == first,
-            "m={m} k={kk} n={n}: second launch differs"
-        );
+        // The default choice (GEMV below DEFAULT_MMA_MIN_ROWS rows, tensor
+        // cores from there), then the tensor cores for every row count.
+        for mma_min in [lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS, 1] {
+            k.mma_min_rows = mma_min;
+            let path = if m >= mma_min { "mma" } else { "gemv" };
+            let mut yd = poisoned(&s, m * n);
+            k.awq_matmul(
+                &s,
+                &xd.slice(..),
+                m,
+                &w,
+                &mut partial,
+                &mut counters,
+                &mut yd.slice_mut(..),
+            )
+            .unwrap();
+            let first = back(&s, &yd, m * n);
+            let e = rel_err(&first, &want);
+            eprintln!("awq {path} m={m} k={kk} n={n} g={group}: rel err {e:.2e}");
+            assert!(e < 1e-5, "{path} m={m} k={kk} n={n}: rel err {e}");
+            // Counters re-arm themselves and the split order is fixed: a
+            // second launch on the same buffers gives the same result, bit
+            // for bit.
+            s.memcpy_htod(&vec![f32::NAN; m * n], &mut yd).unwrap();
+            k.awq_matmul(
+                &s,
+                &xd.slice(..),
+                m,
+                &w,
+                &mut partial,
+                &mut counters,
+                &mut yd.slice_mut(..),
+            )
+            .unwrap();
+            assert!(
+                back(&s, &yd, m * n) == first,
+                "{path} m={m} k={kk} n={n}: second launch differs"
+            );
+        }
     }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn elementwise_kernels_match_cpu() {
-    let (s, k) = setup();
+    let (s, mut k) = setup();
     let mut g = SplitMix64::new(22);
     // add_rmsnorm, with and without the residual add
     for &(t, h) in &[(1usize, 128usize), (5, 1024), (37, 96)] {
@@ -207,36 +221,46 @@ fn elementwise_kernels_match_cpu() {
         .flat_map(|&t| table[t as usize * h..][..h].iter().map(|v| v.to_f32()))
         .collect();
     assert_eq!(back(&s, &x, tokens.len() * h), want);
-    // lm_head over selected rows
-    let (t, hidden, v) = (6usize, 128usize, 1001usize);
+    // lm_head over selected rows: the warp-per-row kernel for few rows, the
+    // tensor cores for many (and, forced, for few).
+    let (t, hidden, v) = (70usize, 128usize, 1001usize);
     let xn = randn(&mut g, t * hidden);
     let w: Vec<f16> = randn(&mut g, v * hidden)
         .into_iter()
         .map(f16::from_f32)
         .collect();
-    let rows: Vec<u32> = vec![5, 0, 3];
-    let sel: Vec<f32> = rows
-        .iter()
-        .flat_map(|&r| xn[r as usize * hidden..][..hidden].to_vec())
-        .collect();
-    let mut want = vec![0f32; rows.len() * v];
-    cpu::dense_matmul_f16(&sel, rows.len(), &w, hidden, v, &mut want);
-    let (xd, wd, rd) = (
-        s.clone_htod(&xn).unwrap(),
-        s.clone_htod(&w).unwrap(),
-        s.clone_htod(&rows).unwrap(),
-    );
-    let mut logits = poisoned(&s, rows.len() * v);
-    k.lm_head(
-        &s,
-        &xd.slice(..),
-        &rd.slice(..),
-        &wd,
-        &mut logits.slice_mut(..),
-        hidden,
-    )
-    .unwrap();
-    assert!(rel_err(&back(&s, &logits, rows.len() * v), &want) < 1e-5);
+    let (xd, wd) = (s.clone_htod(&xn).unwrap(), s.clone_htod(&w).unwrap());
+    let many: Vec<u32> = (0..40).map(|i| (i * 7 % t) as u32).collect();
+    for (rows, mma_min) in [
+        (vec![5u32, 0, 3], lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS),
+        (vec![5u32, 0, 3], 1),
+        (many, lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS),
+    ] {
+        k.lm_head_mma_min_rows = mma_min;
+        let sel: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| xn[r as usize * hidden..][..hidden].to_vec())
+            .collect();
+        let mut want = vec![0f32; rows.len() * v];
+        cpu::dense_matmul_f16(&sel, rows.len(), &w, hidden, v, &mut want);
+        let rd = s.clone_htod(&rows).unwrap();
+        let mut logits = poisoned(&s, rows.len() * v);
+        k.lm_head(
+            &s,
+            &xd.slice(..),
+            &rd.slice(..),
+            &wd,
+            &mut logits.slice_mut(..),
+            hidden,
+        )
+        .unwrap();
+        let e = rel_err(&back(&s, &logits, rows.len() * v), &want);
+        eprintln!(
+            "lm_head rows={} mma_min={mma_min}: rel err {e:.2e}",
+            rows.len()
+        );
+        assert!(e < 1e-5, "lm_head rows={}: rel err {e}", rows.len());
+    }
 }
 
 #[test]
