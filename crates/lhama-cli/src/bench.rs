@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use clap::Args;
-use lhama_model::{Backend, ForwardBatch, ModelFiles, SeqSlice};
+use lhama_model::{Backend, ForwardBatch, ModelFiles, RowSampling, SampledStep, SeqSlice};
 
 use crate::load::{BackendKind, BackendLimits, load_model, make_backend};
 
@@ -104,7 +104,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.prompt_len as f64 / secs
     );
     println!("{:>6} {:>12} {:>12}", "batch", "ms/step", "tok/s");
-    let mut logits = Vec::new();
+    let mut out = SampledStep::default();
     for &b in &args.batch {
         prefill(backend, b, args.prompt_len, args.decode_steps, &mut tables)?;
         let seqs: Vec<SeqSlice<'_>> = tables
@@ -118,21 +118,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .collect();
         let rows: Vec<u32> = (0..b as u32).collect();
         let mut tokens: Vec<u32> = (0..b as u32).map(|i| 5 + i).collect();
+        // Greedy rows, sampled by the backend as the engine asks for them:
+        // on a GPU only the tokens come back.
+        let how = vec![RowSampling::Greedy; b];
         let mut step = |backend: &mut dyn Backend, k: usize| -> anyhow::Result<()> {
             let positions = vec![(args.prompt_len + k) as u32; b];
-            backend.forward(
+            backend.forward_sample(
                 &ForwardBatch {
                     tokens: &tokens,
                     positions: &positions,
                     seqs: &seqs,
                     logit_rows: &rows,
                 },
-                &mut logits,
+                &how,
+                &mut out,
             )?;
-            let vocab = config.vocab_size;
-            for (i, t) in tokens.iter_mut().enumerate() {
-                *t = lhama_engine::sampling::argmax(&logits[i * vocab..][..vocab]);
-            }
+            tokens.copy_from_slice(&out.tokens);
             Ok(())
         };
         step(backend, 0)?; // warm-up

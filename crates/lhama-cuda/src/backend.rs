@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::f16;
+use lhama_model::backend::check_sampling;
 use lhama_model::cpu::kernels::RopeTable;
 use lhama_model::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
-use lhama_model::{Backend, BackendError, ForwardBatch, KvGeometry, LlamaConfig};
+use lhama_model::{
+    Backend, BackendError, ForwardBatch, KvGeometry, LlamaConfig, RowSampling, SampledStep,
+};
 
 use crate::CudaError;
-use crate::kernels::{GpuAwq, Kernels};
+use crate::kernels::{GpuAwq, Kernels, SAMPLE_PARAM_WORDS, sample_params};
 
 #[derive(Debug, Clone)]
 pub struct CudaOptions {
@@ -84,6 +87,10 @@ struct Workspace {
     /// [max_seqs, max_blocks]
     tables: CudaSlice<u32>,
     rows: CudaSlice<u32>,
+    /// [T, SAMPLE_PARAM_WORDS] how each logit row becomes a token
+    sample_params: CudaSlice<u32>,
+    /// [T] the sampled tokens
+    sampled: CudaSlice<u32>,
 }
 
 pub struct CudaBackend {
@@ -113,6 +120,9 @@ pub struct CudaBackend {
     host_slots: Vec<u32>,
     host_seq_of: Vec<u32>,
     host_tables: Vec<u32>,
+    host_params: Vec<u32>,
+    /// `forward` asks for every row's logits.
+    all_logits: Vec<RowSampling>,
 }
 
 fn awq_parts<'a>(parts: &[&'a LinearWeights]) -> Result<Vec<&'a AwqWeights>, CudaError> {
@@ -225,7 +235,8 @@ impl CudaBackend {
         let ws_floats = attn_work_len
             + t * (2 * hidden + (q_dim + 2 * kv_dim) + 2 * q_dim + hidden + 3 * inter + vocab)
             + partial_len;
-        let ws_bytes = ws_floats * 4 + (4 * t + opts.max_seqs * max_blocks + t) * 4;
+        let ws_bytes = ws_floats * 4
+            + (4 * t + opts.max_seqs * max_blocks + t + (SAMPLE_PARAM_WORDS + 1) * t) * 4;
         let budget = ((total as f64 * opts.gpu_memory_utilization) as usize).min(free);
         let fixed = weight_bytes + ws_bytes + 256 * MIB;
         let num_blocks = match opts.kv_cache_tokens {
@@ -287,6 +298,8 @@ impl CudaBackend {
             seq_of: stream.alloc_zeros(t)?,
             tables: stream.alloc_zeros(opts.max_seqs * max_blocks)?,
             rows: stream.alloc_zeros(t)?,
+            sample_params: stream.alloc_zeros(t * SAMPLE_PARAM_WORDS)?,
+            sampled: stream.alloc_zeros(t)?,
         };
         let backend = Self {
             embed: stream.clone_htod(&weights.embed_tokens)?,
@@ -317,6 +330,8 @@ impl CudaBackend {
             host_slots: Vec::with_capacity(t),
             host_seq_of: Vec::with_capacity(t),
             host_tables: vec![0; opts.max_seqs * max_blocks],
+            host_params: Vec::with_capacity(t * SAMPLE_PARAM_WORDS),
+            all_logits: vec![RowSampling::Logits; t],
         };
         backend.stream.synchronize()?;
         tracing::info!(
@@ -333,8 +348,12 @@ impl CudaBackend {
         &self.device_name
     }
 
-    /// Uploads the batch's index arrays.
-    fn upload(&mut self, batch: &ForwardBatch<'_>) -> Result<(), CudaError> {
+    /// Uploads the batch's index arrays and sampling instructions.
+    fn upload(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+    ) -> Result<(), CudaError> {
         let bs = self.kv.block_size;
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
@@ -365,13 +384,22 @@ impl CudaBackend {
         )?;
         if r > 0 {
             s.memcpy_htod(batch.logit_rows, &mut ws.rows.slice_mut(0..r))?;
+            self.host_params.clear();
+            for how in sampling {
+                self.host_params.extend_from_slice(&sample_params(how));
+            }
+            s.memcpy_htod(
+                &self.host_params,
+                &mut ws.sample_params.slice_mut(0..r * SAMPLE_PARAM_WORDS),
+            )?;
         }
         Ok(())
     }
 
     /// Every kernel of one forward pass over `t` tokens whose index arrays are
-    /// uploaded, ending with the logits of `r` rows in `ws.logits`. Issues no
-    /// copy and no synchronization, so it can be captured into a graph.
+    /// uploaded, ending with the logits of `r` rows in `ws.logits` and their
+    /// tokens in `ws.sampled`. Issues no copy and no synchronization, so it
+    /// can be captured into a graph.
     fn launch_all(&mut self, t: usize, r: usize, table_len: usize) -> Result<(), CudaError> {
         let cfg = &self.config;
         let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
@@ -501,13 +529,29 @@ impl CudaBackend {
             &mut ws.logits.slice_mut(0..r * vocab),
             hidden,
         )?;
+        k.sample(
+            s,
+            &mut ws.logits.slice_mut(0..r * vocab),
+            &ws.sample_params.slice(0..r * SAMPLE_PARAM_WORDS),
+            &mut ws.sampled.slice_mut(0..r),
+            vocab,
+        )?;
         Ok(())
     }
 
-    fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) -> Result<(), CudaError> {
+    /// One step: `sampling` has one entry per logit row; `tokens` gets every
+    /// row's token, `logits` [r, vocab] the rows asking for `Logits` (the
+    /// only logits copied back).
+    fn run(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        tokens: &mut Vec<u32>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), CudaError> {
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
-        self.upload(batch)?;
+        self.upload(batch, sampling)?;
         let decode = self.use_graphs
             && batch.seqs.iter().all(|s| s.num_tokens == 1)
             && r == t
@@ -537,12 +581,29 @@ impl CudaBackend {
         } else {
             self.launch_all(t, r, batch.seqs.len() * self.max_blocks)?;
         }
-        logits.clear();
-        if r > 0 {
-            let vocab = self.config.vocab_size;
-            logits.resize(r * vocab, 0.0);
+        let vocab = self.config.vocab_size;
+        tokens.clear();
+        tokens.resize(r, 0);
+        if sampling.iter().any(|s| *s != RowSampling::Logits) {
             self.stream
-                .memcpy_dtoh(&self.ws.logits.slice(0..r * vocab), logits.as_mut_slice())?;
+                .memcpy_dtoh(&self.ws.sampled.slice(0..r), tokens.as_mut_slice())?;
+        }
+        logits.resize(r * vocab, 0.0);
+        // Runs of consecutive rows asking for logits, one copy each.
+        let mut i = 0;
+        while i < r {
+            if sampling[i] != RowSampling::Logits {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < r && sampling[i] == RowSampling::Logits {
+                i += 1;
+            }
+            self.stream.memcpy_dtoh(
+                &self.ws.logits.slice(start * vocab..i * vocab),
+                &mut logits[start * vocab..i * vocab],
+            )?;
         }
         self.stream.synchronize()?;
         Ok(())
@@ -567,10 +628,39 @@ impl Backend for CudaBackend {
         batch: &ForwardBatch<'_>,
         logits: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
+        let r = batch.logit_rows.len().min(self.all_logits.len());
+        let all = std::mem::take(&mut self.all_logits);
+        let mut tokens = Vec::new();
+        let result = self.step(batch, &all[..r], &mut tokens, logits);
+        self.all_logits = all;
+        result
+    }
+
+    fn forward_sample(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        out: &mut SampledStep,
+    ) -> Result<(), BackendError> {
+        check_sampling(batch, sampling)?;
+        self.step(batch, sampling, &mut out.tokens, &mut out.logits)
+    }
+}
+
+impl CudaBackend {
+    /// Validates the batch against the model and this backend's limits, then runs it.
+    fn step(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        tokens: &mut Vec<u32>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         batch.validate(&self.config, self.kv)?;
         let t = batch.tokens.len();
         if t == 0 {
             logits.clear();
+            tokens.clear();
             return Ok(());
         }
         if t > self.max_batch_tokens
@@ -595,7 +685,7 @@ impl Backend for CudaBackend {
                 self.max_blocks
             )));
         }
-        self.run(batch, logits)
+        self.run(batch, sampling, tokens, logits)
             .map_err(|e| BackendError::Device(e.to_string()))
     }
 }

@@ -25,6 +25,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("lm_head.cu", include_str!("../../../kernels/lm_head.cu")),
     ("gemm_mma.cu", include_str!("../../../kernels/gemm_mma.cu")),
+    ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
 ];
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
@@ -45,6 +46,7 @@ pub const KERNELS: &[&str] = &[
     "lm_head_f16_f32",
     "awq_gemm_mma_f32",
     "lm_head_mma_f16_f32",
+    "sample_rows_f32",
 ];
 
 /// The whole program: common helpers, then each family with a line marker so

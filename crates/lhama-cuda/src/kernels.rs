@@ -87,6 +87,7 @@ pub struct Kernels {
     attention_combine: CudaFunction,
     lm_head: CudaFunction,
     lm_head_mma: CudaFunction,
+    sample: CudaFunction,
     /// Streaming multiprocessors: the tensor-core GEMM splits K until its
     /// grid fills them twice over.
     sm_count: usize,
@@ -121,6 +122,26 @@ fn check(ok: bool, what: &str) -> Result<(), CudaError> {
 
 fn i32_of(v: usize) -> i32 {
     i32::try_from(v).expect("sizes are validated far below i32::MAX at load")
+}
+
+/// 32-bit words of one row's sampling parameters (SampleParams in sampling.cu).
+pub const SAMPLE_PARAM_WORDS: usize = 6;
+
+/// A row's SampleParams as the kernel reads them.
+pub fn sample_params(s: &lhama_model::RowSampling) -> [u32; SAMPLE_PARAM_WORDS] {
+    use lhama_model::RowSampling;
+    match s {
+        RowSampling::Logits => [0; SAMPLE_PARAM_WORDS],
+        RowSampling::Greedy => [1, 0, 0, 0, 0, 0],
+        RowSampling::Draw(p) => [
+            2,
+            p.temperature.to_bits(),
+            p.top_k,
+            p.top_p.to_bits(),
+            p.min_p.to_bits(),
+            p.u.to_bits(),
+        ],
+    }
 }
 
 /// A row-count threshold from the environment (for tuning runs), if set.
@@ -209,6 +230,7 @@ impl Kernels {
             attention_combine: f("paged_attention_combine_f32")?,
             lm_head: f("lm_head_f16_f32")?,
             lm_head_mma: f("lm_head_mma_f16_f32")?,
+            sample: f("sample_rows_f32")?,
             _module: module,
             sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             pdl: major >= 9 && std::env::var("LHAMA_CUDA_PDL").map_or(true, |v| v != "0"),
@@ -719,6 +741,41 @@ impl Kernels {
                 .i32(nr)
                 .i32(h)
                 .i32(v),
+        )
+    }
+
+    /// Turns each row of logits[R, vocab] into tokens[r] as params[r] (R
+    /// rows of `sample_params` words) says; drawing rows' logits are
+    /// overwritten with their weights, `Logits` rows are left alone.
+    pub fn sample(
+        &self,
+        s: &CudaStream,
+        logits: &mut CudaViewMut<'_, f32>,
+        params: &CudaView<'_, u32>,
+        tokens: &mut CudaViewMut<'_, u32>,
+        vocab: usize,
+    ) -> Result<(), CudaError> {
+        let r = tokens.len();
+        check(
+            logits.len() >= r * vocab && params.len() >= r * SAMPLE_PARAM_WORDS && vocab > 0,
+            "sampling sizes",
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (r as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // logits hold r rows of vocab, params r records, tokens r entries
+        // (checked above); the parameters were range-checked on the host.
+        self.launch(
+            s,
+            &self.sample,
+            cfg,
+            Args::new(s)
+                .buf_mut(logits)
+                .buf(params)
+                .buf_mut(tokens)
+                .i32(i32_of(vocab)),
         )
     }
 }

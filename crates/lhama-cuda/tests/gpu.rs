@@ -21,7 +21,9 @@ use lhama_model::cpu::kernels::{self as cpu, AttnShape, AwqMatrix, RopeTable};
 use lhama_model::golden::{Golden, compare, prompt_logits};
 use lhama_model::rng::SplitMix64;
 use lhama_model::weights::{AwqWeights, FusedAwq};
-use lhama_model::{Backend, ForwardBatch, KvGeometry, ModelFiles, SeqSlice};
+use lhama_model::{
+    Backend, ForwardBatch, KvGeometry, ModelFiles, RowSampling, SampledStep, SeqSlice,
+};
 
 const NEEDS_GPU: &str = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device";
 
@@ -260,6 +262,76 @@ fn elementwise_kernels_match_cpu() {
             rows.len()
         );
         assert!(e < 1e-5, "lm_head rows={}: rel err {e}", rows.len());
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
+fn sampling_kernel_matches_the_host_definition() {
+    use lhama_model::sampling::sample_row;
+    let (s, k) = setup();
+    let mut g = SplitMix64::new(24);
+    let draw = |temperature, top_k, top_p, min_p, u| {
+        RowSampling::Draw(lhama_model::DrawParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            u,
+        })
+    };
+    for &vocab in &[32000usize, 1001, 50] {
+        // Rows of spread logits, and rows rounded to quarters (many ties).
+        let mut rows: Vec<(Vec<f32>, RowSampling)> = Vec::new();
+        for i in 0..48 {
+            let mut l: Vec<f32> = randn(&mut g, vocab).iter().map(|x| x * 3.0).collect();
+            if i % 3 == 0 {
+                l.iter_mut().for_each(|x| *x = (*x * 4.0).round() / 4.0);
+            }
+            let u = (g.next_f64() as f32).min(0.999_999);
+            let how = match i % 8 {
+                0 => RowSampling::Greedy,
+                1 => RowSampling::Logits,
+                2 => draw(1.0, 0, 1.0, 0.0, u),
+                3 => draw(0.7, 40, 1.0, 0.0, u),
+                4 => draw(1.3, 0, 0.9, 0.0, u),
+                5 => draw(1.0, 0, 1.0, 0.05, u),
+                6 => draw(0.9, 100, 0.8, 0.02, u),
+                _ => draw(0.5, 1, 0.5, 0.5, u),
+            };
+            rows.push((l, how));
+        }
+        let r = rows.len();
+        let flat: Vec<f32> = rows.iter().flat_map(|(l, _)| l.clone()).collect();
+        let params: Vec<u32> = rows
+            .iter()
+            .flat_map(|(_, h)| lhama_cuda::kernels::sample_params(h))
+            .collect();
+        let mut ld = s.clone_htod(&flat).unwrap();
+        let pd = s.clone_htod(&params).unwrap();
+        let mut td = s.clone_htod(&vec![u32::MAX; r]).unwrap();
+        k.sample(
+            &s,
+            &mut ld.slice_mut(..),
+            &pd.slice(..),
+            &mut td.slice_mut(..),
+            vocab,
+        )
+        .unwrap();
+        let mut got = vec![0u32; r];
+        s.memcpy_dtoh(&td, got.as_mut_slice()).unwrap();
+        let after = back(&s, &ld, r * vocab);
+        let mut scratch = Vec::new();
+        for (i, (l, how)) in rows.iter().enumerate() {
+            match sample_row(l, how, &mut scratch) {
+                Some(want) => assert_eq!(got[i], want, "vocab {vocab} row {i}: {how:?}"),
+                None => assert_eq!(
+                    &after[i * vocab..(i + 1) * vocab],
+                    &l[..],
+                    "logits row left alone"
+                ),
+            }
+        }
     }
 }
 
@@ -513,6 +585,54 @@ fn check_model(dir: &std::path::Path, golden: &std::path::Path) {
         diff <= 1e-4,
         "GPU logits of a prompt changed by {diff} when batched"
     );
+
+    // A decode step of both sequences, sampled on the GPU: greedy and drawn
+    // rows give the tokens the host definition picks from the same step's
+    // logits (re-running a step rewrites the same K/V), a logits row its logits.
+    let decode_tokens = [5u32, 9];
+    let decode_pos = [20u32, prompt.len() as u32];
+    let decode_seqs = [
+        SeqSlice {
+            token_start: 0,
+            num_tokens: 1,
+            block_table: &t_other,
+        },
+        SeqSlice {
+            token_start: 1,
+            num_tokens: 1,
+            block_table: &t_prompt,
+        },
+    ];
+    let decode = ForwardBatch {
+        tokens: &decode_tokens,
+        positions: &decode_pos,
+        seqs: &decode_seqs,
+        logit_rows: &[0, 1],
+    };
+    gpu.forward(&decode, &mut logits).unwrap();
+    let v = files.config.vocab_size;
+    let draw = lhama_model::DrawParams {
+        temperature: 0.8,
+        top_k: 50,
+        top_p: 0.95,
+        min_p: 0.0,
+        u: 0.37,
+    };
+    let mut scratch = Vec::new();
+    for how in [
+        [RowSampling::Greedy, RowSampling::Draw(draw)],
+        [RowSampling::Draw(draw), RowSampling::Logits],
+    ] {
+        let mut out = SampledStep::default();
+        gpu.forward_sample(&decode, &how, &mut out).unwrap();
+        for (i, h) in how.iter().enumerate() {
+            let row = &logits[i * v..(i + 1) * v];
+            match lhama_model::sampling::sample_row(row, h, &mut scratch) {
+                Some(want) => assert_eq!(out.tokens[i], want, "row {i}: {h:?}"),
+                None => assert_eq!(&out.logits[i * v..(i + 1) * v], row),
+            }
+        }
+    }
 }
 
 fn serde_report(r: &lhama_model::golden::Report) -> String {

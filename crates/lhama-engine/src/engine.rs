@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
-use lhama_model::{Backend, ForwardBatch, SeqSlice, Tokenizer};
+use lhama_model::{Backend, ForwardBatch, RowSampling, SampledStep, SeqSlice, Tokenizer};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::detok::IncrementalDecoder;
@@ -160,7 +160,7 @@ pub fn spawn(
         config: config.clone(),
         stats: stats.clone(),
         active: HashMap::new(),
-        logits: Vec::new(),
+        out: SampledStep::default(),
     };
     let thread_stats = stats.clone();
     std::thread::Builder::new()
@@ -211,7 +211,8 @@ struct Engine {
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
     active: HashMap<SeqId, Active>,
-    logits: Vec<f32>,
+    /// The backend's answer to a step, reused.
+    out: SampledStep,
 }
 
 impl Engine {
@@ -313,6 +314,10 @@ impl Engine {
         let mut tokens = Vec::with_capacity(plan.num_tokens());
         let mut positions = Vec::with_capacity(plan.num_tokens());
         let mut rows = Vec::new();
+        // How each row becomes a token: on the backend unless the request
+        // needs the whole row (prompt logprobs, logprobs, penalties, bias,
+        // min_tokens), in which case the logits come back.
+        let mut sampling = Vec::new();
         // Per sequence: (first logit row, rows) for reading results back.
         let mut row_start = Vec::with_capacity(plan.seqs.len());
         for s in &plan.seqs {
@@ -320,15 +325,27 @@ impl Engine {
             tokens.extend_from_slice(&s.tokens);
             positions.extend((s.start..s.start + s.tokens.len()).map(|p| p as u32));
             let first_row = rows.len();
-            let wants_prompt = self.active.get(&s.id).is_some_and(|a| {
+            let active = self.active.get_mut(&s.id);
+            let wants_prompt = active.as_ref().is_some_and(|a| {
                 a.params.prompt_logprobs.is_some()
                     && !a.prompt_logprobs_sent
                     && s.start < a.prompt_len
             });
             if wants_prompt {
                 rows.extend(base..base + s.tokens.len() as u32);
+                sampling.resize(rows.len(), RowSampling::Logits);
             } else if s.sample {
                 rows.push(base + s.tokens.len() as u32 - 1);
+                sampling.push(match active {
+                    Some(a)
+                        if !a.params.changes_logits(a.generated().len())
+                            && a.params.logprobs.is_none()
+                            && a.params.max_tokens > 0 =>
+                    {
+                        a.sampler.next_row_sampling()
+                    }
+                    _ => RowSampling::Logits,
+                });
             }
             row_start.push(first_row);
         }
@@ -353,8 +370,8 @@ impl Engine {
             seqs: &seqs,
             logit_rows: &rows,
         };
-        let mut logits = std::mem::take(&mut self.logits);
-        if let Err(e) = self.backend.forward(&batch, &mut logits) {
+        let mut out = std::mem::take(&mut self.out);
+        if let Err(e) = self.backend.forward_sample(&batch, &sampling, &mut out) {
             tracing::error!(error = %e, "forward step failed");
             for s in &plan.seqs {
                 if let Some(a) = self.active.get(&s.id) {
@@ -362,9 +379,10 @@ impl Engine {
                 }
                 self.finish(s.id);
             }
-            self.logits = logits;
+            self.out = out;
             return;
         }
+        let logits = &out.logits;
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         let vocab = self.backend.config().vocab_size;
         let mut sampled = Vec::new();
@@ -410,22 +428,29 @@ impl Engine {
                 finished.push(s.id);
                 continue;
             }
-            let raw = &logits[row * vocab..][..vocab];
-            // Copy the row only when something changes it (penalties, bias, min_tokens).
-            let token = if a.params.changes_logits(a.generated().len()) {
-                let mut processed = raw.to_vec();
-                process_logits(
-                    &mut processed,
-                    &a.params,
-                    &a.tokens[..a.prompt_len],
-                    a.generated(),
-                    &self.config.eos_ids,
-                );
-                a.sampler.sample(&processed)
-            } else {
-                a.sampler.sample(raw)
+            let token = match sampling[row] {
+                RowSampling::Logits => {
+                    let raw = &logits[row * vocab..][..vocab];
+                    // Copy the row only when something changes it (penalties, bias, min_tokens).
+                    if a.params.changes_logits(a.generated().len()) {
+                        let mut processed = raw.to_vec();
+                        process_logits(
+                            &mut processed,
+                            &a.params,
+                            &a.tokens[..a.prompt_len],
+                            a.generated(),
+                            &self.config.eos_ids,
+                        );
+                        a.sampler.sample(&processed)
+                    } else {
+                        a.sampler.sample(raw)
+                    }
+                }
+                _ => out.tokens[row],
             };
+            // Requests asking for logprobs always get their row back.
             let logprob = a.params.logprobs.map(|k| {
+                let raw = &logits[row * vocab..][..vocab];
                 let (lp, top) = logprobs(raw, token, k);
                 TokenLogprob {
                     token,
@@ -446,7 +471,7 @@ impl Engine {
                 finished.push(s.id);
             }
         }
-        self.logits = logits;
+        self.out = out;
         self.scheduler.complete(plan, &sampled);
         for id in finished {
             self.finish(id);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use lhama_model::{Backend, BackendError, ForwardBatch, SeqSlice};
+use lhama_model::{Backend, BackendError, ForwardBatch, SampledStep, SeqSlice};
 
 use crate::blocks::BlockAllocator;
 use crate::sampling::Sampler;
@@ -53,6 +53,7 @@ pub fn generate(
         )));
     }
     let mut logits = Vec::new();
+    let mut out = SampledStep::default();
     let start = Instant::now();
     let mut done = 0;
     while done < prompt.len() {
@@ -95,16 +96,19 @@ pub fn generate(
             num_tokens: 1,
             block_table: &table,
         }];
-        backend.forward(
+        // The backend samples (on the GPU, only the token comes back).
+        let how = [sampler.next_row_sampling()];
+        backend.forward_sample(
             &ForwardBatch {
                 tokens: &[next],
                 positions: &pos,
                 seqs: &seqs,
                 logit_rows: &[0],
             },
-            &mut logits,
+            &how,
+            &mut out,
         )?;
-        next = sampler.sample(&logits[..vocab]);
+        next = out.tokens[0];
     }
     stats.decode = start.elapsed();
     blocks.release(&mut table);

@@ -1,8 +1,10 @@
-//! Choosing the next token from logits: greedy at temperature 0, otherwise
-//! temperature, top-k, top-p and min-p filtering and a draw from a seeded
-//! generator (same seed, same logits, same token).
+//! A request's sampling settings and its seeded generator: greedy at
+//! temperature 0, otherwise a draw (temperature, top-k, top-p, min-p) as
+//! lhama_model::sampling defines it, on the host or on the backend (same
+//! seed, same logits, same token).
 
 use lhama_model::rng::SplitMix64;
+use lhama_model::sampling::{DrawParams, RowSampling};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -41,20 +43,11 @@ impl SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: SplitMix64,
-    /// (token, probability) candidates, reused between calls.
-    candidates: Vec<(u32, f32)>,
+    /// Host scratch of the draw, reused between calls.
+    scratch: Vec<(u32, f32)>,
 }
 
-/// Index of the largest value; the lowest index wins a tie.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use lhama_model::sampling::argmax;
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
@@ -69,63 +62,37 @@ impl Sampler {
         Self {
             params,
             rng: SplitMix64::new(seed),
-            candidates: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    /// How the next token is chosen from unprocessed logits: greedy, or a
+    /// draw carrying the next number of this request's generator (one per
+    /// token whichever side samples, so a seed gives the same tokens on the
+    /// CPU and on a GPU).
+    pub fn next_row_sampling(&mut self) -> RowSampling {
         let p = &self.params;
         if p.temperature <= 0.0 {
-            return argmax(logits);
+            return RowSampling::Greedy;
         }
-        let inv_t = 1.0 / p.temperature;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        self.candidates.clear();
-        self.candidates.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())),
-        );
-        // Most likely first; ties by id so the order is fully determined.
-        let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(p.top_k - 1, by_prob);
-            self.candidates.truncate(p.top_k);
+        let mut u = self.rng.next_f64() as f32;
+        if u >= 1.0 {
+            // An f64 just below 1 can round up to 1 as f32.
+            u = f32::from_bits(1.0f32.to_bits() - 1);
         }
-        self.candidates.sort_unstable_by(by_prob);
-        let total: f32 = self.candidates.iter().map(|c| c.1).sum();
-        if p.min_p > 0.0 {
-            let floor = p.min_p * self.candidates[0].1;
-            let keep = self
-                .candidates
-                .iter()
-                .take_while(|c| c.1 >= floor)
-                .count()
-                .max(1);
-            self.candidates.truncate(keep);
-        }
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = self.candidates.len();
-            for (i, c) in self.candidates.iter().enumerate() {
-                acc += c.1 / total;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            self.candidates.truncate(keep.max(1));
-        }
-        let kept: f32 = self.candidates.iter().map(|c| c.1).sum();
-        let mut u = self.rng.next_f64() as f32 * kept;
-        for &(id, w) in &self.candidates {
-            if u < w {
-                return id;
-            }
-            u -= w;
-        }
-        self.candidates.last().map_or(0, |c| c.0)
+        RowSampling::Draw(DrawParams {
+            temperature: p.temperature,
+            top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+            top_p: p.top_p,
+            min_p: p.min_p,
+            u,
+        })
+    }
+
+    /// Chooses the next token from `logits` on the host.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let s = self.next_row_sampling();
+        lhama_model::sampling::sample_row(logits, &s, &mut self.scratch).unwrap_or(0)
     }
 }
 

@@ -13,7 +13,10 @@ use lhama_engine::{
 use lhama_model::cpu::CpuBackend;
 use lhama_model::golden::greedy;
 use lhama_model::synth::{Preset, write_model};
-use lhama_model::{KvGeometry, ModelFiles, Tokenizer};
+use lhama_model::{
+    Backend, BackendError, ForwardBatch, KvGeometry, ModelFiles, RowSampling, SampledStep,
+    Tokenizer,
+};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -281,5 +284,137 @@ fn prompt_logprobs_with_max_tokens_zero() {
         assert!((lp.logprob - want).abs() < 1e-5);
         assert_eq!(lp.top.len(), 2);
         assert_eq!(lp.top[0].0, top[0].0);
+    }
+}
+
+/// The CPU backend, except that it records how the engine asks each row to
+/// be sampled and answers every greedy row with token 7: what the engine
+/// emits for such rows must come from the backend, not from the logits.
+struct Recording {
+    inner: CpuBackend,
+    seen: Arc<std::sync::Mutex<Vec<RowSampling>>>,
+}
+
+impl Backend for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn config(&self) -> &lhama_model::LlamaConfig {
+        self.inner.config()
+    }
+    fn kv_geometry(&self) -> KvGeometry {
+        self.inner.kv_geometry()
+    }
+    fn forward(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        self.inner.forward(batch, logits)
+    }
+    fn forward_sample(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        out: &mut SampledStep,
+    ) -> Result<(), BackendError> {
+        self.inner.forward_sample(batch, sampling, out)?;
+        for (i, s) in sampling.iter().enumerate() {
+            if *s == RowSampling::Greedy {
+                out.tokens[i] = 7;
+                // Whatever the logits say: poison the row.
+                let vocab = self.config().vocab_size;
+                out.logits[i * vocab..(i + 1) * vocab].fill(f32::NAN);
+            }
+        }
+        self.seen.lock().unwrap().extend_from_slice(sampling);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_backend_samples_unless_the_request_needs_the_logits() {
+    let f = fixture();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let backend = Recording {
+        inner: CpuBackend::new(
+            &f.files.config,
+            f.files.weights.clone(),
+            KvGeometry {
+                num_blocks: 64,
+                block_size: 16,
+            },
+        ),
+        seen: seen.clone(),
+    };
+    let tokenizer = Arc::new(Tokenizer::from_dir(&f.files.dir).unwrap());
+    let eng = spawn(
+        Box::new(backend),
+        tokenizer,
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                max_num_seqs: 8,
+                max_num_batched_tokens: 128,
+                num_blocks: 64,
+                block_size: 16,
+            },
+            max_model_len: f.files.config.max_position_embeddings,
+            eos_ids: f.files.eos_token_ids(),
+        },
+    );
+    let take =
+        |seen: &Arc<std::sync::Mutex<Vec<RowSampling>>>| std::mem::take(&mut *seen.lock().unwrap());
+
+    // Greedy, nothing else: every token is the backend's.
+    let (ids, _, _) = collect(eng.submit(prompt(1, 10), greedy_params(5)).unwrap());
+    assert_eq!(ids, vec![7; 5]);
+    assert!(take(&seen).iter().all(|s| *s == RowSampling::Greedy));
+
+    // A seeded draw: the backend gets the request's settings and a number
+    // from its generator, the same numbers for the same seed.
+    let draw = |seed| RequestParams {
+        sampling: SamplingParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 40,
+            min_p: 0.05,
+            seed: Some(seed),
+        },
+        max_tokens: 4,
+        ignore_eos: true,
+        ..RequestParams::default()
+    };
+    let (a, _, _) = collect(eng.submit(prompt(2, 10), draw(3)).unwrap());
+    let first = take(&seen);
+    let (b, _, _) = collect(eng.submit(prompt(2, 10), draw(3)).unwrap());
+    assert_eq!(a, b);
+    assert_eq!(first, take(&seen));
+    assert_eq!(first.len(), 4);
+    for s in &first {
+        let RowSampling::Draw(p) = s else {
+            panic!("expected a draw, got {s:?}")
+        };
+        assert_eq!(
+            (p.temperature, p.top_p, p.top_k, p.min_p),
+            (0.7, 0.9, 40, 0.05)
+        );
+        assert!((0.0..1.0).contains(&p.u));
+    }
+
+    // logprobs and penalties need the row: the logits come back and the
+    // engine samples (greedy here, so not token 7 every time).
+    for params in [
+        RequestParams {
+            logprobs: Some(2),
+            ..greedy_params(5)
+        },
+        RequestParams {
+            repetition_penalty: 1.3,
+            ..greedy_params(5)
+        },
+    ] {
+        let (ids, _, _) = collect(eng.submit(prompt(3, 10), params).unwrap());
+        assert_ne!(ids, vec![7; 5]);
+        assert!(take(&seen).iter().all(|s| *s == RowSampling::Logits));
     }
 }

@@ -6,6 +6,7 @@
 //! The engine owns block allocation; the backend owns the pool's memory.
 
 use crate::config::LlamaConfig;
+use crate::sampling::{RowSampling, sample_row};
 
 /// The tokens of one sequence inside a flattened batch.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +48,19 @@ pub enum BackendError {
     Device(String),
 }
 
+/// What `Backend::forward_sample` hands back, reused between steps.
+#[derive(Debug, Default)]
+pub struct SampledStep {
+    /// [logit_rows.len()] the token of each row sampled by the backend
+    /// (unspecified for rows asking for `RowSampling::Logits`).
+    pub tokens: Vec<u32>,
+    /// [logit_rows.len(), vocab]: the logits of the rows asking for
+    /// `RowSampling::Logits`; other rows' contents are unspecified.
+    pub logits: Vec<f32>,
+    /// Host scratch for backends that sample on the host.
+    pub scratch: Vec<(u32, f32)>,
+}
+
 /// A compute backend: owns the weights and the KV pool, runs forward steps.
 pub trait Backend: Send {
     /// Short name for logs ("cpu", "cuda").
@@ -60,6 +74,57 @@ pub trait Backend: Send {
         batch: &ForwardBatch<'_>,
         logits: &mut Vec<f32>,
     ) -> Result<(), BackendError>;
+
+    /// Runs the batch and turns each logit row into a token as `sampling`
+    /// (one per logit row) says, handing back logits only for the rows that
+    /// ask for them. This default samples on the host (crate::sampling);
+    /// a device backend samples where the logits are.
+    fn forward_sample(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        out: &mut SampledStep,
+    ) -> Result<(), BackendError> {
+        check_sampling(batch, sampling)?;
+        self.forward(batch, &mut out.logits)?;
+        let vocab = self.config().vocab_size;
+        out.tokens.clear();
+        for (i, s) in sampling.iter().enumerate() {
+            let row = &out.logits[i * vocab..(i + 1) * vocab];
+            out.tokens
+                .push(sample_row(row, s, &mut out.scratch).unwrap_or(0));
+        }
+        Ok(())
+    }
+}
+
+/// One sampling instruction per logit row, each within its domain.
+pub fn check_sampling(
+    batch: &ForwardBatch<'_>,
+    sampling: &[RowSampling],
+) -> Result<(), BackendError> {
+    if sampling.len() != batch.logit_rows.len() {
+        return Err(BackendError::InvalidBatch(format!(
+            "{} sampling instructions for {} logit rows",
+            sampling.len(),
+            batch.logit_rows.len()
+        )));
+    }
+    for s in sampling {
+        if let RowSampling::Draw(p) = s {
+            let ok = p.temperature > 0.0
+                && p.temperature.is_finite()
+                && (0.0..=1.0).contains(&p.top_p)
+                && (0.0..=1.0).contains(&p.min_p)
+                && (0.0..1.0).contains(&p.u);
+            if !ok {
+                return Err(BackendError::InvalidBatch(format!(
+                    "sampling parameters out of range: {p:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ForwardBatch<'_> {

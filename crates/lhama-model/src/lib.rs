@@ -11,15 +11,17 @@ pub mod golden;
 pub mod model;
 pub mod rng;
 pub mod safetensors_io;
+pub mod sampling;
 pub mod source;
 pub mod synth;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{Backend, BackendError, ForwardBatch, KvGeometry, SeqSlice};
+pub use backend::{Backend, BackendError, ForwardBatch, KvGeometry, SampledStep, SeqSlice};
 pub use config::{GenerationConfig, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use model::ModelFiles;
+pub use sampling::{DrawParams, RowSampling};
 pub use template::{ChatMessage, ChatTemplate, TemplateError};
 pub use tokenizer::Tokenizer;
