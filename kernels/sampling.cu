@@ -6,11 +6,12 @@
 //   the smallest of top_k, the top_p prefix (against the top_k prefix's
 //   weight) and the count of w >= min_p, at least 1; r = u * (kept weight)
 //   picks the kept token, in id order, where the running sum first exceeds r.
-// Without a sort: a prefix by weight is "every w above a threshold t, plus
-// the lowest ids among those equal to t", and t is found by bisection over
-// the bits of a float in [0, 1] (w > 0 orders like its bit pattern).
+// Weights are integers (fixed point, see lhama_model::sampling::weight), so
+// every sum is exact and the result is the host's, bit for bit. Without a
+// sort: a prefix by weight is "every weight above a threshold t, plus the
+// lowest ids among those equal to t", and t is found by bisection.
 //
-// logits   [R, V] f32; rows that draw are overwritten with their weights
+// logits   [R, V] f32; rows that draw are overwritten (weights' float parts)
 // params   [R] SampleParams; mode SAMPLE_LOGITS rows are left alone
 // tokens   [R] u32 out
 // Grid: (R), block: SAMPLE_THREADS. Thread i owns the contiguous ids
@@ -30,21 +31,56 @@ struct SampleParams {
     float u;
 };
 
-// Exclusive prefix sum over the block's threads (in thread order); also
-// returns the total. `scratch` holds 32 floats.
-__device__ __forceinline__ float block_exclusive_sum(float v, float* scratch, float* total) {
+typedef unsigned long long u64;
+
+// The fixed-point weight's float part, exactly as lhama_model::sampling::weight
+// computes it (every operation IEEE-rounded, no contraction): the weight is
+// trunc(sample_weight(...) * 2^40).
+__device__ __forceinline__ float sample_weight(float logit, float max, float inv_t) {
+    const float y = __fmul_rn(__fmul_rn(__fsub_rn(logit, max), inv_t), __uint_as_float(0x3fb8aa3bu));
+    if (!(y > -40.0f)) return 0.0f;
+    const float n = floorf(y);
+    const float f = __fsub_rn(y, n);
+    // (ln 2)^k / k!, k = 9 down to 0, as bit patterns (EXP2_POLY on the host).
+    const unsigned poly[10] = {0x33da929fu, 0x35b16011u, 0x377fe5feu, 0x39218489u, 0x3aaec3ffu,
+                               0x3c1d955bu, 0x3d635847u, 0x3e75fdf0u, 0x3f317218u, 0x3f800000u};
+    float p = __uint_as_float(poly[0]);
+#pragma unroll
+    for (int k = 1; k < 10; ++k) p = fmaf(p, f, __uint_as_float(poly[k]));
+    return __fmul_rn(p, __uint_as_float((unsigned)(127 + (int)n) << 23));
+}
+
+__device__ __forceinline__ u64 fixed_weight(float w) { return __float2ull_rz(__fmul_rn(w, 1099511627776.0f)); }
+
+// Block-wide sum or max of a u64; every thread gets it. `scratch` holds 32.
+template <bool IS_MAX>
+__device__ __forceinline__ u64 block_reduce_u64(u64 v, u64* scratch) {
     const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
-    float incl = v;
+    for (int off = LHAMA_WARP / 2; off > 0; off >>= 1) {
+        const u64 o = __shfl_xor_sync(0xffffffffu, v, off);
+        v = IS_MAX ? (o > v ? o : v) : v + o;
+    }
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    u64 r = 0;
+    for (int w = 0; w < (int)(blockDim.x / LHAMA_WARP); ++w) r = IS_MAX ? (scratch[w] > r ? scratch[w] : r) : r + scratch[w];
+    return r;
+}
+
+// Exclusive prefix sum over the block's threads (in thread order), and the total.
+__device__ __forceinline__ u64 block_exclusive_sum_u64(u64 v, u64* scratch, u64* total) {
+    const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
+    u64 incl = v;
     for (int off = 1; off < LHAMA_WARP; off <<= 1) {
-        const float o = __shfl_up_sync(0xffffffffu, incl, off);
+        const u64 o = __shfl_up_sync(0xffffffffu, incl, off);
         if (lane >= off) incl += o;
     }
     __syncthreads();
     if (lane == LHAMA_WARP - 1) scratch[warp] = incl;
     __syncthreads();
-    float before = 0.0f, all = 0.0f;
-    const int warps = blockDim.x / LHAMA_WARP;
-    for (int w = 0; w < warps; ++w) {
+    u64 before = 0, all = 0;
+    for (int w = 0; w < (int)(blockDim.x / LHAMA_WARP); ++w) {
         if (w < warp) before += scratch[w];
         all += scratch[w];
     }
@@ -54,7 +90,7 @@ __device__ __forceinline__ float block_exclusive_sum(float v, float* scratch, fl
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     float* __restrict__ logits, const SampleParams* __restrict__ params, unsigned* __restrict__ tokens, int vocab) {
-    __shared__ float scratch[32];
+    __shared__ u64 scratch[32];
     __shared__ float best_v[32];
     __shared__ int best_i[32];
     LHAMA_GRID_WAIT();
@@ -66,7 +102,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     const int b = min(vocab, (int)threadIdx.x * chunk), e = min(vocab, b + chunk);
     const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
 
-    // The largest logit, the lowest id on ties (ids ascend within a thread).
+    // The largest logit, the lowest id on ties (ids ascend within a thread;
+    // NaN never wins).
     float bv = LHAMA_NEG_INF;
     int bi = vocab;
     for (int i = b; i < e; ++i) {
@@ -83,115 +120,129 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     bv = best_v[0], bi = best_i[0];
     for (int w = 1; w < (int)(blockDim.x / LHAMA_WARP); ++w)
         if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) bv = best_v[w], bi = best_i[w];
-    if (bi >= vocab) bi = 0;  // every logit NaN: any token is as good
+    if (bi >= vocab) bi = 0;  // every logit NaN: the host's argmax says 0 too
     if (p.mode == SAMPLE_GREEDY) {
         if (threadIdx.x == 0) tokens[blockIdx.x] = (unsigned)bi;
         return;
     }
 
-    // Weights, in place (the row is only this thread's from here on).
-    const float inv_t = 1.0f / p.temperature;
-    for (int i = b; i < e; ++i) row[i] = expf((row[i] - bv) * inv_t);
-
-    auto count_ge = [&](float t) {
-        float c = 0.0f;
-        for (int i = b; i < e; ++i) c += row[i] >= t ? 1.0f : 0.0f;
-        return block_reduce_f32<false>(c, scratch);
+    // Weights, in place (from here on each thread only touches its own ids).
+    const float inv_t = __fdiv_rn(1.0f, p.temperature);
+    for (int i = b; i < e; ++i) row[i] = sample_weight(row[i], bv, inv_t);
+    auto W = [&](int i) { return fixed_weight(row[i]); };
+    auto count_ge = [&](u64 t) {
+        u64 c = 0;
+        for (int i = b; i < e; ++i) c += W(i) >= t ? 1ull : 0ull;
+        return block_reduce_u64<false>(c, scratch);
     };
-    auto mass_ge = [&](float t) {
-        float s = 0.0f;
-        for (int i = b; i < e; ++i) s += row[i] >= t ? row[i] : 0.0f;
-        return block_reduce_f32<false>(s, scratch);
-    };
-    // The largest t in [0, 1] with count_ge(t) >= n (by_mass: mass_ge(t) >=
-    // n): these hold at 0 and fail above some point, uniformly across the block.
-    auto largest = [&](bool by_mass, float n) {
-        unsigned lo = 0u, hi = 0x3f800000u;
-        while (lo < hi) {
-            const unsigned mid = lo + (hi - lo + 1u) / 2u;
-            const float t = __uint_as_float(mid);
-            if ((by_mass ? mass_ge(t) : count_ge(t)) >= n) lo = mid;
-            else hi = mid - 1u;
+    auto mass_ge = [&](u64 t) {
+        u64 m = 0;
+        for (int i = b; i < e; ++i) {
+            const u64 w = W(i);
+            m += w >= t ? w : 0ull;
         }
-        return __uint_as_float(lo);
+        return block_reduce_u64<false>(m, scratch);
     };
-    auto above = [](float t) { return __uint_as_float(__float_as_uint(t) + 1u); };
+    u64 max_w = 0;  // set when filtering
+    // The largest t in [0, max_w] with count_ge(t) >= n (by_mass:
+    // mass_ge(t) >= n as doubles); both hold at 0 and are uniform across
+    // the block.
+    auto largest = [&](bool by_mass, double n) {
+        u64 lo = 0, hi = max_w;
+        while (lo < hi) {
+            const u64 mid = lo + (hi - lo + 1) / 2;
+            const double have = by_mass ? (double)mass_ge(mid) : (double)count_ge(mid);
+            if (have >= n) lo = mid;
+            else hi = mid - 1;
+        }
+        return lo;
+    };
 
-    const unsigned v = (unsigned)vocab;
-    const bool top_k = p.top_k > 0u && p.top_k < v;
+    const u64 v = (u64)vocab;
+    const bool top_k = p.top_k > 0u && (u64)p.top_k < v;
     const bool filtered = top_k || p.top_p < 1.0f || p.min_p > 0.0f;
-    // The kept prefix: every w > t_keep, then the first `ties` ids with
-    // w == t_keep. Each filter that shortens it sets both.
-    unsigned keep = v;
-    float t_keep = 0.0f, ties = 0.0f;
+    // The kept prefix: every weight above t_keep, then the first `ties`
+    // ids weighing t_keep. Each filter that shortens it sets all three.
+    u64 keep = v, t_keep = 0, ties = 0;
     if (filtered) {
-        float total_k;
+        for (int i = b; i < e; ++i) max_w = W(i) > max_w ? W(i) : max_w;
+        max_w = block_reduce_u64<true>(max_w, scratch);
+        u64 total_k;
         if (top_k) {
-            const float tk = largest(false, (float)p.top_k);
-            const float gt = count_ge(above(tk));
-            total_k = mass_ge(above(tk)) + ((float)p.top_k - gt) * tk;
-            keep = p.top_k, t_keep = tk, ties = (float)p.top_k - gt;
+            const u64 tk = largest(false, (double)p.top_k);
+            const u64 gt = count_ge(tk + 1);
+            total_k = mass_ge(tk + 1) + ((u64)p.top_k - gt) * tk;
+            keep = p.top_k, t_keep = tk, ties = (u64)p.top_k - gt;
         } else {
-            total_k = mass_ge(0.0f);
+            total_k = mass_ge(0);
         }
         if (p.top_p < 1.0f) {
-            const float target = p.top_p * total_k;
-            const float tp = largest(true, target);
-            const float gt = count_ge(above(tp)), eq = count_ge(tp) - gt;
-            const float need = target - mass_ge(above(tp));
-            const float c = fminf(need > 0.0f ? ceilf(need / tp) : 0.0f, eq);
-            if ((unsigned)(gt + c) < keep) keep = (unsigned)(gt + c), t_keep = tp, ties = c;
+            const double target = (double)p.top_p * (double)total_k;
+            const u64 tp = largest(true, target);
+            const u64 gt = count_ge(tp + 1), mgt = mass_ge(tp + 1);
+            const u64 eq = count_ge(tp) - gt;
+            // The fewest ties at tp (in id order) that reach the target.
+            u64 c = 0;
+            if ((double)mgt < target && tp > 0) {
+                c = (u64)ceil((target - (double)mgt) / (double)tp);
+                while (c > 0 && (double)(mgt + (c - 1) * tp) >= target) --c;
+                while (c < eq && (double)(mgt + c * tp) < target) ++c;
+                c = c < eq ? c : eq;
+            }
+            if (gt + c < keep) keep = gt + c, t_keep = tp, ties = c;
         }
         if (p.min_p > 0.0f) {
-            const float n = count_ge(p.min_p);
-            if ((unsigned)n < keep) {
-                // The smallest weight at or above min_p, and all its ties.
-                float lo = 2.0f;
+            const u64 floor_w = fixed_weight(p.min_p);
+            const u64 n = count_ge(floor_w);
+            if (n < keep) {
+                // The lightest weight at or above the floor, and all its ties.
+                u64 lightest = ~0ull;
                 for (int i = b; i < e; ++i)
-                    if (row[i] >= p.min_p) lo = fminf(lo, row[i]);
-                t_keep = -block_reduce_f32<true>(-lo, scratch);
-                keep = (unsigned)n, ties = n - count_ge(above(t_keep));
+                    if (W(i) >= floor_w && W(i) < lightest) lightest = W(i);
+                t_keep = ~block_reduce_u64<true>(~lightest, scratch);
+                keep = n, ties = n - count_ge(t_keep + 1);
             }
         }
-        if (keep == 0u) keep = 1u, t_keep = 1.0f, ties = 1.0f;  // the top token (w = 1) alone
+        if (keep == 0) keep = 1, t_keep = max_w, ties = 1;  // the first by weight alone
     }
 
     // This thread's kept weight (ties taken in id order across threads).
-    float my_ties = 0.0f;
+    u64 my_ties = 0;
     if (filtered)
-        for (int i = b; i < e; ++i) my_ties += row[i] == t_keep ? 1.0f : 0.0f;
-    float all_ties;
-    const float ties_before = block_exclusive_sum(my_ties, scratch, &all_ties);
-    auto kept = [&](int i, float& tie_rank) {
+        for (int i = b; i < e; ++i) my_ties += W(i) == t_keep ? 1ull : 0ull;
+    u64 all_ties;
+    const u64 ties_before = block_exclusive_sum_u64(my_ties, scratch, &all_ties);
+    auto kept = [&](int i, u64& tie_rank) {
         if (!filtered) return true;
-        const float w = row[i];
+        const u64 w = W(i);
         if (w > t_keep) return true;
-        if (w == t_keep) {
-            const bool k = tie_rank < ties;
-            tie_rank += 1.0f;
-            return k;
-        }
+        if (w == t_keep) return tie_rank++ < ties;
         return false;
     };
-    float mine = 0.0f;
+    u64 mine = 0;
     {
-        float rank = ties_before;
+        u64 rank = ties_before;
         for (int i = b; i < e; ++i)
-            if (kept(i, rank)) mine += row[i];
+            if (kept(i, rank)) mine += W(i);
     }
-    float total;
-    const float before = block_exclusive_sum(mine, scratch, &total);
-    const float r = p.u * total;
-    // The owner is the last thread with kept weight whose range starts at
-    // or below r: exactly one thread, whatever the rounding.
-    const float owner = block_reduce_f32<true>(mine > 0.0f && before <= r ? (float)threadIdx.x : -1.0f, scratch);
-    if ((float)threadIdx.x == owner) {
-        float rank = ties_before, acc = before;
+    u64 total;
+    const u64 before = block_exclusive_sum_u64(mine, scratch, &total);
+    if (total == 0) {  // only when every logit is NaN: greedy
+        if (threadIdx.x == 0) tokens[blockIdx.x] = (unsigned)bi;
+        return;
+    }
+    const u64 r = __double2ull_rz((double)p.u * (double)total);
+    // The owner: the last thread with kept weight whose range starts at or
+    // below r. Exactly one (r < total except by rounding, when the last
+    // kept token is the answer, as on the host).
+    const u64 owner = block_reduce_u64<true>(mine > 0 && before <= r ? threadIdx.x + 1ull : 0ull, scratch);
+    if ((u64)threadIdx.x + 1 == owner) {
+        u64 rank = ties_before, acc = before;
         int pick = -1, last = -1;
         for (int i = b; i < e; ++i) {
             if (!kept(i, rank)) continue;
             last = i;
-            acc += row[i];
+            acc += W(i);
             if (r < acc) {
                 pick = i;
                 break;

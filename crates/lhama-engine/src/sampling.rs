@@ -44,7 +44,7 @@ pub struct Sampler {
     params: SamplingParams,
     rng: SplitMix64,
     /// Host scratch of the draw, reused between calls.
-    scratch: Vec<(u32, f32)>,
+    scratch: Vec<(u32, u64)>,
 }
 
 pub use lhama_model::sampling::argmax;

@@ -58,7 +58,7 @@ pub struct SampledStep {
     /// `RowSampling::Logits`; other rows' contents are unspecified.
     pub logits: Vec<f32>,
     /// Host scratch for backends that sample on the host.
-    pub scratch: Vec<(u32, f32)>,
+    pub scratch: Vec<(u32, u64)>,
 }
 
 /// A compute backend: owns the weights and the KV pool, runs forward steps.
