@@ -133,3 +133,209 @@ extern "C" __global__ void paged_attention_combine_f32(
     }
     if (d < head_dim) out[(size_t)t * heads * head_dim + h * head_dim + d] = v / l;
 }
+
+// Decode steps (one new token per sequence): rotary embedding, the K/V write
+// and the attention of paged_attention_partial_f32 / _combine_f32 in one
+// launch. Each block rotates its head's q from the raw qkv row; the blocks
+// of the last partition also rotate the new token's k and use it (and its
+// v) from registers for the newest position, and the first q head of each
+// KV head writes them into the cache slot (no block reads that slot here).
+// The last block of a (token, head) to finish (an atomic counter, re-armed
+// after use) combines the partitions, in partition order.
+//
+// qkv      [T, (H + 2 * KVH) * D] f32, unrotated
+// cos, sin [max_pos, D/2] f32; slots [T] u32 (the new token's slot)
+// counters [T * H] u32, zero between launches
+// Others as paged_attention_partial_f32. D is 32, 64 or 128 (rotation pairs
+// stay inside a lane, or lane ^ 16 for D = 32).
+__device__ __forceinline__ void rope_lane(float (&x)[ATTN_MAX_DIMS_PER_LANE], int dims,
+                                          const float (&c)[ATTN_MAX_DIMS_PER_LANE],
+                                          const float (&s)[ATTN_MAX_DIMS_PER_LANE], int lane) {
+    const int half = dims * LHAMA_WARP / 2;
+    float partner[ATTN_MAX_DIMS_PER_LANE];
+    if (dims == 1) {
+        partner[0] = __shfl_xor_sync(0xffffffffu, x[0], 16);
+        partner[1] = partner[2] = partner[3] = 0.0f;
+    } else if (dims == 2) {
+        partner[0] = x[1], partner[1] = x[0], partner[2] = partner[3] = 0.0f;
+    } else {
+        partner[0] = x[2], partner[1] = x[3], partner[2] = x[0], partner[3] = x[1];
+    }
+#pragma unroll
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+        const int d = i * LHAMA_WARP + lane;
+        x[i] = d < half ? x[i] * c[i] - partner[i] * s[i] : x[i] * c[i] + partner[i] * s[i];
+    }
+}
+
+extern "C" __global__ void paged_attention_decode_f32(
+    const float* __restrict__ qkv, const unsigned* __restrict__ positions, const float* __restrict__ cos_table,
+    const float* __restrict__ sin_table, const unsigned* __restrict__ slots, float* __restrict__ k_cache,
+    float* __restrict__ v_cache, const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
+    float* __restrict__ work, unsigned* __restrict__ counters, float* __restrict__ out, int heads, int kv_heads,
+    int head_dim, int block_size, int max_blocks, int max_parts, float scale) {
+    __shared__ float scores[ATTN_PART];
+    __shared__ float partial[ATTN_WARPS][128];
+    __shared__ float scratch[32];
+    __shared__ bool last_block;
+    const int lane = threadIdx.x % LHAMA_WARP;
+    const int warp = threadIdx.x / LHAMA_WARP;
+    const int t = blockIdx.x, h = blockIdx.y, z = blockIdx.z;
+    // Before waiting on the previous kernel (which writes only qkv): the
+    // host-written index arrays, the rotary tables, and the K/V of every
+    // earlier position (written by earlier steps; this step writes only the
+    // newest slot, here).
+    const int pos = (int)positions[t];
+    const int ctx = pos + 1;
+    const int start = z * ATTN_PART;
+    if (start >= ctx) {  // uniform across the block
+        LHAMA_GRID_WAIT();
+        return;
+    }
+    const int end = min(ctx, start + ATTN_PART);
+    const int parts = (ctx + ATTN_PART - 1) / ATTN_PART;
+    const int group = heads / kv_heads;
+    const int kvh = h / group;
+    const int kv_dim = kv_heads * head_dim;
+    const int dims = head_dim / LHAMA_WARP;
+    const int half = head_dim / 2;
+    const unsigned* table = block_tables + (size_t)seq_of[t] * max_blocks;
+    const int first = start + warp * ATTN_PER_WARP;
+    float kr[ATTN_PER_WARP][ATTN_MAX_DIMS_PER_LANE], vr[ATTN_PER_WARP][ATTN_MAX_DIMS_PER_LANE];
+#pragma unroll
+    for (int u = 0; u < ATTN_PER_WARP; ++u) {
+        const int p = first + u;
+        const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+            const bool ok = p < pos && i < dims;
+            kr[u][i] = ok ? k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane] : 0.0f;
+            vr[u][i] = ok ? v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane] : 0.0f;
+        }
+    }
+    float cv[ATTN_MAX_DIMS_PER_LANE], sv[ATTN_MAX_DIMS_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+        const int j = (i * LHAMA_WARP + lane) % half;
+        cv[i] = i < dims ? cos_table[(size_t)pos * half + j] : 0.0f;
+        sv[i] = i < dims ? sin_table[(size_t)pos * half + j] : 0.0f;
+    }
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
+
+    const float* row = qkv + (size_t)t * (heads + 2 * kv_heads) * head_dim;
+    float qv[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+        if (i < dims) qv[i] = row[h * head_dim + i * LHAMA_WARP + lane];
+    rope_lane(qv, dims, cv, sv, lane);
+#pragma unroll
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) qv[i] *= scale;
+    // The newest position's k (rotated) and v, in the last partition.
+    const bool newest_here = end == ctx;
+    float kn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float vn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (newest_here) {
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+            if (i < dims) {
+                kn[i] = row[(heads + kvh) * head_dim + i * LHAMA_WARP + lane];
+                vn[i] = row[(heads + kv_heads + kvh) * head_dim + i * LHAMA_WARP + lane];
+            }
+        rope_lane(kn, dims, cv, sv, lane);
+        if (h % group == 0 && warp == 0) {
+            const size_t slot = slots[t];
+#pragma unroll
+            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+                if (i < dims) {
+                    k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane] = kn[i];
+                    v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane] = vn[i];
+                }
+        }
+    }
+
+    float part[ATTN_PER_WARP];
+#pragma unroll
+    for (int u = 0; u < ATTN_PER_WARP; ++u) {
+        const int p = first + u;
+        part[u] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) part[u] += qv[i] * (p == pos ? kn[i] : kr[u][i]);
+    }
+    float local_max = LHAMA_NEG_INF;
+#pragma unroll
+    for (int u = 0; u < ATTN_PER_WARP; ++u) {
+        const float sc = warp_sum_f32(part[u]);
+        if (first + u < end) {
+            if (lane == 0) scores[first + u - start] = sc;
+            local_max = fmaxf(local_max, sc);
+        }
+    }
+    const float m = block_reduce_f32<true>(local_max, scratch);
+    float local_sum = 0.0f;
+    for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
+        const float e = expf(scores[i] - m);
+        scores[i] = e;
+        local_sum += e;
+    }
+    const float l = block_reduce_f32<false>(local_sum, scratch);
+    __syncthreads();
+
+    float acc[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int u = 0; u < ATTN_PER_WARP; ++u) {
+        const int p = first + u;
+        if (p <= pos) {
+            const float w = scores[p - start];
+#pragma unroll
+            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) acc[i] += w * (p == pos ? vn[i] : vr[u][i]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+        if (i < dims) partial[warp][i * LHAMA_WARP + lane] = acc[i];
+    __syncthreads();
+    float* o = out + (size_t)t * heads * head_dim + h * head_dim;
+    if (parts == 1) {  // the whole context in this block: normalize and done
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            float v = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
+            o[d] = v / l;
+        }
+        return;
+    }
+    float* base = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);
+    float* dst = base + (size_t)z * (head_dim + 2);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
+        dst[d] = v;
+    }
+    if (threadIdx.x == 0) {
+        dst[head_dim] = m;
+        dst[head_dim + 1] = l;
+    }
+    // The last partition block of this (token, head) to finish combines.
+    __threadfence();
+    __syncthreads();
+    unsigned* counter = counters + (size_t)t * heads + h;
+    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)parts - 1u;
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float mx = LHAMA_NEG_INF;
+        for (int zz = 0; zz < parts; ++zz) mx = fmaxf(mx, __ldcg(&base[zz * (head_dim + 2) + head_dim]));
+        float ls = 0.0f, v = 0.0f;
+        for (int zz = 0; zz < parts; ++zz) {
+            const float* pz = base + zz * (head_dim + 2);
+            const float cf = expf(__ldcg(&pz[head_dim]) - mx);
+            ls += __ldcg(&pz[head_dim + 1]) * cf;
+            v += __ldcg(&pz[d]) * cf;
+        }
+        o[d] = v / ls;
+    }
+    if (threadIdx.x == 0) *counter = 0u;
+}

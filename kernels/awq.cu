@@ -112,7 +112,9 @@ __device__ __forceinline__ void awq_gemv_partial(
     for (int e = tid; e < M * cols; e += 32 * WARPS) {
         const int r = e / cols, c = blockIdx.x * 256 + e % cols;
         float v = 0.0f;
-        for (int split = 0; split < (int)gridDim.y; ++split) v += __ldcg(&partial[((size_t)split * M + r) * n + c]);
+        const int splits = (int)gridDim.y;
+#pragma unroll 8
+        for (int split = 0; split < splits; ++split) v += __ldcg(&partial[((size_t)split * M + r) * n + c]);
         y[(size_t)r * n + c] = v;
     }
     if (tid == 0) counters[blockIdx.x] = 0u;

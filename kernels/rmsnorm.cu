@@ -4,17 +4,42 @@
 // weight [hidden] f32
 // out    [T, hidden] f32 = x * rsqrt(mean(x^2) + eps) * weight
 // Grid: (T), block: 256 threads (shared scratch for 32 warps).
+// Up to RMS_REGS elements per thread stay in registers between the two
+// passes (hidden <= 2048 with 256 threads); the rest is read again.
+#define RMS_REGS 8
 extern "C" __global__ void add_rmsnorm_f32(
     float* __restrict__ x, const float* __restrict__ delta, const float* __restrict__ weight,
     float* __restrict__ out, int hidden, float eps) {
     __shared__ float scratch[32];
+    const int step = blockDim.x;
+    // The weights are constant: fetched before waiting for the previous kernel.
+    float wv[RMS_REGS], xv[RMS_REGS];
+#pragma unroll
+    for (int j = 0; j < RMS_REGS; ++j) {
+        const int i = threadIdx.x + j * step;
+        wv[j] = i < hidden ? weight[i] : 0.0f;
+    }
     LHAMA_GRID_WAIT();
     LHAMA_GRID_LAUNCH_DEPENDENTS();
     float* row = x + (size_t)blockIdx.x * hidden;
     const float* drow = delta ? delta + (size_t)blockIdx.x * hidden : nullptr;
     float* orow = out + (size_t)blockIdx.x * hidden;
     float sum_sq = 0.0f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+#pragma unroll
+    for (int j = 0; j < RMS_REGS; ++j) {
+        const int i = threadIdx.x + j * step;
+        float v = 0.0f;
+        if (i < hidden) {
+            v = row[i];
+            if (drow) {
+                v += drow[i];
+                row[i] = v;
+            }
+        }
+        xv[j] = v;
+        sum_sq += v * v;
+    }
+    for (int i = threadIdx.x + RMS_REGS * step; i < hidden; i += step) {
         float v = row[i];
         if (drow) {
             v += drow[i];
@@ -24,5 +49,10 @@ extern "C" __global__ void add_rmsnorm_f32(
     }
     const float total = block_reduce_f32<false>(sum_sq, scratch);
     const float inv = rsqrtf(total / (float)hidden + eps);
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) orow[i] = row[i] * inv * weight[i];
+#pragma unroll
+    for (int j = 0; j < RMS_REGS; ++j) {
+        const int i = threadIdx.x + j * step;
+        if (i < hidden) orow[i] = xv[j] * inv * wv[j];
+    }
+    for (int i = threadIdx.x + RMS_REGS * step; i < hidden; i += step) orow[i] = row[i] * inv * weight[i];
 }

@@ -11,13 +11,11 @@
 // sort: a prefix by weight is "every weight above a threshold t, plus the
 // lowest ids among those equal to t", and t is found by bisection.
 //
-// logits   [R, V] f32; rows that draw are overwritten (weights' float parts)
+// logits   [R, V] f32, read only
 // params   [R] SampleParams; mode SAMPLE_LOGITS rows are left alone
 // tokens   [R] u32 out
-// Grid: (R), block: SAMPLE_THREADS. Thread i owns the contiguous ids
-// [i * C, (i + 1) * C), C = ceil(V / SAMPLE_THREADS), so thread order is id
-// order and prefix sums over threads are prefix sums over ids.
-#define SAMPLE_THREADS 1024
+// Grid: (R), block: SAMPLE_THREADS.
+#define SAMPLE_THREADS 512
 #define SAMPLE_LOGITS 0
 #define SAMPLE_GREEDY 1
 #define SAMPLE_DRAW 2
@@ -88,8 +86,52 @@ __device__ __forceinline__ u64 block_exclusive_sum_u64(u64 v, u64* scratch, u64*
     return before + incl - v;
 }
 
+// Each thread keeps its first SAMPLE_REG ids' weights in registers (all of
+// them for vocabularies up to 512 * 64 = 32768); ids past that are read again.
+#define SAMPLE_REG 64
+
+// BODY for each of this thread's ids I (in id order) with fixed weight X.
+// (A macro, not a lambda: a closure over w[] would put it in local memory.)
+#define SAMPLE_EACH(I, X, BODY)                                                      \
+    do {                                                                             \
+        _Pragma("unroll") for (int j_ = 0; j_ < SAMPLE_REG; ++j_) {                  \
+            if (b + j_ < e) {                                                        \
+                const int I = b + j_;                                                \
+                const u64 X = fixed_weight(w[j_]);                                   \
+                BODY;                                                                \
+            }                                                                        \
+        }                                                                            \
+        for (int I = b + SAMPLE_REG; I < e; ++I) {                                   \
+            const u64 X = fixed_weight(sample_weight(row[I], bv, inv_t));            \
+            BODY;                                                                    \
+        }                                                                            \
+    } while (0)
+
+// Count (or, by_mass, weight) of this thread's ids weighing at least t.
+__device__ __forceinline__ u64 local_ge(const float (&w)[SAMPLE_REG], const float* row, int b, int e, float bv,
+                                        float inv_t, u64 t, bool by_mass) {
+    u64 acc = 0;
+    SAMPLE_EACH(i, x, acc += x >= t ? (by_mass ? x : 1ull) : 0ull);
+    return acc;
+}
+
+// The largest t in [0, max_w] with (block-wide) count_ge(t) >= n (by_mass:
+// weight_ge(t) >= n, as doubles): both hold at 0; uniform across the block.
+__device__ __forceinline__ u64 largest_ge(const float (&w)[SAMPLE_REG], const float* row, int b, int e, float bv,
+                                          float inv_t, u64 max_w, bool by_mass, double n, u64* scratch) {
+    u64 lo = 0, hi = max_w;
+    while (lo < hi) {
+        const u64 mid = lo + (hi - lo + 1) / 2;
+        const u64 have = block_reduce_u64<false>(local_ge(w, row, b, e, bv, inv_t, mid, by_mass), scratch);
+        if ((double)have >= n) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
-    float* __restrict__ logits, const SampleParams* __restrict__ params, unsigned* __restrict__ tokens, int vocab) {
+    const float* __restrict__ logits, const SampleParams* __restrict__ params, unsigned* __restrict__ tokens,
+    int vocab) {
     __shared__ u64 scratch[32];
     __shared__ float best_v[32];
     __shared__ int best_i[32];
@@ -97,18 +139,17 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     LHAMA_GRID_LAUNCH_DEPENDENTS();
     const SampleParams p = params[blockIdx.x];
     if (p.mode == SAMPLE_LOGITS) return;  // uniform across the block
-    float* row = logits + (size_t)blockIdx.x * vocab;
-    const int chunk = (vocab + blockDim.x - 1) / blockDim.x;
-    const int b = min(vocab, (int)threadIdx.x * chunk), e = min(vocab, b + chunk);
+    const float* row = logits + (size_t)blockIdx.x * vocab;
     const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
 
-    // The largest logit, the lowest id on ties (ids ascend within a thread;
-    // NaN never wins).
+    // The largest logit, the lowest id on ties (NaN never wins), read
+    // coalesced: thread i takes ids i, i + blockDim, ...
     float bv = LHAMA_NEG_INF;
     int bi = vocab;
-    for (int i = b; i < e; ++i) {
-        const float v = row[i];
-        if (v > bv) bv = v, bi = i;
+#pragma unroll 8
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float x = row[i];
+        if (x > bv) bv = x, bi = i;
     }
     for (int off = LHAMA_WARP / 2; off > 0; off >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
@@ -118,46 +159,38 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     if (lane == 0) best_v[warp] = bv, best_i[warp] = bi;
     __syncthreads();
     bv = best_v[0], bi = best_i[0];
-    for (int w = 1; w < (int)(blockDim.x / LHAMA_WARP); ++w)
-        if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) bv = best_v[w], bi = best_i[w];
+    for (int k = 1; k < (int)(blockDim.x / LHAMA_WARP); ++k)
+        if (best_v[k] > bv || (best_v[k] == bv && best_i[k] < bi)) bv = best_v[k], bi = best_i[k];
     if (bi >= vocab) bi = 0;  // every logit NaN: the host's argmax says 0 too
     if (p.mode == SAMPLE_GREEDY) {
         if (threadIdx.x == 0) tokens[blockIdx.x] = (unsigned)bi;
         return;
     }
 
-    // Weights, in place (from here on each thread only touches its own ids).
+    // A draw. Thread i owns the contiguous ids [b, e) (a multiple of 4 long,
+    // so rows of a vocabulary divisible by 4 load as float4): thread order
+    // is id order, and prefix sums over threads are prefix sums over ids.
+    const int chunk = ((vocab + (int)blockDim.x - 1) / (int)blockDim.x + 3) / 4 * 4;
+    const int b = min(vocab, (int)threadIdx.x * chunk), e = min(vocab, b + chunk);
     const float inv_t = __fdiv_rn(1.0f, p.temperature);
-    for (int i = b; i < e; ++i) row[i] = sample_weight(row[i], bv, inv_t);
-    auto W = [&](int i) { return fixed_weight(row[i]); };
-    auto count_ge = [&](u64 t) {
-        u64 c = 0;
-        for (int i = b; i < e; ++i) c += W(i) >= t ? 1ull : 0ull;
-        return block_reduce_u64<false>(c, scratch);
-    };
-    auto mass_ge = [&](u64 t) {
-        u64 m = 0;
-        for (int i = b; i < e; ++i) {
-            const u64 w = W(i);
-            m += w >= t ? w : 0ull;
+    float w[SAMPLE_REG];
+    if (vocab % 4 == 0) {
+#pragma unroll
+        for (int j = 0; j < SAMPLE_REG; j += 4) {
+            const float4 q = b + j < e ? *reinterpret_cast<const float4*>(row + b + j)
+                                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            w[j] = q.x, w[j + 1] = q.y, w[j + 2] = q.z, w[j + 3] = q.w;
         }
-        return block_reduce_u64<false>(m, scratch);
-    };
-    u64 max_w = 0;  // set when filtering
-    // The largest t in [0, max_w] with count_ge(t) >= n (by_mass:
-    // mass_ge(t) >= n as doubles); both hold at 0 and are uniform across
-    // the block.
-    auto largest = [&](bool by_mass, double n) {
-        u64 lo = 0, hi = max_w;
-        while (lo < hi) {
-            const u64 mid = lo + (hi - lo + 1) / 2;
-            const double have = by_mass ? (double)mass_ge(mid) : (double)count_ge(mid);
-            if (have >= n) lo = mid;
-            else hi = mid - 1;
-        }
-        return lo;
-    };
+    } else {
+#pragma unroll
+        for (int j = 0; j < SAMPLE_REG; ++j) w[j] = b + j < e ? row[b + j] : 0.0f;
+    }
+    // Weights' float parts, in place.
+#pragma unroll
+    for (int j = 0; j < SAMPLE_REG; ++j) w[j] = b + j < e ? sample_weight(w[j], bv, inv_t) : 0.0f;
 
+#define SAMPLE_COUNT_GE(T) block_reduce_u64<false>(local_ge(w, row, b, e, bv, inv_t, (T), false), scratch)
+#define SAMPLE_MASS_GE(T) block_reduce_u64<false>(local_ge(w, row, b, e, bv, inv_t, (T), true), scratch)
     const u64 v = (u64)vocab;
     const bool top_k = p.top_k > 0u && (u64)p.top_k < v;
     const bool filtered = top_k || p.top_p < 1.0f || p.min_p > 0.0f;
@@ -165,22 +198,23 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     // ids weighing t_keep. Each filter that shortens it sets all three.
     u64 keep = v, t_keep = 0, ties = 0;
     if (filtered) {
-        for (int i = b; i < e; ++i) max_w = W(i) > max_w ? W(i) : max_w;
+        u64 max_w = 0;
+        SAMPLE_EACH(i, x, max_w = x > max_w ? x : max_w);
         max_w = block_reduce_u64<true>(max_w, scratch);
         u64 total_k;
         if (top_k) {
-            const u64 tk = largest(false, (double)p.top_k);
-            const u64 gt = count_ge(tk + 1);
-            total_k = mass_ge(tk + 1) + ((u64)p.top_k - gt) * tk;
+            const u64 tk = largest_ge(w, row, b, e, bv, inv_t, max_w, false, (double)p.top_k, scratch);
+            const u64 gt = SAMPLE_COUNT_GE(tk + 1);
+            total_k = SAMPLE_MASS_GE(tk + 1) + ((u64)p.top_k - gt) * tk;
             keep = p.top_k, t_keep = tk, ties = (u64)p.top_k - gt;
         } else {
-            total_k = mass_ge(0);
+            total_k = SAMPLE_MASS_GE(0);
         }
         if (p.top_p < 1.0f) {
             const double target = (double)p.top_p * (double)total_k;
-            const u64 tp = largest(true, target);
-            const u64 gt = count_ge(tp + 1), mgt = mass_ge(tp + 1);
-            const u64 eq = count_ge(tp) - gt;
+            const u64 tp = largest_ge(w, row, b, e, bv, inv_t, max_w, true, target, scratch);
+            const u64 gt = SAMPLE_COUNT_GE(tp + 1), mgt = SAMPLE_MASS_GE(tp + 1);
+            const u64 eq = SAMPLE_COUNT_GE(tp) - gt;
             // The fewest ties at tp (in id order) that reach the target.
             u64 c = 0;
             if ((double)mgt < target && tp > 0) {
@@ -193,37 +227,31 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
         }
         if (p.min_p > 0.0f) {
             const u64 floor_w = fixed_weight(p.min_p);
-            const u64 n = count_ge(floor_w);
+            const u64 n = SAMPLE_COUNT_GE(floor_w);
             if (n < keep) {
                 // The lightest weight at or above the floor, and all its ties.
                 u64 lightest = ~0ull;
-                for (int i = b; i < e; ++i)
-                    if (W(i) >= floor_w && W(i) < lightest) lightest = W(i);
+                SAMPLE_EACH(i, x, if (x >= floor_w && x < lightest) lightest = x);
                 t_keep = ~block_reduce_u64<true>(~lightest, scratch);
-                keep = n, ties = n - count_ge(t_keep + 1);
+                keep = n, ties = n - SAMPLE_COUNT_GE(t_keep + 1);
             }
         }
         if (keep == 0) keep = 1, t_keep = max_w, ties = 1;  // the first by weight alone
     }
+#undef SAMPLE_COUNT_GE
+#undef SAMPLE_MASS_GE
 
     // This thread's kept weight (ties taken in id order across threads).
     u64 my_ties = 0;
-    if (filtered)
-        for (int i = b; i < e; ++i) my_ties += W(i) == t_keep ? 1ull : 0ull;
+    if (filtered) SAMPLE_EACH(i, x, my_ties += x == t_keep ? 1ull : 0ull);
     u64 all_ties;
     const u64 ties_before = block_exclusive_sum_u64(my_ties, scratch, &all_ties);
-    auto kept = [&](int i, u64& tie_rank) {
-        if (!filtered) return true;
-        const u64 w = W(i);
-        if (w > t_keep) return true;
-        if (w == t_keep) return tie_rank++ < ties;
-        return false;
-    };
+    // Whether weight X is kept, counting ties in id order in RANK.
+#define SAMPLE_KEPT(X, RANK) (!filtered || (X) > t_keep || ((X) == t_keep && (RANK)++ < ties))
     u64 mine = 0;
     {
         u64 rank = ties_before;
-        for (int i = b; i < e; ++i)
-            if (kept(i, rank)) mine += W(i);
+        SAMPLE_EACH(i, x, if (SAMPLE_KEPT(x, rank)) mine += x);
     }
     u64 total;
     const u64 before = block_exclusive_sum_u64(mine, scratch, &total);
@@ -239,15 +267,12 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     if ((u64)threadIdx.x + 1 == owner) {
         u64 rank = ties_before, acc = before;
         int pick = -1, last = -1;
-        for (int i = b; i < e; ++i) {
-            if (!kept(i, rank)) continue;
+        SAMPLE_EACH(i, x, if (pick < 0 && SAMPLE_KEPT(x, rank)) {
             last = i;
-            acc += W(i);
-            if (r < acc) {
-                pick = i;
-                break;
-            }
-        }
+            acc += x;
+            if (r < acc) pick = i;
+        });
         tokens[blockIdx.x] = (unsigned)(pick >= 0 ? pick : last);
     }
+#undef SAMPLE_KEPT
 }

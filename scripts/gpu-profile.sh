@@ -7,10 +7,10 @@ model=$1
 lhama=${LHAMA_BIN:-.carry/lhama}
 out=${OUT:-gpu-logs}
 # Every launch of a short bench run is profiled; the last decode step's
-# launches (10 per layer at batch 1, plus embedding, final norm, lm_head) are
-# the table.
+# launches (8 per layer at batch 1, plus embedding, final norm, lm_head and
+# the sampler) are the table.
 layers=$(python3 -c "import json,sys; print(json.load(open('$model/config.json'))['num_hidden_layers'])")
-per_step=$((10 * layers + 3))
+per_step=$((8 * layers + 4))
 LHAMA_CUDA_GRAPHS=0 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
   "$lhama" bench --backend cuda --model "$model" --prompt-len 128 --decode-steps 1 --batch 1 > "$out/ncu.csv" 2> "$out/ncu.err" || true
 python3 - "$out/ncu.csv" "$per_step" <<'PY'

@@ -1,4 +1,4 @@
-//! `lhama bench`: prefill throughput and decode latency of the CPU backend at
+//! `lhama bench`: prefill throughput and decode latency of a backend at
 //! several batch sizes, on synthetic token ids (speed does not depend on them).
 
 use std::time::Instant;
@@ -23,6 +23,16 @@ pub struct BenchArgs {
     batch: Vec<usize>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendKind,
+    /// How decode steps choose tokens: greedy, or a draw as a chat client
+    /// asks for one (temperature 0.8, top_p 0.95, top_k 50).
+    #[arg(long, value_enum, default_value = "greedy")]
+    sampling: BenchSampling,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BenchSampling {
+    Greedy,
+    Draw,
 }
 
 /// Prefills `n` sequences of `len` tokens (one forward pass each) and returns
@@ -120,7 +130,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut tokens: Vec<u32> = (0..b as u32).map(|i| 5 + i).collect();
         // Greedy rows, sampled by the backend as the engine asks for them:
         // on a GPU only the tokens come back.
-        let how = vec![RowSampling::Greedy; b];
+        let how = match args.sampling {
+            BenchSampling::Greedy => vec![RowSampling::Greedy; b],
+            BenchSampling::Draw => (0..b)
+                .map(|i| {
+                    RowSampling::Draw(lhama_model::DrawParams {
+                        temperature: 0.8,
+                        top_k: 50,
+                        top_p: 0.95,
+                        min_p: 0.0,
+                        u: (i as f32 + 0.5) / b as f32,
+                    })
+                })
+                .collect(),
+        };
         let mut step = |backend: &mut dyn Backend, k: usize| -> anyhow::Result<()> {
             let positions = vec![(args.prompt_len + k) as u32; b];
             backend.forward_sample(

@@ -78,6 +78,8 @@ struct Workspace {
     counters: CudaSlice<u32>,
     /// [T, heads, context partitions, head_dim + 2]
     attn_work: CudaSlice<f32>,
+    /// [T, heads] decode attention's partition counters (zero between launches)
+    attn_counters: CudaSlice<u32>,
     /// [T, vocab]
     logits: CudaSlice<f32>,
     tokens: CudaSlice<u32>,
@@ -116,6 +118,9 @@ pub struct CudaBackend {
     /// CUDA graph captured once per batch size: no per-kernel launch cost.
     graphs: std::collections::HashMap<usize, Graph>,
     use_graphs: bool,
+    /// Decode attention fuses rotary embedding and the K/V write
+    /// (LHAMA_CUDA_FUSED_DECODE=0 turns it off, for comparisons).
+    fused_decode: bool,
     // Host staging, reused every step.
     host_slots: Vec<u32>,
     host_seq_of: Vec<u32>,
@@ -236,7 +241,12 @@ impl CudaBackend {
             + t * (2 * hidden + (q_dim + 2 * kv_dim) + 2 * q_dim + hidden + 3 * inter + vocab)
             + partial_len;
         let ws_bytes = ws_floats * 4
-            + (4 * t + opts.max_seqs * max_blocks + t + (SAMPLE_PARAM_WORDS + 1) * t) * 4;
+            + (4 * t
+                + opts.max_seqs * max_blocks
+                + t
+                + (SAMPLE_PARAM_WORDS + 1) * t
+                + t * config.num_heads)
+                * 4;
         let budget = ((total as f64 * opts.gpu_memory_utilization) as usize).min(free);
         let fixed = weight_bytes + ws_bytes + 256 * MIB;
         let num_blocks = match opts.kv_cache_tokens {
@@ -288,6 +298,7 @@ impl CudaBackend {
             act: stream.alloc_zeros(t * inter)?,
             partial: stream.alloc_zeros(partial_len)?,
             attn_work: stream.alloc_zeros(attn_work_len)?,
+            attn_counters: stream.alloc_zeros(t * config.num_heads)?,
             counters: stream.alloc_zeros(crate::kernels::counters_len(
                 (2 * inter).max(q_dim + 2 * kv_dim).max(hidden),
             ))?,
@@ -327,6 +338,7 @@ impl CudaBackend {
             ws,
             graphs: std::collections::HashMap::new(),
             use_graphs: std::env::var("LHAMA_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            fused_decode: std::env::var("LHAMA_CUDA_FUSED_DECODE").map_or(true, |v| v != "0"),
             host_slots: Vec::with_capacity(t),
             host_seq_of: Vec::with_capacity(t),
             host_tables: vec![0; opts.max_seqs * max_blocks],
@@ -400,7 +412,17 @@ impl CudaBackend {
     /// uploaded, ending with the logits of `r` rows in `ws.logits` and their
     /// tokens in `ws.sampled`. Issues no copy and no synchronization, so it
     /// can be captured into a graph.
-    fn launch_all(&mut self, t: usize, r: usize, table_len: usize) -> Result<(), CudaError> {
+    /// `decode`: one token per sequence (attention fuses the rotary
+    /// embedding and the K/V write when the head size allows).
+    fn launch_all(
+        &mut self,
+        t: usize,
+        r: usize,
+        table_len: usize,
+        decode: bool,
+    ) -> Result<(), CudaError> {
+        let fused_decode =
+            decode && self.fused_decode && Kernels::fused_decode_supported(self.config.head_dim);
         let cfg = &self.config;
         let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -436,33 +458,55 @@ impl CudaBackend {
                 &mut ws.counters,
                 &mut ws.qkv.slice_mut(..),
             )?;
-            k.rope_kv_write(
-                s,
-                &ws.qkv.slice(..),
-                &ws.positions.slice(0..t),
-                &self.cos,
-                &self.sin,
-                &ws.slots.slice(0..t),
-                &mut ws.q.slice_mut(..),
-                &mut layer.k_cache,
-                &mut layer.v_cache,
-                shape,
-            )?;
-            k.paged_attention(
-                s,
-                &ws.q.slice(..),
-                &layer.k_cache,
-                &layer.v_cache,
-                &ws.tables.slice(0..table_len),
-                &ws.seq_of.slice(0..t),
-                &ws.positions.slice(0..t),
-                &mut ws.attn_work,
-                &mut ws.attn.slice_mut(..),
-                shape,
-                bs,
-                self.max_blocks,
-                cfg.max_position_embeddings,
-            )?;
+            if fused_decode {
+                k.paged_attention_decode(
+                    s,
+                    &ws.qkv.slice(..),
+                    &ws.positions.slice(0..t),
+                    &self.cos,
+                    &self.sin,
+                    &ws.slots.slice(0..t),
+                    &mut layer.k_cache,
+                    &mut layer.v_cache,
+                    &ws.tables.slice(0..table_len),
+                    &ws.seq_of.slice(0..t),
+                    &mut ws.attn_work,
+                    &mut ws.attn_counters,
+                    &mut ws.attn.slice_mut(..),
+                    shape,
+                    bs,
+                    self.max_blocks,
+                    cfg.max_position_embeddings,
+                )?;
+            } else {
+                k.rope_kv_write(
+                    s,
+                    &ws.qkv.slice(..),
+                    &ws.positions.slice(0..t),
+                    &self.cos,
+                    &self.sin,
+                    &ws.slots.slice(0..t),
+                    &mut ws.q.slice_mut(..),
+                    &mut layer.k_cache,
+                    &mut layer.v_cache,
+                    shape,
+                )?;
+                k.paged_attention(
+                    s,
+                    &ws.q.slice(..),
+                    &layer.k_cache,
+                    &layer.v_cache,
+                    &ws.tables.slice(0..table_len),
+                    &ws.seq_of.slice(0..t),
+                    &ws.positions.slice(0..t),
+                    &mut ws.attn_work,
+                    &mut ws.attn.slice_mut(..),
+                    shape,
+                    bs,
+                    self.max_blocks,
+                    cfg.max_position_embeddings,
+                )?;
+            }
             k.awq_matmul(
                 s,
                 &ws.attn.slice(..),
@@ -531,7 +575,7 @@ impl CudaBackend {
         )?;
         k.sample(
             s,
-            &mut ws.logits.slice_mut(0..r * vocab),
+            &ws.logits.slice(0..r * vocab),
             &ws.sample_params.slice(0..r * SAMPLE_PARAM_WORDS),
             &mut ws.sampled.slice_mut(0..r),
             vocab,
@@ -552,15 +596,16 @@ impl CudaBackend {
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
         self.upload(batch, sampling)?;
-        let decode = self.use_graphs
-            && batch.seqs.iter().all(|s| s.num_tokens == 1)
+        let decode = batch.seqs.iter().all(|s| s.num_tokens == 1);
+        let graph = self.use_graphs
+            && decode
             && r == t
             && batch
                 .logit_rows
                 .iter()
                 .enumerate()
                 .all(|(i, &row)| row as usize == i);
-        if decode {
+        if graph {
             if !self.graphs.contains_key(&t) {
                 // Captured with the full table buffer, so one graph serves every
                 // later step of this batch size (contexts are read on the device).
@@ -568,7 +613,7 @@ impl CudaBackend {
                 self.stream.begin_capture(
                     cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
                 )?;
-                let launched = self.launch_all(t, t, tables);
+                let launched = self.launch_all(t, t, tables, true);
                 let graph = self
                     .stream
                     .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
@@ -579,7 +624,7 @@ impl CudaBackend {
             }
             self.graphs[&t].0.launch()?;
         } else {
-            self.launch_all(t, r, batch.seqs.len() * self.max_blocks)?;
+            self.launch_all(t, r, batch.seqs.len() * self.max_blocks, decode)?;
         }
         let vocab = self.config.vocab_size;
         tokens.clear();

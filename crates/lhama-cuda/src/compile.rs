@@ -43,6 +43,7 @@ pub const KERNELS: &[&str] = &[
     "rope_kv_write_f32",
     "paged_attention_partial_f32",
     "paged_attention_combine_f32",
+    "paged_attention_decode_f32",
     "lm_head_f16_f32",
     "awq_gemm_mma_f32",
     "lm_head_mma_f16_f32",

@@ -85,6 +85,7 @@ pub struct Kernels {
     awq_reduce: CudaFunction,
     attention_partial: CudaFunction,
     attention_combine: CudaFunction,
+    attention_decode: CudaFunction,
     lm_head: CudaFunction,
     lm_head_mma: CudaFunction,
     sample: CudaFunction,
@@ -124,6 +125,8 @@ fn i32_of(v: usize) -> i32 {
     i32::try_from(v).expect("sizes are validated far below i32::MAX at load")
 }
 
+/// Threads of a sampling block (SAMPLE_THREADS in sampling.cu).
+const SAMPLE_THREADS: u32 = 512;
 /// 32-bit words of one row's sampling parameters (SampleParams in sampling.cu).
 pub const SAMPLE_PARAM_WORDS: usize = 6;
 
@@ -155,7 +158,7 @@ fn env_rows(var: &str) -> Result<Option<usize>, CudaError> {
     }
 }
 
-const MAX_ARGS: usize = 16;
+const MAX_ARGS: usize = 24;
 
 /// Kernel arguments as cuLaunchKernelEx takes them: each value's bytes at
 /// the start of its own 8-byte slot (the driver copies the parameter's size).
@@ -228,6 +231,7 @@ impl Kernels {
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_partial: f("paged_attention_partial_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
+            attention_decode: f("paged_attention_decode_f32")?,
             lm_head: f("lm_head_f16_f32")?,
             lm_head_mma: f("lm_head_mma_f16_f32")?,
             sample: f("sample_rows_f32")?,
@@ -693,6 +697,90 @@ impl Kernels {
         )
     }
 
+    /// Whether `paged_attention_decode` handles this head size.
+    pub fn fused_decode_supported(head_dim: usize) -> bool {
+        matches!(head_dim, 32 | 64 | 128)
+    }
+
+    /// A decode step's attention (one new token per sequence): rotary
+    /// embedding of q and k from the raw qkv rows, the K/V write, attention
+    /// over the context and the combine of its partitions, in one launch.
+    /// `counters` holds T * heads zeros (re-armed by the kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention_decode(
+        &self,
+        s: &CudaStream,
+        qkv: &CudaView<'_, f32>,
+        positions: &CudaView<'_, u32>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        slots: &CudaView<'_, u32>,
+        k_cache: &mut CudaSlice<f32>,
+        v_cache: &mut CudaSlice<f32>,
+        block_tables: &CudaView<'_, u32>,
+        seq_of: &CudaView<'_, u32>,
+        work: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        out: &mut CudaViewMut<'_, f32>,
+        shape: (usize, usize, usize),
+        block_size: usize,
+        max_blocks: usize,
+        max_context: usize,
+    ) -> Result<(), CudaError> {
+        let (heads, kv_heads, hd) = shape;
+        let t = positions.len();
+        check(
+            Self::fused_decode_supported(hd) && kv_heads > 0 && heads % kv_heads == 0,
+            "decode attention needs head_dim 32, 64 or 128",
+        )?;
+        check(
+            seq_of.len() == t
+                && slots.len() == t
+                && qkv.len() >= t * (heads + 2 * kv_heads) * hd
+                && out.len() >= t * heads * hd
+                && counters.len() >= t * heads,
+            "decode attention sizes",
+        )?;
+        let parts = Self::attention_parts(max_context);
+        check(
+            work.len() >= Self::attention_work_len(t, heads, hd, max_context),
+            "attention workspace",
+        )?;
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, heads as u32, parts as u32),
+            block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // As paged_attention, plus: slots inside the caches and positions
+        // below the rotary tables' length (validated with the batch).
+        self.launch(
+            s,
+            &self.attention_decode,
+            cfg,
+            Args::new(s)
+                .buf(qkv)
+                .buf(positions)
+                .buf(cos)
+                .buf(sin)
+                .buf(slots)
+                .buf_mut(k_cache)
+                .buf_mut(v_cache)
+                .buf(block_tables)
+                .buf(seq_of)
+                .buf_mut(work)
+                .buf_mut(counters)
+                .buf_mut(out)
+                .i32(i32_of(heads))
+                .i32(i32_of(kv_heads))
+                .i32(i32_of(hd))
+                .i32(i32_of(block_size))
+                .i32(i32_of(max_blocks))
+                .i32(i32_of(parts))
+                .f32(scale),
+        )
+    }
+
     /// logits[R, vocab] for the rows `rows` of xn[T, hidden]: a warp per
     /// vocabulary row for few rows, the tensor-core GEMM for many.
     pub fn lm_head(
@@ -745,12 +833,11 @@ impl Kernels {
     }
 
     /// Turns each row of logits[R, vocab] into tokens[r] as params[r] (R
-    /// rows of `sample_params` words) says; drawing rows' logits are
-    /// overwritten with their weights, `Logits` rows are left alone.
+    /// rows of `sample_params` words) says (`Logits` rows: nothing).
     pub fn sample(
         &self,
         s: &CudaStream,
-        logits: &mut CudaViewMut<'_, f32>,
+        logits: &CudaView<'_, f32>,
         params: &CudaView<'_, u32>,
         tokens: &mut CudaViewMut<'_, u32>,
         vocab: usize,
@@ -762,7 +849,7 @@ impl Kernels {
         )?;
         let cfg = LaunchConfig {
             grid_dim: (r as u32, 1, 1),
-            block_dim: (1024, 1, 1),
+            block_dim: (SAMPLE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // logits hold r rows of vocab, params r records, tokens r entries
@@ -772,7 +859,7 @@ impl Kernels {
             &self.sample,
             cfg,
             Args::new(s)
-                .buf_mut(logits)
+                .buf(logits)
                 .buf(params)
                 .buf_mut(tokens)
                 .i32(i32_of(vocab)),
