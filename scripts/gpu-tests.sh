@@ -6,7 +6,9 @@
 #   2. the server's end-to-end suites (async-openai, load, bad input) and, when
 #      the run carries .whl (scripts/fetch-gpu-wheels.sh), the OpenAI Python
 #      SDK suite, with --backend cuda;
-#   3. the benchmark (bench/gpu_bench.sh).
+#   3. the README's curl and SDK examples against `lhama serve --backend cuda`
+#      on ttl-460m (scripts/readme-examples.py);
+#   4. the benchmark (bench/gpu_bench.sh).
 # Logs go to $OUT (or ./gpu-logs); a summary table is printed last.
 set -u
 out=${OUT:-gpu-logs}
@@ -33,9 +35,21 @@ if ls .whl/*.whl >/dev/null 2>&1; then  # carried by scripts/fetch-gpu-wheels.sh
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   step python-sdk-cuda env PYTHONPATH=/tmp/site LHAMA_BACKEND=cuda LHAMA_GPU_MEMORY_UTILIZATION=0.15 python3 -m pytest -q -p no:cacheprovider tests/python
 fi
+# The README's curl and SDK examples against `lhama serve --backend cuda` on ttl-460m.
+readme_examples() {
+  .carry/lhama serve --backend cuda --model /tmp/ttl --served-model-name ttl --port 8000 &
+  local pid=$!
+  for _ in $(seq 120); do curl -sf localhost:8000/health >/dev/null && break; sleep 0.5; done
+  local rc=0
+  env PYTHONPATH=/tmp/site python3 scripts/readme-examples.py README.md || rc=$?
+  kill -TERM "$pid"; wait "$pid"
+  return $rc
+}
+step readme-ttl-cuda readme_examples
 step bench bash bench/gpu_bench.sh /tmp/ttl
 echo "device: $(cat "$out/device.txt")"
 grep -hE "max \|gpu - cpu\||gpu vs transformers" "$out/gpu-kernels-and-models.log" || true
 grep -hE "test result" "$out"/*.log || true
-cat "$out/bench.log" 2>/dev/null | tail -20
+cat "$out/readme-ttl-cuda.log" 2>/dev/null | grep -v INFO | tail -8
+cat "$out/bench.log" 2>/dev/null | tail -24
 printf '%s\n' "${summary[@]}"
