@@ -33,10 +33,10 @@ typedef unsigned long long u64;
 
 // The fixed-point weight's float part, exactly as lhama_model::sampling::weight
 // computes it (every operation IEEE-rounded, no contraction): the weight is
-// trunc(sample_weight(...) * 2^40).
+// trunc(sample_weight(...) * 2^31).
 __device__ __forceinline__ float sample_weight(float logit, float max, float inv_t) {
     const float y = __fmul_rn(__fmul_rn(__fsub_rn(logit, max), inv_t), __uint_as_float(0x3fb8aa3bu));
-    if (!(y > -40.0f)) return 0.0f;
+    if (!(y > -31.0f)) return 0.0f;
     const float n = floorf(y);
     const float f = __fsub_rn(y, n);
     // (ln 2)^k / k!, k = 9 down to 0, as bit patterns (EXP2_POLY on the host).
@@ -48,7 +48,7 @@ __device__ __forceinline__ float sample_weight(float logit, float max, float inv
     return __fmul_rn(p, __uint_as_float((unsigned)(127 + (int)n) << 23));
 }
 
-__device__ __forceinline__ u64 fixed_weight(float w) { return __float2ull_rz(__fmul_rn(w, 1099511627776.0f)); }
+__device__ __forceinline__ unsigned fixed_weight(float w) { return __float2uint_rz(__fmul_rn(w, 2147483648.0f)); }
 
 // Block-wide sum or max of a u64; every thread gets it. `scratch` holds 32.
 template <bool IS_MAX>
@@ -86,18 +86,20 @@ __device__ __forceinline__ u64 block_exclusive_sum_u64(u64 v, u64* scratch, u64*
     return before + incl - v;
 }
 
-// Each thread keeps its first SAMPLE_REG ids' weights in registers (all of
-// them for vocabularies up to 512 * 64 = 32768); ids past that are read again.
+// Each thread keeps its first SAMPLE_REG ids' fixed weights in registers
+// (all of them for vocabularies up to 512 * 64 = 32768); weights of ids past
+// that are computed again from the logits when needed.
 #define SAMPLE_REG 64
 
-// BODY for each of this thread's ids I (in id order) with fixed weight X.
-// (A macro, not a lambda: a closure over w[] would put it in local memory.)
+// BODY for each of this thread's ids I (in id order) with fixed weight X
+// (a u64). A macro, not a lambda: a closure over w[] would put it in local
+// memory.
 #define SAMPLE_EACH(I, X, BODY)                                                      \
     do {                                                                             \
         _Pragma("unroll") for (int j_ = 0; j_ < SAMPLE_REG; ++j_) {                  \
             if (b + j_ < e) {                                                        \
                 const int I = b + j_;                                                \
-                const u64 X = fixed_weight(w[j_]);                                   \
+                const u64 X = w[j_];                                                 \
                 BODY;                                                                \
             }                                                                        \
         }                                                                            \
@@ -108,7 +110,7 @@ __device__ __forceinline__ u64 block_exclusive_sum_u64(u64 v, u64* scratch, u64*
     } while (0)
 
 // Count (or, by_mass, weight) of this thread's ids weighing at least t.
-__device__ __forceinline__ u64 local_ge(const float (&w)[SAMPLE_REG], const float* row, int b, int e, float bv,
+__device__ __forceinline__ u64 local_ge(const unsigned (&w)[SAMPLE_REG], const float* row, int b, int e, float bv,
                                         float inv_t, u64 t, bool by_mass) {
     u64 acc = 0;
     SAMPLE_EACH(i, x, acc += x >= t ? (by_mass ? x : 1ull) : 0ull);
@@ -117,7 +119,7 @@ __device__ __forceinline__ u64 local_ge(const float (&w)[SAMPLE_REG], const floa
 
 // The largest t in [0, max_w] with (block-wide) count_ge(t) >= n (by_mass:
 // weight_ge(t) >= n, as doubles): both hold at 0; uniform across the block.
-__device__ __forceinline__ u64 largest_ge(const float (&w)[SAMPLE_REG], const float* row, int b, int e, float bv,
+__device__ __forceinline__ u64 largest_ge(const unsigned (&w)[SAMPLE_REG], const float* row, int b, int e, float bv,
                                           float inv_t, u64 max_w, bool by_mass, double n, u64* scratch) {
     u64 lo = 0, hi = max_w;
     while (lo < hi) {
@@ -173,21 +175,21 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     const int chunk = ((vocab + (int)blockDim.x - 1) / (int)blockDim.x + 3) / 4 * 4;
     const int b = min(vocab, (int)threadIdx.x * chunk), e = min(vocab, b + chunk);
     const float inv_t = __fdiv_rn(1.0f, p.temperature);
-    float w[SAMPLE_REG];
+    unsigned w[SAMPLE_REG];
     if (vocab % 4 == 0) {
 #pragma unroll
         for (int j = 0; j < SAMPLE_REG; j += 4) {
             const float4 q = b + j < e ? *reinterpret_cast<const float4*>(row + b + j)
                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            w[j] = q.x, w[j + 1] = q.y, w[j + 2] = q.z, w[j + 3] = q.w;
+            w[j] = fixed_weight(sample_weight(q.x, bv, inv_t));
+            w[j + 1] = fixed_weight(sample_weight(q.y, bv, inv_t));
+            w[j + 2] = fixed_weight(sample_weight(q.z, bv, inv_t));
+            w[j + 3] = fixed_weight(sample_weight(q.w, bv, inv_t));
         }
     } else {
 #pragma unroll
-        for (int j = 0; j < SAMPLE_REG; ++j) w[j] = b + j < e ? row[b + j] : 0.0f;
+        for (int j = 0; j < SAMPLE_REG; ++j) w[j] = b + j < e ? fixed_weight(sample_weight(row[b + j], bv, inv_t)) : 0u;
     }
-    // Weights' float parts, in place.
-#pragma unroll
-    for (int j = 0; j < SAMPLE_REG; ++j) w[j] = b + j < e ? sample_weight(w[j], bv, inv_t) : 0.0f;
 
 #define SAMPLE_COUNT_GE(T) block_reduce_u64<false>(local_ge(w, row, b, e, bv, inv_t, (T), false), scratch)
 #define SAMPLE_MASS_GE(T) block_reduce_u64<false>(local_ge(w, row, b, e, bv, inv_t, (T), true), scratch)

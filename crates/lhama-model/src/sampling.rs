@@ -3,7 +3,7 @@
 //! functions for equality).
 //!
 //! Each token gets an integer weight `weight(logit, max, 1 / temperature)`:
-//! exp((logit - max) / temperature) in fixed point (2^40 = 1), computed with
+//! exp((logit - max) / temperature) in fixed point (2^31 = 1), computed with
 //! one sequence of IEEE operations that a GPU repeats exactly, so sums are
 //! exact and independent of their order. A draw keeps a prefix of the
 //! vocabulary sorted by weight (descending, the lower id first on ties) whose
@@ -18,8 +18,11 @@
 //! than by weight gives the same distribution and lets a GPU find the token
 //! with one prefix sum instead of a sort.
 
-/// Fixed-point one of a weight (2^40).
-pub const WEIGHT_ONE: f32 = 1_099_511_627_776.0;
+/// Fixed-point one of a weight (2^31): a weight fits 32 bits (a GPU keeps
+/// a row's weights in registers), sums take 64. Tokens more than 31 / ln 2
+/// ≈ 21.5 temperature-scaled logits below the top weigh 0 (each would have
+/// had less than 5e-10 of the top token's probability).
+pub const WEIGHT_ONE: f32 = 2_147_483_648.0;
 /// log2(e), and the coefficients (ln 2)^k / k!, k = 0..=9, of 2^f for f in
 /// [0, 1): as bit patterns, which kernels/sampling.cu repeats.
 const LOG2E: u32 = 0x3fb8_aa3b;
@@ -36,13 +39,13 @@ const EXP2_POLY: [u32; 10] = [
     0x33da_929f,
 ];
 
-/// A token's fixed-point weight: exp((logit - max) * inv_t) * 2^40, as
+/// A token's fixed-point weight: exp((logit - max) * inv_t) * 2^31, as
 /// exp2 through a degree-9 polynomial with fused multiply-adds, 0 below
-/// 2^-40 (and for NaN).
+/// 2^-31 (and for NaN).
 pub fn weight(logit: f32, max: f32, inv_t: f32) -> u64 {
     let y = (logit - max) * inv_t * f32::from_bits(LOG2E);
     // Also 0 for NaN (the comparison fails).
-    if y.partial_cmp(&-40.0) != Some(std::cmp::Ordering::Greater) {
+    if y.partial_cmp(&-31.0) != Some(std::cmp::Ordering::Greater) {
         return 0;
     }
     let n = y.floor();
@@ -175,9 +178,9 @@ mod tests {
 
     #[test]
     fn weights_follow_exp_in_fixed_point() {
-        assert_eq!(weight(3.0, 3.0, 1.0), 1 << 40);
-        for &(l, t) in &[(-0.3f32, 1.0f32), (-2.0, 0.7), (-10.0, 1.3), (-25.0, 1.0)] {
-            let want = ((l as f64) / (t as f64)).exp() * 2f64.powi(40);
+        assert_eq!(weight(3.0, 3.0, 1.0), 1 << 31);
+        for &(l, t) in &[(-0.3f32, 1.0f32), (-2.0, 0.7), (-10.0, 1.3), (-20.0, 1.0)] {
+            let want = ((l as f64) / (t as f64)).exp() * 2f64.powi(31);
             let got = weight(l, 0.0, 1.0 / t) as f64;
             // Relative error of the polynomial, plus the fixed point's truncation.
             assert!(
@@ -185,7 +188,7 @@ mod tests {
                 "{l} {t}: {got} vs {want}"
             );
         }
-        assert_eq!(weight(-40.0, 0.0, 1.0), 0);
+        assert_eq!(weight(-22.0, 0.0, 1.0), 0);
         assert_eq!(weight(f32::NAN, 0.0, 1.0), 0);
     }
 
