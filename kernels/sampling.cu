@@ -50,21 +50,28 @@ __device__ __forceinline__ float sample_weight(float logit, float max, float inv
 
 __device__ __forceinline__ unsigned fixed_weight(float w) { return __float2uint_rz(__fmul_rn(w, 2147483648.0f)); }
 
-// Block-wide sum or max of a u64; every thread gets it. `scratch` holds 32.
-template <bool IS_MAX>
-__device__ __forceinline__ u64 block_reduce_u64(u64 v, u64* scratch) {
-    const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
-    for (int off = LHAMA_WARP / 2; off > 0; off >>= 1) {
-        const u64 o = __shfl_xor_sync(0xffffffffu, v, off);
-        v = IS_MAX ? (o > v ? o : v) : v + o;
+// Block-wide sums and maxima of u64 with one barrier each: two buffers
+// used in turn, so a reduction's writes never race the previous one's reads
+// (every thread passed the barrier in between).
+struct BlockReducer {
+    u64* buf;  // shared [2][32]
+    int parity;
+    template <bool IS_MAX>
+    __device__ __forceinline__ u64 reduce(u64 v) {
+        const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
+        for (int off = LHAMA_WARP / 2; off > 0; off >>= 1) {
+            const u64 o = __shfl_xor_sync(0xffffffffu, v, off);
+            v = IS_MAX ? (o > v ? o : v) : v + o;
+        }
+        u64* slot = buf + parity * 32;
+        parity ^= 1;
+        if (lane == 0) slot[warp] = v;
+        __syncthreads();
+        u64 r = 0;
+        for (int w = 0; w < (int)(blockDim.x / LHAMA_WARP); ++w) r = IS_MAX ? (slot[w] > r ? slot[w] : r) : r + slot[w];
+        return r;
     }
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    u64 r = 0;
-    for (int w = 0; w < (int)(blockDim.x / LHAMA_WARP); ++w) r = IS_MAX ? (scratch[w] > r ? scratch[w] : r) : r + scratch[w];
-    return r;
-}
+};
 
 // Exclusive prefix sum over the block's threads (in thread order), and the total.
 __device__ __forceinline__ u64 block_exclusive_sum_u64(u64 v, u64* scratch, u64* total) {
@@ -109,22 +116,38 @@ __device__ __forceinline__ u64 block_exclusive_sum_u64(u64 v, u64* scratch, u64*
         }                                                                            \
     } while (0)
 
-// Count (or, by_mass, weight) of this thread's ids weighing at least t.
+// Count (or, BY_MASS, weight) of this thread's ids weighing at least t.
+// Weights fit 32 bits, so the registers are compared as such.
+template <bool BY_MASS>
 __device__ __forceinline__ u64 local_ge(const unsigned (&w)[SAMPLE_REG], const float* row, int b, int e, float bv,
-                                        float inv_t, u64 t, bool by_mass) {
-    u64 acc = 0;
-    SAMPLE_EACH(i, x, acc += x >= t ? (by_mass ? x : 1ull) : 0ull);
-    return acc;
+                                        float inv_t, u64 t) {
+    if (t > 0xffffffffull) return 0;
+    const unsigned t32 = (unsigned)t;
+    u64 mass = 0;
+    unsigned count = 0;
+#pragma unroll
+    for (int j = 0; j < SAMPLE_REG; ++j) {
+        const bool in = b + j < e && w[j] >= t32;
+        if (BY_MASS) mass += in ? w[j] : 0u;
+        else count += in ? 1u : 0u;
+    }
+    for (int i = b + SAMPLE_REG; i < e; ++i) {
+        const unsigned x = fixed_weight(sample_weight(row[i], bv, inv_t));
+        if (BY_MASS) mass += x >= t32 ? x : 0u;
+        else count += x >= t32 ? 1u : 0u;
+    }
+    return BY_MASS ? mass : count;
 }
 
-// The largest t in [0, max_w] with (block-wide) count_ge(t) >= n (by_mass:
+// The largest t in [0, max_w] with (block-wide) count_ge(t) >= n (BY_MASS:
 // weight_ge(t) >= n, as doubles): both hold at 0; uniform across the block.
+template <bool BY_MASS>
 __device__ __forceinline__ u64 largest_ge(const unsigned (&w)[SAMPLE_REG], const float* row, int b, int e, float bv,
-                                          float inv_t, u64 max_w, bool by_mass, double n, u64* scratch) {
+                                          float inv_t, u64 max_w, double n, BlockReducer& red) {
     u64 lo = 0, hi = max_w;
     while (lo < hi) {
         const u64 mid = lo + (hi - lo + 1) / 2;
-        const u64 have = block_reduce_u64<false>(local_ge(w, row, b, e, bv, inv_t, mid, by_mass), scratch);
+        const u64 have = red.reduce<false>(local_ge<BY_MASS>(w, row, b, e, bv, inv_t, mid));
         if ((double)have >= n) lo = mid;
         else hi = mid - 1;
     }
@@ -135,6 +158,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     const float* __restrict__ logits, const SampleParams* __restrict__ params, unsigned* __restrict__ tokens,
     int vocab) {
     __shared__ u64 scratch[32];
+    __shared__ u64 red_buf[2][32];
     __shared__ float best_v[32];
     __shared__ int best_i[32];
     LHAMA_GRID_WAIT();
@@ -191,8 +215,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
         for (int j = 0; j < SAMPLE_REG; ++j) w[j] = b + j < e ? fixed_weight(sample_weight(row[b + j], bv, inv_t)) : 0u;
     }
 
-#define SAMPLE_COUNT_GE(T) block_reduce_u64<false>(local_ge(w, row, b, e, bv, inv_t, (T), false), scratch)
-#define SAMPLE_MASS_GE(T) block_reduce_u64<false>(local_ge(w, row, b, e, bv, inv_t, (T), true), scratch)
+    BlockReducer red{&red_buf[0][0], 0};
+#define SAMPLE_COUNT_GE(T) red.reduce<false>(local_ge<false>(w, row, b, e, bv, inv_t, (T)))
+#define SAMPLE_MASS_GE(T) red.reduce<false>(local_ge<true>(w, row, b, e, bv, inv_t, (T)))
     const u64 v = (u64)vocab;
     const bool top_k = p.top_k > 0u && (u64)p.top_k < v;
     const bool filtered = top_k || p.top_p < 1.0f || p.min_p > 0.0f;
@@ -202,10 +227,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     if (filtered) {
         u64 max_w = 0;
         SAMPLE_EACH(i, x, max_w = x > max_w ? x : max_w);
-        max_w = block_reduce_u64<true>(max_w, scratch);
+        max_w = red.reduce<true>(max_w);
         u64 total_k;
         if (top_k) {
-            const u64 tk = largest_ge(w, row, b, e, bv, inv_t, max_w, false, (double)p.top_k, scratch);
+            const u64 tk = largest_ge<false>(w, row, b, e, bv, inv_t, max_w, (double)p.top_k, red);
             const u64 gt = SAMPLE_COUNT_GE(tk + 1);
             total_k = SAMPLE_MASS_GE(tk + 1) + ((u64)p.top_k - gt) * tk;
             keep = p.top_k, t_keep = tk, ties = (u64)p.top_k - gt;
@@ -214,7 +239,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
         }
         if (p.top_p < 1.0f) {
             const double target = (double)p.top_p * (double)total_k;
-            const u64 tp = largest_ge(w, row, b, e, bv, inv_t, max_w, true, target, scratch);
+            const u64 tp = largest_ge<true>(w, row, b, e, bv, inv_t, max_w, target, red);
             const u64 gt = SAMPLE_COUNT_GE(tp + 1), mgt = SAMPLE_MASS_GE(tp + 1);
             const u64 eq = SAMPLE_COUNT_GE(tp) - gt;
             // The fewest ties at tp (in id order) that reach the target.
@@ -234,7 +259,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
                 // The lightest weight at or above the floor, and all its ties.
                 u64 lightest = ~0ull;
                 SAMPLE_EACH(i, x, if (x >= floor_w && x < lightest) lightest = x);
-                t_keep = ~block_reduce_u64<true>(~lightest, scratch);
+                t_keep = ~red.reduce<true>(~lightest);
                 keep = n, ties = n - SAMPLE_COUNT_GE(t_keep + 1);
             }
         }
@@ -265,7 +290,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     // The owner: the last thread with kept weight whose range starts at or
     // below r. Exactly one (r < total except by rounding, when the last
     // kept token is the answer, as on the host).
-    const u64 owner = block_reduce_u64<true>(mine > 0 && before <= r ? threadIdx.x + 1ull : 0ull, scratch);
+    const u64 owner = red.reduce<true>(mine > 0 && before <= r ? threadIdx.x + 1ull : 0ull);
     if ((u64)threadIdx.x + 1 == owner) {
         u64 rank = ties_before, acc = before;
         int pick = -1, last = -1;
