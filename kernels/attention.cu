@@ -339,3 +339,103 @@ extern "C" __global__ void paged_attention_decode_f32(
     }
     if (threadIdx.x == 0) *counter = 0u;
 }
+
+// Steps with prompt tokens: the same partitions and work layout as
+// paged_attention_partial_f32 (combined by paged_attention_combine_f32), but
+// a block takes a tile of up to ATTN_TILE consecutive tokens of one sequence
+// and loads each 32-key slice of its partition into shared memory once for
+// all of them (the per-token kernel reads every key once per query token).
+//
+// tiles [num_tiles, 2] u32: first token index and token count (<= ATTN_TILE)
+//       of each tile; a tile's tokens are consecutive positions of one sequence.
+// Grid: (num_tiles, H, P_max), block 256 = 8 warps, 2 query tokens a warp.
+// Keys sit transposed in shared memory (lanes read consecutive keys) and
+// values row-major (lanes read consecutive dimensions): no bank conflicts.
+#define ATTN_TILE 16
+#define ATTN_SLICE 32
+
+extern "C" __global__ void paged_attention_prefill_f32(
+    const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+    const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
+    const unsigned* __restrict__ positions, const unsigned* __restrict__ tiles, float* __restrict__ work, int heads,
+    int kv_heads, int head_dim, int block_size, int max_blocks, int max_parts, float scale) {
+    __shared__ float kt[128][ATTN_SLICE + 1];  // [dim][key]
+    __shared__ float vs[ATTN_SLICE][128];      // [key][dim]
+    __shared__ float qs[ATTN_TILE][128];
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
+    const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
+    const int h = blockIdx.y, z = blockIdx.z;
+    const int t0 = (int)tiles[2 * blockIdx.x], count = (int)tiles[2 * blockIdx.x + 1];
+    const int pos0 = (int)positions[t0];
+    const int start = z * ATTN_PART;
+    if (start > pos0 + count - 1) return;  // the whole partition is past every query: uniform
+    const int kvh = h / (heads / kv_heads);
+    const int kv_dim = kv_heads * head_dim;
+    const int dims = head_dim / LHAMA_WARP;
+    const unsigned* table = block_tables + (size_t)seq_of[t0] * max_blocks;
+    for (int e = threadIdx.x; e < count * head_dim; e += blockDim.x)
+        qs[e / head_dim][e % head_dim] = q[(size_t)(t0 + e / head_dim) * heads * head_dim + h * head_dim + e % head_dim] * scale;
+
+    // Each warp: queries 2 * warp and 2 * warp + 1 of the tile (if present),
+    // an online softmax over the partition's slices.
+    float m[2] = {LHAMA_NEG_INF, LHAMA_NEG_INF}, l[2] = {0.0f, 0.0f};
+    float acc[2][ATTN_MAX_DIMS_PER_LANE] = {};
+    const int end = min(start + ATTN_PART, pos0 + count);  // keys past the last query's position: never needed
+    for (int s0 = start; s0 < end; s0 += ATTN_SLICE) {
+        const int n = min(ATTN_SLICE, end - s0);
+        __syncthreads();  // the previous slice (and qs) is no longer read / now written
+        for (int e = threadIdx.x; e < n * head_dim; e += blockDim.x) {
+            const int key = e / head_dim, d = e % head_dim;
+            const int p = s0 + key;
+            const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
+            kt[d][key] = k_cache[slot * kv_dim + kvh * head_dim + d];
+            vs[key][d] = v_cache[slot * kv_dim + kvh * head_dim + d];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int qi = 0; qi < 2; ++qi) {
+            const int i = 2 * warp + qi;
+            if (i >= count) continue;  // uniform within the warp
+            const int qpos = pos0 + i;
+            // Lane = key of the slice.
+            float sc = LHAMA_NEG_INF;
+            if (lane < n && s0 + lane <= qpos) {
+                float dot = 0.0f;
+                for (int d = 0; d < head_dim; ++d) dot += qs[i][d] * kt[d][lane];
+                sc = dot;
+            }
+            const float smax = warp_max_f32(sc);
+            if (smax == LHAMA_NEG_INF) continue;  // no key of this slice is visible to this query
+            const float m_new = fmaxf(m[qi], smax);
+            const float corr = expf(m[qi] - m_new);  // 0 when m was -inf
+            const float e = sc == LHAMA_NEG_INF ? 0.0f : expf(sc - m_new);
+            l[qi] = l[qi] * corr + warp_sum_f32(e);
+#pragma unroll
+            for (int di = 0; di < ATTN_MAX_DIMS_PER_LANE; ++di) acc[qi][di] *= corr;
+            for (int key = 0; key < n; ++key) {
+                const float wk = __shfl_sync(0xffffffffu, e, key);
+#pragma unroll
+                for (int di = 0; di < ATTN_MAX_DIMS_PER_LANE; ++di)
+                    if (di < dims) acc[qi][di] += wk * vs[key][di * LHAMA_WARP + lane];
+            }
+            m[qi] = m_new;
+        }
+    }
+#pragma unroll
+    for (int qi = 0; qi < 2; ++qi) {
+        const int i = 2 * warp + qi;
+        if (i >= count) continue;
+        // A query whose context ends before this partition writes an empty
+        // partial (m = -inf, l = 0): the combine kernel reads only the
+        // partitions a token has, so it is never used.
+        float* dst = work + (((size_t)(t0 + i) * heads + h) * max_parts + z) * (head_dim + 2);
+#pragma unroll
+        for (int di = 0; di < ATTN_MAX_DIMS_PER_LANE; ++di)
+            if (di < dims) dst[di * LHAMA_WARP + lane] = acc[qi][di];
+        if (lane == 0) {
+            dst[head_dim] = m[qi];
+            dst[head_dim + 1] = l[qi];
+        }
+    }
+}

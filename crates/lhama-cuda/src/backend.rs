@@ -86,6 +86,8 @@ struct Workspace {
     positions: CudaSlice<u32>,
     slots: CudaSlice<u32>,
     seq_of: CudaSlice<u32>,
+    /// [T, 2] prefill attention's query tiles (first token, count)
+    tiles: CudaSlice<u32>,
     /// [max_seqs, max_blocks]
     tables: CudaSlice<u32>,
     rows: CudaSlice<u32>,
@@ -118,12 +120,15 @@ pub struct CudaBackend {
     /// CUDA graph captured once per batch size: no per-kernel launch cost.
     graphs: std::collections::HashMap<usize, Graph>,
     use_graphs: bool,
+    /// Query tiles of the uploaded batch.
+    num_tiles: usize,
     /// Decode attention fuses rotary embedding and the K/V write
     /// (LHAMA_CUDA_FUSED_DECODE=0 turns it off, for comparisons).
     fused_decode: bool,
     // Host staging, reused every step.
     host_slots: Vec<u32>,
     host_seq_of: Vec<u32>,
+    host_tiles: Vec<u32>,
     host_tables: Vec<u32>,
     host_params: Vec<u32>,
     /// `forward` asks for every row's logits.
@@ -241,7 +246,7 @@ impl CudaBackend {
             + t * (2 * hidden + (q_dim + 2 * kv_dim) + 2 * q_dim + hidden + 3 * inter + vocab)
             + partial_len;
         let ws_bytes = ws_floats * 4
-            + (4 * t
+            + (6 * t
                 + opts.max_seqs * max_blocks
                 + t
                 + (SAMPLE_PARAM_WORDS + 1) * t
@@ -307,6 +312,7 @@ impl CudaBackend {
             positions: stream.alloc_zeros(t)?,
             slots: stream.alloc_zeros(t)?,
             seq_of: stream.alloc_zeros(t)?,
+            tiles: stream.alloc_zeros(2 * t)?,
             tables: stream.alloc_zeros(opts.max_seqs * max_blocks)?,
             rows: stream.alloc_zeros(t)?,
             sample_params: stream.alloc_zeros(t * SAMPLE_PARAM_WORDS)?,
@@ -339,8 +345,10 @@ impl CudaBackend {
             graphs: std::collections::HashMap::new(),
             use_graphs: std::env::var("LHAMA_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             fused_decode: std::env::var("LHAMA_CUDA_FUSED_DECODE").map_or(true, |v| v != "0"),
+            num_tiles: 0,
             host_slots: Vec::with_capacity(t),
             host_seq_of: Vec::with_capacity(t),
+            host_tiles: Vec::with_capacity(2 * t),
             host_tables: vec![0; opts.max_seqs * max_blocks],
             host_params: Vec::with_capacity(t * SAMPLE_PARAM_WORDS),
             all_logits: vec![RowSampling::Logits; t],
@@ -389,6 +397,11 @@ impl CudaBackend {
         s.memcpy_htod(batch.positions, &mut ws.positions.slice_mut(0..t))?;
         s.memcpy_htod(&self.host_slots, &mut ws.slots.slice_mut(0..t))?;
         s.memcpy_htod(&self.host_seq_of, &mut ws.seq_of.slice_mut(0..t))?;
+        self.host_tiles.clear();
+        Kernels::attention_tiles(batch.seqs, batch.positions, &mut self.host_tiles);
+        let tl = self.host_tiles.len();
+        s.memcpy_htod(&self.host_tiles, &mut ws.tiles.slice_mut(0..tl))?;
+        self.num_tiles = tl / 2;
         let table_len = batch.seqs.len() * self.max_blocks;
         s.memcpy_htod(
             &self.host_tables[..table_len],
@@ -491,7 +504,7 @@ impl CudaBackend {
                     &mut layer.v_cache,
                     shape,
                 )?;
-                k.paged_attention(
+                k.paged_attention_tiled(
                     s,
                     &ws.q.slice(..),
                     &layer.k_cache,
@@ -499,6 +512,7 @@ impl CudaBackend {
                     &ws.tables.slice(0..table_len),
                     &ws.seq_of.slice(0..t),
                     &ws.positions.slice(0..t),
+                    &ws.tiles.slice(0..2 * self.num_tiles),
                     &mut ws.attn_work,
                     &mut ws.attn.slice_mut(..),
                     shape,

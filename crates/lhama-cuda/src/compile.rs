@@ -44,6 +44,7 @@ pub const KERNELS: &[&str] = &[
     "paged_attention_partial_f32",
     "paged_attention_combine_f32",
     "paged_attention_decode_f32",
+    "paged_attention_prefill_f32",
     "lm_head_f16_f32",
     "awq_gemm_mma_f32",
     "lm_head_mma_f16_f32",

@@ -32,6 +32,9 @@ pub fn counters_len(n: usize) -> usize {
 pub const ATTENTION_WARPS: usize = 8;
 /// Context positions one attention block handles (ATTN_PART in attention.cu).
 pub const ATTENTION_PART: usize = 64;
+/// Most query tokens of one sequence a prefill attention block takes
+/// (ATTN_TILE in attention.cu).
+pub const ATTENTION_TILE: usize = 16;
 /// Largest head_dim the attention kernel handles (4 dimensions per lane).
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
@@ -86,6 +89,7 @@ pub struct Kernels {
     attention_partial: CudaFunction,
     attention_combine: CudaFunction,
     attention_decode: CudaFunction,
+    attention_prefill: CudaFunction,
     lm_head: CudaFunction,
     lm_head_mma: CudaFunction,
     sample: CudaFunction,
@@ -232,6 +236,7 @@ impl Kernels {
             attention_partial: f("paged_attention_partial_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
             attention_decode: f("paged_attention_decode_f32")?,
+            attention_prefill: f("paged_attention_prefill_f32")?,
             lm_head: f("lm_head_f16_f32")?,
             lm_head_mma: f("lm_head_mma_f16_f32")?,
             sample: f("sample_rows_f32")?,
@@ -683,6 +688,119 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         // The partitions a token has were written above; out holds t * heads * hd.
+        self.launch(
+            s,
+            &self.attention_combine,
+            cfg,
+            Args::new(s)
+                .buf(work)
+                .buf(positions)
+                .buf_mut(out)
+                .i32(i32_of(heads))
+                .i32(i32_of(hd))
+                .i32(i32_of(parts)),
+        )
+    }
+
+    /// Query tiles for `paged_attention_tiled`: runs of at most
+    /// ATTENTION_TILE tokens of one sequence at consecutive positions, as
+    /// (first token, count) pairs, appended to `tiles`.
+    pub fn attention_tiles(
+        seqs: &[lhama_model::SeqSlice<'_>],
+        positions: &[u32],
+        tiles: &mut Vec<u32>,
+    ) {
+        for seq in seqs {
+            let mut first = seq.token_start;
+            let end = seq.token_start + seq.num_tokens;
+            while first < end {
+                let mut count = 1;
+                while first + count < end
+                    && count < ATTENTION_TILE
+                    && positions[first + count] == positions[first + count - 1] + 1
+                {
+                    count += 1;
+                }
+                tiles.extend_from_slice(&[first as u32, count as u32]);
+                first += count;
+            }
+        }
+    }
+
+    /// `paged_attention` with query tiles (from `attention_tiles`): each
+    /// block shares its loads of the keys and values among a tile's tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention_tiled(
+        &self,
+        s: &CudaStream,
+        q: &CudaView<'_, f32>,
+        k_cache: &CudaSlice<f32>,
+        v_cache: &CudaSlice<f32>,
+        block_tables: &CudaView<'_, u32>,
+        seq_of: &CudaView<'_, u32>,
+        positions: &CudaView<'_, u32>,
+        tiles: &CudaView<'_, u32>,
+        work: &mut CudaSlice<f32>,
+        out: &mut CudaViewMut<'_, f32>,
+        shape: (usize, usize, usize),
+        block_size: usize,
+        max_blocks: usize,
+        max_context: usize,
+    ) -> Result<(), CudaError> {
+        let (heads, kv_heads, hd) = shape;
+        let t = positions.len();
+        let num_tiles = tiles.len() / 2;
+        check(
+            hd % 32 == 0 && hd <= ATTENTION_MAX_HEAD_DIM,
+            "head_dim must be a multiple of 32, at most 128",
+        )?;
+        check(
+            seq_of.len() == t
+                && q.len() >= t * heads * hd
+                && out.len() >= t * heads * hd
+                && num_tiles > 0
+                && num_tiles <= t,
+            "attention sizes",
+        )?;
+        let parts = Self::attention_parts(max_context);
+        check(
+            work.len() >= Self::attention_work_len(t, heads, hd, max_context),
+            "attention workspace",
+        )?;
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let cfg = LaunchConfig {
+            grid_dim: (num_tiles as u32, heads as u32, parts as u32),
+            block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // As paged_attention; every tile's tokens lie inside the batch and
+        // are consecutive positions of one sequence (attention_tiles).
+        self.launch(
+            s,
+            &self.attention_prefill,
+            cfg,
+            Args::new(s)
+                .buf(q)
+                .buf(k_cache)
+                .buf(v_cache)
+                .buf(block_tables)
+                .buf(seq_of)
+                .buf(positions)
+                .buf(tiles)
+                .buf_mut(work)
+                .i32(i32_of(heads))
+                .i32(i32_of(kv_heads))
+                .i32(i32_of(hd))
+                .i32(i32_of(block_size))
+                .i32(i32_of(max_blocks))
+                .i32(i32_of(parts))
+                .f32(scale),
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, heads as u32, 1),
+            block_dim: (hd as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         self.launch(
             s,
             &self.attention_combine,

@@ -559,12 +559,61 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
         .unwrap();
         let e = rel_err(&back(&s, &out, t * q_dim), &want);
         assert!(e < 1e-5, "attention rel err {e}");
+        // The tiled kernel (query tiles of one sequence sharing K/V loads).
+        let mut seqs = Vec::new();
+        let mut first = 0;
+        while first < t {
+            let si = seq_ids[first];
+            let n = seq_ids[first..].iter().take_while(|&&x| x == si).count();
+            seqs.push(SeqSlice {
+                token_start: first,
+                num_tokens: n,
+                block_table: &tables[si],
+            });
+            first += n;
+        }
+        let mut tiles = Vec::new();
+        Kernels::attention_tiles(&seqs, &positions, &mut tiles);
+        let tiled = s.clone_htod(&tiles).unwrap();
+        let mut out = poisoned(&s, t * q_dim);
+        k.paged_attention_tiled(
+            &s,
+            &qd.slice(..),
+            &kd,
+            &vd,
+            &td.slice(..),
+            &sod.slice(..),
+            &pd.slice(..),
+            &tiled.slice(..),
+            &mut work,
+            &mut out.slice_mut(..),
+            (heads, kv_heads, hd),
+            bs,
+            max_blocks,
+            128,
+        )
+        .unwrap();
+        let e = rel_err(&back(&s, &out, t * q_dim), &want);
+        eprintln!(
+            "tiled attention, {t} tokens in {} tiles: rel err {e:.2e}",
+            tiles.len() / 2
+        );
+        assert!(e < 1e-5, "tiled attention rel err {e}");
     };
     run(vec![1; 6], (0..6).collect(), &mut cpu_k, &mut cpu_v);
     let mut ids = vec![0usize; 100];
     ids.push(1);
     let mut pos: Vec<u32> = (0..100).collect();
     pos.push(6);
+    run(ids, pos, &mut cpu_k, &mut cpu_v);
+    // A later chunk of seq 0's prompt (positions 100..111) with two decode
+    // tokens of seq 1 around it.
+    let mut ids = vec![1usize];
+    ids.extend([0usize; 12]);
+    let mut pos: Vec<u32> = vec![7];
+    pos.extend(100..112);
+    ids.push(1);
+    pos.push(8);
     run(ids, pos, &mut cpu_k, &mut cpu_v);
     // The caches themselves agree too.
     assert!(rel_err(&back(&s, &kd, cpu_k.len()), &cpu_k) < 1e-6);
