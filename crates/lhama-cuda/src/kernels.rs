@@ -108,7 +108,7 @@ pub struct Kernels {
 
 /// Rows from which the tensor cores beat looping the GEMV (measured on an
 /// H200, docs/BENCHMARKS.md).
-pub const DEFAULT_MMA_MIN_ROWS: usize = 16;
+pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 /// Tile of the tensor-core GEMM (MMA_BM, MMA_BN in gemm_mma.cu) and its k step.
 const MMA_TILE: usize = 64;
 const MMA_BK: usize = 32;

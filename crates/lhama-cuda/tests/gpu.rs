@@ -109,8 +109,9 @@ fn awq_matmul_matches_cpu() {
             .alloc_zeros::<u32>(lhama_cuda::kernels::counters_len(n))
             .unwrap();
         // The default choice (GEMV below DEFAULT_MMA_MIN_ROWS rows, tensor
-        // cores from there), then the tensor cores for every row count.
-        for mma_min in [lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS, 1] {
+        // cores from there), then the tensor cores for every row count, then
+        // the GEMV for every row count (chunks of 8, 4, 2, 1 rows).
+        for mma_min in [lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS, 1, usize::MAX] {
             k.mma_min_rows = mma_min;
             let path = if m >= mma_min { "mma" } else { "gemv" };
             let mut yd = poisoned(&s, m * n);
