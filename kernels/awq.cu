@@ -8,9 +8,10 @@
 //   qweight  [K, N/8] u32: word (k, c) holds columns 8c..8c+7 of row k;
 //            column 8c + j sits at bits 4 * SLOT[j], SLOT = {0, 4, 1, 5, 2, 6, 3, 7}
 //   zeros    [K/G, N] f32 (unpacked at load), scales [K/G, N] f32
-//   x        [M, K] f32, M in {1, 2, 4, 8} rows per launch (the host loops over chunks)
-//   partial  [K / AWQ_ROWS_PER_BLOCK, M, N] f32 scratch
-//   y        [M, N] f32
+//   x        [m_valid, K] f32: a variant for M in {1, 2, 4, 8} rows takes up to M
+//            rows (m_valid); the host picks the smallest that fits, in chunks of 8
+//   partial  [K / AWQ_ROWS_PER_BLOCK, m_valid, N] f32 scratch
+//   y        [m_valid, N] f32
 //   counters [ceil(N / 256)] u32, zero between launches (each launch re-arms them)
 // W[k, n] = (q[k, n] - zeros[k / G, n]) * scales[k / G, n]; y = x · W.
 //
@@ -31,7 +32,7 @@ template <int M, int ROWS, int WARPS>
 __device__ __forceinline__ void awq_gemv_partial(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
-    unsigned* __restrict__ counters, int k, int n, int group, int fused) {
+    unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid) {
     static_assert(ROWS * WARPS == AWQ_ROWS_PER_BLOCK, "a block covers 128 rows");
     __shared__ float sums[WARPS][M * 8][32];
     const int lane = threadIdx.x;
@@ -68,7 +69,7 @@ __device__ __forceinline__ void awq_gemv_partial(
 #pragma unroll
         for (int r = 0; r < M; ++r)
 #pragma unroll
-            for (int i = 0; i < ROWS; ++i) xv[r][i] = x[(size_t)r * k + row0 + i];
+            for (int i = 0; i < ROWS; ++i) xv[r][i] = x[(size_t)min(r, m_valid - 1) * k + row0 + i];  // spare rows: a copy, never written
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) {
 #pragma unroll
@@ -86,14 +87,14 @@ __device__ __forceinline__ void awq_gemv_partial(
     __syncthreads();
     // Every thread of the block adds up some of the (row, column) sums.
     const int tid = warp * 32 + lane;
-    for (int e = tid; e < M * 8 * 32; e += 32 * WARPS) {
+    for (int e = tid; e < m_valid * 8 * 32; e += 32 * WARPS) {
         const int rj = e / 32, l = e % 32;
         const int w = blockIdx.x * 32 + l;
         if (w < n8) {
             float v = 0.0f;
 #pragma unroll
             for (int w2 = 0; w2 < WARPS; ++w2) v += sums[w2][rj][l];
-            partial[((size_t)blockIdx.y * M + rj / 8) * n + w * 8 + rj % 8] = v;
+            partial[((size_t)blockIdx.y * m_valid + rj / 8) * n + w * 8 + rj % 8] = v;
         }
     }
     // With `fused`, the last block of this column tile to finish adds the
@@ -109,12 +110,12 @@ __device__ __forceinline__ void awq_gemv_partial(
     if (!last) return;
     __threadfence();
     const int cols = min(256, n - blockIdx.x * 256);
-    for (int e = tid; e < M * cols; e += 32 * WARPS) {
+    for (int e = tid; e < m_valid * cols; e += 32 * WARPS) {
         const int r = e / cols, c = blockIdx.x * 256 + e % cols;
         float v = 0.0f;
         const int splits = (int)gridDim.y;
 #pragma unroll 8
-        for (int split = 0; split < splits; ++split) v += __ldcg(&partial[((size_t)split * M + r) * n + c]);
+        for (int split = 0; split < splits; ++split) v += __ldcg(&partial[((size_t)split * m_valid + r) * n + c]);
         y[(size_t)r * n + c] = v;
     }
     if (tid == 0) counters[blockIdx.x] = 0u;
@@ -124,8 +125,9 @@ __device__ __forceinline__ void awq_gemv_partial(
     extern "C" __global__ void awq_gemv_partial_m##M##_f32(                                                   \
         const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
         const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
-        unsigned* __restrict__ counters, int k, int n, int group, int fused) {                                \
-        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, y, counters, k, n, group, fused); \
+        unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid) {                   \
+        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, y, counters, k, n, group, fused,  \
+                                         m_valid);                                                             \
     }
 
 AWQ_GEMV_KERNEL(1, 8, 16)

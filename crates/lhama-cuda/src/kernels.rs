@@ -66,7 +66,7 @@ impl GpuAwq {
         })
     }
 
-    /// Floats of split-K partial sums one launch of up to AWQ_MAX_M rows needs.
+    /// Floats of split-K partial sums one GEMV launch (up to AWQ_MAX_M rows) needs.
     pub fn partial_len(&self) -> usize {
         self.k.div_ceil(AWQ_ROWS_PER_BLOCK) * AWQ_MAX_M * self.n
     }
@@ -403,8 +403,8 @@ impl Kernels {
     }
 
     /// y[M, N] = x[M, K] · W. Fewer than `mma_min_rows` rows go through the
-    /// GEMV kernels in chunks of 8, 4, 2 or 1 rows, more through the
-    /// tensor-core GEMM. `partial` holds at least `w.partial_len()` floats and
+    /// GEMV kernels (chunks of up to 8 rows, each in the smallest variant that
+    /// takes it), more through the tensor-core GEMM. `partial` holds at least `w.partial_len()` floats and
     /// `counters` (zero) at least `counters_len(N)` entries.
     #[allow(clippy::too_many_arguments)]
     pub fn awq_matmul(
@@ -431,14 +431,16 @@ impl Kernels {
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
         let mut row = 0;
         while row < m {
-            // The largest kernel variant (8, 4, 2 or 1 rows) that fits what is left.
-            let (rows, warps, func) = self
+            // Chunks of 8 rows; the rest in one launch of the smallest
+            // variant (1, 2, 4 or 8 rows) that takes it, with rows to spare
+            // (3 rows in the 4-row kernel: one launch instead of 2 + 1).
+            let rows = (m - row).min(AWQ_MAX_M);
+            let (warps, func) = self
                 .awq_partial
                 .iter()
-                .rev()
-                .find(|(v, _, _)| *v <= m - row)
-                .map(|(v, w, f)| (*v, *w, f))
-                .expect("the 1-row variant always fits");
+                .find(|(v, _, _)| *v >= rows)
+                .map(|(_, w, f)| (*w, f))
+                .expect("the 8-row variant takes any chunk");
             let xs = x.slice(row * w.k..(row + rows) * w.k);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             let fused = i32::from(rows <= AWQ_FUSED_MAX_ROWS);
@@ -465,7 +467,8 @@ impl Kernels {
                     .i32(k)
                     .i32(n)
                     .i32(g)
-                    .i32(fused),
+                    .i32(fused)
+                    .i32(i32_of(rows)),
             )?;
             if fused == 0 {
                 self.reduce_partials(s, partial, &mut ys, splits, rows, w.n)?;
