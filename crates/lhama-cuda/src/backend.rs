@@ -504,7 +504,7 @@ impl CudaBackend {
                     &mut layer.v_cache,
                     shape,
                 )?;
-                k.paged_attention_tiled(
+                k.paged_attention(
                     s,
                     &ws.q.slice(..),
                     &layer.k_cache,
@@ -512,7 +512,7 @@ impl CudaBackend {
                     &ws.tables.slice(0..table_len),
                     &ws.seq_of.slice(0..t),
                     &ws.positions.slice(0..t),
-                    &ws.tiles.slice(0..2 * self.num_tiles),
+                    Some(&ws.tiles.slice(0..2 * self.num_tiles)),
                     &mut ws.attn_work,
                     &mut ws.attn.slice_mut(..),
                     shape,

@@ -622,7 +622,10 @@ impl Kernels {
     }
 
     /// Causal paged attention of every query token over its sequence, split
-    /// over the context and combined (two launches).
+    /// over the context and combined (two launches). With `tiles` (from
+    /// `attention_tiles`), a block takes a tile of one sequence's tokens and
+    /// shares its loads of the keys and values among them; without, a block
+    /// per token.
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention(
         &self,
@@ -633,6 +636,7 @@ impl Kernels {
         block_tables: &CudaView<'_, u32>,
         seq_of: &CudaView<'_, u32>,
         positions: &CudaView<'_, u32>,
+        tiles: Option<&CudaView<'_, u32>>,
         work: &mut CudaSlice<f32>,
         out: &mut CudaViewMut<'_, f32>,
         shape: (usize, usize, usize),
@@ -650,41 +654,51 @@ impl Kernels {
             seq_of.len() == t && q.len() >= t * heads * hd && out.len() >= t * heads * hd,
             "attention sizes",
         )?;
+        check(
+            tiles.is_none_or(|tl| tl.len() >= 2 && tl.len() / 2 <= t),
+            "attention tiles",
+        )?;
         let parts = Self::attention_parts(max_context);
         check(
             work.len() >= Self::attention_work_len(t, heads, hd, max_context),
             "attention workspace",
         )?;
         let scale = 1.0f32 / (hd as f32).sqrt();
+        let blocks = tiles.map_or(t, |tl| tl.len() / 2);
         let cfg = LaunchConfig {
-            grid_dim: (t as u32, heads as u32, parts as u32),
+            grid_dim: (blocks as u32, heads as u32, parts as u32),
             block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // Every table entry < blocks, every seq_of < rows of block_tables and
         // every position < max_context (validated with the batch; max_context
         // is the model's max positions), so partitions stay inside `work`;
-        // sizes checked above.
-        self.launch(
-            s,
-            &self.attention_partial,
-            cfg,
-            Args::new(s)
-                .buf(q)
-                .buf(k_cache)
-                .buf(v_cache)
-                .buf(block_tables)
-                .buf(seq_of)
-                .buf(positions)
-                .buf_mut(work)
-                .i32(i32_of(heads))
-                .i32(i32_of(kv_heads))
-                .i32(i32_of(hd))
-                .i32(i32_of(block_size))
-                .i32(i32_of(max_blocks))
-                .i32(i32_of(parts))
-                .f32(scale),
-        )?;
+        // every tile's tokens lie inside the batch and are consecutive
+        // positions of one sequence (attention_tiles); sizes checked above.
+        let mut a = Args::new(s);
+        a.buf(q)
+            .buf(k_cache)
+            .buf(v_cache)
+            .buf(block_tables)
+            .buf(seq_of)
+            .buf(positions);
+        if let Some(tl) = tiles {
+            a.buf(tl);
+        }
+        a.buf_mut(work)
+            .i32(i32_of(heads))
+            .i32(i32_of(kv_heads))
+            .i32(i32_of(hd))
+            .i32(i32_of(block_size))
+            .i32(i32_of(max_blocks))
+            .i32(i32_of(parts))
+            .f32(scale);
+        let partial = if tiles.is_some() {
+            &self.attention_prefill
+        } else {
+            &self.attention_partial
+        };
+        self.launch(s, partial, cfg, &mut a)?;
         let cfg = LaunchConfig {
             grid_dim: (t as u32, heads as u32, 1),
             block_dim: (hd as u32, 1, 1),
@@ -705,7 +719,7 @@ impl Kernels {
         )
     }
 
-    /// Query tiles for `paged_attention_tiled`: runs of at most
+    /// Query tiles for `paged_attention`: runs of at most
     /// ATTENTION_TILE tokens of one sequence at consecutive positions, as
     /// (first token, count) pairs, appended to `tiles`.
     pub fn attention_tiles(
@@ -728,94 +742,6 @@ impl Kernels {
                 first += count;
             }
         }
-    }
-
-    /// `paged_attention` with query tiles (from `attention_tiles`): each
-    /// block shares its loads of the keys and values among a tile's tokens.
-    #[allow(clippy::too_many_arguments)]
-    pub fn paged_attention_tiled(
-        &self,
-        s: &CudaStream,
-        q: &CudaView<'_, f32>,
-        k_cache: &CudaSlice<f32>,
-        v_cache: &CudaSlice<f32>,
-        block_tables: &CudaView<'_, u32>,
-        seq_of: &CudaView<'_, u32>,
-        positions: &CudaView<'_, u32>,
-        tiles: &CudaView<'_, u32>,
-        work: &mut CudaSlice<f32>,
-        out: &mut CudaViewMut<'_, f32>,
-        shape: (usize, usize, usize),
-        block_size: usize,
-        max_blocks: usize,
-        max_context: usize,
-    ) -> Result<(), CudaError> {
-        let (heads, kv_heads, hd) = shape;
-        let t = positions.len();
-        let num_tiles = tiles.len() / 2;
-        check(
-            hd % 32 == 0 && hd <= ATTENTION_MAX_HEAD_DIM,
-            "head_dim must be a multiple of 32, at most 128",
-        )?;
-        check(
-            seq_of.len() == t
-                && q.len() >= t * heads * hd
-                && out.len() >= t * heads * hd
-                && num_tiles > 0
-                && num_tiles <= t,
-            "attention sizes",
-        )?;
-        let parts = Self::attention_parts(max_context);
-        check(
-            work.len() >= Self::attention_work_len(t, heads, hd, max_context),
-            "attention workspace",
-        )?;
-        let scale = 1.0f32 / (hd as f32).sqrt();
-        let cfg = LaunchConfig {
-            grid_dim: (num_tiles as u32, heads as u32, parts as u32),
-            block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // As paged_attention; every tile's tokens lie inside the batch and
-        // are consecutive positions of one sequence (attention_tiles).
-        self.launch(
-            s,
-            &self.attention_prefill,
-            cfg,
-            Args::new(s)
-                .buf(q)
-                .buf(k_cache)
-                .buf(v_cache)
-                .buf(block_tables)
-                .buf(seq_of)
-                .buf(positions)
-                .buf(tiles)
-                .buf_mut(work)
-                .i32(i32_of(heads))
-                .i32(i32_of(kv_heads))
-                .i32(i32_of(hd))
-                .i32(i32_of(block_size))
-                .i32(i32_of(max_blocks))
-                .i32(i32_of(parts))
-                .f32(scale),
-        )?;
-        let cfg = LaunchConfig {
-            grid_dim: (t as u32, heads as u32, 1),
-            block_dim: (hd as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        self.launch(
-            s,
-            &self.attention_combine,
-            cfg,
-            Args::new(s)
-                .buf(work)
-                .buf(positions)
-                .buf_mut(out)
-                .i32(i32_of(heads))
-                .i32(i32_of(hd))
-                .i32(i32_of(parts)),
-        )
     }
 
     /// Whether `paged_attention_decode` handles this head size.

@@ -550,6 +550,7 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
             &td.slice(..),
             &sod.slice(..),
             &pd.slice(..),
+            None,
             &mut work,
             &mut out.slice_mut(..),
             (heads, kv_heads, hd),
@@ -577,7 +578,7 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
         Kernels::attention_tiles(&seqs, &positions, &mut tiles);
         let tiled = s.clone_htod(&tiles).unwrap();
         let mut out = poisoned(&s, t * q_dim);
-        k.paged_attention_tiled(
+        k.paged_attention(
             &s,
             &qd.slice(..),
             &kd,
@@ -585,7 +586,7 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
             &td.slice(..),
             &sod.slice(..),
             &pd.slice(..),
-            &tiled.slice(..),
+            Some(&tiled.slice(..)),
             &mut work,
             &mut out.slice_mut(..),
             (heads, kv_heads, hd),
