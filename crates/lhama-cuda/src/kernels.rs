@@ -113,6 +113,15 @@ pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 const MMA_TILE: usize = 64;
 const MMA_BK: usize = 32;
 
+/// A grid of `blocks` blocks of `threads` threads, both along x.
+fn cfg_1d(blocks: u32, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn grid(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).max(1) as u32
 }
@@ -315,11 +324,7 @@ impl Kernels {
             x.len() >= t * hidden && table.len() % hidden == 0,
             "embedding sizes",
         )?;
-        let cfg = LaunchConfig {
-            grid_dim: (t as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = cfg_1d(t as u32, 256);
         // table holds vocab * hidden f16, tokens < vocab (validated with the
         // batch), x holds t * hidden f32 (checked above).
         self.launch(
@@ -355,11 +360,7 @@ impl Kernels {
             delta.is_none_or(|d| d.len() >= rows * hidden),
             "rmsnorm delta size",
         )?;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = cfg_1d(rows as u32, 256);
         let mut a = Args::new(s);
         a.buf_mut(x);
         match delta {
@@ -385,11 +386,7 @@ impl Kernels {
             gate_up.len() >= tokens * 2 * inter && out.len() >= tokens * inter,
             "silu sizes",
         )?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid(tokens * inter, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = cfg_1d(grid(tokens * inter, 256), 256);
         self.launch(
             s,
             &self.silu_mul,
@@ -492,11 +489,7 @@ impl Kernels {
             partial.len() >= splits * m * n && y.len() >= m * n,
             "reduce sizes",
         )?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid(m * n, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = cfg_1d(grid(m * n, 256), 256);
         self.launch(
             s,
             &self.awq_reduce,
@@ -580,11 +573,7 @@ impl Kernels {
                 && q_out.len() >= t * heads * hd,
             "rope sizes",
         )?;
-        let cfg = LaunchConfig {
-            grid_dim: (t as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = cfg_1d(t as u32, 256);
         // positions < max positions of the tables and slots inside the
         // caches (validated with the batch); buffer sizes checked above.
         self.launch(
@@ -855,11 +844,7 @@ impl Kernels {
             };
             (&self.lm_head_mma, cfg)
         } else {
-            let cfg = LaunchConfig {
-                grid_dim: (grid(vocab, 8), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = cfg_1d(grid(vocab, 8), 256);
             (&self.lm_head, cfg)
         };
         // rows index into xn's rows (validated with the batch); sizes checked
@@ -894,11 +879,7 @@ impl Kernels {
             logits.len() >= r * vocab && params.len() >= r * SAMPLE_PARAM_WORDS && vocab > 0,
             "sampling sizes",
         )?;
-        let cfg = LaunchConfig {
-            grid_dim: (r as u32, 1, 1),
-            block_dim: (SAMPLE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = cfg_1d(r as u32, SAMPLE_THREADS);
         // logits hold r rows of vocab, params r records, tokens r entries
         // (checked above); the parameters were range-checked on the host.
         self.launch(
