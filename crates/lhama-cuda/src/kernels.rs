@@ -894,3 +894,55 @@ impl Kernels {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lhama_model::{DrawParams, RowSampling, SeqSlice};
+
+    #[test]
+    fn attention_tiles_split_at_sequences_tile_size_and_position_gaps() {
+        let table = [0u32; 4];
+        let seq = |token_start, num_tokens| SeqSlice {
+            token_start,
+            num_tokens,
+            block_table: &table,
+        };
+        // Seq 0: 20 prompt tokens at 0..20; seq 1: one decode token at 40;
+        // seq 2: positions 5, 6, 9, 10 (a gap: never one tile).
+        let mut positions: Vec<u32> = (0..20).collect();
+        positions.push(40);
+        positions.extend([5, 6, 9, 10]);
+        let mut tiles = Vec::new();
+        Kernels::attention_tiles(
+            &[seq(0, 20), seq(20, 1), seq(21, 4)],
+            &positions,
+            &mut tiles,
+        );
+        assert_eq!(tiles, vec![0, 16, 16, 4, 20, 1, 21, 2, 23, 2]);
+    }
+
+    #[test]
+    fn sampling_parameters_are_encoded_as_the_kernel_reads_them() {
+        assert_eq!(sample_params(&RowSampling::Logits), [0; SAMPLE_PARAM_WORDS]);
+        assert_eq!(sample_params(&RowSampling::Greedy)[0], 1);
+        let p = DrawParams {
+            temperature: 0.5,
+            top_k: 7,
+            top_p: 0.9,
+            min_p: 0.1,
+            u: 0.25,
+        };
+        assert_eq!(
+            sample_params(&RowSampling::Draw(p)),
+            [
+                2,
+                0.5f32.to_bits(),
+                7,
+                0.9f32.to_bits(),
+                0.1f32.to_bits(),
+                0.25f32.to_bits()
+            ]
+        );
+    }
+}

@@ -186,3 +186,50 @@ impl ForwardBatch<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::DrawParams;
+
+    #[test]
+    fn sampling_instructions_are_checked() {
+        let table = [0u32];
+        let seqs = [SeqSlice {
+            token_start: 0,
+            num_tokens: 1,
+            block_table: &table,
+        }];
+        let batch = ForwardBatch {
+            tokens: &[3],
+            positions: &[0],
+            seqs: &seqs,
+            logit_rows: &[0],
+        };
+        let draw = |temperature, top_p, u| {
+            RowSampling::Draw(DrawParams {
+                temperature,
+                top_k: 0,
+                top_p,
+                min_p: 0.0,
+                u,
+            })
+        };
+        assert!(check_sampling(&batch, &[RowSampling::Greedy]).is_ok());
+        assert!(check_sampling(&batch, &[draw(0.7, 0.9, 0.5)]).is_ok());
+        let err = check_sampling(&batch, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("0 sampling instructions for 1 logit rows"),
+            "{err}"
+        );
+        for bad in [
+            draw(0.0, 1.0, 0.5),
+            draw(f32::INFINITY, 1.0, 0.5),
+            draw(1.0, 1.5, 0.5),
+            draw(1.0, 1.0, 1.0),
+        ] {
+            let err = check_sampling(&batch, &[bad]).unwrap_err().to_string();
+            assert!(err.contains("sampling parameters out of range"), "{err}");
+        }
+    }
+}
