@@ -106,6 +106,46 @@ fn cases() -> Vec<Case> {
             Some("messages"),
         ),
         c(
+            "response_format json_object (no constrained decoding)",
+            chat(json!({"response_format": {"type": "json_object"}})),
+            400,
+            Some("response_format"),
+        ),
+        c(
+            "response_format json_schema",
+            chat(
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+            ),
+            400,
+            Some("response_format"),
+        ),
+        c(
+            "response_format without a type",
+            chat(json!({"response_format": {}})),
+            400,
+            Some("response_format"),
+        ),
+        c(
+            "tools (no function calling)",
+            chat(
+                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+            ),
+            400,
+            Some("tools"),
+        ),
+        c(
+            "tool_choice required",
+            chat(json!({"tool_choice": "required"})),
+            400,
+            Some("tool_choice"),
+        ),
+        c(
+            "legacy functions",
+            chat(json!({"functions": [{"name": "f", "parameters": {}}]})),
+            400,
+            Some("functions"),
+        ),
+        c(
             "unknown role",
             chat(json!({"messages": [{"role": "wizard", "content": "x"}]})),
             400,

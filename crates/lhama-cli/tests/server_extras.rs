@@ -1,6 +1,6 @@
 //! Smaller routes and behaviours of the real server: prompt scoring with
 //! echo + max_tokens 0, generation_config defaults, tokenize/detokenize,
-//! version, metrics, CORS.
+//! version, metrics, CORS, and the neutral forms of unsupported features.
 
 mod common;
 
@@ -146,4 +146,29 @@ async fn cors_is_off_by_default_and_configurable() {
         r.headers().get("access-control-allow-origin").unwrap(),
         "https://chat.example.com"
     );
+}
+
+#[tokio::test]
+async fn neutral_forms_of_unsupported_features_and_unknown_fields_pass() {
+    let server = common::start(&[]).await;
+    // What SDKs send by default: text output, no tools, metadata fields.
+    let (status, body) = common::post(
+        &server,
+        "/v1/chat/completions",
+        &json!({
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "Oi"}],
+            "max_tokens": 3,
+            "response_format": {"type": "text"},
+            "tools": [],
+            "tool_choice": "none",
+            "user": "u-1",
+            "store": false,
+            "metadata": {"k": "v"},
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
 }

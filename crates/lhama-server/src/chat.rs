@@ -22,6 +22,7 @@ pub async fn chat_completions(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let loaded = state.serving(&req.model)?;
+    req.check_unsupported()?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",

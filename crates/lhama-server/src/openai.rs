@@ -127,6 +127,65 @@ request_with_sampling! {
         #[serde(default)]
         pub logprobs: bool,
         pub top_logprobs: Option<i64>,
+        pub response_format: Option<serde_json::Value>,
+        pub tools: Option<Vec<serde_json::Value>>,
+        pub tool_choice: Option<serde_json::Value>,
+        pub functions: Option<Vec<serde_json::Value>>,
+        pub function_call: Option<serde_json::Value>,
+    }
+}
+
+impl ChatRequest {
+    /// Features that would change what the reply must look like and that
+    /// this server does not implement (constrained JSON output, tool
+    /// calling): a 400 naming the parameter, never a reply that silently
+    /// ignores them. Their neutral forms pass (`response_format` text,
+    /// empty `tools`, `tool_choice` "none" or "auto" without tools).
+    pub fn check_unsupported(&self) -> Result<(), ApiError> {
+        if let Some(f) = &self.response_format {
+            match f.get("type").and_then(|t| t.as_str()) {
+                Some("text") => {}
+                Some(kind @ ("json_object" | "json_schema")) => {
+                    return Err(ApiError::invalid_param(
+                        "response_format",
+                        format!(
+                            "`response_format` {kind:?} is not supported by this server (no constrained decoding); \
+                             omit it or use {{\"type\": \"text\"}}"
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        "response_format",
+                        "`response_format` must be an object with `type` \"text\", \"json_object\" or \"json_schema\"",
+                    ));
+                }
+            }
+        }
+        for (param, list) in [("tools", &self.tools), ("functions", &self.functions)] {
+            if list.as_ref().is_some_and(|l| !l.is_empty()) {
+                return Err(ApiError::invalid_param(
+                    param,
+                    format!("`{param}` (function calling) is not supported by this server"),
+                ));
+            }
+        }
+        for (param, choice) in [
+            ("tool_choice", &self.tool_choice),
+            ("function_call", &self.function_call),
+        ] {
+            if let Some(c) = choice
+                && !matches!(c.as_str(), Some("none" | "auto"))
+            {
+                return Err(ApiError::invalid_param(
+                    param,
+                    format!(
+                        "`{param}` must be \"none\" or \"auto\": this server does not call tools"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
