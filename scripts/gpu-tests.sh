@@ -8,7 +8,8 @@
 #      SDK suite, with --backend cuda;
 #   3. the README's curl and SDK examples against `lhama serve --backend cuda`
 #      on ttl-460m (scripts/readme-examples.py);
-#   4. the benchmark (bench/gpu_bench.sh).
+#   4. an end-to-end serving load (bench/serve_bench.py) and the benchmark
+#      (bench/gpu_bench.sh).
 # Logs go to $OUT (or ./gpu-logs); a summary table is printed last.
 set -u
 out=${OUT:-gpu-logs}
@@ -46,10 +47,24 @@ readme_examples() {
   return $rc
 }
 step readme-ttl-cuda readme_examples
+# End-to-end serving load (bench/serve_bench.py) at 1, 16 and 64 concurrent clients.
+serve_bench() {
+  .carry/lhama serve --backend cuda --model /tmp/ttl --served-model-name ttl --port 8000 &
+  local pid=$!
+  for _ in $(seq 120); do curl -sf localhost:8000/health >/dev/null && break; sleep 0.5; done
+  local rc=0
+  for c in 1 16 64; do
+    python3 bench/serve_bench.py --concurrency "$c" --requests $((c * 4)) --prompt-words 100 --max-tokens 128 || rc=$?
+  done
+  kill -TERM "$pid"; wait "$pid"
+  return $rc
+}
+step serve-bench-cuda serve_bench
 step bench bash bench/gpu_bench.sh /tmp/ttl
 echo "device: $(cat "$out/device.txt")"
 grep -hE "max \|gpu - cpu\||gpu vs transformers" "$out/gpu-kernels-and-models.log" || true
 grep -hE "test result" "$out"/*.log || true
 cat "$out/readme-ttl-cuda.log" 2>/dev/null | grep -v INFO | tail -8
+grep -v INFO "$out/serve-bench-cuda.log" 2>/dev/null | grep -E "^(concurrency|wall|TTFT|ITL|E2E)" || true
 cat "$out/bench.log" 2>/dev/null | tail -24
 printf '%s\n' "${summary[@]}"
