@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """Runs the README's client examples (the sh block with the curl commands and
-the Python block using the openai SDK) against a server already listening on
-localhost:8000 with the served name "ttl", and prints what they answered.
-Fails when a command fails or an answer is not a completion.
+the Python block using the openai SDK) against a running server, and prints
+what they answered. Fails when a command fails or an answer is not a
+completion. The examples address localhost:8000 and the model "ttl"; --base
+and --model point them elsewhere (the Python SDK test does, on a free port).
 
-Usage: python3 scripts/readme-examples.py [README.md]
+Usage: python3 scripts/readme-examples.py [README.md] [--base http://HOST:PORT] [--model NAME]
 """
 
+import argparse
 import json
 import re
 import subprocess
-import sys
 
 
 def blocks(text, lang):
@@ -18,7 +19,17 @@ def blocks(text, lang):
 
 
 def main():
-    readme = open(sys.argv[1] if len(sys.argv) > 1 else "README.md", encoding="utf-8").read()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("readme", nargs="?", default="README.md")
+    ap.add_argument("--base", default="http://localhost:8000")
+    ap.add_argument("--model", default="ttl")
+    args = ap.parse_args()
+    readme = open(args.readme, encoding="utf-8").read()
+    host = args.base.removeprefix("http://")
+    readme = (readme.replace("http://localhost:8000", args.base)
+              .replace("localhost:8000", host)
+              .replace('"model": "ttl"', f'"model": "{args.model}"')
+              .replace('model="ttl"', f'model="{args.model}"'))
     curl = next(b for b in blocks(readme, "sh") if "curl" in b)
     commands = [c.strip() for c in curl.replace("\\\n", " ").split("\n\n") if c.strip()]
     assert len(commands) == 2, commands
