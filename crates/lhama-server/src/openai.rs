@@ -41,78 +41,69 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// Sampling fields shared by both endpoints (OpenAI's plus vLLM-style extras).
-#[derive(Debug, Clone, Default)]
-pub struct Sampling {
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f64>,
-    pub seed: Option<i64>,
-    pub n: Option<i64>,
-    pub max_tokens: Option<i64>,
-    pub max_completion_tokens: Option<i64>,
-    pub min_tokens: Option<i64>,
-    pub stop: Option<StringOrList>,
-    pub stop_token_ids: Option<Vec<i64>>,
-    pub ignore_eos: Option<bool>,
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub repetition_penalty: Option<f64>,
-    pub logit_bias: Option<HashMap<String, f64>>,
-    pub skip_special_tokens: Option<bool>,
+/// The sampling fields shared by both endpoints (OpenAI's plus vLLM-style
+/// extras), listed once: hands them to `$then!` after its own tokens.
+macro_rules! with_sampling_fields {
+    ($then:ident ! { $($head:tt)* }) => {
+        $then! { $($head)*
+            temperature: Option<f64>,
+            top_p: Option<f64>,
+            top_k: Option<i64>,
+            min_p: Option<f64>,
+            seed: Option<i64>,
+            n: Option<i64>,
+            max_tokens: Option<i64>,
+            max_completion_tokens: Option<i64>,
+            min_tokens: Option<i64>,
+            stop: Option<StringOrList>,
+            stop_token_ids: Option<Vec<i64>>,
+            ignore_eos: Option<bool>,
+            presence_penalty: Option<f64>,
+            frequency_penalty: Option<f64>,
+            repetition_penalty: Option<f64>,
+            logit_bias: Option<HashMap<String, f64>>,
+            skip_special_tokens: Option<bool>,
+        }
+    };
 }
+
+macro_rules! sampling_struct {
+    ($($field:ident : $ty:ty,)*) => {
+        /// Sampling fields shared by both endpoints.
+        #[derive(Debug, Clone, Default)]
+        pub struct Sampling {
+            $(pub $field: $ty,)*
+        }
+    };
+}
+
+with_sampling_fields!(sampling_struct! {});
 
 /// Declares a request struct with the sampling fields inline (not
 /// `#[serde(flatten)]`, which would hide the name of a field with a wrong
 /// type) and a `sampling()` accessor.
-macro_rules! request_with_sampling {
-    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $field:ident : $ty:ty,)* }) => {
+macro_rules! request_struct {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $field:ident : $ty:ty,)* }
+     $($sfield:ident : $sty:ty,)*) => {
         $(#[$m])*
         pub struct $name {
             $($(#[$fm])* pub $field: $ty,)*
-            pub temperature: Option<f64>,
-            pub top_p: Option<f64>,
-            pub top_k: Option<i64>,
-            pub min_p: Option<f64>,
-            pub seed: Option<i64>,
-            pub n: Option<i64>,
-            pub max_tokens: Option<i64>,
-            pub max_completion_tokens: Option<i64>,
-            pub min_tokens: Option<i64>,
-            pub stop: Option<StringOrList>,
-            pub stop_token_ids: Option<Vec<i64>>,
-            pub ignore_eos: Option<bool>,
-            pub presence_penalty: Option<f64>,
-            pub frequency_penalty: Option<f64>,
-            pub repetition_penalty: Option<f64>,
-            pub logit_bias: Option<HashMap<String, f64>>,
-            pub skip_special_tokens: Option<bool>,
+            $(pub $sfield: $sty,)*
         }
 
         impl $name {
             pub fn sampling(&self) -> Sampling {
                 Sampling {
-                    temperature: self.temperature,
-                    top_p: self.top_p,
-                    top_k: self.top_k,
-                    min_p: self.min_p,
-                    seed: self.seed,
-                    n: self.n,
-                    max_tokens: self.max_tokens,
-                    max_completion_tokens: self.max_completion_tokens,
-                    min_tokens: self.min_tokens,
-                    stop: self.stop.clone(),
-                    stop_token_ids: self.stop_token_ids.clone(),
-                    ignore_eos: self.ignore_eos,
-                    presence_penalty: self.presence_penalty,
-                    frequency_penalty: self.frequency_penalty,
-                    repetition_penalty: self.repetition_penalty,
-                    logit_bias: self.logit_bias.clone(),
-                    skip_special_tokens: self.skip_special_tokens,
+                    $($sfield: self.$sfield.clone(),)*
                 }
             }
         }
+    };
+}
+
+macro_rules! request_with_sampling {
+    ($($body:tt)*) => {
+        with_sampling_fields!(request_struct! { $($body)* });
     };
 }
 
