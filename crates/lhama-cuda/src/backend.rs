@@ -512,7 +512,7 @@ impl CudaBackend {
                     &ws.tables.slice(0..table_len),
                     &ws.seq_of.slice(0..t),
                     &ws.positions.slice(0..t),
-                    Some(&ws.tiles.slice(0..2 * self.num_tiles)),
+                    &ws.tiles.slice(0..2 * self.num_tiles),
                     &mut ws.attn_work,
                     &mut ws.attn.slice_mut(..),
                     shape,

@@ -41,7 +41,6 @@ pub const KERNELS: &[&str] = &[
     "awq_gemv_partial_m8_f32",
     "awq_reduce_partials_f32",
     "rope_kv_write_f32",
-    "paged_attention_partial_f32",
     "paged_attention_combine_f32",
     "paged_attention_decode_f32",
     "paged_attention_prefill_f32",

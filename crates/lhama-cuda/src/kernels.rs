@@ -86,7 +86,6 @@ pub struct Kernels {
     awq_mma: CudaFunction,
     rope_kv: CudaFunction,
     awq_reduce: CudaFunction,
-    attention_partial: CudaFunction,
     attention_combine: CudaFunction,
     attention_decode: CudaFunction,
     attention_prefill: CudaFunction,
@@ -242,7 +241,6 @@ impl Kernels {
             awq_mma: f("awq_gemm_mma_f32")?,
             rope_kv: f("rope_kv_write_f32")?,
             awq_reduce: f("awq_reduce_partials_f32")?,
-            attention_partial: f("paged_attention_partial_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
             attention_decode: f("paged_attention_decode_f32")?,
             attention_prefill: f("paged_attention_prefill_f32")?,
@@ -611,10 +609,9 @@ impl Kernels {
     }
 
     /// Causal paged attention of every query token over its sequence, split
-    /// over the context and combined (two launches). With `tiles` (from
-    /// `attention_tiles`), a block takes a tile of one sequence's tokens and
-    /// shares its loads of the keys and values among them; without, a block
-    /// per token.
+    /// over the context and combined (two launches). `tiles` (from
+    /// `attention_tiles`) groups the tokens: a block takes a tile of one
+    /// sequence's tokens and shares its loads of the keys and values among them.
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention(
         &self,
@@ -625,7 +622,7 @@ impl Kernels {
         block_tables: &CudaView<'_, u32>,
         seq_of: &CudaView<'_, u32>,
         positions: &CudaView<'_, u32>,
-        tiles: Option<&CudaView<'_, u32>>,
+        tiles: &CudaView<'_, u32>,
         work: &mut CudaSlice<f32>,
         out: &mut CudaViewMut<'_, f32>,
         shape: (usize, usize, usize),
@@ -643,17 +640,14 @@ impl Kernels {
             seq_of.len() == t && q.len() >= t * heads * hd && out.len() >= t * heads * hd,
             "attention sizes",
         )?;
-        check(
-            tiles.is_none_or(|tl| tl.len() >= 2 && tl.len() / 2 <= t),
-            "attention tiles",
-        )?;
+        check(tiles.len() >= 2 && tiles.len() / 2 <= t, "attention tiles")?;
         let parts = Self::attention_parts(max_context);
         check(
             work.len() >= Self::attention_work_len(t, heads, hd, max_context),
             "attention workspace",
         )?;
         let scale = 1.0f32 / (hd as f32).sqrt();
-        let blocks = tiles.map_or(t, |tl| tl.len() / 2);
+        let blocks = tiles.len() / 2;
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, heads as u32, parts as u32),
             block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
@@ -664,30 +658,27 @@ impl Kernels {
         // is the model's max positions), so partitions stay inside `work`;
         // every tile's tokens lie inside the batch and are consecutive
         // positions of one sequence (attention_tiles); sizes checked above.
-        let mut a = Args::new(s);
-        a.buf(q)
-            .buf(k_cache)
-            .buf(v_cache)
-            .buf(block_tables)
-            .buf(seq_of)
-            .buf(positions);
-        if let Some(tl) = tiles {
-            a.buf(tl);
-        }
-        a.buf_mut(work)
-            .i32(i32_of(heads))
-            .i32(i32_of(kv_heads))
-            .i32(i32_of(hd))
-            .i32(i32_of(block_size))
-            .i32(i32_of(max_blocks))
-            .i32(i32_of(parts))
-            .f32(scale);
-        let partial = if tiles.is_some() {
-            &self.attention_prefill
-        } else {
-            &self.attention_partial
-        };
-        self.launch(s, partial, cfg, &mut a)?;
+        self.launch(
+            s,
+            &self.attention_prefill,
+            cfg,
+            Args::new(s)
+                .buf(q)
+                .buf(k_cache)
+                .buf(v_cache)
+                .buf(block_tables)
+                .buf(seq_of)
+                .buf(positions)
+                .buf(tiles)
+                .buf_mut(work)
+                .i32(i32_of(heads))
+                .i32(i32_of(kv_heads))
+                .i32(i32_of(hd))
+                .i32(i32_of(block_size))
+                .i32(i32_of(max_blocks))
+                .i32(i32_of(parts))
+                .f32(scale),
+        )?;
         let cfg = LaunchConfig {
             grid_dim: (t as u32, heads as u32, 1),
             block_dim: (hd as u32, 1, 1),

@@ -530,30 +530,11 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
         let td = s.clone_htod(&flat).unwrap();
         let so: Vec<u32> = seq_ids.iter().map(|&x| x as u32).collect();
         let sod = s.clone_htod(&so).unwrap();
-        let mut out = poisoned(&s, t * q_dim);
         let mut work = s
             .alloc_zeros::<f32>(Kernels::attention_work_len(t, heads, hd, 128))
             .unwrap();
-        k.paged_attention(
-            &s,
-            &qd.slice(..),
-            &kd,
-            &vd,
-            &td.slice(..),
-            &sod.slice(..),
-            &pd.slice(..),
-            None,
-            &mut work,
-            &mut out.slice_mut(..),
-            (heads, kv_heads, hd),
-            bs,
-            max_blocks,
-            128,
-        )
-        .unwrap();
-        let e = rel_err(&back(&s, &out, t * q_dim), &want);
-        assert!(e < 1e-5, "attention rel err {e}");
-        // The tiled kernel (query tiles of one sequence sharing K/V loads).
+        // Query tiles as the backend builds them (up to 16 consecutive tokens
+        // of one sequence sharing K/V loads), then one token per tile.
         let mut seqs = Vec::new();
         let mut first = 0;
         while first < t {
@@ -566,33 +547,40 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
             });
             first += n;
         }
-        let mut tiles = Vec::new();
-        Kernels::attention_tiles(&seqs, &positions, &mut tiles);
-        let tiled = s.clone_htod(&tiles).unwrap();
-        let mut out = poisoned(&s, t * q_dim);
-        k.paged_attention(
-            &s,
-            &qd.slice(..),
-            &kd,
-            &vd,
-            &td.slice(..),
-            &sod.slice(..),
-            &pd.slice(..),
-            Some(&tiled.slice(..)),
-            &mut work,
-            &mut out.slice_mut(..),
-            (heads, kv_heads, hd),
-            bs,
-            max_blocks,
-            128,
-        )
-        .unwrap();
-        let e = rel_err(&back(&s, &out, t * q_dim), &want);
-        eprintln!(
-            "tiled attention, {t} tokens in {} tiles: rel err {e:.2e}",
-            tiles.len() / 2
-        );
-        assert!(e < 1e-5, "tiled attention rel err {e}");
+        let mut grouped = Vec::new();
+        Kernels::attention_tiles(&seqs, &positions, &mut grouped);
+        let single: Vec<u32> = (0..t as u32).flat_map(|i| [i, 1]).collect();
+        for tiles in [grouped, single] {
+            let tiled = s.clone_htod(&tiles).unwrap();
+            let mut out = poisoned(&s, t * q_dim);
+            k.paged_attention(
+                &s,
+                &qd.slice(..),
+                &kd,
+                &vd,
+                &td.slice(..),
+                &sod.slice(..),
+                &pd.slice(..),
+                &tiled.slice(..),
+                &mut work,
+                &mut out.slice_mut(..),
+                (heads, kv_heads, hd),
+                bs,
+                max_blocks,
+                128,
+            )
+            .unwrap();
+            let e = rel_err(&back(&s, &out, t * q_dim), &want);
+            eprintln!(
+                "tiled attention, {t} tokens in {} tiles: rel err {e:.2e}",
+                tiles.len() / 2
+            );
+            assert!(
+                e < 1e-5,
+                "attention rel err {e} ({} tiles)",
+                tiles.len() / 2
+            );
+        }
     };
     run(vec![1; 6], (0..6).collect(), &mut cpu_k, &mut cpu_v);
     let mut ids = vec![0usize; 100];
