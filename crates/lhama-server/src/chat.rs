@@ -93,7 +93,7 @@ pub async fn chat_completions(
             "logprobs": req.logprobs.then(|| json!({"content": c.logprobs.iter().map(|l| chat_logprob(&tokenizer, l)).collect::<Vec<_>>()})),
             "finish_reason": finish_str(c.finish),
         })).collect::<Vec<_>>(),
-        "usage": {"prompt_tokens": prompt.len(), "completion_tokens": completion, "total_tokens": prompt.len() + completion},
+        "usage": generation::usage(prompt.len(), completion),
         "system_fingerprint": Value::Null,
     });
     Ok(Json(body).into_response())
@@ -176,7 +176,7 @@ impl ChunkWriter for ChatChunks {
         }
         let (p, c) = self.usage;
         let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+        chunk["usage"] = generation::usage(p, c);
         vec![chunk]
     }
 }

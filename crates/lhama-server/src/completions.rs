@@ -125,7 +125,7 @@ pub async fn completions(
                 "finish_reason": finish_str(c.finish),
             })
         }).collect::<Vec<_>>(),
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
+        "usage": generation::usage(prompt_tokens, completion),
     });
     Ok(Json(body).into_response())
 }
@@ -225,7 +225,7 @@ impl ChunkWriter for CompletionChunks {
         let (p, c) = self.usage;
         vec![
             json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                    "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}),
+                    "choices": [], "usage": generation::usage(p, c)}),
         ]
     }
 }

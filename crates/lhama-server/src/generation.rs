@@ -148,6 +148,15 @@ pub fn finish_str(r: Option<FinishReason>) -> Option<&'static str> {
     })
 }
 
+/// OpenAI's `usage` object.
+pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
