@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
 use half::f16;
 use lhama_model::backend::check_sampling;
 use lhama_model::cpu::kernels::RopeTable;
@@ -451,6 +451,11 @@ impl CudaBackend {
             &mut ws.x.slice_mut(0..t * hidden),
             hidden,
         )?;
+        // y = x · W for the step's t rows, with the shared split-K scratch.
+        let (partial, counters) = (&mut ws.partial, &mut ws.counters);
+        let mut matmul = |x: &CudaView<'_, f32>, w: &GpuAwq, y: &mut CudaViewMut<'_, f32>| {
+            k.awq_matmul(s, x, t, w, partial, counters, y)
+        };
         let mut pending_delta = false;
         for layer in &mut self.layers {
             k.add_rmsnorm(
@@ -462,13 +467,9 @@ impl CudaBackend {
                 t,
                 eps,
             )?;
-            k.awq_matmul(
-                s,
+            matmul(
                 &ws.h.slice(0..t * hidden),
-                t,
                 &layer.qkv,
-                &mut ws.partial,
-                &mut ws.counters,
                 &mut ws.qkv.slice_mut(..),
             )?;
             if fused_decode {
@@ -521,15 +522,7 @@ impl CudaBackend {
                     cfg.max_position_embeddings,
                 )?;
             }
-            k.awq_matmul(
-                s,
-                &ws.attn.slice(..),
-                t,
-                &layer.o,
-                &mut ws.partial,
-                &mut ws.counters,
-                &mut ws.proj.slice_mut(..),
-            )?;
+            matmul(&ws.attn.slice(..), &layer.o, &mut ws.proj.slice_mut(..))?;
             k.add_rmsnorm(
                 s,
                 &mut ws.x.slice_mut(0..t * hidden),
@@ -539,13 +532,9 @@ impl CudaBackend {
                 t,
                 eps,
             )?;
-            k.awq_matmul(
-                s,
+            matmul(
                 &ws.h.slice(0..t * hidden),
-                t,
                 &layer.gate_up,
-                &mut ws.partial,
-                &mut ws.counters,
                 &mut ws.gate_up.slice_mut(..),
             )?;
             k.silu_mul(
@@ -555,15 +544,7 @@ impl CudaBackend {
                 t,
                 inter,
             )?;
-            k.awq_matmul(
-                s,
-                &ws.act.slice(..),
-                t,
-                &layer.down,
-                &mut ws.partial,
-                &mut ws.counters,
-                &mut ws.proj.slice_mut(..),
-            )?;
+            matmul(&ws.act.slice(..), &layer.down, &mut ws.proj.slice_mut(..))?;
             pending_delta = true;
         }
         if r == 0 {
