@@ -120,14 +120,13 @@ pub struct CudaBackend {
     /// CUDA graph captured once per batch size: no per-kernel launch cost.
     graphs: std::collections::HashMap<usize, Graph>,
     use_graphs: bool,
-    /// Query tiles of the uploaded batch.
-    num_tiles: usize,
     /// Decode attention fuses rotary embedding and the K/V write
     /// (LHAMA_CUDA_FUSED_DECODE=0 turns it off, for comparisons).
     fused_decode: bool,
     // Host staging, reused every step.
     host_slots: Vec<u32>,
     host_seq_of: Vec<u32>,
+    /// (first token, count) query tiles of the uploaded batch, as on the device.
     host_tiles: Vec<u32>,
     host_tables: Vec<u32>,
     host_params: Vec<u32>,
@@ -345,7 +344,6 @@ impl CudaBackend {
             graphs: std::collections::HashMap::new(),
             use_graphs: std::env::var("LHAMA_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             fused_decode: std::env::var("LHAMA_CUDA_FUSED_DECODE").map_or(true, |v| v != "0"),
-            num_tiles: 0,
             host_slots: Vec::with_capacity(t),
             host_seq_of: Vec::with_capacity(t),
             host_tiles: Vec::with_capacity(2 * t),
@@ -401,7 +399,6 @@ impl CudaBackend {
         Kernels::attention_tiles(batch.seqs, batch.positions, &mut self.host_tiles);
         let tl = self.host_tiles.len();
         s.memcpy_htod(&self.host_tiles, &mut ws.tiles.slice_mut(0..tl))?;
-        self.num_tiles = tl / 2;
         let table_len = batch.seqs.len() * self.max_blocks;
         s.memcpy_htod(
             &self.host_tables[..table_len],
@@ -513,7 +510,7 @@ impl CudaBackend {
                     &ws.tables.slice(0..table_len),
                     &ws.seq_of.slice(0..t),
                     &ws.positions.slice(0..t),
-                    &ws.tiles.slice(0..2 * self.num_tiles),
+                    &ws.tiles.slice(0..self.host_tiles.len()),
                     &mut ws.attn_work,
                     &mut ws.attn.slice_mut(..),
                     shape,
