@@ -397,6 +397,10 @@ impl Engine {
                 && s.start < a.prompt_len
             {
                 let k = a.params.prompt_logprobs.unwrap_or(0);
+                // Entry j is token j's logprob (entry 0 has none). A sequence
+                // recomputed after preemption starts again at position 0, so
+                // what an earlier pass left at and after this chunk goes.
+                a.prompt_logprobs.truncate(s.start + 1);
                 for i in 0..s.tokens.len() {
                     let pos = s.start + i;
                     if pos + 1 < a.prompt_len {

@@ -102,3 +102,26 @@ fn arbitrary_ids_never_stall_the_stream() {
         );
     }
 }
+
+#[test]
+fn invalid_bytes_are_released_at_once_as_replacement_characters() {
+    let (_d, tok) = tokenizer();
+    let mut dec = IncrementalDecoder::new(true);
+    // <0xFF> can never start a character: each one is a U+FFFD of its own,
+    // sent with its token (it used to hold every later delta back).
+    for i in 0..500 {
+        assert_eq!(
+            dec.push(&tok, BYTE0 + 0xFF).unwrap().as_deref(),
+            Some("\u{FFFD}"),
+            "token {i}"
+        );
+    }
+    // A valid start is still held until its character is complete ...
+    assert_eq!(dec.push(&tok, BYTE0 + 0xC3).unwrap(), None);
+    assert_eq!(dec.push(&tok, BYTE0 + 0xA3).unwrap().as_deref(), Some("ã"));
+    // ... and released as U+FFFD when the next byte cannot continue it.
+    assert_eq!(dec.push(&tok, BYTE0 + 0xE6).unwrap(), None);
+    let got = dec.push(&tok, BYTE0 + 0x41).unwrap().unwrap_or_default();
+    assert!(got.starts_with('\u{FFFD}'), "{got:?}");
+    assert_eq!(dec.finish(&tok).unwrap(), None, "nothing left behind");
+}

@@ -418,3 +418,59 @@ fn the_backend_samples_unless_the_request_needs_the_logits() {
         assert!(take(&seen).iter().all(|s| *s == RowSampling::Logits));
     }
 }
+
+/// Prompt logprobs of `p` as the engine reports them, asked with max_tokens 0.
+fn scored(mut s: lhama_engine::RequestStream) -> Vec<Option<lhama_engine::TokenLogprob>> {
+    let mut lps = None;
+    while let Some(ev) = s.events.blocking_recv() {
+        match ev {
+            Event::PromptLogprobs(l) => lps = Some(l),
+            Event::Done { .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    lps.expect("prompt logprobs")
+}
+
+#[test]
+fn prompt_logprobs_survive_preemption_and_recomputation() {
+    let f = fixture();
+    let p = prompt(9, 150);
+    let params = RequestParams {
+        max_tokens: 0,
+        prompt_logprobs: Some(3),
+        ..greedy_params(0)
+    };
+    let alone = scored(
+        engine(&f, 64, 16)
+            .submit(p.clone(), params.clone())
+            .unwrap(),
+    );
+    assert_eq!(alone.len(), p.len());
+    // 16 blocks of 16: three decodes growing to 70 tokens (5 blocks each)
+    // and a 150-token prompt (10 blocks) cannot all fit, and the scoring
+    // request, admitted last, is the one preempted while it is prefilled.
+    let eng = engine(&f, 16, 16);
+    let decodes: Vec<_> = (0..3)
+        .map(|i| eng.submit(prompt(20 + i, 30), greedy_params(40)).unwrap())
+        .collect();
+    wait_until("the decodes to be running", || {
+        eng.stats.generated_tokens.load(Ordering::Relaxed) >= 3
+    });
+    let under_pressure = scored(eng.submit(p.clone(), params).unwrap());
+    for d in decodes {
+        collect(d);
+    }
+    assert!(
+        eng.stats.preemptions.load(Ordering::Relaxed) > 0,
+        "the test should exercise preemption"
+    );
+    assert_eq!(
+        under_pressure.len(),
+        alone.len(),
+        "one entry per prompt token"
+    );
+    for (i, (got, want)) in under_pressure.iter().zip(&alone).enumerate() {
+        assert_eq!(got, want, "prompt position {i}");
+    }
+}

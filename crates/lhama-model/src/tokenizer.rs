@@ -130,6 +130,16 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The byte a byte-fallback piece (`<0xNN>`) stands for.
+    pub fn byte_fallback(&self, id: u32) -> Option<u8> {
+        let piece = self.inner.id_to_token(id)?;
+        let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+        if hex.len() != 2 {
+            return None;
+        }
+        u8::from_str_radix(hex, 16).ok()
+    }
+
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
     }
