@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use lhama_engine::scheduler::SchedulerConfig;
 use lhama_engine::{EngineConfig, spawn};
 use lhama_model::ModelFiles;
+use lhama_server::connections::{ConnLimits, accept_loop};
 use lhama_server::{AppState, Loaded, ServerConfig};
 use serde::Deserialize;
 
@@ -78,6 +79,18 @@ pub struct ServeArgs {
     /// Seconds running requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "LHAMA_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Open connections at most; one more is answered 503 and closed [default: 512].
+    #[arg(long, env = "LHAMA_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request head once it has begun [default: 10].
+    #[arg(long, env = "LHAMA_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a whole request body has to arrive in (408 beyond) [default: 60].
+    #[arg(long, env = "LHAMA_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
+    /// Seconds an idle keep-alive connection stays open [default: 30].
+    #[arg(long, env = "LHAMA_KEEP_ALIVE_TIMEOUT_SECS")]
+    pub keep_alive_timeout_secs: Option<u64>,
 }
 
 /// Settings after flags, env, file and defaults are merged.
@@ -96,6 +109,7 @@ pub struct Settings {
     pub backend: BackendKind,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub connections: ConnLimits,
 }
 
 fn read_file_config(path: &Path) -> anyhow::Result<ServeArgs> {
@@ -139,6 +153,10 @@ impl ServeArgs {
             anyhow::ensure!(v > 0, "--{name} must be greater than 0");
             Ok(v)
         };
+        let seconds = |name: &str, v: u64| -> anyhow::Result<Duration> {
+            anyhow::ensure!(v > 0, "--{name} must be greater than 0");
+            Ok(Duration::from_secs(v))
+        };
         Ok(Settings {
             host: pick!(host, "0.0.0.0".to_string()),
             port: pick!(port, 8000),
@@ -173,6 +191,21 @@ impl ServeArgs {
                 max_queue_requests: positive("max-queue-requests", pick!(max_queue_requests, 256))?,
                 max_queue_tokens: positive("max-queue-tokens", pick!(max_queue_tokens, 1 << 20))?,
                 cors_origins: pick!(cors_origins, Vec::new()),
+                body_read_timeout: seconds(
+                    "body-read-timeout-secs",
+                    pick!(body_read_timeout_secs, 60),
+                )?,
+            },
+            connections: ConnLimits {
+                max_connections: positive("max-connections", pick!(max_connections, 512))?,
+                header_read_timeout: seconds(
+                    "header-read-timeout-secs",
+                    pick!(header_read_timeout_secs, 10),
+                )?,
+                keep_alive_timeout: seconds(
+                    "keep-alive-timeout-secs",
+                    pick!(keep_alive_timeout_secs, 30),
+                )?,
             },
             backend: pick!(backend, BackendKind::Auto),
             log_format: pick!(log_format, LogFormat::Text),
@@ -246,12 +279,18 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
 }
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cores)
+        .thread_name("lhama-http")
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(settings))
+    let result = runtime.block_on(serve(settings));
+    // Blocking work still running (a model load, a tokenization) must not
+    // hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -280,6 +319,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 max_num_batched_tokens = load_settings.max_num_batched_tokens,
                 kv_cache_tokens = scheduler.num_blocks * scheduler.block_size,
                 max_queue_requests = load_settings.server.max_queue_requests,
+                max_connections = load_settings.connections.max_connections,
                 api_keys = load_settings.server.api_keys.len(),
                 "lhama serving"
             );
@@ -290,29 +330,52 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
     tracing::info!(address = %local, "listening (model loading)");
-    let shutdown_state = state.clone();
-    let grace = settings.shutdown_grace;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: no new requests; letting running ones finish");
-        shutdown_state.0.shutting_down.store(true, Ordering::SeqCst);
-        let _ = stop_tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
-    // After the signal, give in-flight requests the grace period, then exit.
-    let deadline = async move {
-        if stop_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        r = server => r.context("server task")?.context("serving")?,
-        () = deadline => tracing::warn!("grace period over; exiting with requests still running"),
-    }
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(accept_loop(
+        listener,
+        app,
+        state.clone(),
+        settings.connections,
+        closing_rx,
+    ));
+    shutdown_signal().await;
+    drain(&state, settings.shutdown_grace, &closing_tx).await;
     Ok(())
+}
+
+/// Graceful shutdown. New requests get 503 (and `Connection: close`) while
+/// the ones in flight finish; idle connections and ones with a half-sent
+/// request are closed at once. When nothing is in flight any more, or the
+/// grace period is over, the process exits; streams still running then end
+/// with an SSE error event, collected requests with a 503.
+async fn drain(state: &AppState, grace: Duration, closing: &tokio::sync::watch::Sender<bool>) {
+    let in_flight = state.0.in_flight.clone();
+    tracing::info!(
+        in_flight = in_flight.get(),
+        grace_secs = grace.as_secs(),
+        "shutting down: new requests get 503; letting running ones finish"
+    );
+    state.0.shutting_down.store(true, Ordering::SeqCst);
+    let _ = closing.send(true);
+    if tokio::time::timeout(grace, in_flight.idle()).await.is_ok() {
+        tracing::info!("every request finished; exiting");
+        return;
+    }
+    tracing::warn!(
+        in_flight = in_flight.get(),
+        "grace period over: cutting the requests still running"
+    );
+    let _ = state.0.cut.send(true);
+    // Time for the cut streams to write their error event.
+    if tokio::time::timeout(Duration::from_secs(2), in_flight.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = in_flight.get(),
+            "exiting with requests still in flight"
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -172,11 +172,32 @@ async fn a_client_that_disconnects_frees_its_blocks() {
 
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
-    let server = common::start(&["--max-queue-requests", "1"]).await;
-    // n = 2 puts two sequences in the queue at once: the second is refused.
+    // One running sequence; the next request waits in the queue (one place).
+    let server = common::start(&["--max-queue-requests", "1", "--max-num-seqs", "1"]).await;
+    let url = format!("{}/v1/chat/completions", server.base);
+    let running = reqwest::Client::new()
+        .post(&url)
+        .json(&chat_body("Oi", json!({"max_tokens": 480, "stream": true})))
+        .send()
+        .await
+        .unwrap();
+    // Its first token gives its queue place back.
+    let mut running = running.bytes_stream();
+    let mut seen = Vec::new();
+    while seen.windows(6).filter(|w| w == b"data: ").count() < 2 {
+        seen.extend_from_slice(&running.next().await.unwrap().unwrap());
+    }
+    let waiting = reqwest::Client::new()
+        .post(&url)
+        .json(&chat_body("Oi", json!({"max_tokens": 4, "stream": true})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waiting.status().as_u16(), 200);
+    common::wait_metric(&server, "lhama_queue_depth", 1.0).await;
     let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", server.base))
-        .json(&chat_body("Oi", json!({"n": 2})))
+        .post(&url)
+        .json(&chat_body("Oi", json!({})))
         .send()
         .await
         .unwrap();
@@ -187,10 +208,70 @@ async fn a_full_queue_answers_429_with_retry_after() {
     );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
-    // One at a time is fine.
+    drop(running);
+    drop(waiting);
+    // Once they are gone, one at a time is fine.
+    common::wait_metric(&server, "lhama_queue_depth", 0.0).await;
     let (status, _) =
         common::post(&server, "/v1/chat/completions", &chat_body("Oi", json!({}))).await;
     assert_eq!(status, 200);
+}
+
+/// A request that no queue state could ever admit gets 400, not 429, and
+/// nothing of it reaches the engine.
+#[tokio::test]
+async fn a_request_that_can_never_be_admitted_gets_400() {
+    let server = common::start(&["--max-queue-tokens", "4000"]).await;
+    let url = format!("{}/v1/completions", server.base);
+    let client = reqwest::Client::new();
+    let send = |body: Value| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let r = client.post(&url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }
+    };
+    // 300 prompts: more sequences than the queue's 256 places.
+    let prompts: Vec<Vec<u32>> = (0..300).map(|i| vec![1, 5 + i % 100]).collect();
+    let (status, body) = send(json!({"model": "tiny", "prompt": prompts, "max_tokens": 1})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("300 sequences"),
+        "{body}"
+    );
+    // n × prompt tokens over --max-queue-tokens.
+    let prompt: Vec<u32> = (0..500).map(|i| 5 + i % 100).collect();
+    let (status, body) =
+        send(json!({"model": "tiny", "prompt": prompt, "n": 10, "max_tokens": 1})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("5000 tokens"),
+        "{body}"
+    );
+    // A prompt of 1.1 million ids: over the context, said as such.
+    let huge: Vec<u32> = vec![5; 1_100_000];
+    let (status, body) = send(json!({"model": "tiny", "prompt": huge, "max_tokens": 1})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
+    // The same as text, 7 MB of it: refused before it is tokenized.
+    let text = "palavra ".repeat(7 << 17);
+    let (status, body) = send(json!({"model": "tiny", "prompt": text, "max_tokens": 1})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
+    // Nothing was submitted to the engine.
+    assert_eq!(
+        common::metric(&server, "lhama_prompt_tokens_total").await,
+        0.0
+    );
+    assert_eq!(common::metric(&server, "lhama_queue_depth").await, 0.0);
 }
 
 #[tokio::test]

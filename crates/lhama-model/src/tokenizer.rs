@@ -15,6 +15,8 @@ pub struct Tokenizer {
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     chat_template: Option<ChatTemplate>,
+    /// Bytes of the longest piece in the vocabulary (added tokens included).
+    max_piece_bytes: usize,
 }
 
 /// `"<s>"` or `{"content": "<s>", ...}`: both forms occur in tokenizer_config.json.
@@ -100,8 +102,15 @@ impl Tokenizer {
                 )
             }
         };
+        let max_piece_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1);
         Ok(Self {
             inner,
+            max_piece_bytes,
             bos_token,
             eos_token,
             bos_id,
@@ -128,6 +137,13 @@ impl Tokenizer {
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
+    }
+
+    /// Bytes of the longest piece in the vocabulary: a text of B bytes
+    /// encodes to at least B / max_piece_bytes tokens when normalization
+    /// does not shorten it (Llama's Metaspace only lengthens it).
+    pub fn max_piece_bytes(&self) -> usize {
+        self.max_piece_bytes
     }
 
     /// The byte a byte-fallback piece (`<0xNN>`) stands for.

@@ -1,13 +1,14 @@
 //! POST /v1/chat/completions
 
-use axum::Json;
+use axum::Extension;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use lhama_engine::{Event, TokenLogprob};
 use lhama_model::{ChatMessage, Tokenizer};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+use crate::connections::ClientEof;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::generation::{self, finish_str, request_id, unix_now};
@@ -19,6 +20,7 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    eof: Option<Extension<Arc<ClientEof>>>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let loaded = state.serving(&req.model)?;
@@ -41,14 +43,20 @@ pub async fn chat_completions(
     }
     let sampling = req.sampling();
     let n = sampling.n()?;
-    let text = loaded
-        .tokenizer
-        .apply_chat_template(&messages, true)
-        .map_err(ApiError::from_template)?;
-    let prompt = loaded
-        .tokenizer
-        .encode(&text, false)
-        .map_err(ApiError::internal)?;
+    let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    let max_model_len = loaded.max_model_len;
+    generation::check_text_len(&loaded.tokenizer, max_model_len, text_bytes, "messages")?;
+    let tokenizer = loaded.tokenizer.clone();
+    let prompt: Arc<[u32]> = state
+        .heavy(move || -> Result<Arc<[u32]>, ApiError> {
+            let text = tokenizer
+                .apply_chat_template(&messages, true)
+                .map_err(ApiError::from_template)?;
+            generation::check_text_len(&tokenizer, max_model_len, text.len(), "messages")?;
+            let ids = tokenizer.encode(&text, false).map_err(ApiError::internal)?;
+            Ok(ids.into())
+        })
+        .await??;
     let default_max = loaded.max_model_len.saturating_sub(prompt.len());
     let mut params = sampling.to_params(&loaded.generation, loaded.vocab_size, default_max)?;
     params.logprobs = match (req.logprobs, req.top_logprobs) {
@@ -62,7 +70,7 @@ pub async fn chat_completions(
         (false, None) => None,
     };
     let jobs = generation::choices(&prompt, &params, n, 0);
-    let merged = generation::start(&state, loaded, jobs, "messages")?;
+    let events = generation::start(&state, loaded, jobs, "messages")?;
     let id = request_id("chatcmpl");
     let model = req.model.clone();
     let created = unix_now();
@@ -78,25 +86,28 @@ pub async fn chat_completions(
             tokenizer,
             usage: (prompt.len(), 0),
         };
-        return Ok(sse::stream(merged, writer));
+        return Ok(sse::stream(events, writer, state.cut_signal()));
     }
-    let choices = generation::collect(merged, n).await?;
-    let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
-    let body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": choices.iter().enumerate().map(|(i, c)| json!({
-            "index": i,
-            "message": {"role": "assistant", "content": c.text},
-            "logprobs": req.logprobs.then(|| json!({"content": c.logprobs.iter().map(|l| chat_logprob(&tokenizer, l)).collect::<Vec<_>>()})),
-            "finish_reason": finish_str(c.finish),
-        })).collect::<Vec<_>>(),
-        "usage": generation::usage(prompt.len(), completion),
-        "system_fingerprint": Value::Null,
-    });
-    Ok(Json(body).into_response())
+    let logprobs = req.logprobs;
+    let prompt_len = prompt.len();
+    let render = move |choices: Vec<generation::Choice>| {
+        let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+        json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": choices.iter().enumerate().map(|(i, c)| json!({
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": logprobs.then(|| json!({"content": c.logprobs.iter().map(|l| chat_logprob(&tokenizer, l)).collect::<Vec<_>>()})),
+                "finish_reason": finish_str(c.finish),
+            })).collect::<Vec<_>>(),
+            "usage": generation::usage(prompt_len, completion),
+            "system_fingerprint": Value::Null,
+        })
+    };
+    generation::respond(&state, eof.map(|e| e.0), events, n, render).await
 }
 
 /// The text of a token as OpenAI reports it ("▁" as a space; byte pieces as their byte).

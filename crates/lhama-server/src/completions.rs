@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
+use axum::Extension;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use lhama_engine::{Event, TokenLogprob};
 use lhama_model::Tokenizer;
 use serde_json::{Map, Value, json};
 
 use crate::chat::token_text;
+use crate::connections::ClientEof;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::generation::{self, Choice, finish_str, request_id, unix_now};
@@ -17,19 +18,35 @@ use crate::openai::{CompletionRequest, Prompt, top_count};
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
 
-/// The prompts of a request as token ids, with their text for `echo`.
-fn prompts(
-    req: &CompletionRequest,
-    tokenizer: &Tokenizer,
+/// Limits a prompt is checked against before it is tokenized or decoded.
+struct PromptLimits {
     vocab: usize,
-) -> Result<Vec<(Vec<u32>, String)>, ApiError> {
-    let encode = |t: &str| -> Result<(Vec<u32>, String), ApiError> {
-        Ok((
-            tokenizer.encode(t, true).map_err(ApiError::internal)?,
-            t.to_string(),
-        ))
+    max_model_len: usize,
+    max_tokens: usize,
+    /// Decode token-id prompts to text (only `echo` needs it).
+    echo: bool,
+}
+
+/// The prompts of a request as token ids, with their text for `echo`. Each
+/// is checked against the context length before it is tokenized (by its
+/// size in bytes) or decoded (by its count of ids). Runs on the blocking pool.
+fn prompts(
+    prompt: Prompt,
+    tokenizer: &Tokenizer,
+    limits: &PromptLimits,
+) -> Result<Vec<(Arc<[u32]>, String)>, ApiError> {
+    let fits = |ids: usize| {
+        generation::check_context_len(limits.max_model_len, ids, limits.max_tokens, "prompt")
     };
-    let ids = |list: &[i64]| -> Result<(Vec<u32>, String), ApiError> {
+    let encode = |t: String| -> Result<(Arc<[u32]>, String), ApiError> {
+        generation::check_text_len(tokenizer, limits.max_model_len, t.len(), "prompt")?;
+        let ids = tokenizer.encode(&t, true).map_err(ApiError::internal)?;
+        fits(ids.len())?;
+        Ok((ids.into(), t))
+    };
+    let ids = |list: Vec<i64>| -> Result<(Arc<[u32]>, String), ApiError> {
+        fits(list.len())?;
+        let vocab = limits.vocab;
         let ids = list
             .iter()
             .map(|&t| {
@@ -43,14 +60,18 @@ fn prompts(
                 }
             })
             .collect::<Result<Vec<u32>, _>>()?;
-        let text = tokenizer.decode(&ids, false).map_err(ApiError::internal)?;
-        Ok((ids, text))
+        let text = if limits.echo {
+            tokenizer.decode(&ids, false).map_err(ApiError::internal)?
+        } else {
+            String::new()
+        };
+        Ok((ids.into(), text))
     };
-    let out = match &req.prompt {
+    let out = match prompt {
         Prompt::Text(t) => vec![encode(t)?],
-        Prompt::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+        Prompt::Texts(ts) => ts.into_iter().map(encode).collect::<Result<_, _>>()?,
         Prompt::Ids(list) => vec![ids(list)?],
-        Prompt::IdLists(lists) => lists.iter().map(|l| ids(l)).collect::<Result<_, _>>()?,
+        Prompt::IdLists(lists) => lists.into_iter().map(ids).collect::<Result<_, _>>()?,
     };
     if out.is_empty() || out.iter().any(|(ids, _)| ids.is_empty()) {
         return Err(ApiError::invalid_param(
@@ -61,9 +82,18 @@ fn prompts(
     Ok(out)
 }
 
+fn prompt_count(p: &Prompt) -> usize {
+    match p {
+        Prompt::Text(_) | Prompt::Ids(_) => 1,
+        Prompt::Texts(ts) => ts.len(),
+        Prompt::IdLists(ls) => ls.len(),
+    }
+}
+
 pub async fn completions(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    eof: Option<Extension<Arc<ClientEof>>>,
+    ApiJson(mut req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let loaded = state.serving(&req.model)?;
     if req.suffix.is_some() {
@@ -80,21 +110,39 @@ pub async fn completions(
             "`best_of` other than `n` is not supported",
         ));
     }
-    let tokenizer = loaded.tokenizer.clone();
-    let prompts = prompts(&req, &tokenizer, loaded.vocab_size)?;
     let logprobs = req.logprobs.map(|k| top_count("logprobs", k)).transpose()?;
+    let mut params = sampling.to_params(&loaded.generation, loaded.vocab_size, 16)?;
+    params.logprobs = logprobs;
+    params.prompt_logprobs = if req.echo { logprobs } else { None };
+    // More sequences than the queue ever holds: refused before any tokenizing.
+    state.check_admissible(prompt_count(&req.prompt).saturating_mul(n), 0)?;
+    let tokenizer = loaded.tokenizer.clone();
+    let limits = PromptLimits {
+        vocab: loaded.vocab_size,
+        max_model_len: loaded.max_model_len,
+        max_tokens: params.max_tokens,
+        echo: req.echo,
+    };
+    let prompt = std::mem::replace(&mut req.prompt, Prompt::Texts(Vec::new()));
+    let prompts = {
+        let tokenizer = tokenizer.clone();
+        state
+            .heavy(move || prompts(prompt, &tokenizer, &limits))
+            .await??
+    };
     let mut jobs = Vec::new();
     for (p, (ids, _)) in prompts.iter().enumerate() {
-        let mut params = sampling.to_params(&loaded.generation, loaded.vocab_size, 16)?;
-        params.logprobs = logprobs;
-        params.prompt_logprobs = if req.echo { logprobs } else { None };
         jobs.extend(generation::choices(ids, &params, n, p * n));
     }
     let count = jobs.len();
-    let merged = generation::start(&state, loaded, jobs, "prompt")?;
+    let events = generation::start(&state, loaded, jobs, "prompt")?;
     let id = request_id("cmpl");
     let created = unix_now();
-    let echo_texts: Vec<String> = (0..count).map(|i| prompts[i / n].1.clone()).collect();
+    let echo_texts: Vec<String> = if req.echo {
+        (0..count).map(|i| prompts[i / n].1.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let prompt_tokens: usize = prompts.iter().map(|(ids, _)| ids.len()).sum::<usize>() * n;
     if req.stream {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -107,31 +155,34 @@ pub async fn completions(
             tokenizer,
             usage: (prompt_tokens, 0),
         };
-        return Ok(sse::stream(merged, writer));
+        return Ok(sse::stream(events, writer, state.cut_signal()));
     }
-    let choices = generation::collect(merged, count).await?;
-    let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
-    let body = json!({
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": req.model,
-        "choices": choices.iter().enumerate().map(|(i, c)| {
-            let text = if req.echo { format!("{}{}", echo_texts[i], c.text) } else { c.text.clone() };
-            json!({
-                "index": i,
-                "text": text,
-                "logprobs": logprobs.map(|_| completion_logprobs(&tokenizer, c, req.echo.then_some(&prompts[i / n].0))),
-                "finish_reason": finish_str(c.finish),
-            })
-        }).collect::<Vec<_>>(),
-        "usage": generation::usage(prompt_tokens, completion),
-    });
-    Ok(Json(body).into_response())
+    let echo = req.echo;
+    let model = req.model.clone();
+    let render = move |choices: Vec<Choice>| {
+        let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+        json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choices.iter().enumerate().map(|(i, c)| {
+                let text = if echo { format!("{}{}", echo_texts[i], c.text) } else { c.text.clone() };
+                json!({
+                    "index": i,
+                    "text": text,
+                    "logprobs": logprobs.map(|_| completion_logprobs(&tokenizer, c, echo.then_some(&prompts[i / n].0))),
+                    "finish_reason": finish_str(c.finish),
+                })
+            }).collect::<Vec<_>>(),
+            "usage": generation::usage(prompt_tokens, completion),
+        })
+    };
+    generation::respond(&state, eof.map(|e| e.0), events, count, render).await
 }
 
 /// The legacy completions logprobs object; with echo, prompt tokens first.
-fn completion_logprobs(tokenizer: &Tokenizer, c: &Choice, prompt: Option<&Vec<u32>>) -> Value {
+fn completion_logprobs(tokenizer: &Tokenizer, c: &Choice, prompt: Option<&Arc<[u32]>>) -> Value {
     let mut tokens = Vec::new();
     let mut token_logprobs = Vec::new();
     let mut top = Vec::new();

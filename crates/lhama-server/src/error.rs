@@ -104,18 +104,30 @@ impl ApiError {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }
 
+    pub fn context_length_exceeded(message: impl Into<String>, param: &str) -> Self {
+        Self {
+            code: Some("context_length_exceeded"),
+            ..Self::bad_request(message, Some(param))
+        }
+    }
+
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            message,
+        )
+    }
+
     /// From the engine's refusal of a request; `param` names the prompt field.
     pub fn from_submit(e: SubmitError, param: &str) -> Self {
         match e {
-            SubmitError::TooLong { .. } => Self {
-                code: Some("context_length_exceeded"),
-                ..Self::bad_request(
-                    format!(
-                        "This model's maximum context length is exceeded: {e}. Please reduce the length of the prompt or of max_tokens."
-                    ),
-                    Some(param),
-                )
-            },
+            SubmitError::TooLong { .. } => Self::context_length_exceeded(
+                format!(
+                    "This model's maximum context length is exceeded: {e}. Please reduce the length of the prompt or of max_tokens."
+                ),
+                param,
+            ),
             SubmitError::EmptyPrompt => Self::bad_request("The prompt is empty.", Some(param)),
             SubmitError::EngineStopped => Self::unavailable("The engine has stopped."),
         }

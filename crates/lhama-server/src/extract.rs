@@ -1,11 +1,14 @@
 //! A JSON body extractor whose every rejection is an OpenAI-shaped error:
-//! body too large (413), not JSON or wrong types (400, naming the field).
+//! body too large (413), too slow to arrive (408), not JSON or wrong types
+//! (400, naming the field). Parsing runs on the blocking pool, so a large
+//! body never holds up the async workers.
 
 use axum::extract::{FromRequest, Request};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Bytes of an oversized body read (and dropped) before answering 413, so a
 /// client still sending gets the answer instead of a reset connection.
@@ -33,41 +36,48 @@ async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(buf)
 }
 
-/// Set on the router as an extension: the largest body accepted, in bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request(format!("Request body is not valid UTF-8: {e}"), None)
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("Request body is not valid JSON: {inner}"), None)
+        } else {
+            let param = (path != ".").then_some(path);
+            ApiError::bad_request(
+                format!(
+                    "Invalid value for `{}`: {inner}",
+                    param.as_deref().unwrap_or("body")
+                ),
+                param.as_deref(),
+            )
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("Request body is not valid JSON: {e}"), None))?;
+    Ok(value)
+}
 
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map_or(1 << 20, |l| l.0);
-        let bytes = read_body(req, limit).await?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("Request body is not valid UTF-8: {e}"), None)
-        })?;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                ApiError::bad_request(format!("Request body is not valid JSON: {inner}"), None)
-            } else {
-                let param = (path != ".").then_some(path);
-                ApiError::bad_request(
-                    format!(
-                        "Invalid value for `{}`: {inner}",
-                        param.as_deref().unwrap_or("body")
-                    ),
-                    param.as_deref(),
-                )
-            }
-        })?;
-        de.end().map_err(|e| {
-            ApiError::bad_request(format!("Request body is not valid JSON: {e}"), None)
-        })?;
-        Ok(ApiJson(value))
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let cfg = &state.0.config;
+        let timeout = cfg.body_read_timeout;
+        let bytes = tokio::time::timeout(timeout, read_body(req, cfg.max_body_bytes))
+            .await
+            .map_err(|_| {
+                ApiError::request_timeout(format!(
+                    "The request body did not arrive within {} s.",
+                    timeout.as_secs_f64()
+                ))
+            })??;
+        state.heavy(move || parse(&bytes)).await?.map(ApiJson)
     }
 }

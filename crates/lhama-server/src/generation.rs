@@ -2,12 +2,21 @@
 //! engine: submission through the admission queue, one merged event stream,
 //! latency metrics, and collection for non-streamed responses.
 
+use std::convert::Infallible;
 use std::pin::Pin;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 
 use futures_util::stream::{Stream, StreamExt, select_all};
-use lhama_engine::{Event, FinishReason, RequestParams, TokenLogprob};
+use lhama_engine::{Event, FinishReason, RequestParams, SubmitError, TokenLogprob};
+use lhama_model::Tokenizer;
 
+use crate::connections::ClientEof;
 use crate::error::ApiError;
 use crate::metrics::Latency;
 use crate::state::{AppState, Loaded};
@@ -15,41 +24,105 @@ use crate::state::{AppState, Loaded};
 pub struct Job {
     /// Index of the choice this sequence produces.
     pub index: usize,
-    pub prompt: Vec<u32>,
+    /// Shared by the choices of one prompt; copied once per sequence only
+    /// when it is handed to the engine, after the request is admitted.
+    pub prompt: Arc<[u32]>,
     pub params: RequestParams,
 }
 
-pub type Merged = Pin<Box<dyn Stream<Item = (usize, Event)> + Send>>;
+/// Events of every sequence of one request, tagged with the choice index.
+pub type ChoiceEvents = Pin<Box<dyn Stream<Item = (usize, Event)> + Send>>;
 
 /// The `n` choices of one prompt, numbered from `first_index`; a seeded
 /// request gives choice i the seed + i, so choices differ yet repeat.
-pub fn choices(prompt: &[u32], params: &RequestParams, n: usize, first_index: usize) -> Vec<Job> {
+pub fn choices(
+    prompt: &Arc<[u32]>,
+    params: &RequestParams,
+    n: usize,
+    first_index: usize,
+) -> Vec<Job> {
     (0..n)
         .map(|i| {
             let mut params = params.clone();
             params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
             Job {
                 index: first_index + i,
-                prompt: prompt.to_vec(),
+                prompt: prompt.clone(),
                 params,
             }
         })
         .collect()
 }
 
-/// Submits every job; dropping the returned stream cancels them all.
+/// Refuses (400 `context_length_exceeded`) a prompt that cannot fit the
+/// model's context with `max_tokens` generated after it.
+pub fn check_context_len(
+    max_model_len: usize,
+    prompt_len: usize,
+    max_tokens: usize,
+    prompt_param: &str,
+) -> Result<(), ApiError> {
+    if prompt_len + max_tokens > max_model_len {
+        return Err(ApiError::from_submit(
+            SubmitError::TooLong {
+                prompt: prompt_len,
+                max_tokens,
+                limit: max_model_len,
+            },
+            prompt_param,
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses, before tokenizing, a text so long that it cannot fit the
+/// model's context even at 4× the longest piece's bytes per token (the
+/// margin covers normalizers that shorten text). This bounds the memory and
+/// time one request can spend in the tokenizer.
+pub fn check_text_len(
+    tokenizer: &Tokenizer,
+    max_model_len: usize,
+    bytes: usize,
+    prompt_param: &str,
+) -> Result<(), ApiError> {
+    let piece = tokenizer.max_piece_bytes().max(1);
+    if bytes > max_model_len.saturating_mul(4 * piece) {
+        return Err(ApiError::context_length_exceeded(
+            format!(
+                "This model's maximum context length is {max_model_len} tokens, and the prompt is {bytes} bytes of text: at least {} tokens. Please reduce the length of the prompt.",
+                bytes / piece
+            ),
+            prompt_param,
+        ));
+    }
+    Ok(())
+}
+
+/// Admits every job or none (400 for a request that can never be admitted,
+/// 429 when the queue is full now), then submits them all; dropping the
+/// returned stream cancels them.
 pub fn start(
     state: &AppState,
     loaded: &Loaded,
     jobs: Vec<Job>,
     prompt_param: &str,
-) -> Result<Merged, ApiError> {
+) -> Result<ChoiceEvents, ApiError> {
+    for job in &jobs {
+        check_context_len(
+            loaded.max_model_len,
+            job.prompt.len(),
+            job.params.max_tokens,
+            prompt_param,
+        )?;
+    }
+    let lens: Vec<usize> = jobs.iter().map(|j| j.prompt.len()).collect();
+    let slots = state.enqueue_all(&lens)?;
     let mut streams = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let mut slot = Some(state.enqueue(job.prompt.len())?);
+    for (job, slot) in jobs.into_iter().zip(slots) {
+        let mut slot = Some(slot);
         let mut rx = loaded
             .engine
-            .submit(job.prompt, job.params)
+            .submit(job.prompt.to_vec(), job.params)
             .map_err(|e| ApiError::from_submit(e, prompt_param))?
             .events;
         let metrics_state = state.clone();
@@ -133,12 +206,72 @@ impl Choice {
     }
 }
 
-pub async fn collect(mut merged: Merged, count: usize) -> Result<Vec<Choice>, ApiError> {
+/// Collects every choice; a 503 if the shutdown grace period ends first.
+pub async fn collect(
+    state: &AppState,
+    mut events: ChoiceEvents,
+    count: usize,
+) -> Result<Vec<Choice>, ApiError> {
     let mut choices = vec![Choice::default(); count];
-    while let Some((i, ev)) = merged.next().await {
-        choices[i].apply(ev)?;
+    let cut = state.cut_off();
+    tokio::pin!(cut);
+    loop {
+        tokio::select! {
+            next = events.next() => match next {
+                Some((i, ev)) => choices[i].apply(ev)?,
+                None => return Ok(choices),
+            },
+            () = &mut cut => return Err(ApiError::unavailable(
+                "The server is shutting down and its grace period is over; this request was cut short.",
+            )),
+        }
     }
-    Ok(choices)
+}
+
+/// A collected choice set turned into the response body.
+type Render = Box<dyn FnOnce(Vec<Choice>) -> serde_json::Value + Send>;
+
+/// Answers a non-streamed request: the choices collected and rendered as
+/// JSON. If the client closes its side of the connection meanwhile, it has
+/// either gone or only half-closed (and still waits): the answer is then
+/// committed at once (200, JSON) and a space is written every second until
+/// the JSON follows. A half-closed client gets its answer (JSON may begin
+/// with white space); for one that has gone, a write fails within about a
+/// second, which drops the body and so cancels its sequences.
+pub async fn respond(
+    state: &AppState,
+    eof: Option<Arc<ClientEof>>,
+    events: ChoiceEvents,
+    count: usize,
+    render: impl FnOnce(Vec<Choice>) -> serde_json::Value + Send + 'static,
+) -> Result<Response, ApiError> {
+    let render: Render = Box::new(render);
+    let state = state.clone();
+    let mut work: Pin<Box<dyn Future<Output = Result<serde_json::Value, ApiError>> + Send>> =
+        Box::pin(async move { collect(&state, events, count).await.map(render) });
+    let Some(eof) = eof else {
+        return work.await.map(|v| Json(v).into_response());
+    };
+    tokio::select! {
+        done = &mut work => return done.map(|v| Json(v).into_response()),
+        () = eof.wait() => {}
+    }
+    let heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let body = futures_util::stream::unfold(Some((work, heartbeat)), |state| async move {
+        let (mut work, mut heartbeat) = state?;
+        tokio::select! {
+            done = &mut work => {
+                let v = done.unwrap_or_else(|e| e.body());
+                Some((Ok::<_, Infallible>(Bytes::from(v.to_string())), None))
+            }
+            _ = heartbeat.tick() => Some((Ok(Bytes::from_static(b" ")), Some((work, heartbeat)))),
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 pub fn finish_str(r: Option<FinishReason>) -> Option<&'static str> {

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod generation;
@@ -23,8 +24,6 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 pub use error::ApiError;
 pub use state::{AppState, Loaded, ServerConfig};
-
-use extract::BodyLimit;
 
 /// The whole router: /v1 routes behind the API-key check, the rest open.
 pub fn router(state: AppState) -> Router {
@@ -51,7 +50,6 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
-        .layer(axum::Extension(BodyLimit(state.0.config.max_body_bytes)))
         .with_state(state.clone());
     if !state.0.config.cors_origins.is_empty() {
         app = app.layer(cors(&state.0.config.cors_origins));

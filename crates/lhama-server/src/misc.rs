@@ -77,10 +77,21 @@ pub async fn tokenize(
         Some(m) => state.serving(m)?,
         None => state.ready()?,
     };
-    let ids = loaded
-        .tokenizer
-        .encode(&req.prompt, req.add_special_tokens)
-        .map_err(ApiError::internal)?;
+    let tokenizer = loaded.tokenizer.clone();
+    let max_model_len = loaded.max_model_len;
+    let ids = state
+        .heavy(move || {
+            crate::generation::check_text_len(
+                &tokenizer,
+                max_model_len,
+                req.prompt.len(),
+                "prompt",
+            )?;
+            tokenizer
+                .encode(&req.prompt, req.add_special_tokens)
+                .map_err(ApiError::internal)
+        })
+        .await??;
     Ok(Json(
         json!({"tokens": ids, "count": ids.len(), "max_model_len": loaded.max_model_len}),
     ))
@@ -117,10 +128,10 @@ pub async fn detokenize(
             }
         })
         .collect::<Result<Vec<u32>, _>>()?;
-    let text = loaded
-        .tokenizer
-        .decode(&ids, false)
-        .map_err(ApiError::internal)?;
+    let tokenizer = loaded.tokenizer.clone();
+    let text = state
+        .heavy(move || tokenizer.decode(&ids, false).map_err(ApiError::internal))
+        .await??;
     Ok(Json(json!({"prompt": text})))
 }
 

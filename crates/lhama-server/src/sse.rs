@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::generation::Merged;
+use crate::generation::ChoiceEvents;
 
 /// Turns events into chunks for one endpoint.
 pub trait ChunkWriter: Send + 'static {
@@ -24,38 +24,30 @@ pub trait ChunkWriter: Send + 'static {
     fn end(&mut self) -> Vec<Value>;
 }
 
-pub fn stream(mut merged: Merged, mut writer: impl ChunkWriter) -> Response {
+/// Streams `events` through `writer`. When `cut` resolves first (the
+/// shutdown grace period is over), the stream ends with an error event and
+/// `[DONE]` instead of a bare end of file.
+pub fn stream(
+    events: ChoiceEvents,
+    writer: impl ChunkWriter,
+    cut: impl Future<Output = ()> + Send + 'static,
+) -> Response {
     let (tx, mut rx) = mpsc::channel::<SseEvent>(64);
     tokio::spawn(async move {
-        let send = |v: Value| SseEvent::default().data(v.to_string());
-        for c in writer.start() {
-            if tx.send(send(c)).await.is_err() {
-                return;
-            }
-        }
-        loop {
-            let next = tokio::select! {
-                next = merged.next() => next,
-                () = tx.closed() => return, // client gone: dropping `merged` cancels
-            };
-            let Some((index, ev)) = next else { break };
-            match writer.event(index, ev) {
-                Ok(chunks) => {
-                    for c in chunks {
-                        if tx.send(send(c)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(send(e.body())).await;
-                    let _ = tx.send(SseEvent::default().data("[DONE]")).await;
-                    return;
-                }
-            }
-        }
-        for c in writer.end() {
-            if tx.send(send(c)).await.is_err() {
+        // Dropped on return: the engine sequences are cancelled.
+        let mut events = events;
+        let tail = tokio::select! {
+            tail = forward(&mut events, writer, &tx) => match tail {
+                Ok(tail) => tail,
+                Err(ClientGone) => return,
+            },
+            () = cut => Some(ApiError::unavailable(
+                "The server is shutting down and its grace period is over; this stream was cut short.",
+            ).body()),
+        };
+        drop(events);
+        if let Some(error) = tail {
+            if tx.send(data(error)).await.is_err() {
                 return;
             }
         }
@@ -65,6 +57,50 @@ pub fn stream(mut merged: Merged, mut writer: impl ChunkWriter) -> Response {
     Sse::new(body)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+fn data(v: Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+/// The client went away (the response body was dropped).
+struct ClientGone;
+
+/// Writes the stream's chunks until its end; returns the error event that
+/// ends it early, if any.
+async fn forward(
+    events: &mut ChoiceEvents,
+    mut writer: impl ChunkWriter,
+    tx: &mpsc::Sender<SseEvent>,
+) -> Result<Option<Value>, ClientGone> {
+    for c in writer.start() {
+        if tx.send(data(c)).await.is_err() {
+            return Err(ClientGone);
+        }
+    }
+    loop {
+        let next = tokio::select! {
+            next = events.next() => next,
+            () = tx.closed() => return Err(ClientGone),
+        };
+        let Some((index, ev)) = next else { break };
+        match writer.event(index, ev) {
+            Ok(chunks) => {
+                for c in chunks {
+                    if tx.send(data(c)).await.is_err() {
+                        return Err(ClientGone);
+                    }
+                }
+            }
+            Err(e) => return Ok(Some(e.body())),
+        }
+    }
+    for c in writer.end() {
+        if tx.send(data(c)).await.is_err() {
+            return Err(ClientGone);
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -94,8 +130,8 @@ mod tests {
     }
 
     async fn body_of(events: Vec<(usize, Event)>) -> String {
-        let merged: Merged = Box::pin(stream::iter(events));
-        let response = stream(merged, Plain);
+        let events: ChoiceEvents = Box::pin(stream::iter(events));
+        let response = stream(events, Plain, std::future::pending());
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .unwrap();
@@ -156,5 +192,70 @@ mod tests {
         assert_eq!(err["error"]["message"], "generation failed: boom");
         assert_eq!(err["error"]["type"], "server_error");
         assert_eq!(data[3], "[DONE]");
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Text;
+
+    impl ChunkWriter for Text {
+        fn start(&mut self) -> Vec<Value> {
+            Vec::new()
+        }
+        fn event(&mut self, _index: usize, ev: Event) -> Result<Vec<Value>, ApiError> {
+            Ok(match ev {
+                Event::Token { text, .. } => vec![json!({"t": text})],
+                _ => Vec::new(),
+            })
+        }
+        fn end(&mut self) -> Vec<Value> {
+            vec![json!({"end": true})]
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_at_grace_expiry_ends_with_an_error_event_and_done() {
+        // One token, then nothing more: the engine is still generating.
+        let first = futures_util::stream::iter(vec![(
+            0,
+            Event::Token {
+                id: 5,
+                text: "a".into(),
+                logprob: None,
+            },
+        )]);
+        let events: ChoiceEvents = Box::pin(first.chain(futures_util::stream::pending()));
+        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+        let response = stream(events, Text, async move {
+            let _ = cut_rx.await;
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let _ = cut_tx.send(());
+        });
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = String::from_utf8(bytes.to_vec()).unwrap();
+        let data: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(data.len(), 3, "{body}");
+        assert_eq!(data[0], r#"{"t":"a"}"#);
+        let err: Value = serde_json::from_str(data[1]).unwrap();
+        assert_eq!(err["error"]["type"], "server_error");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("shutting down"),
+            "{err}"
+        );
+        assert_eq!(data[2], "[DONE]");
     }
 }

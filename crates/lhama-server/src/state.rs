@@ -3,10 +3,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
 
 use lhama_engine::EngineHandle;
 use lhama_model::{GenerationConfig, Tokenizer};
 
+use crate::connections::InFlight;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -21,6 +25,8 @@ pub struct ServerConfig {
     /// Prompt tokens of those requests at most.
     pub max_queue_tokens: usize,
     pub cors_origins: Vec<String>,
+    /// The whole request body must arrive within this time (408 beyond).
+    pub body_read_timeout: Duration,
 }
 
 /// What exists once the model is loaded.
@@ -39,6 +45,14 @@ pub struct Inner {
     pub load_error: OnceLock<String>,
     pub metrics: Metrics,
     pub shutting_down: AtomicBool,
+    /// Requests in flight (counted by `connections`), for the drain.
+    pub in_flight: Arc<InFlight>,
+    /// Set when the shutdown grace period is over: running streams end with
+    /// an error event, collected responses with a 503.
+    pub cut: watch::Sender<bool>,
+    /// CPU-heavy request work (JSON parsing, templates, tokenization) runs on
+    /// the blocking pool, this many at a time.
+    heavy: Arc<Semaphore>,
     pub created: u64,
     queued_requests: AtomicUsize,
     queued_tokens: AtomicUsize,
@@ -58,6 +72,11 @@ impl AppState {
             load_error: OnceLock::new(),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
+            in_flight: Arc::new(InFlight::default()),
+            cut: watch::Sender::new(false),
+            heavy: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             created,
             queued_requests: AtomicUsize::new(0),
             queued_tokens: AtomicUsize::new(0),
@@ -80,6 +99,39 @@ impl AppState {
                 None => Err(ApiError::unavailable("The model is still loading.")),
             },
         }
+    }
+
+    /// Runs CPU-heavy work for a request on the blocking pool, so the async
+    /// workers keep serving everyone else; at most one task per core at once.
+    pub async fn heavy<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = self
+            .0
+            .heavy
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("The server is shutting down."))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("request processing failed: {e}")))
+    }
+
+    /// Resolves once the shutdown grace period is over.
+    pub async fn cut_off(&self) {
+        let mut rx = self.0.cut.subscribe();
+        let _ = rx.wait_for(|cut| *cut).await;
+    }
+
+    /// `cut_off` as a future that owns what it needs (for spawned tasks).
+    pub fn cut_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let state = self.clone();
+        async move { state.cut_off().await }
     }
 
     /// Checks the requested model name against the served names.
@@ -106,32 +158,68 @@ impl AppState {
             .map_or("lhama", String::as_str)
     }
 
-    /// Takes a place in the admission queue for `tokens` prompt tokens, or
-    /// refuses with 429 when the queue is full.
-    pub fn enqueue(&self, tokens: usize) -> Result<QueueSlot, ApiError> {
+    /// Refuses with 400 a request that no queue state could ever admit:
+    /// more sequences or prompt tokens than the queue holds when empty.
+    pub fn check_admissible(&self, sequences: usize, tokens: usize) -> Result<(), ApiError> {
         let cfg = &self.0.config;
-        let requests = self.0.queued_requests.fetch_add(1, Ordering::SeqCst) + 1;
-        let queued = self.0.queued_tokens.fetch_add(tokens, Ordering::SeqCst) + tokens;
-        let slot = QueueSlot {
-            state: self.clone(),
-            tokens,
-            released: false,
-        };
+        if sequences > cfg.max_queue_requests {
+            return Err(ApiError::bad_request(
+                format!(
+                    "This request asks for {sequences} sequences (prompts × n), more than the server queues at once ({}).",
+                    cfg.max_queue_requests
+                ),
+                Some("n"),
+            ));
+        }
+        if tokens > cfg.max_queue_tokens {
+            return Err(ApiError::bad_request(
+                format!(
+                    "This request's prompts come to {tokens} tokens (prompts × n), more than the server queues at once ({}).",
+                    cfg.max_queue_tokens
+                ),
+                Some("prompt"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes places in the admission queue for every sequence of a request
+    /// at once (one per entry, its prompt tokens), or none: 429 when the
+    /// queue cannot take them all now.
+    pub fn enqueue_all(&self, prompt_tokens: &[usize]) -> Result<Vec<QueueSlot>, ApiError> {
+        let cfg = &self.0.config;
+        let total: usize = prompt_tokens.iter().sum();
+        self.check_admissible(prompt_tokens.len(), total)?;
+        let slots: Vec<QueueSlot> = prompt_tokens
+            .iter()
+            .map(|&tokens| {
+                self.0.queued_requests.fetch_add(1, Ordering::SeqCst);
+                self.0.queued_tokens.fetch_add(tokens, Ordering::SeqCst);
+                QueueSlot {
+                    state: self.clone(),
+                    tokens,
+                    released: false,
+                }
+            })
+            .collect();
+        // On refusal, dropping `slots` gives every place back.
+        let requests = self.0.queued_requests.load(Ordering::SeqCst);
+        let queued = self.0.queued_tokens.load(Ordering::SeqCst);
         if requests > cfg.max_queue_requests {
             return Err(ApiError::queue_full(format!(
                 "The server is busy: {} requests are already waiting (limit {}). Retry later.",
-                requests - 1,
+                requests - slots.len(),
                 cfg.max_queue_requests
             )));
         }
         if queued > cfg.max_queue_tokens {
             return Err(ApiError::queue_full(format!(
                 "The server is busy: {} prompt tokens are already waiting (limit {}). Retry later.",
-                queued - tokens,
+                queued - total,
                 cfg.max_queue_tokens
             )));
         }
-        Ok(slot)
+        Ok(slots)
     }
 }
 
