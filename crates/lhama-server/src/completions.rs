@@ -18,6 +18,9 @@ use crate::openai::{CompletionRequest, Prompt, top_count};
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
 
+/// A prompt's token ids, and its text for `echo`.
+type EncodedPrompt = (Arc<[u32]>, String);
+
 /// Limits a prompt is checked against before it is tokenized or decoded.
 struct PromptLimits {
     vocab: usize,
@@ -34,17 +37,17 @@ fn prompts(
     prompt: Prompt,
     tokenizer: &Tokenizer,
     limits: &PromptLimits,
-) -> Result<Vec<(Arc<[u32]>, String)>, ApiError> {
+) -> Result<Vec<EncodedPrompt>, ApiError> {
     let fits = |ids: usize| {
         generation::check_context_len(limits.max_model_len, ids, limits.max_tokens, "prompt")
     };
-    let encode = |t: String| -> Result<(Arc<[u32]>, String), ApiError> {
+    let encode = |t: String| -> Result<EncodedPrompt, ApiError> {
         generation::check_text_len(tokenizer, limits.max_model_len, t.len(), "prompt")?;
         let ids = tokenizer.encode(&t, true).map_err(ApiError::internal)?;
         fits(ids.len())?;
         Ok((ids.into(), t))
     };
-    let ids = |list: Vec<i64>| -> Result<(Arc<[u32]>, String), ApiError> {
+    let ids = |list: Vec<i64>| -> Result<EncodedPrompt, ApiError> {
         fits(list.len())?;
         let vocab = limits.vocab;
         let ids = list

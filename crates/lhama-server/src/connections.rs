@@ -398,17 +398,22 @@ async fn serve_connection(
             }
             changed = closing.changed(), if !shutting => {
                 if changed.is_err() || *closing.borrow() {
+                    if activity.busy.load(Ordering::SeqCst) == 0 {
+                        // Idle, or a request head still arriving: nothing to
+                        // finish (hyper's graceful close would wait for the
+                        // head of a connection's first request).
+                        return;
+                    }
                     shutting = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
             () = sleep_until(deadline), if !shutting => {
                 if activity.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
-                    // Idle, or a head too slow: hyper closes a connection
-                    // with no request in flight at once.
+                    // Idle, or a head too slow; no request is in flight, so
+                    // dropping the connection loses nothing.
                     tracing::debug!("closing a connection: keep-alive or header-read timeout");
-                    shutting = true;
-                    conn.as_mut().graceful_shutdown();
+                    return;
                 }
             }
         }

@@ -12,6 +12,8 @@ use serde_json::Value;
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Every line the server wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _model: tempfile::TempDir,
 }
 
@@ -64,9 +66,12 @@ pub async fn start_with(model: tempfile::TempDir, extra: &[&str], expect_ready: 
             "tiny,tiny-alias",
             "--log-format",
             "json",
-            "--shutdown-grace-secs",
-            "20",
         ])
+        .args(if extra.contains(&"--shutdown-grace-secs") {
+            &[][..]
+        } else {
+            &["--shutdown-grace-secs", "20"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "info")
         .env_remove("LHAMA_CONFIG")
@@ -76,9 +81,12 @@ pub async fn start_with(model: tempfile::TempDir, extra: &[&str], expect_ready: 
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line.clone());
             if !sent {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if let Some(a) = v["fields"]["address"].as_str() {
@@ -95,6 +103,7 @@ pub async fn start_with(model: tempfile::TempDir, extra: &[&str], expect_ready: 
     let server = Server {
         child,
         base: format!("http://{addr}"),
+        log,
         _model: model,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
