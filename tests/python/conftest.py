@@ -15,7 +15,7 @@ LHAMA = os.environ.get("LHAMA_BIN", os.path.join(os.path.dirname(__file__), "../
 
 
 class Server:
-    def __init__(self, *extra, broken=False):
+    def __init__(self, *extra, broken=False, env=None):
         self.dir = tempfile.TemporaryDirectory()
         subprocess.run([LHAMA, "synth", "--preset", "tiny", "--seed", "0", "--out", self.dir.name],
                        check=True, capture_output=True)
@@ -26,7 +26,7 @@ class Server:
             [LHAMA, "serve", "--model", self.dir.name, "--host", "127.0.0.1", "--port", "0",
              "--served-model-name", "tiny", "--log-format", "json", *extra],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, "RUST_LOG": "info"},
+            env={**os.environ, "RUST_LOG": "info", **(env or {})},
         )
         # Wait on the server's own log lines: the address first, then either
         # "lhama serving" (loaded) or "model failed to load".
@@ -70,7 +70,10 @@ def server():
 
 @pytest.fixture(scope="session")
 def keyed_server():
-    s = Server("--api-key", "secret", "--max-queue-requests", "1", "--max-body-bytes", "100000")
+    # Engine steps slowed to 5 ms, so that a running request keeps the only
+    # running place long enough for the queue test.
+    s = Server("--api-key", "secret", "--max-queue-requests", "1", "--max-num-seqs", "1", "--max-body-bytes", "100000",
+               env={"LHAMA_TEST_STEP_DELAY_MS": "5"})
     yield s
     s.stop()
 

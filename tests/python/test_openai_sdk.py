@@ -78,8 +78,22 @@ def test_auth_queue_and_size_errors(keyed_server):
         client(keyed_server, "wrong").chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2)
     ok = client(keyed_server, "secret")
     assert ok.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2).choices
-    with pytest.raises(openai.RateLimitError):
+    # Two sequences can never fit a queue of one place: 400, not 429.
+    with pytest.raises(openai.BadRequestError) as e:
         ok.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2, n=2)
+    assert e.value.param == "n"
+    # A really full queue: one sequence running (--max-num-seqs 1), one waiting.
+    running = ok.chat.completions.create(
+        model="tiny", messages=QUESTION, max_tokens=400, stream=True, extra_body={"ignore_eos": True}
+    )
+    chunks = iter(running)
+    next(chunks)  # the role chunk
+    next(chunks)  # a first token: its queue place is given back
+    waiting = ok.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2, stream=True)
+    with pytest.raises(openai.RateLimitError):
+        ok.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2)
+    running.close()
+    waiting.close()
     with pytest.raises(openai.APIStatusError) as e:
         ok.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a" * 200000}])
     assert e.value.status_code == 413

@@ -219,6 +219,20 @@ impl ServeArgs {
     }
 }
 
+/// `LHAMA_TEST_STEP_DELAY_MS`: a pause after every engine step, for tests
+/// that need a request to stay running or queued (not a setting).
+fn test_step_delay() -> anyhow::Result<Option<Duration>> {
+    match std::env::var("LHAMA_TEST_STEP_DELAY_MS") {
+        Ok(v) => {
+            let ms: u64 = v.parse().with_context(|| {
+                format!("LHAMA_TEST_STEP_DELAY_MS={v:?} is not a number of milliseconds")
+            })?;
+            Ok(Some(Duration::from_millis(ms)))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 /// Loads the model and starts the engine; runs on a blocking thread.
 fn load(settings: &Settings) -> anyhow::Result<Loaded> {
     let files = load_model(&settings.model)?;
@@ -266,6 +280,7 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
             },
             max_model_len,
             eos_ids,
+            step_delay: test_step_delay()?,
         },
     );
     Ok(Loaded {

@@ -172,8 +172,15 @@ async fn a_client_that_disconnects_frees_its_blocks() {
 
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
-    // One running sequence; the next request waits in the queue (one place).
-    let server = common::start(&["--max-queue-requests", "1", "--max-num-seqs", "1"]).await;
+    // One running sequence (its 480 steps slowed to 5 ms each); the next
+    // request waits in the queue (one place).
+    let server = common::start_with_env(
+        common::synth_tiny(),
+        &["--max-queue-requests", "1", "--max-num-seqs", "1"],
+        true,
+        &[("LHAMA_TEST_STEP_DELAY_MS", "5")],
+    )
+    .await;
     let url = format!("{}/v1/chat/completions", server.base);
     let running = reqwest::Client::new()
         .post(&url)

@@ -82,6 +82,7 @@ fn main() {
             },
             max_model_len: files.config.max_position_embeddings,
             eos_ids: files.eos_token_ids(),
+            step_delay: None,
         },
     );
     let params = RequestParams {

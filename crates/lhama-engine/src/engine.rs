@@ -23,6 +23,9 @@ pub struct EngineConfig {
     pub max_model_len: usize,
     /// Tokens that end generation unless `ignore_eos`.
     pub eos_ids: Vec<u32>,
+    /// A pause after every step: only for tests that need requests to stay
+    /// running or queued for a while (`LHAMA_TEST_STEP_DELAY_MS` in `lhama serve`).
+    pub step_delay: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -249,6 +252,9 @@ impl Engine {
                 )
                 .entered();
                 self.step(&plan);
+                if let Some(d) = self.config.step_delay {
+                    std::thread::sleep(d);
+                }
             }
             self.publish_stats();
         }

@@ -52,6 +52,7 @@ fn engine(f: &Fixture, num_blocks: usize, budget: usize) -> EngineHandle {
             },
             max_model_len: f.files.config.max_position_embeddings,
             eos_ids: f.files.eos_token_ids(),
+            step_delay: None,
         },
     )
 }
@@ -360,6 +361,7 @@ fn the_backend_samples_unless_the_request_needs_the_logits() {
             },
             max_model_len: f.files.config.max_position_embeddings,
             eos_ids: f.files.eos_token_ids(),
+            step_delay: None,
         },
     );
     let take =

@@ -61,6 +61,7 @@ async fn a_dead_engine_gives_500_then_503() {
             },
             max_model_len: 512,
             eos_ids: vec![2],
+            step_delay: None,
         },
     );
     let state = AppState::new(ServerConfig {

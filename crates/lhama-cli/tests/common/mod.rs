@@ -51,6 +51,16 @@ pub fn synth_tiny() -> tempfile::TempDir {
 /// Starts a server and waits until /health answers (200, or 503 when
 /// `expect_ready` is false).
 pub async fn start_with(model: tempfile::TempDir, extra: &[&str], expect_ready: bool) -> Server {
+    start_with_env(model, extra, expect_ready, &[]).await
+}
+
+/// As `start_with`, with extra environment variables for the server.
+pub async fn start_with_env(
+    model: tempfile::TempDir,
+    extra: &[&str],
+    expect_ready: bool,
+    env: &[(&str, &str)],
+) -> Server {
     let mut child = Command::new(lhama_bin())
         .args([
             "serve",
@@ -74,6 +84,7 @@ pub async fn start_with(model: tempfile::TempDir, extra: &[&str], expect_ready: 
         })
         .args(extra)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .env_remove("LHAMA_CONFIG")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
