@@ -11,7 +11,7 @@
 //   partitions to a common max and normalizes, in partition order.
 //
 // q            [T, H * D] f32 (rotated)
-// k_cache, v_cache [blocks * block_size, KVH, D] f32
+// k_cache, v_cache [blocks * block_size, KVH, D] f32, or f16 (the _f16kv kernels)
 // block_tables [S, max_blocks] u32, seq_of [T] u32 (row of block_tables), positions [T] u32
 // work         [T, H, P_max, D + 2] f32
 // out          [T, H * D] f32
@@ -55,6 +55,9 @@ extern "C" __global__ void paged_attention_combine_f32(
 // counters [T * H] u32, zero between launches
 // Others as above. D is 32, 64 or 128 (rotation pairs
 // stay inside a lane, or lane ^ 16 for D = 32).
+// Grid: (T, H, Z) with Z <= P_max: block z takes partitions z, z + Z, ...
+// (the host picks Z so that T * H * Z blocks fill the GPU; with a large
+// batch Z = 1 and each block walks its whole context).
 __device__ __forceinline__ void rope_lane(float (&x)[ATTN_MAX_DIMS_PER_LANE], int dims,
                                           const float (&c)[ATTN_MAX_DIMS_PER_LANE],
                                           const float (&s)[ATTN_MAX_DIMS_PER_LANE], int lane) {
@@ -75,10 +78,11 @@ __device__ __forceinline__ void rope_lane(float (&x)[ATTN_MAX_DIMS_PER_LANE], in
     }
 }
 
-extern "C" __global__ void paged_attention_decode_f32(
+template <typename KV>
+__device__ __forceinline__ void paged_attention_decode(
     const float* __restrict__ qkv, const unsigned* __restrict__ positions, const float* __restrict__ cos_table,
-    const float* __restrict__ sin_table, const unsigned* __restrict__ slots, float* __restrict__ k_cache,
-    float* __restrict__ v_cache, const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
+    const float* __restrict__ sin_table, const unsigned* __restrict__ slots, KV* __restrict__ k_cache,
+    KV* __restrict__ v_cache, const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
     float* __restrict__ work, unsigned* __restrict__ counters, float* __restrict__ out, int heads, int kv_heads,
     int head_dim, int block_size, int max_blocks, int max_parts, float scale) {
     __shared__ float scores[ATTN_PART];
@@ -87,39 +91,39 @@ extern "C" __global__ void paged_attention_decode_f32(
     __shared__ bool last_block;
     const int lane = threadIdx.x % LHAMA_WARP;
     const int warp = threadIdx.x / LHAMA_WARP;
-    const int t = blockIdx.x, h = blockIdx.y, z = blockIdx.z;
+    const int t = blockIdx.x, h = blockIdx.y;
     // Before waiting on the previous kernel (which writes only qkv): the
     // host-written index arrays, the rotary tables, and the K/V of every
-    // earlier position (written by earlier steps; this step writes only the
-    // newest slot, here).
+    // earlier position of the first partition (written by earlier steps;
+    // this step writes only the newest slot, here).
     const int pos = (int)positions[t];
     const int ctx = pos + 1;
-    const int start = z * ATTN_PART;
-    if (start >= ctx) {  // uniform across the block
+    const int parts = (ctx + ATTN_PART - 1) / ATTN_PART;
+    if ((int)blockIdx.z >= parts) {  // uniform across the block
         LHAMA_GRID_WAIT();
         return;
     }
-    const int end = min(ctx, start + ATTN_PART);
-    const int parts = (ctx + ATTN_PART - 1) / ATTN_PART;
     const int group = heads / kv_heads;
     const int kvh = h / group;
     const int kv_dim = kv_heads * head_dim;
     const int dims = head_dim / LHAMA_WARP;
     const int half = head_dim / 2;
     const unsigned* table = block_tables + (size_t)seq_of[t] * max_blocks;
-    const int first = start + warp * ATTN_PER_WARP;
     float kr[ATTN_PER_WARP][ATTN_MAX_DIMS_PER_LANE], vr[ATTN_PER_WARP][ATTN_MAX_DIMS_PER_LANE];
+    auto load_kv = [&](int first) {
 #pragma unroll
-    for (int u = 0; u < ATTN_PER_WARP; ++u) {
-        const int p = first + u;
-        const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
+        for (int u = 0; u < ATTN_PER_WARP; ++u) {
+            const int p = first + u;
+            const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
 #pragma unroll
-        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
-            const bool ok = p < pos && i < dims;
-            kr[u][i] = ok ? k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane] : 0.0f;
-            vr[u][i] = ok ? v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane] : 0.0f;
+            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+                const bool ok = p < pos && i < dims;
+                kr[u][i] = ok ? kv_load(&k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane]) : 0.0f;
+                vr[u][i] = ok ? kv_load(&v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane]) : 0.0f;
+            }
         }
-    }
+    };
+    load_kv((int)blockIdx.z * ATTN_PART + warp * ATTN_PER_WARP);
     float cv[ATTN_MAX_DIMS_PER_LANE], sv[ATTN_MAX_DIMS_PER_LANE];
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
@@ -138,99 +142,121 @@ extern "C" __global__ void paged_attention_decode_f32(
     rope_lane(qv, dims, cv, sv, lane);
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) qv[i] *= scale;
-    // The newest position's k (rotated) and v, in the last partition.
-    const bool newest_here = end == ctx;
-    float kn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
-    float vn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (newest_here) {
-#pragma unroll
-        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
-            if (i < dims) {
-                kn[i] = row[(heads + kvh) * head_dim + i * LHAMA_WARP + lane];
-                vn[i] = row[(heads + kv_heads + kvh) * head_dim + i * LHAMA_WARP + lane];
-            }
-        rope_lane(kn, dims, cv, sv, lane);
-        if (h % group == 0 && warp == 0) {
-            const size_t slot = slots[t];
+    float* o = out + (size_t)t * heads * head_dim + h * head_dim;
+    float* base = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);
+    unsigned* counter = counters + (size_t)t * heads + h;
+
+    // Partitions blockIdx.z, + gridDim.z, ...: the host launches fewer
+    // blocks per (token, head) than the longest context has partitions when
+    // the batch alone fills the GPU.
+    for (int z = blockIdx.z; z < parts; z += gridDim.z) {
+        const int start = z * ATTN_PART;
+        const int end = min(ctx, start + ATTN_PART);
+        const int first = start + warp * ATTN_PER_WARP;
+        if (z != (int)blockIdx.z) {
+            __syncthreads();  // the previous partition's scores and partials are read
+            load_kv(first);
+        }
+        // The newest position's k (rotated) and v, in the last partition, as
+        // the cache holds them.
+        const bool newest_here = end == ctx;
+        float kn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+        float vn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (newest_here) {
 #pragma unroll
             for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
                 if (i < dims) {
-                    k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane] = kn[i];
-                    v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane] = vn[i];
+                    kn[i] = row[(heads + kvh) * head_dim + i * LHAMA_WARP + lane];
+                    vn[i] = row[(heads + kv_heads + kvh) * head_dim + i * LHAMA_WARP + lane];
                 }
+            rope_lane(kn, dims, cv, sv, lane);
+#pragma unroll
+            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+                kn[i] = kv_round(kn[i], k_cache);
+                vn[i] = kv_round(vn[i], v_cache);
+            }
+            if (h % group == 0 && warp == 0) {
+                const size_t slot = slots[t];
+#pragma unroll
+                for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+                    if (i < dims) {
+                        kv_store(&k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane], kn[i]);
+                        kv_store(&v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane], vn[i]);
+                    }
+            }
         }
-    }
 
-    float part[ATTN_PER_WARP];
+        float part[ATTN_PER_WARP];
 #pragma unroll
-    for (int u = 0; u < ATTN_PER_WARP; ++u) {
-        const int p = first + u;
-        part[u] = 0.0f;
+        for (int u = 0; u < ATTN_PER_WARP; ++u) {
+            const int p = first + u;
+            part[u] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) part[u] += qv[i] * (p == pos ? kn[i] : kr[u][i]);
-    }
-    float local_max = LHAMA_NEG_INF;
-#pragma unroll
-    for (int u = 0; u < ATTN_PER_WARP; ++u) {
-        const float sc = warp_sum_f32(part[u]);
-        if (first + u < end) {
-            if (lane == 0) scores[first + u - start] = sc;
-            local_max = fmaxf(local_max, sc);
+            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) part[u] += qv[i] * (p == pos ? kn[i] : kr[u][i]);
         }
-    }
-    const float m = block_reduce_f32<true>(local_max, scratch);
-    float local_sum = 0.0f;
-    for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
-        const float e = expf(scores[i] - m);
-        scores[i] = e;
-        local_sum += e;
-    }
-    const float l = block_reduce_f32<false>(local_sum, scratch);
-    __syncthreads();
+        float local_max = LHAMA_NEG_INF;
+#pragma unroll
+        for (int u = 0; u < ATTN_PER_WARP; ++u) {
+            const float sc = warp_sum_f32(part[u]);
+            if (first + u < end) {
+                if (lane == 0) scores[first + u - start] = sc;
+                local_max = fmaxf(local_max, sc);
+            }
+        }
+        const float m = block_reduce_f32<true>(local_max, scratch);
+        float local_sum = 0.0f;
+        for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
+            const float e = expf(scores[i] - m);
+            scores[i] = e;
+            local_sum += e;
+        }
+        const float l = block_reduce_f32<false>(local_sum, scratch);
+        __syncthreads();
 
-    float acc[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+        float acc[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int u = 0; u < ATTN_PER_WARP; ++u) {
-        const int p = first + u;
-        if (p <= pos) {
-            const float w = scores[p - start];
+        for (int u = 0; u < ATTN_PER_WARP; ++u) {
+            const int p = first + u;
+            if (p <= pos) {
+                const float w = scores[p - start];
 #pragma unroll
-            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) acc[i] += w * (p == pos ? vn[i] : vr[u][i]);
+                for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) acc[i] += w * (p == pos ? vn[i] : vr[u][i]);
+            }
         }
-    }
 #pragma unroll
-    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
-        if (i < dims) partial[warp][i * LHAMA_WARP + lane] = acc[i];
-    __syncthreads();
-    float* o = out + (size_t)t * heads * head_dim + h * head_dim;
-    if (parts == 1) {  // the whole context in this block: normalize and done
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+            if (i < dims) partial[warp][i * LHAMA_WARP + lane] = acc[i];
+        __syncthreads();
+        if (parts == 1) {  // the whole context in this block: normalize and done
+            for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+                float v = 0.0f;
+#pragma unroll
+                for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
+                o[d] = v / l;
+            }
+            return;
+        }
+        float* dst = base + (size_t)z * (head_dim + 2);
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
             float v = 0.0f;
 #pragma unroll
             for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
-            o[d] = v / l;
+            dst[d] = v;
         }
-        return;
+        if (threadIdx.x == 0) {
+            dst[head_dim] = m;
+            dst[head_dim + 1] = l;
+        }
+        // The block that writes the last partition of this (token, head) to
+        // finish combines (it has no partition left: its own later ones
+        // would still be missing).
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)parts - 1u;
+        __syncthreads();
+        if (last_block) break;
     }
-    float* base = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);
-    float* dst = base + (size_t)z * (head_dim + 2);
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float v = 0.0f;
-#pragma unroll
-        for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
-        dst[d] = v;
-    }
-    if (threadIdx.x == 0) {
-        dst[head_dim] = m;
-        dst[head_dim + 1] = l;
-    }
-    // The last partition block of this (token, head) to finish combines.
-    __threadfence();
-    __syncthreads();
-    unsigned* counter = counters + (size_t)t * heads + h;
-    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)parts - 1u;
-    __syncthreads();
-    if (!last_block) return;
+    if (parts == 1 || !last_block) return;
     __threadfence();
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float mx = LHAMA_NEG_INF;
@@ -247,6 +273,24 @@ extern "C" __global__ void paged_attention_decode_f32(
     if (threadIdx.x == 0) *counter = 0u;
 }
 
+#define LHAMA_DECODE_PARAMS(KV)                                                                                    \
+    const float *__restrict__ qkv, const unsigned *__restrict__ positions, const float *__restrict__ cos_table,     \
+        const float *__restrict__ sin_table, const unsigned *__restrict__ slots, KV *__restrict__ k_cache,          \
+        KV *__restrict__ v_cache, const unsigned *__restrict__ block_tables, const unsigned *__restrict__ seq_of,   \
+        float *__restrict__ work, unsigned *__restrict__ counters, float *__restrict__ out, int heads, int kv_heads, \
+        int head_dim, int block_size, int max_blocks, int max_parts, float scale
+#define LHAMA_DECODE_ARGS                                                                                      \
+    qkv, positions, cos_table, sin_table, slots, k_cache, v_cache, block_tables, seq_of, work, counters, out, \
+        heads, kv_heads, head_dim, block_size, max_blocks, max_parts, scale
+
+extern "C" __global__ void paged_attention_decode_f32(LHAMA_DECODE_PARAMS(float)) {
+    paged_attention_decode(LHAMA_DECODE_ARGS);
+}
+
+extern "C" __global__ void paged_attention_decode_f16kv(LHAMA_DECODE_PARAMS(__half)) {
+    paged_attention_decode(LHAMA_DECODE_ARGS);
+}
+
 // Steps with prompt tokens: the partition partials, combined by
 // paged_attention_combine_f32. A block takes a tile of up to ATTN_TILE
 // consecutive tokens of one sequence (a decode token is a tile of one) and
@@ -261,8 +305,9 @@ extern "C" __global__ void paged_attention_decode_f32(
 #define ATTN_TILE 16
 #define ATTN_SLICE 32
 
-extern "C" __global__ void paged_attention_prefill_f32(
-    const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+template <typename KV>
+__device__ __forceinline__ void paged_attention_prefill(
+    const float* __restrict__ q, const KV* __restrict__ k_cache, const KV* __restrict__ v_cache,
     const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
     const unsigned* __restrict__ positions, const unsigned* __restrict__ tiles, float* __restrict__ work, int heads,
     int kv_heads, int head_dim, int block_size, int max_blocks, int max_parts, float scale) {
@@ -296,8 +341,8 @@ extern "C" __global__ void paged_attention_prefill_f32(
             const int key = e / head_dim, d = e % head_dim;
             const int p = s0 + key;
             const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
-            kt[d][key] = k_cache[slot * kv_dim + kvh * head_dim + d];
-            vs[key][d] = v_cache[slot * kv_dim + kvh * head_dim + d];
+            kt[d][key] = kv_load(&k_cache[slot * kv_dim + kvh * head_dim + d]);
+            vs[key][d] = kv_load(&v_cache[slot * kv_dim + kvh * head_dim + d]);
         }
         __syncthreads();
 #pragma unroll
@@ -345,4 +390,20 @@ extern "C" __global__ void paged_attention_prefill_f32(
             dst[head_dim + 1] = l[qi];
         }
     }
+}
+
+#define LHAMA_PREFILL_PARAMS(KV)                                                                              \
+    const float *__restrict__ q, const KV *__restrict__ k_cache, const KV *__restrict__ v_cache,               \
+        const unsigned *__restrict__ block_tables, const unsigned *__restrict__ seq_of,                       \
+        const unsigned *__restrict__ positions, const unsigned *__restrict__ tiles, float *__restrict__ work, \
+        int heads, int kv_heads, int head_dim, int block_size, int max_blocks, int max_parts, float scale
+#define LHAMA_PREFILL_ARGS \
+    q, k_cache, v_cache, block_tables, seq_of, positions, tiles, work, heads, kv_heads, head_dim, block_size, max_blocks, max_parts, scale
+
+extern "C" __global__ void paged_attention_prefill_f32(LHAMA_PREFILL_PARAMS(float)) {
+    paged_attention_prefill(LHAMA_PREFILL_ARGS);
+}
+
+extern "C" __global__ void paged_attention_prefill_f16kv(LHAMA_PREFILL_PARAMS(__half)) {
+    paged_attention_prefill(LHAMA_PREFILL_ARGS);
 }

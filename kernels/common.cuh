@@ -1,8 +1,10 @@
 // Shared helpers for every lhama kernel. Prepended to each kernel family's
 // source before NVRTC compiles it (kernels are embedded in the binary).
 //
-// Conventions: activations, residual stream and KV cache are f32 (the CPU
-// reference's precision); weights are as loaded (AWQ int4 packed, f16 tables).
+// Conventions: activations and the residual stream are f32 (the CPU
+// reference's precision); the KV cache is f32 (exact path, kernels named
+// _f32) or f16 (fast path, kernels named _f16kv), always computed with in
+// f32; weights are as loaded (AWQ int4 packed, f16 tables).
 // Every kernel takes sizes explicitly; the host checks them before launch.
 #include <cuda_fp16.h>
 
@@ -58,3 +60,12 @@ __device__ __forceinline__ float block_reduce_f32(float v, float* scratch) {
     for (int w = 0; w < warps; ++w) r = IS_MAX ? fmaxf(r, scratch[w]) : r + scratch[w];
     return r;
 }
+
+// K/V cache elements: loads widen to f32, stores round to nearest.
+__device__ __forceinline__ float kv_load(const float* p) { return *p; }
+__device__ __forceinline__ float kv_load(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void kv_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void kv_store(__half* p, float v) { *p = __float2half_rn(v); }
+// A value as the cache will hold it (so a K/V kept in registers equals the stored one).
+__device__ __forceinline__ float kv_round(float v, const float*) { return v; }
+__device__ __forceinline__ float kv_round(float v, const __half*) { return __half2float(__float2half_rn(v)); }

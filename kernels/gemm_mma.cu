@@ -2,10 +2,11 @@
 // int4 layers and the f16 lm_head, with mma.sync m16n8k16 (f16 in, f32
 // accumulate).
 //
-// Precision: activations stay f32 (the CPU reference's precision). Each x is
-// split into x_hi = f16(x) and x_lo = f16(x - x_hi), and both halves go
+// Precision: activations stay f32 in memory. On the exact path (_f32) each x
+// is split into x_hi = f16(x) and x_lo = f16(x - x_hi), and both halves go
 // through the tensor cores (two mma per tile), so x is carried to about 22
-// bits. The AWQ weights enter as the exact small integers q - zero (|.| <= 15,
+// bits. On the fast path (_f16x) x enters as f16(x) alone: one mma per
+// tile, f16 activations with f32 accumulation. The AWQ weights enter as the exact small integers q - zero (|.| <= 15,
 // exact in f16); their f16-born scale multiplies each group's f32 sum
 // afterwards. The result matches the f32 reference up to summation order.
 //
@@ -44,13 +45,13 @@ __device__ __forceinline__ unsigned pack_half2(__half lo, __half hi) {
     return (unsigned)__half_as_ushort(lo) | ((unsigned)__half_as_ushort(hi) << 16);
 }
 
-template <bool AWQ>
+template <bool AWQ, bool SPLIT_X>
 __device__ __forceinline__ void gemm_mma(
     const float* __restrict__ x, const unsigned* __restrict__ rows, const unsigned* __restrict__ qweight,
     const float* __restrict__ zeros, const float* __restrict__ scales, const __half* __restrict__ wdense,
     float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
     __shared__ __align__(16) unsigned xs_hi[2][MMA_BM * MMA_XS];
-    __shared__ __align__(16) unsigned xs_lo[2][MMA_BM * MMA_XS];
+    __shared__ __align__(16) unsigned xs_lo[2][SPLIT_X ? MMA_BM * MMA_XS : 1];
     __shared__ __align__(16) unsigned ws[2][(MMA_BK / 2) * MMA_WS];
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -112,12 +113,14 @@ __device__ __forceinline__ void gemm_mma(
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 hi[e] = __float2half_rn(v[e]);
-                lo[e] = __float2half_rn(v[e] - __half2float(hi[e]));
+                lo[e] = SPLIT_X ? __float2half_rn(v[e] - __half2float(hi[e])) : hi[e];
             }
             unsigned* dh = &xs_hi[buf][r * MMA_XS + xc / 2];
-            unsigned* dl = &xs_lo[buf][r * MMA_XS + xc / 2];
             *reinterpret_cast<uint2*>(dh) = make_uint2(pack_half2(hi[0], hi[1]), pack_half2(hi[2], hi[3]));
-            *reinterpret_cast<uint2*>(dl) = make_uint2(pack_half2(lo[0], lo[1]), pack_half2(lo[2], lo[3]));
+            if constexpr (SPLIT_X) {
+                unsigned* dl = &xs_lo[buf][r * MMA_XS + xc / 2];
+                *reinterpret_cast<uint2*>(dl) = make_uint2(pack_half2(lo[0], lo[1]), pack_half2(lo[2], lo[3]));
+            }
         }
         if constexpr (AWQ) {
             unsigned packed[8];
@@ -170,15 +173,17 @@ __device__ __forceinline__ void gemm_mma(
             for (int mi = 0; mi < 2; ++mi) {
                 const int r = wm * 32 + mi * 16 + gid;
                 const unsigned* h = &xs_hi[buf][0];
-                const unsigned* l = &xs_lo[buf][0];
                 ahi[mi][0] = h[r * MMA_XS + kk + tig];
                 ahi[mi][1] = h[(r + 8) * MMA_XS + kk + tig];
                 ahi[mi][2] = h[r * MMA_XS + kk + tig + 4];
                 ahi[mi][3] = h[(r + 8) * MMA_XS + kk + tig + 4];
-                alo[mi][0] = l[r * MMA_XS + kk + tig];
-                alo[mi][1] = l[(r + 8) * MMA_XS + kk + tig];
-                alo[mi][2] = l[r * MMA_XS + kk + tig + 4];
-                alo[mi][3] = l[(r + 8) * MMA_XS + kk + tig + 4];
+                if constexpr (SPLIT_X) {
+                    const unsigned* l = &xs_lo[buf][0];
+                    alo[mi][0] = l[r * MMA_XS + kk + tig];
+                    alo[mi][1] = l[(r + 8) * MMA_XS + kk + tig];
+                    alo[mi][2] = l[r * MMA_XS + kk + tig + 4];
+                    alo[mi][3] = l[(r + 8) * MMA_XS + kk + tig + 4];
+                }
             }
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni) {
@@ -188,7 +193,7 @@ __device__ __forceinline__ void gemm_mma(
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
                     mma_16816(part[mi][ni], ahi[mi], b0, b1);
-                    mma_16816(part[mi][ni], alo[mi], b0, b1);
+                    if constexpr (SPLIT_X) mma_16816(part[mi][ni], alo[mi], b0, b1);
                 }
             }
         }
@@ -246,12 +251,18 @@ __device__ __forceinline__ void gemm_mma(
 extern "C" __global__ void __launch_bounds__(MMA_THREADS) awq_gemm_mma_f32(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
-    gemm_mma<true>(x, nullptr, qweight, zeros, scales, nullptr, out, m, k, n, group, k_per_split);
+    gemm_mma<true, true>(x, nullptr, qweight, zeros, scales, nullptr, out, m, k, n, group, k_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) awq_gemm_mma_f16x(
+    const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
+    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
+    gemm_mma<true, false>(x, nullptr, qweight, zeros, scales, nullptr, out, m, k, n, group, k_per_split);
 }
 
 // logits[R, vocab] = xn[rows[r]] · W^T, W [vocab, hidden] f16 (one split).
 extern "C" __global__ void __launch_bounds__(MMA_THREADS) lm_head_mma_f16_f32(
     const float* __restrict__ xn, const unsigned* __restrict__ rows, const __half* __restrict__ weight,
     float* __restrict__ logits, int num_rows, int hidden, int vocab) {
-    gemm_mma<false>(xn, rows, nullptr, nullptr, nullptr, weight, logits, num_rows, hidden, vocab, hidden, hidden);
+    gemm_mma<false, true>(xn, rows, nullptr, nullptr, nullptr, weight, logits, num_rows, hidden, vocab, hidden, hidden);
 }

@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// asks for one (temperature 0.8, top_p 0.95, top_k 50).
     #[arg(long, value_enum, default_value = "greedy")]
     sampling: BenchSampling,
+    /// CUDA numerics (exact: the f32 datapath; fast: f16 KV cache and tensor-core inputs).
+    #[arg(long, value_enum, default_value = "fast")]
+    precision: crate::load::PrecisionArg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -95,6 +98,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_batch_tokens: args.prompt_len.max(max_batch),
         max_seqs: max_batch,
         gpu_memory_utilization: 0.9,
+        precision: args.precision,
     };
     let mut boxed = make_backend(args.backend, &config, weights, limits)?;
     let backend = boxed.as_mut();

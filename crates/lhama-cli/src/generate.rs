@@ -36,6 +36,9 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendKind,
+    /// CUDA numerics (exact: the f32 datapath; fast: f16 KV cache and tensor-core inputs).
+    #[arg(long, value_enum, default_value = "fast")]
+    precision: crate::load::PrecisionArg,
 }
 
 fn sampling_params(args: &GenerateArgs, files: &ModelFiles) -> anyhow::Result<SamplingParams> {
@@ -103,6 +106,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_batch_tokens: lhama_engine::generate::PREFILL_CHUNK,
         max_seqs: 1,
         gpu_memory_utilization: 0.9,
+        precision: args.precision,
     };
     let mut backend = make_backend(args.backend, &config, weights, limits)?;
     let mut sampler = Sampler::new(params);

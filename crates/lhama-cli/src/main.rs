@@ -55,6 +55,11 @@ enum Command {
         tolerance: f32,
         #[arg(long, value_enum, default_value = "cpu")]
         backend: load::BackendKind,
+        /// CUDA numerics: exact checks --tolerance and every greedy token;
+        /// fast checks its budget (top-5 logprobs within 0.05 nats, 32
+        /// greedy tokens identical).
+        #[arg(long, value_enum, default_value = "fast")]
+        precision: load::PrecisionArg,
     },
 }
 
@@ -105,7 +110,8 @@ fn main() -> ExitCode {
             golden,
             tolerance,
             backend,
-        } => load::verify(&model, &golden, tolerance, backend),
+            precision,
+        } => load::verify(&model, &golden, tolerance, backend, precision),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ use lhama_server::connections::{ConnLimits, accept_loop};
 use lhama_server::{AppState, Loaded, ServerConfig};
 use serde::Deserialize;
 
-use crate::load::{BackendKind, BackendLimits, load_model, make_backend};
+use crate::load::{BackendKind, BackendLimits, PrecisionArg, load_model, make_backend};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +74,10 @@ pub struct ServeArgs {
     pub cors_origins: Option<Vec<String>>,
     #[arg(long, env = "LHAMA_BACKEND", value_enum)]
     pub backend: Option<BackendKind>,
+    /// CUDA numerics: fast (f16 KV cache and tensor-core inputs, f32
+    /// accumulation) or exact (the f32 datapath) [default: fast].
+    #[arg(long, env = "LHAMA_PRECISION", value_enum)]
+    pub precision: Option<PrecisionArg>,
     #[arg(long, env = "LHAMA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Seconds running requests get to finish after SIGTERM/SIGINT.
@@ -107,6 +111,7 @@ pub struct Settings {
     pub gpu_memory_utilization: f64,
     pub server: ServerConfig,
     pub backend: BackendKind,
+    pub precision: PrecisionArg,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub connections: ConnLimits,
@@ -208,6 +213,7 @@ impl ServeArgs {
                 )?,
             },
             backend: pick!(backend, BackendKind::Auto),
+            precision: pick!(precision, PrecisionArg::Fast),
             log_format: pick!(log_format, LogFormat::Text),
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 30)),
             model,
@@ -257,6 +263,7 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
         max_batch_tokens: settings.max_num_batched_tokens,
         max_seqs: settings.max_num_seqs,
         gpu_memory_utilization: settings.gpu_memory_utilization,
+        precision: settings.precision,
     };
     let backend = make_backend(settings.backend, &config, weights, limits)?;
     let kv = backend.kv_geometry();

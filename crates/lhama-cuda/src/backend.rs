@@ -14,7 +14,7 @@ use lhama_model::{
 };
 
 use crate::CudaError;
-use crate::kernels::{GpuAwq, Kernels, SAMPLE_PARAM_WORDS, sample_params};
+use crate::kernels::{GpuAwq, Kernels, KvCache, Precision, SAMPLE_PARAM_WORDS, sample_params};
 
 #[derive(Debug, Clone)]
 pub struct CudaOptions {
@@ -28,6 +28,8 @@ pub struct CudaOptions {
     /// KV cache size in tokens; None = all the memory budget leaves.
     pub kv_cache_tokens: Option<usize>,
     pub block_size: usize,
+    /// Exact (f32 datapath) or fast (f16 KV cache and tensor-core inputs).
+    pub precision: Precision,
 }
 
 impl Default for CudaOptions {
@@ -39,6 +41,7 @@ impl Default for CudaOptions {
             max_seqs: 256,
             kv_cache_tokens: None,
             block_size: 16,
+            precision: Precision::default(),
         }
     }
 }
@@ -50,9 +53,8 @@ struct GpuLayer {
     o: GpuAwq,
     gate_up: GpuAwq,
     down: GpuAwq,
-    /// [blocks * block_size, kv_heads, head_dim]
-    k_cache: CudaSlice<f32>,
-    v_cache: CudaSlice<f32>,
+    /// [blocks * block_size, kv_heads, head_dim] each
+    kv: KvCache,
 }
 
 /// Per-step device buffers, sized for `max_batch_tokens` / `max_seqs`.
@@ -128,6 +130,8 @@ pub struct CudaBackend {
     host_seq_of: Vec<u32>,
     /// (first token, count) query tiles of the uploaded batch, as on the device.
     host_tiles: Vec<u32>,
+    /// Longest context (last position + 1) of the uploaded batch.
+    host_context: usize,
     host_tables: Vec<u32>,
     host_params: Vec<u32>,
     /// `forward` asks for every row's logits.
@@ -190,7 +194,8 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         // A stream of our own: the legacy default stream cannot be captured into graphs.
         let stream = ctx.new_stream()?;
-        let k = Kernels::load(&ctx)?;
+        let mut k = Kernels::load(&ctx)?;
+        k.precision = opts.precision;
 
         let (hidden, inter, vocab) = (
             config.hidden_size,
@@ -201,7 +206,11 @@ impl CudaBackend {
         let kv_dim = config.num_kv_heads * config.head_dim;
         let t = opts.max_batch_tokens;
         let max_blocks = config.max_position_embeddings.div_ceil(opts.block_size);
-        let block_bytes = 2 * config.num_layers * opts.block_size * kv_dim * 4;
+        let block_bytes = 2
+            * config.num_layers
+            * opts.block_size
+            * kv_dim
+            * KvCache::element_bytes(opts.precision);
 
         // Budget: weights + workspace + KV must fit in utilization * total.
         let (free, total) = ctx.mem_get_info()?;
@@ -285,8 +294,7 @@ impl CudaBackend {
                 o: fused(&[&l.o_proj])?,
                 gate_up: fused(&[&l.gate_proj, &l.up_proj])?,
                 down: fused(&[&l.down_proj])?,
-                k_cache: stream.alloc_zeros(cache_len)?,
-                v_cache: stream.alloc_zeros(cache_len)?,
+                kv: KvCache::alloc(&stream, opts.precision, cache_len)?,
             });
         }
         let rope = RopeTable::for_config(config);
@@ -347,6 +355,7 @@ impl CudaBackend {
             host_slots: Vec::with_capacity(t),
             host_seq_of: Vec::with_capacity(t),
             host_tiles: Vec::with_capacity(2 * t),
+            host_context: 1,
             host_tables: vec![0; opts.max_seqs * max_blocks],
             host_params: Vec::with_capacity(t * SAMPLE_PARAM_WORDS),
             all_logits: vec![RowSampling::Logits; t],
@@ -357,6 +366,7 @@ impl CudaBackend {
             weights_mib = weight_bytes / MIB,
             kv_blocks = num_blocks,
             kv_tokens = num_blocks * opts.block_size,
+            precision = ?opts.precision,
             "CUDA backend ready"
         );
         Ok(backend)
@@ -389,6 +399,7 @@ impl CudaBackend {
                 self.host_seq_of.push(si as u32);
             }
         }
+        self.host_context = batch.positions.iter().max().map_or(1, |&p| p as usize + 1);
         let s = &self.stream;
         let ws = &mut self.ws;
         s.memcpy_htod(batch.tokens, &mut ws.tokens.slice_mut(0..t))?;
@@ -423,14 +434,22 @@ impl CudaBackend {
     /// tokens in `ws.sampled`. Issues no copy and no synchronization, so it
     /// can be captured into a graph.
     /// `decode`: one token per sequence (attention fuses the rotary
-    /// embedding and the K/V write when the head size allows).
+    /// embedding and the K/V write when the head size allows). `capture`:
+    /// recorded into a graph that later steps replay, so nothing may depend
+    /// on this batch's contexts.
     fn launch_all(
         &mut self,
         t: usize,
         r: usize,
         table_len: usize,
         decode: bool,
+        capture: bool,
     ) -> Result<(), CudaError> {
+        let batch_context = if capture {
+            self.config.max_position_embeddings
+        } else {
+            self.host_context
+        };
         let fused_decode =
             decode && self.fused_decode && Kernels::fused_decode_supported(self.config.head_dim);
         let cfg = &self.config;
@@ -477,8 +496,7 @@ impl CudaBackend {
                     &self.cos,
                     &self.sin,
                     &ws.slots.slice(0..t),
-                    &mut layer.k_cache,
-                    &mut layer.v_cache,
+                    &mut layer.kv,
                     &ws.tables.slice(0..table_len),
                     &ws.seq_of.slice(0..t),
                     &mut ws.attn_work,
@@ -498,15 +516,13 @@ impl CudaBackend {
                     &self.sin,
                     &ws.slots.slice(0..t),
                     &mut ws.q.slice_mut(..),
-                    &mut layer.k_cache,
-                    &mut layer.v_cache,
+                    &mut layer.kv,
                     shape,
                 )?;
                 k.paged_attention(
                     s,
                     &ws.q.slice(..),
-                    &layer.k_cache,
-                    &layer.v_cache,
+                    &mut layer.kv,
                     &ws.tables.slice(0..table_len),
                     &ws.seq_of.slice(0..t),
                     &ws.positions.slice(0..t),
@@ -517,6 +533,7 @@ impl CudaBackend {
                     bs,
                     self.max_blocks,
                     cfg.max_position_embeddings,
+                    batch_context,
                 )?;
             }
             matmul(&ws.attn.slice(..), &layer.o, &mut ws.proj.slice_mut(..))?;
@@ -605,7 +622,7 @@ impl CudaBackend {
                 self.stream.begin_capture(
                     cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
                 )?;
-                let launched = self.launch_all(t, t, tables, true);
+                let launched = self.launch_all(t, t, tables, true, true);
                 let graph = self
                     .stream
                     .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
@@ -616,7 +633,7 @@ impl CudaBackend {
             }
             self.graphs[&t].0.launch()?;
         } else {
-            self.launch_all(t, r, batch.seqs.len() * self.max_blocks, decode)?;
+            self.launch_all(t, r, batch.seqs.len() * self.max_blocks, decode, false)?;
         }
         let vocab = self.config.vocab_size;
         tokens.clear();

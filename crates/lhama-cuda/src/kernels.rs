@@ -38,6 +38,100 @@ pub const ATTENTION_TILE: usize = 16;
 /// Largest head_dim the attention kernel handles (4 dimensions per lane).
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
+/// Numerics of the CUDA forward pass. `Exact`: f32 activations into the
+/// matrix products (split into two f16 halves on the tensor cores) and an
+/// f32 KV cache, matching the f32 CPU reference to ~1e-5. `Fast`: f16
+/// activations into the tensor-core products and an f16 KV cache, with f32
+/// accumulation, residual stream, norms and softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    Exact,
+    #[default]
+    Fast,
+}
+
+/// One layer's K/V cache, [blocks * block_size, kv_heads, head_dim] each:
+/// f32 on the exact path, f16 on the fast path.
+pub enum KvCache {
+    F32 {
+        k: CudaSlice<f32>,
+        v: CudaSlice<f32>,
+    },
+    F16 {
+        k: CudaSlice<f16>,
+        v: CudaSlice<f16>,
+    },
+}
+
+impl KvCache {
+    /// Zeroed caches of `len` elements each.
+    pub fn alloc(s: &Arc<CudaStream>, precision: Precision, len: usize) -> Result<Self, CudaError> {
+        Ok(match precision {
+            Precision::Exact => Self::F32 {
+                k: s.alloc_zeros(len)?,
+                v: s.alloc_zeros(len)?,
+            },
+            Precision::Fast => Self::F16 {
+                k: s.alloc_zeros(len)?,
+                v: s.alloc_zeros(len)?,
+            },
+        })
+    }
+
+    /// Bytes of one element.
+    pub fn element_bytes(precision: Precision) -> usize {
+        match precision {
+            Precision::Exact => 4,
+            Precision::Fast => 2,
+        }
+    }
+
+    /// Elements in each of k and v.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32 { k, .. } => k.len(),
+            Self::F16 { k, .. } => k.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The caches as f32 on the host (tests).
+    pub fn to_host(&self, s: &Arc<CudaStream>) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+        Ok(match self {
+            Self::F32 { k, v } => (s.clone_dtoh(k)?, s.clone_dtoh(v)?),
+            Self::F16 { k, v } => {
+                let widen = |x: Vec<f16>| x.into_iter().map(f16::to_f32).collect();
+                (widen(s.clone_dtoh(k)?), widen(s.clone_dtoh(v)?))
+            }
+        })
+    }
+
+    /// Caches holding `k` and `v` (rounded to f16 on the fast path; tests).
+    pub fn from_host(
+        s: &Arc<CudaStream>,
+        precision: Precision,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<Self, CudaError> {
+        Ok(match precision {
+            Precision::Exact => Self::F32 {
+                k: s.clone_htod(k)?,
+                v: s.clone_htod(v)?,
+            },
+            Precision::Fast => {
+                let narrow = |x: &[f32]| x.iter().map(|&a| f16::from_f32(a)).collect::<Vec<_>>();
+                Self::F16 {
+                    k: s.clone_htod(&narrow(k))?,
+                    v: s.clone_htod(&narrow(v))?,
+                }
+            }
+        })
+    }
+}
+
 /// An AWQ layer on the device (see `lhama_model::weights::FusedAwq`).
 pub struct GpuAwq {
     pub k: usize,
@@ -83,12 +177,15 @@ pub struct Kernels {
     silu_mul: CudaFunction,
     /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
     awq_partial: [(usize, usize, CudaFunction); 4],
+    /// The tensor-core AWQ GEMM: exact (x split in two f16 halves), fast (f16 x).
     awq_mma: CudaFunction,
-    rope_kv: CudaFunction,
+    awq_mma_fast: CudaFunction,
+    /// Kernels touching the KV cache: (f32 cache, f16 cache).
+    rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
     attention_combine: CudaFunction,
-    attention_decode: CudaFunction,
-    attention_prefill: CudaFunction,
+    attention_decode: (CudaFunction, CudaFunction),
+    attention_prefill: (CudaFunction, CudaFunction),
     lm_head: CudaFunction,
     lm_head_mma: CudaFunction,
     sample: CudaFunction,
@@ -103,6 +200,12 @@ pub struct Kernels {
     pub mma_min_rows: usize,
     /// lm_head over at least this many rows uses the tensor-core GEMM.
     pub lm_head_mma_min_rows: usize,
+    /// Which tensor-core AWQ GEMM runs (the KV cache's type picks the
+    /// attention kernels).
+    pub precision: Precision,
+    /// Blocks per (token, head) of decode attention; None: as many as fill
+    /// the GPU, at most one per context partition (tests set it).
+    pub decode_blocks: Option<usize>,
 }
 
 /// Rows from which the tensor cores beat looping the GEMV (measured on an
@@ -202,6 +305,13 @@ impl<'s> Args<'s> {
         let (ptr, _sync) = p.device_ptr_mut(self.s);
         self.push(ptr)
     }
+    /// The K and V caches, in that order.
+    fn kv(&mut self, cache: &mut KvCache) -> &mut Self {
+        match cache {
+            KvCache::F32 { k, v } => self.buf_mut(k).buf_mut(v),
+            KvCache::F16 { k, v } => self.buf_mut(k).buf_mut(v),
+        }
+    }
     fn null(&mut self) -> &mut Self {
         self.push(0)
     }
@@ -239,11 +349,18 @@ impl Kernels {
                 (8, 4, f("awq_gemv_partial_m8_f32")?),
             ],
             awq_mma: f("awq_gemm_mma_f32")?,
-            rope_kv: f("rope_kv_write_f32")?,
+            awq_mma_fast: f("awq_gemm_mma_f16x")?,
+            rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
-            attention_decode: f("paged_attention_decode_f32")?,
-            attention_prefill: f("paged_attention_prefill_f32")?,
+            attention_decode: (
+                f("paged_attention_decode_f32")?,
+                f("paged_attention_decode_f16kv")?,
+            ),
+            attention_prefill: (
+                f("paged_attention_prefill_f32")?,
+                f("paged_attention_prefill_f16kv")?,
+            ),
             lm_head: f("lm_head_f16_f32")?,
             lm_head_mma: f("lm_head_mma_f16_f32")?,
             sample: f("sample_rows_f32")?,
@@ -253,6 +370,8 @@ impl Kernels {
             mma_min_rows: env_rows("LHAMA_MMA_MIN_ROWS")?.unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
+            precision: Precision::default(),
+            decode_blocks: None,
         })
     }
 
@@ -541,7 +660,11 @@ impl Kernels {
             .i32(i32_of(w.n))
             .i32(i32_of(w.group))
             .i32(i32_of(k_per_split));
-        self.launch(s, &self.awq_mma, cfg, &mut a)?;
+        let gemm = match self.precision {
+            Precision::Exact => &self.awq_mma,
+            Precision::Fast => &self.awq_mma_fast,
+        };
+        self.launch(s, gemm, cfg, &mut a)?;
         if splits > 1 {
             self.reduce_partials(s, partial, y, splits, m, w.n)?;
         }
@@ -559,8 +682,7 @@ impl Kernels {
         sin: &CudaSlice<f32>,
         slots: &CudaView<'_, u32>,
         q_out: &mut CudaViewMut<'_, f32>,
-        k_cache: &mut CudaSlice<f32>,
-        v_cache: &mut CudaSlice<f32>,
+        cache: &mut KvCache,
         shape: (usize, usize, usize),
     ) -> Result<(), CudaError> {
         let (heads, kv_heads, hd) = shape;
@@ -576,7 +698,10 @@ impl Kernels {
         // caches (validated with the batch); buffer sizes checked above.
         self.launch(
             s,
-            &self.rope_kv,
+            match cache {
+                KvCache::F32 { .. } => &self.rope_kv.0,
+                KvCache::F16 { .. } => &self.rope_kv.1,
+            },
             cfg,
             Args::new(s)
                 .buf(qkv)
@@ -585,8 +710,7 @@ impl Kernels {
                 .buf(sin)
                 .buf(slots)
                 .buf_mut(q_out)
-                .buf_mut(k_cache)
-                .buf_mut(v_cache)
+                .kv(cache)
                 .i32(i32_of(heads))
                 .i32(i32_of(kv_heads))
                 .i32(i32_of(hd)),
@@ -617,8 +741,7 @@ impl Kernels {
         &self,
         s: &CudaStream,
         q: &CudaView<'_, f32>,
-        k_cache: &CudaSlice<f32>,
-        v_cache: &CudaSlice<f32>,
+        cache: &mut KvCache,
         block_tables: &CudaView<'_, u32>,
         seq_of: &CudaView<'_, u32>,
         positions: &CudaView<'_, u32>,
@@ -629,6 +752,7 @@ impl Kernels {
         block_size: usize,
         max_blocks: usize,
         max_context: usize,
+        batch_context: usize,
     ) -> Result<(), CudaError> {
         let (heads, kv_heads, hd) = shape;
         let t = positions.len();
@@ -643,29 +767,38 @@ impl Kernels {
         check(tiles.len() >= 2 && tiles.len() / 2 <= t, "attention tiles")?;
         let parts = Self::attention_parts(max_context);
         check(
+            batch_context >= 1 && batch_context <= max_context,
+            "attention batch context",
+        )?;
+        // Partitions past the batch's longest context would do nothing.
+        let launched = Self::attention_parts(batch_context);
+        check(
             work.len() >= Self::attention_work_len(t, heads, hd, max_context),
             "attention workspace",
         )?;
         let scale = 1.0f32 / (hd as f32).sqrt();
         let blocks = tiles.len() / 2;
         let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, heads as u32, parts as u32),
+            grid_dim: (blocks as u32, heads as u32, launched as u32),
             block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // Every table entry < blocks, every seq_of < rows of block_tables and
-        // every position < max_context (validated with the batch; max_context
-        // is the model's max positions), so partitions stay inside `work`;
+        // every position < batch_context <= max_context (validated with the
+        // batch; max_context is the model's max positions), so partitions
+        // stay inside `work` and every token's partitions are launched;
         // every tile's tokens lie inside the batch and are consecutive
         // positions of one sequence (attention_tiles); sizes checked above.
         self.launch(
             s,
-            &self.attention_prefill,
+            match cache {
+                KvCache::F32 { .. } => &self.attention_prefill.0,
+                KvCache::F16 { .. } => &self.attention_prefill.1,
+            },
             cfg,
             Args::new(s)
                 .buf(q)
-                .buf(k_cache)
-                .buf(v_cache)
+                .kv(cache)
                 .buf(block_tables)
                 .buf(seq_of)
                 .buf(positions)
@@ -742,8 +875,7 @@ impl Kernels {
         cos: &CudaSlice<f32>,
         sin: &CudaSlice<f32>,
         slots: &CudaView<'_, u32>,
-        k_cache: &mut CudaSlice<f32>,
-        v_cache: &mut CudaSlice<f32>,
+        cache: &mut KvCache,
         block_tables: &CudaView<'_, u32>,
         seq_of: &CudaView<'_, u32>,
         work: &mut CudaSlice<f32>,
@@ -774,8 +906,14 @@ impl Kernels {
             "attention workspace",
         )?;
         let scale = 1.0f32 / (hd as f32).sqrt();
+        // Blocks per (token, head): enough for about 16 blocks per SM, at
+        // most one per partition; a block walks the partitions it is given.
+        let per_head = self
+            .decode_blocks
+            .unwrap_or_else(|| (16 * self.sm_count).div_ceil(t.max(1) * heads))
+            .clamp(1, parts);
         let cfg = LaunchConfig {
-            grid_dim: (t as u32, heads as u32, parts as u32),
+            grid_dim: (t as u32, heads as u32, per_head as u32),
             block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -783,7 +921,10 @@ impl Kernels {
         // below the rotary tables' length (validated with the batch).
         self.launch(
             s,
-            &self.attention_decode,
+            match cache {
+                KvCache::F32 { .. } => &self.attention_decode.0,
+                KvCache::F16 { .. } => &self.attention_decode.1,
+            },
             cfg,
             Args::new(s)
                 .buf(qkv)
@@ -791,8 +932,7 @@ impl Kernels {
                 .buf(cos)
                 .buf(sin)
                 .buf(slots)
-                .buf_mut(k_cache)
-                .buf_mut(v_cache)
+                .kv(cache)
                 .buf(block_tables)
                 .buf(seq_of)
                 .buf_mut(work)

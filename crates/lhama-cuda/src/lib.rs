@@ -8,6 +8,7 @@ pub mod compile;
 pub mod kernels;
 
 pub use backend::{CudaBackend, CudaOptions};
+pub use kernels::Precision;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {

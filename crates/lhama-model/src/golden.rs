@@ -63,6 +63,9 @@ pub struct Report {
     pub max_abs_logit_diff: f32,
     /// Largest |reference| logit (for scale).
     pub max_abs_logit: f32,
+    /// Largest |Δ logprob| over the reference's 5 most likely tokens, at
+    /// every position with reference logits (the fast path's budget: 0.05).
+    pub max_top5_logprob_diff: f32,
     /// Greedy steps compared and how many matched before the first difference.
     pub greedy_steps: usize,
     pub greedy_matching_prefix: Vec<usize>,
@@ -164,6 +167,27 @@ pub fn greedy(
 
 /// Runs every golden prompt and chat case; the caller decides what tolerance
 /// passes.
+/// log-softmax of a row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let log_z = max + sum.ln();
+    row.iter().map(|&v| v as f64 - log_z).collect()
+}
+
+/// Largest |logprob(ours) − logprob(reference)| over the reference's `k`
+/// most likely tokens.
+pub fn top_logprob_diff(ours: &[f32], reference: &[f32], k: usize) -> f32 {
+    let (a, b) = (log_softmax(ours), log_softmax(reference));
+    let mut order: Vec<usize> = (0..b.len()).collect();
+    order.sort_by(|&i, &j| b[j].total_cmp(&b[i]));
+    order
+        .iter()
+        .take(k)
+        .map(|&i| (a[i] - b[i]).abs() as f32)
+        .fold(0.0, f32::max)
+}
+
 pub fn compare(
     backend: &mut dyn Backend,
     tokenizer: &Tokenizer,
@@ -179,11 +203,17 @@ pub fn compare(
         if let Some(reference) = &p.logits {
             let ours = prompt_logits(backend, &p.ids).map_err(dev)?;
             for (pos, row) in reference.iter().enumerate() {
+                let mine = &ours[pos * vocab..(pos + 1) * vocab];
                 for (i, &r) in row.iter().enumerate().take(vocab) {
-                    let d = (ours[pos * vocab + i] - r).abs();
+                    let d = (mine[i] - r).abs();
                     report.max_abs_logit_diff = report.max_abs_logit_diff.max(d);
                     report.max_abs_logit = report.max_abs_logit.max(r.abs());
                 }
+                report.max_top5_logprob_diff = report.max_top5_logprob_diff.max(top_logprob_diff(
+                    mine,
+                    &row[..vocab.min(row.len())],
+                    5,
+                ));
             }
         }
         let ours = greedy(backend, &p.ids, p.greedy.len()).map_err(dev)?;
@@ -242,4 +272,27 @@ pub fn compare(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_logprob_diff;
+
+    #[test]
+    fn top_logprob_diff_compares_normalized_top_tokens() {
+        let reference = [2.0f32, 1.0, 0.0, -1.0, -2.0, -30.0];
+        // A constant shift changes no logprob.
+        let shifted: Vec<f32> = reference.iter().map(|v| v + 7.5).collect();
+        assert!(top_logprob_diff(&shifted, &reference, 5) < 1e-6);
+        // A change outside the top 5 moves the top-5 logprobs only through
+        // the normalizer (here by almost nothing).
+        let mut tail = reference;
+        tail[5] = -20.0;
+        assert!(top_logprob_diff(&tail, &reference, 5) < 1e-6);
+        // Raising the top token by 0.1 changes its logprob by less than 0.1.
+        let mut top = reference;
+        top[0] += 0.1;
+        let d = top_logprob_diff(&top, &reference, 5);
+        assert!(d > 0.01 && d < 0.1, "{d}");
+    }
 }
