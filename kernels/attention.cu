@@ -55,9 +55,9 @@ extern "C" __global__ void paged_attention_combine_f32(
 // counters [T * H] u32, zero between launches
 // Others as above. D is 32, 64 or 128 (rotation pairs
 // stay inside a lane, or lane ^ 16 for D = 32).
-// Grid: (T, H, Z) with Z <= P_max: block z takes partitions z, z + Z, ...
-// (the host picks Z so that T * H * Z blocks fill the GPU; with a large
-// batch Z = 1 and each block walks its whole context).
+// Grid: (T, H, Z), Z = the partitions of the batch's longest context (the
+// host captures a graph per batch size and Z); blocks past a token's own
+// context return at once.
 __device__ __forceinline__ void rope_lane(float (&x)[ATTN_MAX_DIMS_PER_LANE], int dims,
                                           const float (&c)[ATTN_MAX_DIMS_PER_LANE],
                                           const float (&s)[ATTN_MAX_DIMS_PER_LANE], int lane) {
@@ -91,39 +91,39 @@ __device__ __forceinline__ void paged_attention_decode(
     __shared__ bool last_block;
     const int lane = threadIdx.x % LHAMA_WARP;
     const int warp = threadIdx.x / LHAMA_WARP;
-    const int t = blockIdx.x, h = blockIdx.y;
+    const int t = blockIdx.x, h = blockIdx.y, z = blockIdx.z;
     // Before waiting on the previous kernel (which writes only qkv): the
     // host-written index arrays, the rotary tables, and the K/V of every
-    // earlier position of the first partition (written by earlier steps;
-    // this step writes only the newest slot, here).
+    // earlier position (written by earlier steps; this step writes only the
+    // newest slot, here).
     const int pos = (int)positions[t];
     const int ctx = pos + 1;
-    const int parts = (ctx + ATTN_PART - 1) / ATTN_PART;
-    if ((int)blockIdx.z >= parts) {  // uniform across the block
+    const int start = z * ATTN_PART;
+    if (start >= ctx) {  // uniform across the block
         LHAMA_GRID_WAIT();
         return;
     }
+    const int end = min(ctx, start + ATTN_PART);
+    const int parts = (ctx + ATTN_PART - 1) / ATTN_PART;
     const int group = heads / kv_heads;
     const int kvh = h / group;
     const int kv_dim = kv_heads * head_dim;
     const int dims = head_dim / LHAMA_WARP;
     const int half = head_dim / 2;
     const unsigned* table = block_tables + (size_t)seq_of[t] * max_blocks;
+    const int first = start + warp * ATTN_PER_WARP;
     float kr[ATTN_PER_WARP][ATTN_MAX_DIMS_PER_LANE], vr[ATTN_PER_WARP][ATTN_MAX_DIMS_PER_LANE];
-    auto load_kv = [&](int first) {
 #pragma unroll
-        for (int u = 0; u < ATTN_PER_WARP; ++u) {
-            const int p = first + u;
-            const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
+    for (int u = 0; u < ATTN_PER_WARP; ++u) {
+        const int p = first + u;
+        const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
 #pragma unroll
-            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
-                const bool ok = p < pos && i < dims;
-                kr[u][i] = ok ? kv_load(&k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane]) : 0.0f;
-                vr[u][i] = ok ? kv_load(&v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane]) : 0.0f;
-            }
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+            const bool ok = p < pos && i < dims;
+            kr[u][i] = ok ? kv_load(&k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane]) : 0.0f;
+            vr[u][i] = ok ? kv_load(&v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane]) : 0.0f;
         }
-    };
-    load_kv((int)blockIdx.z * ATTN_PART + warp * ATTN_PER_WARP);
+    }
     float cv[ATTN_MAX_DIMS_PER_LANE], sv[ATTN_MAX_DIMS_PER_LANE];
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
@@ -142,121 +142,105 @@ __device__ __forceinline__ void paged_attention_decode(
     rope_lane(qv, dims, cv, sv, lane);
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) qv[i] *= scale;
-    float* o = out + (size_t)t * heads * head_dim + h * head_dim;
-    float* base = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);
-    unsigned* counter = counters + (size_t)t * heads + h;
-
-    // Partitions blockIdx.z, + gridDim.z, ...: the host launches fewer
-    // blocks per (token, head) than the longest context has partitions when
-    // the batch alone fills the GPU.
-    for (int z = blockIdx.z; z < parts; z += gridDim.z) {
-        const int start = z * ATTN_PART;
-        const int end = min(ctx, start + ATTN_PART);
-        const int first = start + warp * ATTN_PER_WARP;
-        if (z != (int)blockIdx.z) {
-            __syncthreads();  // the previous partition's scores and partials are read
-            load_kv(first);
+    // The newest position's k (rotated) and v, in the last partition.
+    const bool newest_here = end == ctx;
+    float kn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float vn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (newest_here) {
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+            if (i < dims) {
+                kn[i] = row[(heads + kvh) * head_dim + i * LHAMA_WARP + lane];
+                vn[i] = row[(heads + kv_heads + kvh) * head_dim + i * LHAMA_WARP + lane];
+            }
+        rope_lane(kn, dims, cv, sv, lane);
+        // As the cache holds them.
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+            kn[i] = kv_round(kn[i], k_cache);
+            vn[i] = kv_round(vn[i], v_cache);
         }
-        // The newest position's k (rotated) and v, in the last partition, as
-        // the cache holds them.
-        const bool newest_here = end == ctx;
-        float kn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
-        float vn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (newest_here) {
+        if (h % group == 0 && warp == 0) {
+            const size_t slot = slots[t];
 #pragma unroll
             for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
                 if (i < dims) {
-                    kn[i] = row[(heads + kvh) * head_dim + i * LHAMA_WARP + lane];
-                    vn[i] = row[(heads + kv_heads + kvh) * head_dim + i * LHAMA_WARP + lane];
+                    kv_store(&k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane], kn[i]);
+                    kv_store(&v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane], vn[i]);
                 }
-            rope_lane(kn, dims, cv, sv, lane);
-#pragma unroll
-            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
-                kn[i] = kv_round(kn[i], k_cache);
-                vn[i] = kv_round(vn[i], v_cache);
-            }
-            if (h % group == 0 && warp == 0) {
-                const size_t slot = slots[t];
-#pragma unroll
-                for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
-                    if (i < dims) {
-                        kv_store(&k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane], kn[i]);
-                        kv_store(&v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane], vn[i]);
-                    }
-            }
         }
+    }
 
-        float part[ATTN_PER_WARP];
+    float part[ATTN_PER_WARP];
 #pragma unroll
-        for (int u = 0; u < ATTN_PER_WARP; ++u) {
-            const int p = first + u;
-            part[u] = 0.0f;
+    for (int u = 0; u < ATTN_PER_WARP; ++u) {
+        const int p = first + u;
+        part[u] = 0.0f;
 #pragma unroll
-            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) part[u] += qv[i] * (p == pos ? kn[i] : kr[u][i]);
-        }
-        float local_max = LHAMA_NEG_INF;
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) part[u] += qv[i] * (p == pos ? kn[i] : kr[u][i]);
+    }
+    float local_max = LHAMA_NEG_INF;
 #pragma unroll
-        for (int u = 0; u < ATTN_PER_WARP; ++u) {
-            const float sc = warp_sum_f32(part[u]);
-            if (first + u < end) {
-                if (lane == 0) scores[first + u - start] = sc;
-                local_max = fmaxf(local_max, sc);
-            }
+    for (int u = 0; u < ATTN_PER_WARP; ++u) {
+        const float sc = warp_sum_f32(part[u]);
+        if (first + u < end) {
+            if (lane == 0) scores[first + u - start] = sc;
+            local_max = fmaxf(local_max, sc);
         }
-        const float m = block_reduce_f32<true>(local_max, scratch);
-        float local_sum = 0.0f;
-        for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
-            const float e = expf(scores[i] - m);
-            scores[i] = e;
-            local_sum += e;
-        }
-        const float l = block_reduce_f32<false>(local_sum, scratch);
-        __syncthreads();
+    }
+    const float m = block_reduce_f32<true>(local_max, scratch);
+    float local_sum = 0.0f;
+    for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
+        const float e = expf(scores[i] - m);
+        scores[i] = e;
+        local_sum += e;
+    }
+    const float l = block_reduce_f32<false>(local_sum, scratch);
+    __syncthreads();
 
-        float acc[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int u = 0; u < ATTN_PER_WARP; ++u) {
-            const int p = first + u;
-            if (p <= pos) {
-                const float w = scores[p - start];
+    for (int u = 0; u < ATTN_PER_WARP; ++u) {
+        const int p = first + u;
+        if (p <= pos) {
+            const float w = scores[p - start];
 #pragma unroll
-                for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) acc[i] += w * (p == pos ? vn[i] : vr[u][i]);
-            }
+            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) acc[i] += w * (p == pos ? vn[i] : vr[u][i]);
         }
+    }
 #pragma unroll
-        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
-            if (i < dims) partial[warp][i * LHAMA_WARP + lane] = acc[i];
-        __syncthreads();
-        if (parts == 1) {  // the whole context in this block: normalize and done
-            for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-                float v = 0.0f;
-#pragma unroll
-                for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
-                o[d] = v / l;
-            }
-            return;
-        }
-        float* dst = base + (size_t)z * (head_dim + 2);
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+        if (i < dims) partial[warp][i * LHAMA_WARP + lane] = acc[i];
+    __syncthreads();
+    float* o = out + (size_t)t * heads * head_dim + h * head_dim;
+    if (parts == 1) {  // the whole context in this block: normalize and done
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
             float v = 0.0f;
 #pragma unroll
             for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
-            dst[d] = v;
+            o[d] = v / l;
         }
-        if (threadIdx.x == 0) {
-            dst[head_dim] = m;
-            dst[head_dim + 1] = l;
-        }
-        // The block that writes the last partition of this (token, head) to
-        // finish combines (it has no partition left: its own later ones
-        // would still be missing).
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)parts - 1u;
-        __syncthreads();
-        if (last_block) break;
+        return;
     }
-    if (parts == 1 || !last_block) return;
+    float* base = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);
+    float* dst = base + (size_t)z * (head_dim + 2);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
+        dst[d] = v;
+    }
+    if (threadIdx.x == 0) {
+        dst[head_dim] = m;
+        dst[head_dim + 1] = l;
+    }
+    // The last partition block of this (token, head) to finish combines.
+    __threadfence();
+    __syncthreads();
+    unsigned* counter = counters + (size_t)t * heads + h;
+    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)parts - 1u;
+    __syncthreads();
+    if (!last_block) return;
     __threadfence();
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float mx = LHAMA_NEG_INF;

@@ -119,8 +119,9 @@ pub struct CudaBackend {
     max_blocks: usize,
     ws: Workspace,
     /// Decode steps (one token per sequence, every row's logits) replay a
-    /// CUDA graph captured once per batch size: no per-kernel launch cost.
-    graphs: std::collections::HashMap<usize, Graph>,
+    /// CUDA graph captured once per batch size and count of context
+    /// partitions (attention's grid): no per-kernel launch cost.
+    graphs: std::collections::HashMap<(usize, usize), Graph>,
     use_graphs: bool,
     /// Decode attention fuses rotary embedding and the K/V write
     /// (LHAMA_CUDA_FUSED_DECODE=0 turns it off, for comparisons).
@@ -372,6 +373,14 @@ impl CudaBackend {
         Ok(backend)
     }
 
+    /// The context a captured graph covers: every position of the uploaded
+    /// batch's context partitions (so later steps with as many partitions
+    /// can replay it).
+    fn captured_context(&self) -> usize {
+        (Kernels::attention_parts(self.host_context) * crate::kernels::ATTENTION_PART)
+            .min(self.config.max_position_embeddings)
+    }
+
     pub fn device_name(&self) -> &str {
         &self.device_name
     }
@@ -435,8 +444,9 @@ impl CudaBackend {
     /// can be captured into a graph.
     /// `decode`: one token per sequence (attention fuses the rotary
     /// embedding and the K/V write when the head size allows). `capture`:
-    /// recorded into a graph that later steps replay, so nothing may depend
-    /// on this batch's contexts.
+    /// recorded into a graph that later steps with as many context
+    /// partitions replay, so attention covers every position those
+    /// partitions hold.
     fn launch_all(
         &mut self,
         t: usize,
@@ -446,7 +456,7 @@ impl CudaBackend {
         capture: bool,
     ) -> Result<(), CudaError> {
         let batch_context = if capture {
-            self.config.max_position_embeddings
+            self.captured_context()
         } else {
             self.host_context
         };
@@ -506,6 +516,7 @@ impl CudaBackend {
                     bs,
                     self.max_blocks,
                     cfg.max_position_embeddings,
+                    batch_context,
                 )?;
             } else {
                 k.rope_kv_write(
@@ -615,7 +626,8 @@ impl CudaBackend {
                 .enumerate()
                 .all(|(i, &row)| row as usize == i);
         if graph {
-            if !self.graphs.contains_key(&t) {
+            let key = (t, Kernels::attention_parts(self.host_context));
+            if !self.graphs.contains_key(&key) {
                 // Captured with the full table buffer, so one graph serves every
                 // later step of this batch size (contexts are read on the device).
                 let tables = self.max_seqs * self.max_blocks;
@@ -629,9 +641,9 @@ impl CudaBackend {
                 launched?;
                 let graph = graph?
                     .ok_or_else(|| CudaError::Driver("graph capture produced no graph".into()))?;
-                self.graphs.insert(t, Graph(graph));
+                self.graphs.insert(key, Graph(graph));
             }
-            self.graphs[&t].0.launch()?;
+            self.graphs[&key].0.launch()?;
         } else {
             self.launch_all(t, r, batch.seqs.len() * self.max_blocks, decode, false)?;
         }

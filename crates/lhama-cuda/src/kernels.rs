@@ -203,9 +203,6 @@ pub struct Kernels {
     /// Which tensor-core AWQ GEMM runs (the KV cache's type picks the
     /// attention kernels).
     pub precision: Precision,
-    /// Blocks per (token, head) of decode attention; None: as many as fill
-    /// the GPU, at most one per context partition (tests set it).
-    pub decode_blocks: Option<usize>,
 }
 
 /// Rows from which the tensor cores beat looping the GEMV (measured on an
@@ -371,7 +368,6 @@ impl Kernels {
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             precision: Precision::default(),
-            decode_blocks: None,
         })
     }
 
@@ -885,9 +881,14 @@ impl Kernels {
         block_size: usize,
         max_blocks: usize,
         max_context: usize,
+        batch_context: usize,
     ) -> Result<(), CudaError> {
         let (heads, kv_heads, hd) = shape;
         let t = positions.len();
+        check(
+            batch_context >= 1 && batch_context <= max_context,
+            "decode attention batch context",
+        )?;
         check(
             Self::fused_decode_supported(hd) && kv_heads > 0 && heads % kv_heads == 0,
             "decode attention needs head_dim 32, 64 or 128",
@@ -906,19 +907,18 @@ impl Kernels {
             "attention workspace",
         )?;
         let scale = 1.0f32 / (hd as f32).sqrt();
-        // Blocks per (token, head): enough for about 16 blocks per SM, at
-        // most one per partition; a block walks the partitions it is given.
-        let per_head = self
-            .decode_blocks
-            .unwrap_or_else(|| (16 * self.sm_count).div_ceil(t.max(1) * heads))
-            .clamp(1, parts);
+        // A block per partition of the batch's longest context: blocks past
+        // a token's own context return at once, but each still costs a slot.
+        let launched = Self::attention_parts(batch_context);
         let cfg = LaunchConfig {
-            grid_dim: (t as u32, heads as u32, per_head as u32),
+            grid_dim: (t as u32, heads as u32, launched as u32),
             block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // As paged_attention, plus: slots inside the caches and positions
-        // below the rotary tables' length (validated with the batch).
+        // below the rotary tables' length (validated with the batch), and
+        // below batch_context (the caller's promise: a token's partitions
+        // past the grid would never be combined).
         self.launch(
             s,
             match cache {

@@ -353,27 +353,26 @@ fn sampling_kernel_matches_the_host_definition() {
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn fused_decode_attention_matches_cpu() {
-    let (s, mut k) = setup();
+    let (s, k) = setup();
     let mut g = SplitMix64::new(25);
     let bs = 16usize;
     let max_ctx = 256usize;
     // Contexts of one position, inside one partition, at its edges and over several.
     let positions: Vec<u32> = vec![0, 5, 62, 63, 64, 129, 200];
-    for (&(heads, kv_heads, hd), precision, blocks) in
+    // Partitions launched for the batch's longest context, or for the model's.
+    let longest = *positions.iter().max().unwrap() as usize + 1;
+    for (&(heads, kv_heads, hd), precision, batch_context) in
         [(4usize, 2usize, 32usize), (4, 4, 64), (6, 2, 128)]
             .iter()
             .flat_map(|shape| {
                 [
-                    (shape, Precision::Exact, None),
-                    (shape, Precision::Fast, None),
-                    (shape, Precision::Fast, Some(1)),
-                    (shape, Precision::Exact, Some(2)),
+                    (shape, Precision::Exact, longest),
+                    (shape, Precision::Fast, longest),
+                    (shape, Precision::Exact, max_ctx),
+                    (shape, Precision::Fast, max_ctx),
                 ]
             })
     {
-        // Blocks per (token, head): as the launcher picks (every partition
-        // its own block here), one walking every partition, or two.
-        k.decode_blocks = blocks;
         let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
         let t = positions.len();
         let rope = RopeTable::new(hd, 10_000.0, max_ctx, 1.0);
@@ -463,12 +462,13 @@ fn fused_decode_attention_matches_cpu() {
                 bs,
                 max_blocks,
                 max_ctx,
+                batch_context,
             )
             .unwrap();
             let got = back(&s, &out, t * q_dim);
             let e = rel_err(&got, &want);
             eprintln!(
-                "decode attention heads={heads}/{kv_heads} d={hd} {precision:?} blocks {blocks:?}: rel err {e:.2e}"
+                "decode attention heads={heads}/{kv_heads} d={hd} {precision:?} context {batch_context}: rel err {e:.2e}"
             );
             assert!(
                 e < 1e-5,
