@@ -53,28 +53,49 @@ extern "C" __global__ void paged_attention_combine_f32(
 // qkv      [T, (H + 2 * KVH) * D] f32, unrotated
 // cos, sin [max_pos, D/2] f32; slots [T] u32 (the new token's slot)
 // counters [T * H] u32, zero between launches
-// Others as above. D is 32, 64 or 128 (rotation pairs
-// stay inside a lane, or lane ^ 16 for D = 32).
+// Others as above. D is 32, 64 or 128 (lanes hold D / 32 consecutive
+// dimensions; rotation pairs are lane and lane ^ 16).
 // Grid: (T, H, Z), Z = the partitions of the batch's longest context (the
 // host captures a graph per batch size and Z); blocks past a token's own
 // context return at once.
-__device__ __forceinline__ void rope_lane(float (&x)[ATTN_MAX_DIMS_PER_LANE], int dims,
+// Lane l holds the `dims` consecutive dimensions [l * dims, (l + 1) * dims)
+// of a head (so K/V rows load as one vector per lane). Dimension d pairs
+// with d +- D/2 = d +- 16 * dims: the same slot of lane l ^ 16.
+__device__ __forceinline__ void rope_lane(float (&x)[ATTN_MAX_DIMS_PER_LANE],
                                           const float (&c)[ATTN_MAX_DIMS_PER_LANE],
                                           const float (&s)[ATTN_MAX_DIMS_PER_LANE], int lane) {
-    const int half = dims * LHAMA_WARP / 2;
-    float partner[ATTN_MAX_DIMS_PER_LANE];
-    if (dims == 1) {
-        partner[0] = __shfl_xor_sync(0xffffffffu, x[0], 16);
-        partner[1] = partner[2] = partner[3] = 0.0f;
-    } else if (dims == 2) {
-        partner[0] = x[1], partner[1] = x[0], partner[2] = partner[3] = 0.0f;
-    } else {
-        partner[0] = x[2], partner[1] = x[3], partner[2] = x[0], partner[3] = x[1];
-    }
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
-        const int d = i * LHAMA_WARP + lane;
-        x[i] = d < half ? x[i] * c[i] - partner[i] * s[i] : x[i] * c[i] + partner[i] * s[i];
+        const float partner = __shfl_xor_sync(0xffffffffu, x[i], 16);
+        x[i] = lane < 16 ? x[i] * c[i] - partner * s[i] : x[i] * c[i] + partner * s[i];
+    }
+}
+
+// One lane's `dims` consecutive elements of a K/V row as f32, in one load
+// (16, 8 or 4 bytes; the host keeps rows aligned: head_dim % 32 == 0).
+__device__ __forceinline__ void load_dims(const float* p, float (&x)[ATTN_MAX_DIMS_PER_LANE], int dims) {
+    if (dims == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+    } else if (dims == 2) {
+        const float2 v = *reinterpret_cast<const float2*>(p);
+        x[0] = v.x, x[1] = v.y, x[2] = x[3] = 0.0f;
+    } else {
+        x[0] = *p, x[1] = x[2] = x[3] = 0.0f;
+    }
+}
+
+__device__ __forceinline__ void load_dims(const __half* p, float (&x)[ATTN_MAX_DIMS_PER_LANE], int dims) {
+    if (dims == 4) {
+        const uint2 v = *reinterpret_cast<const uint2*>(p);
+        const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
+        const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
+        x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
+    } else if (dims == 2) {
+        const float2 a = __half22float2(*reinterpret_cast<const __half2*>(p));
+        x[0] = a.x, x[1] = a.y, x[2] = x[3] = 0.0f;
+    } else {
+        x[0] = __half2float(*p), x[1] = x[2] = x[3] = 0.0f;
     }
 }
 
@@ -117,17 +138,18 @@ __device__ __forceinline__ void paged_attention_decode(
     for (int u = 0; u < ATTN_PER_WARP; ++u) {
         const int p = first + u;
         const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
+        if (p < pos) {
+            load_dims(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims], kr[u], dims);
+            load_dims(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims], vr[u], dims);
+        } else {
 #pragma unroll
-        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
-            const bool ok = p < pos && i < dims;
-            kr[u][i] = ok ? kv_load(&k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane]) : 0.0f;
-            vr[u][i] = ok ? kv_load(&v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane]) : 0.0f;
+            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) kr[u][i] = vr[u][i] = 0.0f;
         }
     }
     float cv[ATTN_MAX_DIMS_PER_LANE], sv[ATTN_MAX_DIMS_PER_LANE];
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
-        const int j = (i * LHAMA_WARP + lane) % half;
+        const int j = (lane * dims + i) % half;
         cv[i] = i < dims ? cos_table[(size_t)pos * half + j] : 0.0f;
         sv[i] = i < dims ? sin_table[(size_t)pos * half + j] : 0.0f;
     }
@@ -138,8 +160,8 @@ __device__ __forceinline__ void paged_attention_decode(
     float qv[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
-        if (i < dims) qv[i] = row[h * head_dim + i * LHAMA_WARP + lane];
-    rope_lane(qv, dims, cv, sv, lane);
+        if (i < dims) qv[i] = row[h * head_dim + lane * dims + i];
+    rope_lane(qv, cv, sv, lane);
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) qv[i] *= scale;
     // The newest position's k (rotated) and v, in the last partition.
@@ -150,10 +172,10 @@ __device__ __forceinline__ void paged_attention_decode(
 #pragma unroll
         for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
             if (i < dims) {
-                kn[i] = row[(heads + kvh) * head_dim + i * LHAMA_WARP + lane];
-                vn[i] = row[(heads + kv_heads + kvh) * head_dim + i * LHAMA_WARP + lane];
+                kn[i] = row[(heads + kvh) * head_dim + lane * dims + i];
+                vn[i] = row[(heads + kv_heads + kvh) * head_dim + lane * dims + i];
             }
-        rope_lane(kn, dims, cv, sv, lane);
+        rope_lane(kn, cv, sv, lane);
         // As the cache holds them.
 #pragma unroll
         for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
@@ -165,8 +187,8 @@ __device__ __forceinline__ void paged_attention_decode(
 #pragma unroll
             for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
                 if (i < dims) {
-                    kv_store(&k_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane], kn[i]);
-                    kv_store(&v_cache[slot * kv_dim + kvh * head_dim + i * LHAMA_WARP + lane], vn[i]);
+                    kv_store(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims + i], kn[i]);
+                    kv_store(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims + i], vn[i]);
                 }
         }
     }
@@ -210,7 +232,7 @@ __device__ __forceinline__ void paged_attention_decode(
     }
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
-        if (i < dims) partial[warp][i * LHAMA_WARP + lane] = acc[i];
+        if (i < dims) partial[warp][lane * dims + i] = acc[i];
     __syncthreads();
     float* o = out + (size_t)t * heads * head_dim + h * head_dim;
     if (parts == 1) {  // the whole context in this block: normalize and done
