@@ -4,6 +4,7 @@
 # its own): the decode attention of the two timed decode steps, and the
 # tensor-core GEMM launches of those steps (the prefill's are skipped).
 # Usage on the device: bash scripts/gpu-kernel-times.sh MODEL_DIR BATCH LABEL:BIN:FLAGS...
+# (FLAGS comma-separated: fast:.carry/lhama:--precision,fast)
 set -uo pipefail
 model=$1 batch=$2
 shift 2
@@ -13,6 +14,7 @@ layers=$(python3 -c "import json; print(json.load(open('$model/config.json'))['n
 skip=$((batch * layers * 4))
 for run in "$@"; do
   IFS=: read -r label bin flags <<<"$run"
+  flags=${flags//,/ }  # several flags: --precision,fast
   # shellcheck disable=SC2086
   LHAMA_CUDA_GRAPHS=0 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
     --kernel-name regex:paged_attention_decode --launch-count $((2 * layers)) \
