@@ -61,11 +61,10 @@ extern "C" __global__ void paged_attention_combine_f32(
 // Lane l holds the `dims` consecutive dimensions [l * dims, (l + 1) * dims)
 // of a head (so K/V rows load as one vector per lane). Dimension d pairs
 // with d +- D/2 = d +- 16 * dims: the same slot of lane l ^ 16.
-__device__ __forceinline__ void rope_lane(float (&x)[ATTN_MAX_DIMS_PER_LANE],
-                                          const float (&c)[ATTN_MAX_DIMS_PER_LANE],
-                                          const float (&s)[ATTN_MAX_DIMS_PER_LANE], int lane) {
+template <int DIMS>
+__device__ __forceinline__ void rope_lane(float (&x)[DIMS], const float (&c)[DIMS], const float (&s)[DIMS], int lane) {
 #pragma unroll
-    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+    for (int i = 0; i < DIMS; ++i) {
         const float partner = __shfl_xor_sync(0xffffffffu, x[i], 16);
         x[i] = lane < 16 ? x[i] * c[i] - partner * s[i] : x[i] * c[i] + partner * s[i];
     }
@@ -73,33 +72,35 @@ __device__ __forceinline__ void rope_lane(float (&x)[ATTN_MAX_DIMS_PER_LANE],
 
 // One lane's `dims` consecutive elements of a K/V row as f32, in one load
 // (16, 8 or 4 bytes; the host keeps rows aligned: head_dim % 32 == 0).
-__device__ __forceinline__ void load_dims(const float* p, float (&x)[ATTN_MAX_DIMS_PER_LANE], int dims) {
-    if (dims == 4) {
+template <int DIMS>
+__device__ __forceinline__ void load_dims(const float* p, float (&x)[DIMS]) {
+    if constexpr (DIMS == 4) {
         const float4 v = *reinterpret_cast<const float4*>(p);
         x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
-    } else if (dims == 2) {
+    } else if constexpr (DIMS == 2) {
         const float2 v = *reinterpret_cast<const float2*>(p);
-        x[0] = v.x, x[1] = v.y, x[2] = x[3] = 0.0f;
+        x[0] = v.x, x[1] = v.y;
     } else {
-        x[0] = *p, x[1] = x[2] = x[3] = 0.0f;
+        x[0] = *p;
     }
 }
 
-__device__ __forceinline__ void load_dims(const __half* p, float (&x)[ATTN_MAX_DIMS_PER_LANE], int dims) {
-    if (dims == 4) {
+template <int DIMS>
+__device__ __forceinline__ void load_dims(const __half* p, float (&x)[DIMS]) {
+    if constexpr (DIMS == 4) {
         const uint2 v = *reinterpret_cast<const uint2*>(p);
         const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
         const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
         x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
-    } else if (dims == 2) {
+    } else if constexpr (DIMS == 2) {
         const float2 a = __half22float2(*reinterpret_cast<const __half2*>(p));
-        x[0] = a.x, x[1] = a.y, x[2] = x[3] = 0.0f;
+        x[0] = a.x, x[1] = a.y;
     } else {
-        x[0] = __half2float(*p), x[1] = x[2] = x[3] = 0.0f;
+        x[0] = __half2float(*p);
     }
 }
 
-template <typename KV>
+template <typename KV, int DIMS>
 __device__ __forceinline__ void paged_attention_decode(
     const float* __restrict__ qkv, const unsigned* __restrict__ positions, const float* __restrict__ cos_table,
     const float* __restrict__ sin_table, const unsigned* __restrict__ slots, KV* __restrict__ k_cache,
@@ -129,26 +130,26 @@ __device__ __forceinline__ void paged_attention_decode(
     const int group = heads / kv_heads;
     const int kvh = h / group;
     const int kv_dim = kv_heads * head_dim;
-    const int dims = head_dim / LHAMA_WARP;
+    constexpr int dims = DIMS;  // head_dim / 32, checked on the host
     const int half = head_dim / 2;
     const unsigned* table = block_tables + (size_t)seq_of[t] * max_blocks;
     const int first = start + warp * ATTN_PER_WARP;
-    float kr[ATTN_PER_WARP][ATTN_MAX_DIMS_PER_LANE], vr[ATTN_PER_WARP][ATTN_MAX_DIMS_PER_LANE];
+    float kr[ATTN_PER_WARP][DIMS], vr[ATTN_PER_WARP][DIMS];
 #pragma unroll
     for (int u = 0; u < ATTN_PER_WARP; ++u) {
         const int p = first + u;
         const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
         if (p < pos) {
-            load_dims(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims], kr[u], dims);
-            load_dims(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims], vr[u], dims);
+            load_dims<DIMS>(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims], kr[u]);
+            load_dims<DIMS>(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims], vr[u]);
         } else {
 #pragma unroll
-            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) kr[u][i] = vr[u][i] = 0.0f;
+            for (int i = 0; i < DIMS; ++i) kr[u][i] = vr[u][i] = 0.0f;
         }
     }
-    float cv[ATTN_MAX_DIMS_PER_LANE], sv[ATTN_MAX_DIMS_PER_LANE];
+    float cv[DIMS], sv[DIMS];
 #pragma unroll
-    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+    for (int i = 0; i < DIMS; ++i) {
         const int j = (lane * dims + i) % half;
         cv[i] = i < dims ? cos_table[(size_t)pos * half + j] : 0.0f;
         sv[i] = i < dims ? sin_table[(size_t)pos * half + j] : 0.0f;
@@ -157,35 +158,35 @@ __device__ __forceinline__ void paged_attention_decode(
     LHAMA_GRID_LAUNCH_DEPENDENTS();
 
     const float* row = qkv + (size_t)t * (heads + 2 * kv_heads) * head_dim;
-    float qv[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float qv[DIMS] = {};
 #pragma unroll
-    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+    for (int i = 0; i < DIMS; ++i)
         if (i < dims) qv[i] = row[h * head_dim + lane * dims + i];
-    rope_lane(qv, cv, sv, lane);
+    rope_lane<DIMS>(qv, cv, sv, lane);
 #pragma unroll
-    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) qv[i] *= scale;
+    for (int i = 0; i < DIMS; ++i) qv[i] *= scale;
     // The newest position's k (rotated) and v, in the last partition.
     const bool newest_here = end == ctx;
-    float kn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
-    float vn[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float kn[DIMS] = {};
+    float vn[DIMS] = {};
     if (newest_here) {
 #pragma unroll
-        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+        for (int i = 0; i < DIMS; ++i)
             if (i < dims) {
                 kn[i] = row[(heads + kvh) * head_dim + lane * dims + i];
                 vn[i] = row[(heads + kv_heads + kvh) * head_dim + lane * dims + i];
             }
-        rope_lane(kn, cv, sv, lane);
+        rope_lane<DIMS>(kn, cv, sv, lane);
         // As the cache holds them.
 #pragma unroll
-        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) {
+        for (int i = 0; i < DIMS; ++i) {
             kn[i] = kv_round(kn[i], k_cache);
             vn[i] = kv_round(vn[i], v_cache);
         }
         if (h % group == 0 && warp == 0) {
             const size_t slot = slots[t];
 #pragma unroll
-            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+            for (int i = 0; i < DIMS; ++i)
                 if (i < dims) {
                     kv_store(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims + i], kn[i]);
                     kv_store(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims + i], vn[i]);
@@ -199,7 +200,7 @@ __device__ __forceinline__ void paged_attention_decode(
         const int p = first + u;
         part[u] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) part[u] += qv[i] * (p == pos ? kn[i] : kr[u][i]);
+        for (int i = 0; i < DIMS; ++i) part[u] += qv[i] * (p == pos ? kn[i] : kr[u][i]);
     }
     float local_max = LHAMA_NEG_INF;
 #pragma unroll
@@ -220,18 +221,18 @@ __device__ __forceinline__ void paged_attention_decode(
     const float l = block_reduce_f32<false>(local_sum, scratch);
     __syncthreads();
 
-    float acc[ATTN_MAX_DIMS_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[DIMS] = {};
 #pragma unroll
     for (int u = 0; u < ATTN_PER_WARP; ++u) {
         const int p = first + u;
         if (p <= pos) {
             const float w = scores[p - start];
 #pragma unroll
-            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i) acc[i] += w * (p == pos ? vn[i] : vr[u][i]);
+            for (int i = 0; i < DIMS; ++i) acc[i] += w * (p == pos ? vn[i] : vr[u][i]);
         }
     }
 #pragma unroll
-    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; ++i)
+    for (int i = 0; i < DIMS; ++i)
         if (i < dims) partial[warp][lane * dims + i] = acc[i];
     __syncthreads();
     float* o = out + (size_t)t * heads * head_dim + h * head_dim;
@@ -289,13 +290,18 @@ __device__ __forceinline__ void paged_attention_decode(
     qkv, positions, cos_table, sin_table, slots, k_cache, v_cache, block_tables, seq_of, work, counters, out, \
         heads, kv_heads, head_dim, block_size, max_blocks, max_parts, scale
 
-extern "C" __global__ void paged_attention_decode_f32(LHAMA_DECODE_PARAMS(float)) {
-    paged_attention_decode(LHAMA_DECODE_ARGS);
-}
-
-extern "C" __global__ void paged_attention_decode_f16kv(LHAMA_DECODE_PARAMS(__half)) {
-    paged_attention_decode(LHAMA_DECODE_ARGS);
-}
+// One kernel per cache type and head size (D = 32 * DIMS): registers sized
+// for the head, not for the largest one.
+#define LHAMA_DECODE_KERNEL(NAME, KV, DIMS)                          \
+    extern "C" __global__ void NAME(LHAMA_DECODE_PARAMS(KV)) {       \
+        paged_attention_decode<KV, DIMS>(LHAMA_DECODE_ARGS);         \
+    }
+LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d32, float, 1)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d64, float, 2)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d128, float, 4)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d32, __half, 1)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d64, __half, 2)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d128, __half, 4)
 
 // Steps with prompt tokens: the partition partials, combined by
 // paged_attention_combine_f32. A block takes a tile of up to ATTN_TILE

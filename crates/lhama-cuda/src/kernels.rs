@@ -184,7 +184,8 @@ pub struct Kernels {
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
     attention_combine: CudaFunction,
-    attention_decode: (CudaFunction, CudaFunction),
+    /// Fused decode attention, [f32 cache, f16 cache][head_dim 32, 64, 128].
+    attention_decode: [[CudaFunction; 3]; 2],
     attention_prefill: (CudaFunction, CudaFunction),
     lm_head: CudaFunction,
     lm_head_mma: CudaFunction,
@@ -350,10 +351,18 @@ impl Kernels {
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
-            attention_decode: (
-                f("paged_attention_decode_f32")?,
-                f("paged_attention_decode_f16kv")?,
-            ),
+            attention_decode: [
+                [
+                    f("paged_attention_decode_f32_d32")?,
+                    f("paged_attention_decode_f32_d64")?,
+                    f("paged_attention_decode_f32_d128")?,
+                ],
+                [
+                    f("paged_attention_decode_f16kv_d32")?,
+                    f("paged_attention_decode_f16kv_d64")?,
+                    f("paged_attention_decode_f16kv_d128")?,
+                ],
+            ],
             attention_prefill: (
                 f("paged_attention_prefill_f32")?,
                 f("paged_attention_prefill_f16kv")?,
@@ -921,10 +930,11 @@ impl Kernels {
         // past the grid would never be combined).
         self.launch(
             s,
-            match cache {
-                KvCache::F32 { .. } => &self.attention_decode.0,
-                KvCache::F16 { .. } => &self.attention_decode.1,
-            },
+            // head_dim is 32, 64 or 128 (checked above): index 0, 1, 2.
+            &self.attention_decode[match cache {
+                KvCache::F32 { .. } => 0,
+                KvCache::F16 { .. } => 1,
+            }][(hd / 32).trailing_zeros() as usize],
             cfg,
             Args::new(s)
                 .buf(qkv)
