@@ -110,6 +110,10 @@ def load_tokenizer(model_dir):
         return tok, f"PreTrainedTokenizerFast (AutoTokenizer failed: {e})"
 
 
+# Positions of a long prompt whose logits the golden keeps (its last ones).
+LONG_LOGITS = 8
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -143,6 +147,11 @@ def main():
     vocab = config.vocab_size
     prompts = [tok(text, add_special_tokens=not text.startswith("<s>")).input_ids for text in PROMPT_TEXTS]
     prompts.append([1] + [(i * 7919 + 11) % vocab for i in range(1, 24)])
+    # A long context, so that attention is checked where it matters: about
+    # 1,500 tokens (less where the model's context is shorter); logits are
+    # kept for its last LONG_LOGITS positions only (the file stays small).
+    long_len = min(1500, config.max_position_embeddings - args.steps - 16)
+    prompts.append([1] + [3 + (i * 104729 + 7) % (vocab - 3) for i in range(1, long_len)])
 
     out_prompts = []
     min_gap = float("inf")
@@ -151,18 +160,22 @@ def main():
             x = torch.tensor([ids], device=args.device)
             logits = model(x).logits[0].to(torch.float64).cpu()
             seq = list(ids)
-            greedy = []
+            greedy, gaps = [], []
             for _ in range(args.steps):
                 last = model(torch.tensor([seq], device=args.device)).logits[0, -1].to(torch.float64).cpu()
                 top2 = torch.topk(last, 2).values
-                min_gap = min(min_gap, float(top2[0] - top2[1]))
+                gaps.append(round(float(top2[0] - top2[1]), args.decimals))
+                min_gap = min(min_gap, gaps[-1])
                 nxt = int(torch.argmax(last))
                 greedy.append(nxt)
                 seq.append(nxt)
+            logits_from = max(0, len(ids) - LONG_LOGITS) if len(ids) > 256 else 0
             out_prompts.append({
                 "ids": ids,
-                "logits": [[round(float(v), args.decimals) for v in row] for row in logits],
+                "logits_from": logits_from,
+                "logits": [[round(float(v), args.decimals) for v in row] for row in logits[logits_from:]],
                 "greedy": greedy,
+                "greedy_gaps": gaps,
             })
 
     chats = []

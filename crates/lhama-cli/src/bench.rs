@@ -28,7 +28,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "greedy")]
     sampling: BenchSampling,
     /// CUDA numerics (exact: the f32 datapath; fast: f16 KV cache and tensor-core inputs).
-    #[arg(long, value_enum, default_value = "fast")]
+    #[arg(long, value_enum, default_value = "exact")]
     precision: crate::load::PrecisionArg,
 }
 

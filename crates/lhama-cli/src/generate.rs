@@ -37,7 +37,7 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendKind,
     /// CUDA numerics (exact: the f32 datapath; fast: f16 KV cache and tensor-core inputs).
-    #[arg(long, value_enum, default_value = "fast")]
+    #[arg(long, value_enum, default_value = "exact")]
     precision: crate::load::PrecisionArg,
 }
 

@@ -58,7 +58,7 @@ enum Command {
         /// CUDA numerics: exact checks --tolerance and every greedy token;
         /// fast checks its budget (top-5 logprobs within 0.05 nats, 32
         /// greedy tokens identical).
-        #[arg(long, value_enum, default_value = "fast")]
+        #[arg(long, value_enum, default_value = "exact")]
         precision: load::PrecisionArg,
     },
 }

@@ -74,8 +74,8 @@ pub struct ServeArgs {
     pub cors_origins: Option<Vec<String>>,
     #[arg(long, env = "LHAMA_BACKEND", value_enum)]
     pub backend: Option<BackendKind>,
-    /// CUDA numerics: fast (f16 KV cache and tensor-core inputs, f32
-    /// accumulation) or exact (the f32 datapath) [default: fast].
+    /// CUDA numerics: exact (the f32 datapath) or fast (f16 KV cache and
+    /// tensor-core inputs, f32 accumulation) [default: exact].
     #[arg(long, env = "LHAMA_PRECISION", value_enum)]
     pub precision: Option<PrecisionArg>,
     #[arg(long, env = "LHAMA_LOG_FORMAT", value_enum)]
@@ -213,7 +213,7 @@ impl ServeArgs {
                 )?,
             },
             backend: pick!(backend, BackendKind::Auto),
-            precision: pick!(precision, PrecisionArg::Fast),
+            precision: pick!(precision, PrecisionArg::Exact),
             log_format: pick!(log_format, LogFormat::Text),
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 30)),
             model,

@@ -26,10 +26,17 @@ pub struct Golden {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct GoldenPrompt {
     pub ids: Vec<u32>,
+    /// `logits[i]` is position `logits_from + i` (a long prompt keeps only
+    /// its last positions).
+    #[serde(default)]
+    pub logits_from: usize,
     /// [positions, vocab]; absent when the file keeps only the continuation.
     pub logits: Option<Vec<Vec<f32>>>,
     /// Greedy continuation, never stopping at EOS.
     pub greedy: Vec<u32>,
+    /// The reference's top-2 logit gap at each greedy step (near ties).
+    #[serde(default)]
+    pub greedy_gaps: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -71,6 +78,10 @@ pub struct Report {
     pub greedy_matching_prefix: Vec<usize>,
     /// Prompts whose greedy continuation differs.
     pub greedy_mismatches: usize,
+    /// Per prompt: the reference's top-2 logit gap at the first differing
+    /// greedy step, when there is one and the golden records gaps (a
+    /// divergence is a near tie only if this is below the measured error).
+    pub first_mismatch_gap: Vec<Option<f32>>,
     /// Chat cases whose text, ids or error differ: (index, explanation).
     pub chat_mismatches: Vec<(usize, String)>,
 }
@@ -202,7 +213,19 @@ pub fn compare(
     for p in &golden.prompts {
         if let Some(reference) = &p.logits {
             let ours = prompt_logits(backend, &p.ids).map_err(dev)?;
-            for (pos, row) in reference.iter().enumerate() {
+            if p.logits_from + reference.len() > p.ids.len() {
+                return Err(ModelError::Source {
+                    model: "golden".into(),
+                    message: format!(
+                        "a prompt of {} tokens has logits for positions {}..{}",
+                        p.ids.len(),
+                        p.logits_from,
+                        p.logits_from + reference.len()
+                    ),
+                });
+            }
+            for (i, row) in reference.iter().enumerate() {
+                let pos = p.logits_from + i;
                 let mine = &ours[pos * vocab..(pos + 1) * vocab];
                 for (i, &r) in row.iter().enumerate().take(vocab) {
                     let d = (mine[i] - r).abs();
@@ -224,6 +247,11 @@ pub fn compare(
             .count();
         report.greedy_steps += p.greedy.len();
         report.greedy_matching_prefix.push(prefix);
+        report.first_mismatch_gap.push(if prefix < p.greedy.len() {
+            p.greedy_gaps.get(prefix).copied()
+        } else {
+            None
+        });
         if prefix != p.greedy.len() {
             report.greedy_mismatches += 1;
         }
