@@ -77,7 +77,7 @@ fn verify_passes_against_the_committed_goldens() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    assert!(text(&out.stdout).contains("verify: ok (128 greedy steps identical)"));
+    assert!(text(&out.stdout).contains("verify: ok (160 greedy steps identical)"));
 }
 
 #[test]

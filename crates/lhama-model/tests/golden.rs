@@ -36,7 +36,12 @@ fn tiny_matches_the_transformers_goldens() {
         report.max_abs_logit_diff
     );
     assert!(report.max_abs_logit > 1.0, "goldens carry real logits");
-    assert_eq!(report.greedy_steps, 4 * 32);
+    // Five prompts, the last a long context (464 tokens for tiny's 512),
+    // whose logits are kept for its last positions only.
+    assert_eq!(golden.prompts.len(), 5);
+    let long = &golden.prompts[4];
+    assert!(long.ids.len() > 400 && long.logits_from > 400, "a long-context prompt");
+    assert_eq!(report.greedy_steps, 5 * 32);
     assert_eq!(
         report.greedy_mismatches, 0,
         "greedy prefixes {:?}",
