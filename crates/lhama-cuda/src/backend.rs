@@ -529,6 +529,7 @@ impl CudaBackend {
                     &mut ws.q.slice_mut(..),
                     &mut layer.kv,
                     shape,
+                    bs,
                 )?;
                 k.paged_attention(
                     s,
