@@ -11,7 +11,7 @@
 //   partitions to a common max and normalizes, in partition order.
 //
 // q            [T, H * D] f32 (rotated)
-// k_cache, v_cache [blocks, KVH, block_size, D] (kv_row in common.cuh) f32, or f16 (the _f16kv kernels)
+// k_cache, v_cache [blocks * block_size, KVH, D] f32, or f16 (the _f16kv kernels)
 // block_tables [S, max_blocks] u32, seq_of [T] u32 (row of block_tables), positions [T] u32
 // work         [T, H, P_max, D + 2] f32
 // out          [T, H * D] f32
@@ -129,6 +129,7 @@ __device__ __forceinline__ void paged_attention_decode(
     const int parts = (ctx + ATTN_PART - 1) / ATTN_PART;
     const int group = heads / kv_heads;
     const int kvh = h / group;
+    const int kv_dim = kv_heads * head_dim;
     constexpr int dims = DIMS;  // head_dim / 32, checked on the host
     const int half = head_dim / 2;
     const unsigned* table = block_tables + (size_t)seq_of[t] * max_blocks;
@@ -138,10 +139,9 @@ __device__ __forceinline__ void paged_attention_decode(
     for (int u = 0; u < ATTN_PER_WARP; ++u) {
         const int p = first + u;
         const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
-        const size_t at = kv_row(slot, kvh, kv_heads, head_dim, block_size) + lane * dims;
         if (p < pos) {
-            load_dims<DIMS>(&k_cache[at], kr[u]);
-            load_dims<DIMS>(&v_cache[at], vr[u]);
+            load_dims<DIMS>(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims], kr[u]);
+            load_dims<DIMS>(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims], vr[u]);
         } else {
 #pragma unroll
             for (int i = 0; i < DIMS; ++i) kr[u][i] = vr[u][i] = 0.0f;
@@ -184,12 +184,12 @@ __device__ __forceinline__ void paged_attention_decode(
             vn[i] = kv_round(vn[i], v_cache);
         }
         if (h % group == 0 && warp == 0) {
-            const size_t at = kv_row(slots[t], kvh, kv_heads, head_dim, block_size) + lane * dims;
+            const size_t slot = slots[t];
 #pragma unroll
             for (int i = 0; i < DIMS; ++i)
                 if (i < dims) {
-                    kv_store(&k_cache[at + i], kn[i]);
-                    kv_store(&v_cache[at + i], vn[i]);
+                    kv_store(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims + i], kn[i]);
+                    kv_store(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims + i], vn[i]);
                 }
         }
     }
@@ -335,6 +335,7 @@ __device__ __forceinline__ void paged_attention_prefill(
     const int start = z * ATTN_PART;
     if (start > pos0 + count - 1) return;  // the whole partition is past every query: uniform
     const int kvh = h / (heads / kv_heads);
+    const int kv_dim = kv_heads * head_dim;
     const int dims = head_dim / LHAMA_WARP;
     const unsigned* table = block_tables + (size_t)seq_of[t0] * max_blocks;
     for (int e = threadIdx.x; e < count * head_dim; e += blockDim.x)
@@ -352,9 +353,8 @@ __device__ __forceinline__ void paged_attention_prefill(
             const int key = e / head_dim, d = e % head_dim;
             const int p = s0 + key;
             const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
-            const size_t at = kv_row(slot, kvh, kv_heads, head_dim, block_size) + d;
-            kt[d][key] = kv_load(&k_cache[at]);
-            vs[key][d] = kv_load(&v_cache[at]);
+            kt[d][key] = kv_load(&k_cache[slot * kv_dim + kvh * head_dim + d]);
+            vs[key][d] = kv_load(&v_cache[slot * kv_dim + kvh * head_dim + d]);
         }
         __syncthreads();
 #pragma unroll

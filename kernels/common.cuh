@@ -61,16 +61,6 @@ __device__ __forceinline__ float block_reduce_f32(float v, float* scratch) {
     return r;
 }
 
-// K/V cache layout: [blocks][kv_heads][block_size][head_dim], so that one
-// (block, head) page is contiguous (block_size * head_dim elements): the rows
-// attention reads for one head come in long runs, not one row every
-// kv_heads * head_dim elements. `slot` = block * block_size + offset, as
-// the block tables give it. Returns the index of the row's first element.
-__device__ __forceinline__ size_t kv_row(size_t slot, int kvh, int kv_heads, int head_dim, int block_size) {
-    const size_t block = slot / (unsigned)block_size, offset = slot % (unsigned)block_size;
-    return ((block * kv_heads + kvh) * block_size + offset) * head_dim;
-}
-
 // K/V cache elements: loads widen to f32, stores round to nearest.
 __device__ __forceinline__ float kv_load(const float* p) { return *p; }
 __device__ __forceinline__ float kv_load(const __half* p) { return __half2float(*p); }

@@ -529,7 +529,6 @@ impl CudaBackend {
                     &mut ws.q.slice_mut(..),
                     &mut layer.kv,
                     shape,
-                    bs,
                 )?;
                 k.paged_attention(
                     s,

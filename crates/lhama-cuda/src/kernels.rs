@@ -54,9 +54,8 @@ pub enum Precision {
     Fast,
 }
 
-/// One layer's K/V cache, [blocks, kv_heads, block_size, head_dim] each (one
-/// (block, head) page contiguous: `kv_row` in common.cuh): f32 on the exact
-/// path, f16 on the fast path.
+/// One layer's K/V cache, [blocks * block_size, kv_heads, head_dim] each:
+/// f32 on the exact path, f16 on the fast path.
 pub enum KvCache {
     F32 {
         k: CudaSlice<f32>,
@@ -103,87 +102,37 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// The caches as f32 on the host, in the CPU backend's slot-major
-    /// layout [slots, kv_heads, head_dim] (tests).
-    pub fn to_host(
-        &self,
-        s: &Arc<CudaStream>,
-        layout: KvLayout,
-    ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
-        let (k, v): (Vec<f32>, Vec<f32>) = match self {
+    /// The caches as f32 on the host (tests).
+    pub fn to_host(&self, s: &Arc<CudaStream>) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+        Ok(match self {
             Self::F32 { k, v } => (s.clone_dtoh(k)?, s.clone_dtoh(v)?),
             Self::F16 { k, v } => {
                 let widen = |x: Vec<f16>| x.into_iter().map(f16::to_f32).collect();
                 (widen(s.clone_dtoh(k)?), widen(s.clone_dtoh(v)?))
             }
-        };
-        Ok((layout.to_slot_major(&k), layout.to_slot_major(&v)))
+        })
     }
 
-    /// Caches holding `k` and `v`, given in the CPU backend's slot-major
-    /// layout (rounded to f16 on the fast path; tests).
+    /// Caches holding `k` and `v` (rounded to f16 on the fast path; tests).
     pub fn from_host(
         s: &Arc<CudaStream>,
         precision: Precision,
-        layout: KvLayout,
         k: &[f32],
         v: &[f32],
     ) -> Result<Self, CudaError> {
-        let (k, v) = (layout.to_paged(k), layout.to_paged(v));
         Ok(match precision {
             Precision::Exact => Self::F32 {
-                k: s.clone_htod(&k)?,
-                v: s.clone_htod(&v)?,
+                k: s.clone_htod(k)?,
+                v: s.clone_htod(v)?,
             },
             Precision::Fast => {
                 let narrow = |x: &[f32]| x.iter().map(|&a| f16::from_f32(a)).collect::<Vec<_>>();
                 Self::F16 {
-                    k: s.clone_htod(&narrow(&k))?,
-                    v: s.clone_htod(&narrow(&v))?,
+                    k: s.clone_htod(&narrow(k))?,
+                    v: s.clone_htod(&narrow(v))?,
                 }
             }
         })
-    }
-}
-
-/// The shape of a cache, for converting between the CPU backend's
-/// slot-major layout [slots, kv_heads, head_dim] and the GPU's paged one
-/// [blocks, kv_heads, block_size, head_dim].
-#[derive(Debug, Clone, Copy)]
-pub struct KvLayout {
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub block_size: usize,
-}
-
-impl KvLayout {
-    /// Where (slot, kv head) starts in each layout.
-    fn rows(&self, len: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let (h, d, bs) = (self.kv_heads, self.head_dim, self.block_size);
-        (0..len / (h * d)).flat_map(move |slot| {
-            (0..h).map(move |kvh| {
-                let (block, offset) = (slot / bs, slot % bs);
-                ((slot * h + kvh) * d, ((block * h + kvh) * bs + offset) * d)
-            })
-        })
-    }
-
-    pub fn to_paged(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
-        for (slot_major, paged) in self.rows(x.len()) {
-            out[paged..paged + self.head_dim]
-                .copy_from_slice(&x[slot_major..slot_major + self.head_dim]);
-        }
-        out
-    }
-
-    pub fn to_slot_major(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
-        for (slot_major, paged) in self.rows(x.len()) {
-            out[slot_major..slot_major + self.head_dim]
-                .copy_from_slice(&x[paged..paged + self.head_dim]);
-        }
-        out
     }
 }
 
@@ -744,15 +693,13 @@ impl Kernels {
         q_out: &mut CudaViewMut<'_, f32>,
         cache: &mut KvCache,
         shape: (usize, usize, usize),
-        block_size: usize,
     ) -> Result<(), CudaError> {
         let (heads, kv_heads, hd) = shape;
         let t = positions.len();
         check(
             slots.len() == t
                 && qkv.len() >= t * (heads + 2 * kv_heads) * hd
-                && q_out.len() >= t * heads * hd
-                && block_size > 0,
+                && q_out.len() >= t * heads * hd,
             "rope sizes",
         )?;
         let cfg = cfg_1d(t as u32, 256);
@@ -775,8 +722,7 @@ impl Kernels {
                 .kv(cache)
                 .i32(i32_of(heads))
                 .i32(i32_of(kv_heads))
-                .i32(i32_of(hd))
-                .i32(i32_of(block_size)),
+                .i32(i32_of(hd)),
         )
     }
 
@@ -1096,27 +1042,6 @@ impl Kernels {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn kv_layout_puts_one_block_and_head_together_and_converts_back() {
-        use super::KvLayout;
-        let layout = KvLayout {
-            kv_heads: 3,
-            head_dim: 4,
-            block_size: 2,
-        };
-        // 4 slots (2 blocks) of 3 heads of 4 dims, each value naming its place.
-        let slot_major: Vec<f32> = (0..4 * 3 * 4).map(|i| i as f32).collect();
-        let paged = layout.to_paged(&slot_major);
-        // Block 1, head 2, offset 1 (slot 3) starts at ((1 * 3 + 2) * 2 + 1) * 4 = 44
-        // and holds slot 3's head 2: slot-major index (3 * 3 + 2) * 4 = 44 as well.
-        assert_eq!(&paged[44..48], &slot_major[44..48]);
-        // Block 0, head 1, offset 0 (slot 0) at (1 * 2 + 0) * 4 = 8: slot 0 head 1 is 4..8.
-        assert_eq!(&paged[8..12], &[4.0, 5.0, 6.0, 7.0]);
-        // Block 0, head 0, offset 1 (slot 1) at 4: slot 1 head 0 is 12..16.
-        assert_eq!(&paged[4..8], &[12.0, 13.0, 14.0, 15.0]);
-        assert_eq!(layout.to_slot_major(&paged), slot_major);
-    }
-
     use super::*;
     use lhama_model::{DrawParams, RowSampling, SeqSlice};
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::f16;
-use lhama_cuda::kernels::{GpuAwq, Kernels, KvCache, KvLayout, Precision};
+use lhama_cuda::kernels::{GpuAwq, Kernels, KvCache, Precision};
 use lhama_cuda::{CudaBackend, CudaOptions};
 use lhama_model::awq;
 use lhama_model::cpu::CpuBackend;
@@ -384,12 +384,7 @@ fn fused_decode_attention_matches_cpu() {
         let num_blocks = t * max_blocks;
         let mut cpu_k = randn(&mut g, num_blocks * bs * kv_dim);
         let mut cpu_v = randn(&mut g, num_blocks * bs * kv_dim);
-        let layout = KvLayout {
-            kv_heads,
-            head_dim: hd,
-            block_size: bs,
-        };
-        let mut cache = KvCache::from_host(&s, precision, layout, &cpu_k, &cpu_v).unwrap();
+        let mut cache = KvCache::from_host(&s, precision, &cpu_k, &cpu_v).unwrap();
         let qkv = randn(&mut g, t * (q_dim + 2 * kv_dim));
         let slots: Vec<u32> = positions
             .iter()
@@ -491,7 +486,7 @@ fn fused_decode_attention_matches_cpu() {
         } else {
             1e-6
         };
-        let (gk, gv) = cache.to_host(&s, layout).unwrap();
+        let (gk, gv) = cache.to_host(&s).unwrap();
         assert!(rel_err(&gk, &cpu_k) < bound, "k cache");
         assert!(rel_err(&gv, &cpu_v) < 1e-7, "v cache");
     }
@@ -518,12 +513,7 @@ fn rope_kv_write_and_paged_attention(precision: Precision) {
     let tables: Vec<Vec<u32>> = vec![vec![7, 2, 9, 15, 20, 11, 3], vec![4, 18]];
     let mut cpu_k = vec![0f32; num_blocks * bs * kv_dim];
     let mut cpu_v = cpu_k.clone();
-    let layout = KvLayout {
-        kv_heads,
-        head_dim: hd,
-        block_size: bs,
-    };
-    let mut cache = KvCache::from_host(&s, precision, layout, &cpu_k, &cpu_v).unwrap();
+    let mut cache = KvCache::from_host(&s, precision, &cpu_k, &cpu_v).unwrap();
     let round = |v: &[f32]| match precision {
         Precision::Exact => v.to_vec(),
         Precision::Fast => f16_rounded(v),
@@ -590,7 +580,6 @@ fn rope_kv_write_and_paged_attention(precision: Precision) {
             &mut qd.slice_mut(..),
             &mut cache,
             (heads, kv_heads, hd),
-            bs,
         )
         .unwrap();
         assert!(rel_err(&back(&s, &qd, t * q_dim), &q) < 1e-6, "rotated q");
@@ -686,7 +675,7 @@ fn rope_kv_write_and_paged_attention(precision: Precision) {
     } else {
         1e-6
     };
-    let (gk, gv) = cache.to_host(&s, layout).unwrap();
+    let (gk, gv) = cache.to_host(&s).unwrap();
     assert!(rel_err(&gk, &cpu_k) < bound);
     assert!(rel_err(&gv, &cpu_v) < 1e-7);
 }
