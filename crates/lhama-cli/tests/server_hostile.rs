@@ -95,6 +95,21 @@ fn json_body(response: &[u8]) -> Value {
     serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {body:?}"))
 }
 
+/// An OpenAI-shaped error answer with this status whose message says `what`.
+fn assert_error(answer: &[u8], status: u16, what: &str) {
+    assert_eq!(
+        status_of(answer),
+        status,
+        "{}",
+        String::from_utf8_lossy(answer)
+    );
+    let body = json_body(answer);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(what),
+        "{body}"
+    );
+}
+
 fn whole_response(b: &[u8]) -> bool {
     let text = String::from_utf8_lossy(b);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
@@ -208,20 +223,7 @@ async fn slowloris_connections_are_capped_and_timed_out() {
     s.write_all(b"GET /health HTTP/1.1\r\nhost: lhama\r\n\r\n")
         .unwrap();
     let answer = read_until(&mut s, |_| false);
-    assert_eq!(
-        status_of(&answer),
-        503,
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    let body = json_body(&answer);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("connection limit"),
-        "{body}"
-    );
+    assert_error(&answer, 503, "connection limit");
     assert!(
         server
             .log
@@ -461,17 +463,6 @@ fn stalled_stream(server: &common::Server) -> TcpStream {
     s
 }
 
-fn sigterm(server: &common::Server) {
-    let pid = server.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 fn sse_data(raw: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(raw)
         .lines()
@@ -493,7 +484,7 @@ async fn shutdown_drains_with_503_and_exits_when_streams_end() {
         .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: lhama\r\ncontent-le")
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    sigterm(&server);
+    common::sigterm(&server);
     std::thread::sleep(Duration::from_millis(200));
     for (method, path, body) in [
         ("GET", "/health", String::new()),
@@ -503,20 +494,7 @@ async fn shutdown_drains_with_503_and_exits_when_streams_end() {
         s.write_all(request(method, path, &body).as_bytes())
             .unwrap();
         let answer = read_until(&mut s, whole_response);
-        assert_eq!(
-            status_of(&answer),
-            503,
-            "{}",
-            String::from_utf8_lossy(&answer)
-        );
-        let body = json_body(&answer);
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("shutting down"),
-            "{body}"
-        );
+        assert_error(&answer, 503, "shutting down");
         assert!(
             String::from_utf8_lossy(&answer)
                 .to_ascii_lowercase()
@@ -554,7 +532,7 @@ async fn streams_cut_at_grace_expiry_end_with_an_error_event() {
     let mut server = common::start(&["--shutdown-grace-secs", "1"]).await;
     let mut stalled = stalled_stream(&server);
     std::thread::sleep(Duration::from_millis(300));
-    sigterm(&server);
+    common::sigterm(&server);
     std::thread::sleep(Duration::from_millis(1300));
     let raw = read_until(&mut stalled, chunked_end);
     let data = sse_data(&raw);

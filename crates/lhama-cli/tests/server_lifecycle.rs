@@ -315,14 +315,7 @@ async fn sigterm_lets_running_requests_finish_and_exits_zero() {
         .unwrap();
     let mut s = r.bytes_stream();
     let mut bytes = s.next().await.unwrap().unwrap().to_vec();
-    let pid = server.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::sigterm(&server);
     while let Some(chunk) = s.next().await {
         bytes.extend_from_slice(&chunk.unwrap());
     }

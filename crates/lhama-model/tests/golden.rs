@@ -40,7 +40,10 @@ fn tiny_matches_the_transformers_goldens() {
     // whose logits are kept for its last positions only.
     assert_eq!(golden.prompts.len(), 5);
     let long = &golden.prompts[4];
-    assert!(long.ids.len() > 400 && long.logits_from > 400, "a long-context prompt");
+    assert!(
+        long.ids.len() > 400 && long.logits_from > 400,
+        "a long-context prompt"
+    );
     assert_eq!(report.greedy_steps, 5 * 32);
     assert_eq!(
         report.greedy_mismatches, 0,

@@ -240,3 +240,15 @@ pub async fn wait_metric(server: &Server, name: &str, want: f64) {
         tokio::task::yield_now().await;
     }
 }
+
+/// Sends SIGTERM to the server.
+pub fn sigterm(server: &Server) {
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
