@@ -30,6 +30,11 @@ pub struct BenchArgs {
     /// CUDA numerics (exact: the f32 datapath; fast: f16 KV cache and tensor-core inputs).
     #[arg(long, value_enum, default_value = "exact")]
     precision: crate::load::PrecisionArg,
+    /// Instead: time the AWQ product on each of the model's shapes at these
+    /// row counts (exact and fast) next to cuBLAS fp16 (CUDA only), e.g.
+    /// `--gemm 1,2,4,8,16,32,64,128,256,512,2048,4096`.
+    #[arg(long, value_delimiter = ',')]
+    gemm: Option<Vec<usize>>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -78,7 +83,54 @@ fn prefill(
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// `--gemm`: the AWQ products against cuBLAS on the model's shapes.
+fn gemm(model: &str, ms: &[usize]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !ms.is_empty() && ms.iter().all(|&m| m > 0),
+        "--gemm row counts must be positive"
+    );
+    let files = load_model(model)?;
+    let group = files
+        .config
+        .awq
+        .map(|a| a.group_size)
+        .ok_or_else(|| anyhow::anyhow!("--gemm needs an AWQ checkpoint"))?;
+    let timings = lhama_cuda::gemm_bench::run(&files.config, group, ms, 20)?;
+    println!(
+        "{:8} {:>5} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "shape",
+        "M",
+        "exact us",
+        "fast us",
+        "cuBLAS us",
+        "exact/cb",
+        "fast/cb",
+        "fast TF/s",
+        "fast GB/s",
+        "cuBLAS TF/s"
+    );
+    for t in &timings {
+        println!(
+            "{:8} {:>5} {:>10.2} {:>10.2} {:>10.2} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>9.1}",
+            format!("{}[{}x{}]", t.shape.name, t.shape.k, t.shape.n),
+            t.m,
+            t.exact_us,
+            t.fast_us,
+            t.cublas_us,
+            t.exact_us / t.cublas_us,
+            t.fast_us / t.cublas_us,
+            t.tflops(t.fast_us),
+            t.awq_weight_gbps(t.fast_us, group),
+            t.tflops(t.cublas_us),
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(ms) = &args.gemm {
+        return gemm(&args.model, ms);
+    }
     anyhow::ensure!(
         args.prompt_len > 0 && args.decode_steps > 0,
         "--prompt-len and --decode-steps must be positive"

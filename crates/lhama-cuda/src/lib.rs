@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod compile;
+pub mod gemm_bench;
 pub mod kernels;
 
 pub use backend::{CudaBackend, CudaOptions};
