@@ -14,8 +14,7 @@
 //                        or W[n, k] (dense f16, W row-major [N, K]).
 // x rows are x[rows[r]] when `rows` is given (lm_head picks rows), else x[r].
 //
-// Block: 128 threads = 4 warps (2 x 2), tile 64 rows x 64 columns (or 256
-// threads and 128 rows: awq_gemm_mma_f16x_bm128), k in
+// Block: 128 threads = 4 warps (2 x 2), tile 64 rows x 64 columns, k in
 // chunks of 32 staged in shared memory (double-buffered: the next chunk's
 // global loads are in flight while the tensor cores work on this one).
 // Grid: (ceil(N / 64), ceil(M / 64), splits). Split z covers k in
@@ -46,25 +45,19 @@ __device__ __forceinline__ unsigned pack_half2(__half lo, __half hi) {
     return (unsigned)__half_as_ushort(lo) | ((unsigned)__half_as_ushort(hi) << 16);
 }
 
-// BM: rows per block, 64 (4 warps, 2 x 2) or 128 (8 warps, 4 x 2: the
-// weight tile, dequantized once per block, then serves twice the rows; fast
-// path only, the exact path's second x buffer would not fit in 48 KB of
-// shared memory). The B (weight) tile is staged by the first 128 threads.
-template <bool AWQ, bool SPLIT_X, int BM = MMA_BM>
+template <bool AWQ, bool SPLIT_X>
 __device__ __forceinline__ void gemm_mma(
     const float* __restrict__ x, const unsigned* __restrict__ rows, const unsigned* __restrict__ qweight,
     const float* __restrict__ zeros, const float* __restrict__ scales, const __half* __restrict__ wdense,
     float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
-    static_assert(BM == 64 || (BM == 128 && !SPLIT_X), "BM 64, or 128 on the fast path");
-    constexpr int THREADS = 2 * BM;
-    __shared__ __align__(16) unsigned xs_hi[2][BM * MMA_XS];
-    __shared__ __align__(16) unsigned xs_lo[2][SPLIT_X ? BM * MMA_XS : 1];
+    __shared__ __align__(16) unsigned xs_hi[2][MMA_BM * MMA_XS];
+    __shared__ __align__(16) unsigned xs_lo[2][SPLIT_X ? MMA_BM * MMA_XS : 1];
     __shared__ __align__(16) unsigned ws[2][(MMA_BK / 2) * MMA_WS];
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int gid = lane / 4, tig = lane % 4;
     const int wm = warp / 2, wn = warp % 2;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * MMA_BN;
+    const int m0 = blockIdx.y * MMA_BM, n0 = blockIdx.x * MMA_BN;
     const int kb = blockIdx.z * k_per_split;
     const int ke = min(k, kb + k_per_split);
     const int chunks = (ke - kb) / MMA_BK;
@@ -74,14 +67,13 @@ __device__ __forceinline__ void gemm_mma(
     const float* xrow[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int r = m0 + (i * THREADS + tid) / 8;
+        const int r = m0 + (i * MMA_THREADS + tid) / 8;
         xrow[i] = r < m ? x + (size_t)(rows ? rows[r] : (unsigned)r) * k : nullptr;
     }
     const int xc = (tid % 8) * 4;  // k offset of this thread's float4 in the chunk
     // AWQ staging: k rows 2p, 2p + 1 of the chunk, packed word column wc (8 columns).
     const int wp = tid / 8, wc = tid % 8;
-    const bool b_thread = tid < MMA_THREADS;
-    const bool wcol_ok = b_thread && n0 / 8 + wc < n8;
+    const bool wcol_ok = n0 / 8 + wc < n8;
     // Dense staging: columns n0 + (i * 128 + tid) / 4, 8 halves at k offset (tid % 4) * 8.
     const int dk = (tid % 4) * 8;
 
@@ -115,7 +107,7 @@ __device__ __forceinline__ void gemm_mma(
     auto stage = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int r = (i * THREADS + tid) / 8;
+            const int r = (i * MMA_THREADS + tid) / 8;
             const float v[4] = {xv[i].x, xv[i].y, xv[i].z, xv[i].w};
             __half hi[4], lo[4];
 #pragma unroll
@@ -130,9 +122,7 @@ __device__ __forceinline__ void gemm_mma(
                 *reinterpret_cast<uint2*>(dl) = make_uint2(pack_half2(lo[0], lo[1]), pack_half2(lo[2], lo[3]));
             }
         }
-        if (!b_thread) {
-            // Threads past the first 128 stage x rows only.
-        } else if constexpr (AWQ) {
+        if constexpr (AWQ) {
             unsigned packed[8];
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
@@ -268,13 +258,6 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS) awq_gemm_mma_f16x(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
     gemm_mma<true, false>(x, nullptr, qweight, zeros, scales, nullptr, out, m, k, n, group, k_per_split);
-}
-
-// The fast path's 128-row tile (256 threads), for many rows.
-extern "C" __global__ void __launch_bounds__(2 * MMA_THREADS, 2) awq_gemm_mma_f16x_bm128(
-    const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
-    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
-    gemm_mma<true, false, 128>(x, nullptr, qweight, zeros, scales, nullptr, out, m, k, n, group, k_per_split);
 }
 
 // logits[R, vocab] = xn[rows[r]] · W^T, W [vocab, hidden] f16 (one split).

@@ -54,7 +54,6 @@ pub const KERNELS: &[&str] = &[
     "lm_head_f16_f32",
     "awq_gemm_mma_f32",
     "awq_gemm_mma_f16x",
-    "awq_gemm_mma_f16x_bm128",
     "lm_head_mma_f16_f32",
     "sample_rows_f32",
 ];

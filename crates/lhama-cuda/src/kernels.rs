@@ -184,8 +184,6 @@ pub struct Kernels {
     /// The tensor-core AWQ GEMM: exact (x split in two f16 halves), fast (f16 x).
     awq_mma: CudaFunction,
     awq_mma_fast: CudaFunction,
-    /// The fast GEMM with 128-row tiles, from `MMA_WIDE_MIN_ROWS` rows.
-    awq_mma_fast_wide: CudaFunction,
     /// Kernels touching the KV cache: (f32 cache, f16 cache).
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
@@ -207,8 +205,6 @@ pub struct Kernels {
     pub mma_min_rows: usize,
     /// lm_head over at least this many rows uses the tensor-core GEMM.
     pub lm_head_mma_min_rows: usize,
-    /// The fast path's GEMM takes 128-row tiles from this many rows.
-    pub mma_wide_min_rows: usize,
     /// Which tensor-core AWQ GEMM runs (the KV cache's type picks the
     /// attention kernels).
     pub precision: Precision,
@@ -219,8 +215,6 @@ pub struct Kernels {
 pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 /// Tile of the tensor-core GEMM (MMA_BM, MMA_BN in gemm_mma.cu) and its k step.
 const MMA_TILE: usize = 64;
-/// Rows from which the fast path's GEMM takes 128-row tiles.
-pub const MMA_WIDE_MIN_ROWS: usize = 128;
 const MMA_BK: usize = 32;
 
 /// A grid of `blocks` blocks of `threads` threads, both along x.
@@ -358,7 +352,6 @@ impl Kernels {
             ],
             awq_mma: f("awq_gemm_mma_f32")?,
             awq_mma_fast: f("awq_gemm_mma_f16x")?,
-            awq_mma_fast_wide: f("awq_gemm_mma_f16x_bm128")?,
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -387,7 +380,6 @@ impl Kernels {
             mma_min_rows: env_rows("LHAMA_MMA_MIN_ROWS")?.unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
-            mma_wide_min_rows: env_rows("LHAMA_MMA_WIDE_MIN_ROWS")?.unwrap_or(MMA_WIDE_MIN_ROWS),
             precision: Precision::default(),
         })
     }
@@ -650,10 +642,7 @@ impl Kernels {
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<(), CudaError> {
         let groups = w.k / w.group;
-        // Rows per block: 128 on the fast path with many rows, else 64.
-        let wide = self.precision == Precision::Fast && m >= self.mma_wide_min_rows.max(1);
-        let tile_m = if wide { 2 * MMA_TILE } else { MMA_TILE };
-        let tiles = w.n.div_ceil(MMA_TILE) * m.div_ceil(tile_m);
+        let tiles = w.n.div_ceil(MMA_TILE) * m.div_ceil(MMA_TILE);
         let mut splits = (2 * self.sm_count).div_ceil(tiles).clamp(1, groups);
         while splits > 1 && splits * m * w.n > partial.len() {
             splits -= 1;
@@ -661,8 +650,8 @@ impl Kernels {
         let k_per_split = groups.div_ceil(splits) * w.group;
         let splits = w.k.div_ceil(k_per_split);
         let cfg = LaunchConfig {
-            grid_dim: (grid(w.n, MMA_TILE), grid(m, tile_m), splits as u32),
-            block_dim: (2 * tile_m as u32, 1, 1),
+            grid_dim: (grid(w.n, MMA_TILE), grid(m, MMA_TILE), splits as u32),
+            block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut a = Args::new(s);
@@ -680,10 +669,9 @@ impl Kernels {
             .i32(i32_of(w.n))
             .i32(i32_of(w.group))
             .i32(i32_of(k_per_split));
-        let gemm = match (self.precision, wide) {
-            (Precision::Exact, _) => &self.awq_mma,
-            (Precision::Fast, false) => &self.awq_mma_fast,
-            (Precision::Fast, true) => &self.awq_mma_fast_wide,
+        let gemm = match self.precision {
+            Precision::Exact => &self.awq_mma,
+            Precision::Fast => &self.awq_mma_fast,
         };
         self.launch(s, gemm, cfg, &mut a)?;
         if splits > 1 {

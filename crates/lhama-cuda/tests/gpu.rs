@@ -121,26 +121,18 @@ fn awq_matmul_matches_cpu() {
         // The default choice (GEMV below DEFAULT_MMA_MIN_ROWS rows, tensor
         // cores from there), then the tensor cores for every row count, then
         // the GEMV for every row count (chunks of 8, 4, 2, 1 rows).
-        for (mma_min, precision, wide_min) in [
-            (
-                lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS,
-                Precision::Exact,
-                usize::MAX,
-            ),
-            (1, Precision::Exact, usize::MAX),
-            (1, Precision::Fast, usize::MAX),
-            // The fast path's 128-row tiles, for every row count.
-            (1, Precision::Fast, 1),
-            (usize::MAX, Precision::Fast, usize::MAX),
+        for (mma_min, precision) in [
+            (lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS, Precision::Exact),
+            (1, Precision::Exact),
+            (1, Precision::Fast),
+            (usize::MAX, Precision::Fast),
         ] {
             k.mma_min_rows = mma_min;
             k.precision = precision;
-            k.mma_wide_min_rows = wide_min;
             let mma = m >= mma_min;
             let path = match (mma, precision) {
                 (false, _) => "gemv",
                 (true, Precision::Exact) => "mma exact",
-                (true, Precision::Fast) if wide_min == 1 => "mma f16 x, 128-row tiles",
                 (true, Precision::Fast) => "mma f16 x",
             };
             let want = if mma && precision == Precision::Fast {
