@@ -1,6 +1,8 @@
 """The official OpenAI Python SDK against lhama: responses parse into the SDK's
 types, and each error case raises the SDK's matching exception class."""
 
+import signal
+
 import openai
 import pytest
 
@@ -99,8 +101,14 @@ def test_auth_queue_and_size_errors(keyed_server):
     assert e.value.status_code == 413
 
 
-def test_unavailable_model_raises_internal_server_error(broken_server):
+def test_a_draining_server_raises_internal_server_error(slow_server):
+    c = client(slow_server)
+    running = c.completions.create(model="tiny", prompt="Oi", max_tokens=100, stream=True,
+                                   extra_body={"ignore_eos": True})
+    next(iter(running))
+    slow_server.proc.send_signal(signal.SIGTERM)
     with pytest.raises(openai.InternalServerError) as e:
-        client(broken_server).chat.completions.create(model="tiny", messages=QUESTION)
+        c.chat.completions.create(model="tiny", messages=QUESTION)
     assert e.value.status_code == 503
-    assert "config.json" in e.value.message
+    assert "shutting down" in e.value.message
+    running.close()

@@ -139,14 +139,24 @@ impl ServeArgs {
         }
         let model: String = pick!(model, lhama_model::source::DEFAULT_MODEL.to_string());
         let mut api_keys: Vec<String> = pick!(api_key, Vec::new());
+        anyhow::ensure!(
+            api_keys.iter().all(|k| !k.trim().is_empty()),
+            "--api-key (LHAMA_API_KEY, or `api-key` in the config file) contains an empty key"
+        );
         if let Some(path) = self.api_key_file.clone().or(file.api_key_file.clone()) {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("--api-key-file {}: cannot read", path.display()))?;
+            let before = api_keys.len();
             api_keys.extend(
                 text.lines()
                     .map(str::trim)
                     .filter(|l| !l.is_empty())
                     .map(str::to_string),
+            );
+            anyhow::ensure!(
+                api_keys.len() > before,
+                "--api-key-file {}: no key in the file (one key per line)",
+                path.display()
             );
         }
         let served: Vec<String> = pick!(served_model_name, vec![model.clone()]);
@@ -325,6 +335,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = lhama_server::router(state.clone());
     let load_state = state.clone();
     let load_settings = settings.clone();
+    // A failed load ends the process with an error (so Docker, systemd and
+    // Kubernetes restart it), after /health has said why meanwhile.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     tokio::task::spawn_blocking(move || match load(&load_settings) {
         Ok(loaded) => {
             // Published first, so that /health answers 200 once the line below is out.
@@ -349,6 +362,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Err(e) => {
             let _ = load_state.0.load_error.set(format!("{e:#}"));
             tracing::error!(error = %format!("{e:#}"), "model failed to load");
+            let _ = failed_tx.send(format!("{e:#}"));
         }
     });
     tracing::info!(address = %local, "listening (model loading)");
@@ -360,7 +374,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.connections,
         closing_rx,
     ));
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        Ok(error) = failed_rx => anyhow::bail!("the model failed to load: {error}"),
+    }
     drain(&state, settings.shutdown_grace, &closing_tx).await;
     Ok(())
 }
@@ -441,6 +458,27 @@ mod tests {
             from_file.resolve().unwrap(),
             ServeArgs::default().resolve().unwrap()
         );
+    }
+
+    #[test]
+    fn an_empty_api_key_is_a_start_up_error() {
+        let err = ServeArgs {
+            api_key: Some(vec!["k1".into(), String::new()]),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("empty key"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "\n  \n").unwrap();
+        let err = ServeArgs {
+            api_key_file: Some(keys),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("no key in the file"), "{err:#}");
     }
 
     #[test]

@@ -281,26 +281,39 @@ async fn a_request_that_can_never_be_admitted_gets_400() {
     assert_eq!(common::metric(&server, "lhama_queue_depth").await, 0.0);
 }
 
+/// A model that fails to load ends `lhama serve` with a non-zero status and
+/// the reason on stderr, so a supervisor (Docker, systemd, Kubernetes)
+/// restarts it or reports it, instead of a server answering 503 forever.
 #[tokio::test]
-async fn a_model_that_fails_to_load_leaves_health_at_503() {
+async fn a_model_that_fails_to_load_exits_non_zero_saying_why() {
     let model = common::synth_tiny();
     std::fs::write(model.path().join("config.json"), "{ not json").unwrap();
-    let server = common::start_with(model, &[], false).await;
-    let r = reqwest::get(format!("{}/health", server.base))
-        .await
+    let mut child = std::process::Command::new(common::lhama_bin())
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--model"])
+        .arg(model.path())
+        .env_remove("LHAMA_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    assert_eq!(r.status().as_u16(), 503);
-    let body: Value = r.json().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server kept running with a model that cannot load");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "exit status {status:?}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("config.json"),
-        "{body}"
+        stderr.contains("error: the model failed to load") && stderr.contains("config.json"),
+        "{stderr}"
     );
-    let (status, body) =
-        common::post(&server, "/v1/chat/completions", &chat_body("Oi", json!({}))).await;
-    assert_eq!(status, 503, "{body}");
 }
 
 #[tokio::test]

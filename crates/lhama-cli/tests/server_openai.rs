@@ -316,6 +316,32 @@ async fn api_keys_guard_the_v1_routes() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // Raw requests: the scheme in any case, 401 before 404 on unknown /v1
+    // paths, path errors in OpenAI's shape.
+    let http = reqwest::Client::new();
+    let get = |path: &str, auth: Option<&str>| {
+        let mut r = http.get(format!("{}{path}", server.base));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    assert_eq!(get("/v1/models", Some("bearer k1")).await.0, 200);
+    assert_eq!(get("/v1/models", Some("BEARER k2")).await.0, 200);
+    let (status, body) = get("/v1/no-such-route", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(get("/v1/no-such-route", Some("Bearer k1")).await.0, 404);
+    let (status, body) = get("/v1/models/%ff%fe", Some("Bearer k1")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
 }
 
 #[tokio::test]
@@ -337,21 +363,36 @@ async fn body_limit_and_unavailable_model_through_the_client() {
     assert_eq!(status, 413);
     assert!(e.message.contains("2000"), "{}", e.message);
 
-    let model = common::synth_tiny();
-    std::fs::remove_file(model.path().join("tokenizer.json")).unwrap();
-    let broken = common::start_with(model, &[], false).await;
+    // A server draining after SIGTERM (a slowed stream keeps it running)
+    // answers 503, which the client reports with the server's message.
+    let draining = common::start_with_env(
+        common::synth_tiny(),
+        &[],
+        true,
+        &[("LHAMA_TEST_STEP_DELAY_MS", "20")],
+    )
+    .await;
+    let running = reqwest::Client::new()
+        .post(format!("{}/v1/completions", draining.base))
+        .json(&serde_json::json!({"model": "tiny", "prompt": "Oi", "max_tokens": 100, "stream": true, "ignore_eos": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut running = running.bytes_stream();
+    running.next().await.unwrap().unwrap();
+    common::sigterm(&draining);
     let req = CreateChatCompletionRequestArgs::default()
         .model("tiny")
         .messages([user("Oi")])
         .build()
         .unwrap();
     let (status, e) = api_error(
-        client(&broken, "unused")
+        client(&draining, "unused")
             .chat()
             .create(req)
             .await
             .unwrap_err(),
     );
     assert_eq!(status, 503);
-    assert!(e.message.contains("tokenizer.json"), "{}", e.message);
+    assert!(e.message.contains("shutting down"), "{}", e.message);
 }

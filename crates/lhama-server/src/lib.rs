@@ -31,11 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(misc::list_models))
-        .route("/v1/models/{id}", get(misc::get_model))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
+        .route("/v1/models/{id}", get(misc::get_model));
     let open = Router::new()
         .route("/health", get(misc::health))
         .route("/metrics", get(misc::metrics))
@@ -46,6 +42,11 @@ pub fn router(state: AppState) -> Router {
         .merge(open)
         .fallback(misc::not_found)
         .method_not_allowed_fallback(misc::method_not_allowed)
+        // Every /v1 path, unknown ones too (401 before 404, as vLLM does).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -72,18 +73,39 @@ fn cors(origins: &[String]) -> CorsLayer {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Whether `given` is one of `keys`, compared in constant time (every key is
+/// compared, each without an early exit).
+fn key_matches(keys: &[String], given: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut found = subtle::Choice::from(0u8);
+    for key in keys {
+        found |= key.as_bytes().ct_eq(given.as_bytes());
+    }
+    found.into()
+}
+
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let keys = &state.0.config.api_keys;
-    if keys.is_empty() {
+    let path = req.uri().path();
+    if keys.is_empty() || !(path == "/v1" || path.starts_with("/v1/")) {
         return next.run(req).await;
     }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match given {
-        Some(k) if keys.iter().any(|key| key == k) => next.run(req).await,
+        Some(k) if key_matches(keys, k) => next.run(req).await,
         Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
         None => ApiError::unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
             .into_response(),
@@ -102,4 +124,24 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
         .metrics
         .count_request(&route, response.status().as_u16());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bearer_token, key_matches};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_keys_must_match_exactly() {
+        assert_eq!(bearer_token("Bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("BEARER  k1 "), Some("k1"));
+        assert_eq!(bearer_token("Basic k1"), None);
+        assert_eq!(bearer_token("k1"), None);
+        let keys = vec!["secret".to_string(), "other".to_string()];
+        assert!(key_matches(&keys, "secret"));
+        assert!(key_matches(&keys, "other"));
+        assert!(!key_matches(&keys, "secre"));
+        assert!(!key_matches(&keys, "secrets"));
+        assert!(!key_matches(&keys, ""));
+    }
 }

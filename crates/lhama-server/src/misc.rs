@@ -1,6 +1,7 @@
 //! /v1/models, /health, /metrics, /tokenize, /detokenize, /version.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,8 +31,9 @@ pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Valu
 
 pub async fn get_model(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid path: {e}"), None))?;
     state.check_model(&id)?;
     Ok(Json(model_card(&state, &id)))
 }
