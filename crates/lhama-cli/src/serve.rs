@@ -159,6 +159,11 @@ impl ServeArgs {
                 path.display()
             );
         }
+        let cors_origins: Vec<String> = pick!(cors_origins, Vec::new());
+        for origin in &cors_origins {
+            lhama_server::check_cors_origin(origin)
+                .map_err(|e| anyhow::anyhow!("--cors-origins (LHAMA_CORS_ORIGINS): {e}"))?;
+        }
         let served: Vec<String> = pick!(served_model_name, vec![model.clone()]);
         anyhow::ensure!(
             !served.is_empty() && served.iter().all(|s| !s.is_empty()),
@@ -205,7 +210,7 @@ impl ServeArgs {
                 max_body_bytes: positive("max-body-bytes", pick!(max_body_bytes, 8 << 20))?,
                 max_queue_requests: positive("max-queue-requests", pick!(max_queue_requests, 256))?,
                 max_queue_tokens: positive("max-queue-tokens", pick!(max_queue_tokens, 1 << 20))?,
-                cors_origins: pick!(cors_origins, Vec::new()),
+                cors_origins,
                 body_read_timeout: seconds(
                     "body-read-timeout-secs",
                     pick!(body_read_timeout_secs, 60),
@@ -458,6 +463,32 @@ mod tests {
             from_file.resolve().unwrap(),
             ServeArgs::default().resolve().unwrap()
         );
+    }
+
+    #[test]
+    fn cors_origins_are_checked_at_start_up() {
+        let with = |o: &str| {
+            ServeArgs {
+                cors_origins: Some(vec![o.to_string()]),
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        assert!(with("https://chat.example.com").is_ok());
+        assert!(with("http://localhost:3000").is_ok());
+        assert!(with("*").is_ok());
+        for (bad, why) in [
+            ("https://chat.example.com/", "trailing slash"),
+            ("chat.example.com", "scheme://host"),
+            ("ftp://chat.example.com", "http or https"),
+            ("https://", "no host"),
+        ] {
+            let err = format!("{:#}", with(bad).unwrap_err());
+            assert!(
+                err.contains(why) && err.contains("--cors-origins"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

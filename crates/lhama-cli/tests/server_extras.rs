@@ -146,6 +146,84 @@ async fn cors_is_off_by_default_and_configurable() {
         r.headers().get("access-control-allow-origin").unwrap(),
         "https://chat.example.com"
     );
+    // The headers the OpenAI JS SDK sends are allowed; the answer is cached.
+    let r = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", cors.base),
+        )
+        .header("origin", "https://chat.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, x-stainless-os, x-stainless-lang",
+        )
+        .send()
+        .await
+        .unwrap();
+    let allowed = r
+        .headers()
+        .get("access-control-allow-headers")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("x-stainless-os"), "{allowed}");
+    assert_eq!(r.headers().get("access-control-max-age").unwrap(), "600");
+    // Scripts may read Retry-After and the request id.
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/models", cors.base))
+        .header("origin", "https://chat.example.com")
+        .send()
+        .await
+        .unwrap();
+    let exposed = r
+        .headers()
+        .get("access-control-expose-headers")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("retry-after") && exposed.contains("x-request-id"),
+        "{exposed}"
+    );
+}
+
+/// A body that says it is not JSON gets 415 in OpenAI's shape, so a
+/// cross-site "simple" POST (text/plain) cannot run a generation.
+#[tokio::test]
+async fn non_json_content_types_get_415() {
+    let server = common::start(&[]).await;
+    let body = r#"{"model": "tiny", "prompt": "Oi", "max_tokens": 2}"#;
+    for ct in [
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/completions", server.base))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 415, "{ct}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    }
+    assert_eq!(
+        common::metric(&server, "lhama_prompt_tokens_total").await,
+        0.0,
+        "nothing reached the engine"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", server.base))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }
 
 #[tokio::test]

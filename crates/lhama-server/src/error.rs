@@ -111,6 +111,14 @@ impl ApiError {
         }
     }
 
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            format!("Content-Type {content_type:?} is not supported; send application/json."),
+        )
+    }
+
     pub fn request_timeout(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,

@@ -62,12 +62,33 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// `application/json` or `application/<something>+json`, with any parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // A body that says it is not JSON is refused (415): a cross-site
+        // "simple" request (text/plain, form data) must not run a
+        // generation without a CORS preflight.
+        if let Some(v) = req.headers().get(axum::http::header::CONTENT_TYPE) {
+            let text = v.to_str().unwrap_or("");
+            if !is_json(text) {
+                return Err(ApiError::unsupported_media_type(text));
+            }
+        }
         let cfg = &state.0.config;
         let timeout = cfg.body_read_timeout;
         let bytes = tokio::time::timeout(timeout, read_body(req, cfg.max_body_bytes))
@@ -79,5 +100,30 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for ApiJson<T> 
                 ))
             })??;
         state.heavy(move || parse(&bytes)).await?.map(ApiJson)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn only_json_content_types_pass() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+json",
+        ] {
+            assert!(is_json(ok), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "",
+        ] {
+            assert!(!is_json(bad), "{bad}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 pub use error::ApiError;
 pub use state::{AppState, Loaded, ServerConfig};
@@ -58,10 +58,44 @@ pub fn router(state: AppState) -> Router {
     app
 }
 
+/// Checks a CORS origin from the configuration: `*`, or
+/// `scheme://host[:port]` exactly as browsers send it (no path, no trailing
+/// slash, which would silently never match).
+pub fn check_cors_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let bad = |why: &str| Err(format!("CORS origin {origin:?}: {why}"));
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return bad("expected scheme://host[:port], e.g. https://chat.example.com");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("the scheme must be http or https");
+    }
+    if rest.is_empty() {
+        return bad("no host");
+    }
+    if rest.contains('/') {
+        return bad("an origin has no path or trailing slash");
+    }
+    match origin.parse::<axum::http::Uri>() {
+        Ok(uri) if uri.host().is_some() && HeaderValue::from_str(origin).is_ok() => Ok(()),
+        _ => bad("not a valid origin"),
+    }
+}
+
 fn cors(origins: &[String]) -> CorsLayer {
+    // Browsers' SDKs send headers of their own (the OpenAI JS SDK's
+    // x-stainless-*): allow whatever the preflight asks for, and let scripts
+    // read Retry-After and the request id.
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(std::time::Duration::from_secs(600))
+        .expose_headers([
+            header::RETRY_AFTER,
+            axum::http::HeaderName::from_static("x-request-id"),
+        ]);
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
     } else {
