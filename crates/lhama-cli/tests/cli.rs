@@ -198,3 +198,20 @@ fn offline_hub_ids_resolve_from_the_hf_cache() {
         text(&out.stderr)
     );
 }
+
+/// Logs written to a pipe or a file carry no terminal colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let dir = common::synth_tiny();
+    let out = Command::new(common::lhama_bin())
+        .args(["bench", "--model"])
+        .arg(dir.path())
+        .args(["--prompt-len", "4", "--decode-steps", "1", "--batch", "1"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run lhama");
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("model loaded"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
+}

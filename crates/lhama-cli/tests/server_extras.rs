@@ -250,3 +250,87 @@ async fn neutral_forms_of_unsupported_features_and_unknown_fields_pass() {
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     assert_eq!(body["usage"]["completion_tokens"], 3);
 }
+
+/// Every response carries `x-request-id` (the client's own when it sends a
+/// usable one), and every request gets one access-log line when its body
+/// ends, with its status, route, tokens and finish reason.
+#[tokio::test]
+async fn every_request_gets_an_id_and_an_access_log_line() {
+    let server = common::start(&[]).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/chat/completions", server.base))
+        .header("x-request-id", "test-req-1")
+        .json(
+            &json!({"model": "tiny", "messages": [{"role": "user", "content": "Oi"}],
+                      "max_tokens": 5, "ignore_eos": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers().get("x-request-id").unwrap(), "test-req-1");
+    r.bytes().await.unwrap();
+    let r = http
+        .post(format!("{}/v1/completions", server.base))
+        .json(&json!({"model": "tiny", "prompt": "Oi", "max_tokens": 7, "ignore_eos": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let streamed_id = r
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(streamed_id.starts_with("req-"), "{streamed_id}");
+    r.bytes().await.unwrap();
+    let r = http
+        .post(format!("{}/v1/completions", server.base))
+        .json(&json!({"model": "tiny", "prompt": "Oi", "temperature": -1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let bad_id = r
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    // The lines, from the server's JSON log.
+    let line = |id: &str| {
+        let lines = server.log.lock().unwrap().clone();
+        lines.iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["message"] == "request" && v["fields"]["request_id"] == id).then_some(v)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while [line("test-req-1"), line(&streamed_id), line(&bad_id)]
+        .iter()
+        .any(Option::is_none)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access-log lines missing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let chat = line("test-req-1").unwrap()["fields"].clone();
+    assert_eq!(chat["status"], 200, "{chat}");
+    assert_eq!(chat["method"], "POST");
+    assert_eq!(chat["route"], "/v1/chat/completions");
+    assert_eq!(chat["completion_tokens"], 5, "{chat}");
+    assert!(chat["prompt_tokens"].as_u64().unwrap() > 0, "{chat}");
+    assert_eq!(chat["finish_reason"], "length");
+    assert!(chat["latency_ms"].as_f64().unwrap() > 0.0);
+    let streamed = line(&streamed_id).unwrap()["fields"].clone();
+    assert_eq!(streamed["completion_tokens"], 7, "{streamed}");
+    assert_eq!(streamed["route"], "/v1/completions");
+    let bad = line(&bad_id).unwrap()["fields"].clone();
+    assert_eq!(bad["status"], 400, "{bad}");
+}

@@ -8,6 +8,7 @@ use lhama_model::{ChatMessage, Tokenizer};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+use crate::access::RequestLog;
 use crate::connections::ClientEof;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
@@ -21,6 +22,7 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 pub async fn chat_completions(
     State(state): State<AppState>,
     eof: Option<Extension<Arc<ClientEof>>>,
+    log: Option<Extension<Arc<RequestLog>>>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let loaded = state.serving(&req.model)?;
@@ -70,7 +72,7 @@ pub async fn chat_completions(
         (false, None) => None,
     };
     let jobs = generation::choices(&prompt, &params, n, 0);
-    let events = generation::start(&state, loaded, jobs, "messages")?;
+    let events = generation::start(&state, loaded, jobs, "messages", log.map(|l| l.0))?;
     let id = request_id("chatcmpl");
     let model = req.model.clone();
     let created = unix_now();

@@ -9,6 +9,7 @@ use lhama_engine::{Event, TokenLogprob};
 use lhama_model::Tokenizer;
 use serde_json::{Map, Value, json};
 
+use crate::access::RequestLog;
 use crate::chat::token_text;
 use crate::connections::ClientEof;
 use crate::error::ApiError;
@@ -96,6 +97,7 @@ fn prompt_count(p: &Prompt) -> usize {
 pub async fn completions(
     State(state): State<AppState>,
     eof: Option<Extension<Arc<ClientEof>>>,
+    log: Option<Extension<Arc<RequestLog>>>,
     ApiJson(mut req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let loaded = state.serving(&req.model)?;
@@ -138,7 +140,7 @@ pub async fn completions(
         jobs.extend(generation::choices(ids, &params, n, p * n));
     }
     let count = jobs.len();
-    let events = generation::start(&state, loaded, jobs, "prompt")?;
+    let events = generation::start(&state, loaded, jobs, "prompt", log.map(|l| l.0))?;
     let id = request_id("cmpl");
     let created = unix_now();
     let echo_texts: Vec<String> = if req.echo {

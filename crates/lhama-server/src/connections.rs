@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, header};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::body::WithGuard;
 use crate::state::AppState;
 
 /// Limits on connections (flags, env and TOML in `lhama serve`).
@@ -168,32 +169,6 @@ impl Drop for RequestGuard {
         self.conn.changed.notify_one();
         self.server.count.fetch_sub(1, Ordering::SeqCst);
         self.server.changed.notify_waiters();
-    }
-}
-
-/// A response body that keeps its request counted until it ends.
-struct Tracked {
-    inner: Body,
-    _guard: RequestGuard,
-}
-
-impl hyper::body::Body for Tracked {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -359,12 +334,8 @@ async fn serve_connection(
                 .await
                 .unwrap_or_else(|e: Infallible| match e {});
             close_while_draining(&state, &mut response);
-            Ok::<_, Infallible>(response.map(|inner| {
-                Body::new(Tracked {
-                    inner,
-                    _guard: guard,
-                })
-            }))
+            // The request stays counted until its body ends.
+            Ok::<_, Infallible>(response.map(|inner| Body::new(WithGuard::new(inner, guard))))
         }
     });
     // hyper's own header timer starts when the connection begins to wait

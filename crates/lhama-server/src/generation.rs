@@ -16,6 +16,7 @@ use futures_util::stream::{Stream, StreamExt, select_all};
 use lhama_engine::{Event, FinishReason, RequestParams, SubmitError, TokenLogprob};
 use lhama_model::Tokenizer;
 
+use crate::access::RequestLog;
 use crate::connections::ClientEof;
 use crate::error::ApiError;
 use crate::metrics::Latency;
@@ -106,6 +107,7 @@ pub fn start(
     loaded: &Loaded,
     jobs: Vec<Job>,
     prompt_param: &str,
+    log: Option<Arc<RequestLog>>,
 ) -> Result<ChoiceEvents, ApiError> {
     for job in &jobs {
         check_context_len(
@@ -126,6 +128,7 @@ pub fn start(
             .map_err(|e| ApiError::from_submit(e, prompt_param))?
             .events;
         let metrics_state = state.clone();
+        let log = log.clone();
         let begun = Instant::now();
         let mut last: Option<Instant> = None;
         let index = job.index;
@@ -158,7 +161,16 @@ pub fn start(
                     }
                     last = Some(now);
                 }
-                Event::Done { .. } => m.observe(Latency::EndToEnd, (now - begun).as_secs_f64()),
+                Event::Done {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    m.observe(Latency::EndToEnd, (now - begun).as_secs_f64());
+                    if let Some(log) = &log {
+                        log.sequence_done(*reason, *prompt_tokens, *completion_tokens);
+                    }
+                }
                 _ => {}
             }
             (index, ev)

@@ -2,6 +2,8 @@
 //! in OpenAI's shape everywhere, API keys, body and queue limits, CORS,
 //! Prometheus metrics and graceful shutdown.
 
+pub mod access;
+mod body;
 pub mod chat;
 pub mod completions;
 pub mod connections;
@@ -15,7 +17,7 @@ pub mod sse;
 pub mod state;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -49,7 +51,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            count_requests,
+            access::access_log,
         ))
         .with_state(state.clone());
     if !state.0.config.cors_origins.is_empty() {
@@ -144,20 +146,6 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
         None => ApiError::unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
             .into_response(),
     }
-}
-
-async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let response = next.run(req).await;
-    state
-        .0
-        .metrics
-        .count_request(&route, response.status().as_u16());
-    response
 }
 
 #[cfg(test)]
