@@ -33,34 +33,41 @@ pub struct ServeArgs {
     #[arg(long, env = "LHAMA_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0].
     #[arg(long, env = "LHAMA_HOST")]
     pub host: Option<String>,
+    /// Port to listen on (0: any free port, printed in the log) [default: 8000].
     #[arg(long, env = "LHAMA_PORT")]
     pub port: Option<u16>,
-    /// Model directory or Hugging Face repo id.
+    /// Model directory or Hugging Face repo id [default: nicholasKluge/TeenyTinyLlama-460m-Chat-awq].
     #[arg(long, env = "LHAMA_MODEL")]
     pub model: Option<String>,
-    /// Names clients may use for the model (comma-separated; the first is canonical).
+    /// Names clients may use for the model (comma-separated; the first is canonical) [default: the value of --model].
     #[arg(long, env = "LHAMA_SERVED_MODEL_NAME", value_delimiter = ',')]
     pub served_model_name: Option<Vec<String>>,
     /// Longest prompt + completion (default: max_position_embeddings).
     #[arg(long, env = "LHAMA_MAX_MODEL_LEN")]
     pub max_model_len: Option<usize>,
+    /// Sequences in the running batch at most [default: 64].
     #[arg(long, env = "LHAMA_MAX_NUM_SEQS")]
     pub max_num_seqs: Option<usize>,
+    /// Tokens one engine step processes at most, decode tokens and prompt chunks together [default: 2048].
     #[arg(long, env = "LHAMA_MAX_NUM_BATCHED_TOKENS")]
     pub max_num_batched_tokens: Option<usize>,
     /// KV cache size in tokens (default: CPU 32768; CUDA what
     /// --gpu-memory-utilization leaves after weights and buffers).
     #[arg(long, env = "LHAMA_KV_CACHE_TOKENS")]
     pub kv_cache_tokens: Option<usize>,
-    /// Fraction of the GPU's memory the CUDA backend may take.
+    /// Fraction of the GPU's memory the CUDA backend may take [default: 0.9].
     #[arg(long, env = "LHAMA_GPU_MEMORY_UTILIZATION")]
     pub gpu_memory_utilization: Option<f64>,
+    /// Sequences (prompts x n) waiting for their first token at most; more get 429 [default: 256].
     #[arg(long, env = "LHAMA_MAX_QUEUE_REQUESTS")]
     pub max_queue_requests: Option<usize>,
+    /// Prompt tokens of the waiting sequences at most; more get 429 [default: 1048576].
     #[arg(long, env = "LHAMA_MAX_QUEUE_TOKENS")]
     pub max_queue_tokens: Option<usize>,
+    /// Largest request body in bytes; larger ones get 413 [default: 8388608].
     #[arg(long, env = "LHAMA_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Accepted API keys (comma-separated); none means no authentication.
@@ -72,15 +79,17 @@ pub struct ServeArgs {
     /// Allowed CORS origins (comma-separated, `*` for any); none disables CORS.
     #[arg(long, env = "LHAMA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
+    /// auto: CUDA when a usable GPU is found, else the CPU (the reason is logged) [default: auto].
     #[arg(long, env = "LHAMA_BACKEND", value_enum)]
     pub backend: Option<BackendKind>,
     /// CUDA numerics: exact (the f32 datapath) or fast (f16 KV cache and
     /// tensor-core inputs, f32 accumulation) [default: exact].
     #[arg(long, env = "LHAMA_PRECISION", value_enum)]
     pub precision: Option<PrecisionArg>,
+    /// Log lines as text or JSON, on stderr [default: text].
     #[arg(long, env = "LHAMA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Seconds running requests get to finish after SIGTERM/SIGINT.
+    /// Seconds running requests get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "LHAMA_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
     /// Open connections at most; one more is answered 503 and closed [default: 512].
@@ -463,6 +472,36 @@ mod tests {
             from_file.resolve().unwrap(),
             ServeArgs::default().resolve().unwrap()
         );
+    }
+
+    #[test]
+    fn every_serve_flag_is_described_with_its_default() {
+        use clap::Args;
+        let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+        // Flags without a default of their own (optional settings, lists).
+        let no_default = [
+            "config",
+            "max_model_len",
+            "kv_cache_tokens",
+            "api_key",
+            "api_key_file",
+            "cors_origins",
+        ];
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(!help.trim().is_empty(), "--{id} has no help text");
+            assert!(
+                arg.get_env().is_some(),
+                "--{id} has no environment variable"
+            );
+            if !no_default.contains(&id) {
+                assert!(
+                    help.contains("[default:"),
+                    "--{id} does not say its default: {help}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -215,3 +215,30 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(err.contains("model loaded"), "{err}");
     assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
 }
+
+/// A bad value from the environment names the variable, not only the flag.
+#[test]
+fn an_invalid_environment_value_names_the_variable() {
+    let out = Command::new(common::lhama_bin())
+        .args(["serve", "--model", "/nonexistent"])
+        .env("LHAMA_PORT", "eighty")
+        .output()
+        .expect("run lhama");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--port") && err.contains("environment variable LHAMA_PORT"),
+        "{err}"
+    );
+    // The same bad value as a flag says nothing of the environment.
+    let out = Command::new(common::lhama_bin())
+        .args(["serve", "--model", "/nonexistent", "--port", "eighty"])
+        .env_remove("LHAMA_PORT")
+        .output()
+        .expect("run lhama");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--port") && !err.contains("LHAMA_PORT"),
+        "{err}"
+    );
+}

@@ -6,12 +6,20 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{}: cannot read: {source}", path.display())]
+    // The OS error is part of the message and not a `source`, so that a
+    // report of the whole chain does not print it twice.
+    #[error("{}: cannot read: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error(
+        "{} is not a model directory: it has no config.json (a model directory holds config.json, \
+         tokenizer.json, tokenizer_config.json, and model.safetensors or model.safetensors.index.json \
+         with its shards)",
+        dir.display()
+    )]
+    NotAModelDir { dir: PathBuf },
     #[error("{}: not valid JSON: {message}", path.display())]
     Json { path: PathBuf, message: String },
     #[error("{}: key `{key}`: {message}", path.display())]
@@ -46,7 +54,7 @@ impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

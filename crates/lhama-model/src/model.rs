@@ -21,6 +21,11 @@ impl ModelFiles {
     /// Loads config, generation config, tokenizer and weights from `dir`,
     /// failing with an error that names the file and key or tensor at fault.
     pub fn load(dir: &Path) -> Result<Self> {
+        if dir.is_dir() && !dir.join("config.json").exists() {
+            return Err(ModelError::NotAModelDir {
+                dir: dir.to_path_buf(),
+            });
+        }
         let config = LlamaConfig::from_file(&dir.join("config.json"))?;
         let generation =
             GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;

@@ -55,10 +55,25 @@ fn tensor_case(
 
 #[test]
 fn missing_config() {
+    // Says what a model directory must hold.
     case(
         |d| std::fs::remove_file(d.join("config.json")).unwrap(),
-        &["config.json", "cannot read"],
+        &[
+            "not a model directory",
+            "no config.json",
+            "tokenizer.json",
+            "model.safetensors",
+        ],
     );
+    // A config.json that cannot be read: the OS error once, not twice.
+    let dir = tempfile::tempdir().unwrap();
+    lhama_model::synth::write_model(lhama_model::synth::Preset::Tiny, 0, dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    std::fs::create_dir(dir.path().join("config.json")).unwrap();
+    let err = lhama_model::ModelFiles::load(dir.path()).err().unwrap();
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert!(chain.contains("cannot read"), "{chain}");
+    assert_eq!(chain.matches("os error").count(), 1, "{chain}");
 }
 
 #[test]
