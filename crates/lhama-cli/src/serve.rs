@@ -18,6 +18,16 @@ use serde::Deserialize;
 
 use crate::load::{BackendKind, BackendLimits, PrecisionArg, load_model, make_backend};
 
+/// What the server does with system (and developer) messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemPrompt {
+    /// Pass them to the chat template, which may refuse them.
+    Reject,
+    /// Fold them into the first user turn.
+    Merge,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -89,6 +99,15 @@ pub struct ServeArgs {
     /// Log lines as text or JSON, on stderr [default: text].
     #[arg(long, env = "LHAMA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// A Jinja chat template file used instead of the model's own
+    /// (tokenizer_config.json's chat_template).
+    #[arg(long, env = "LHAMA_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+    /// System messages: `reject` leaves them to the chat template (this
+    /// model's raises, and the request gets its message as a 400); `merge`
+    /// folds them into the first user turn [default: reject].
+    #[arg(long, env = "LHAMA_SYSTEM_PROMPT", value_enum)]
+    pub system_prompt: Option<SystemPrompt>,
     /// Seconds running requests get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "LHAMA_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -122,6 +141,8 @@ pub struct Settings {
     pub backend: BackendKind,
     pub precision: PrecisionArg,
     pub log_format: LogFormat,
+    /// The chat template file's path and its source, compiled once at start-up.
+    pub chat_template: Option<(PathBuf, String)>,
     pub shutdown_grace: Duration,
     pub connections: ConnLimits,
 }
@@ -220,6 +241,8 @@ impl ServeArgs {
                 max_queue_requests: positive("max-queue-requests", pick!(max_queue_requests, 256))?,
                 max_queue_tokens: positive("max-queue-tokens", pick!(max_queue_tokens, 1 << 20))?,
                 cors_origins,
+                system_prompt_merge: pick!(system_prompt, SystemPrompt::Reject)
+                    == SystemPrompt::Merge,
                 body_read_timeout: seconds(
                     "body-read-timeout-secs",
                     pick!(body_read_timeout_secs, 60),
@@ -239,6 +262,17 @@ impl ServeArgs {
             backend: pick!(backend, BackendKind::Auto),
             precision: pick!(precision, PrecisionArg::Exact),
             log_format: pick!(log_format, LogFormat::Text),
+            chat_template: match self.chat_template.clone().or(file.chat_template.clone()) {
+                None => None,
+                Some(path) => {
+                    let source = std::fs::read_to_string(&path).with_context(|| {
+                        format!("--chat-template {}: cannot read", path.display())
+                    })?;
+                    lhama_model::ChatTemplate::new(&source)
+                        .map_err(|e| anyhow::anyhow!("--chat-template {}: {e}", path.display()))?;
+                    Some((path, source))
+                }
+            },
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 30)),
             model,
         })
@@ -269,11 +303,17 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
     let eos_ids = files.eos_token_ids();
     let ModelFiles {
         config,
-        tokenizer,
+        mut tokenizer,
         weights,
         generation,
         ..
     } = files;
+    if let Some((path, source)) = &settings.chat_template {
+        let template = lhama_model::ChatTemplate::new(source)
+            .map_err(|e| anyhow::anyhow!("--chat-template {}: {e}", path.display()))?;
+        tokenizer.set_chat_template(template);
+        tracing::info!(file = %path.display(), "chat template from --chat-template");
+    }
     let max_model_len = settings
         .max_model_len
         .unwrap_or(config.max_position_embeddings);
@@ -486,6 +526,7 @@ mod tests {
             "api_key",
             "api_key_file",
             "cors_origins",
+            "chat_template",
         ];
         for arg in cmd.get_arguments() {
             let id = arg.get_id().as_str();
@@ -528,6 +569,24 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_chat_template_that_does_not_compile_is_a_start_up_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.jinja");
+        std::fs::write(&path, "{% for m in messages %}unclosed").unwrap();
+        let err = ServeArgs {
+            chat_template: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("--chat-template") && err.contains("bad.jinja"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -334,3 +334,68 @@ async fn every_request_gets_an_id_and_an_access_log_line() {
     let bad = line(&bad_id).unwrap()["fields"].clone();
     assert_eq!(bad["status"], 400, "{bad}");
 }
+
+/// The rendered prompt's token count, through /tokenize.
+async fn tokens_of(server: &common::Server, text: &str) -> u64 {
+    let (status, body) = common::post(
+        server,
+        "/tokenize",
+        &json!({"prompt": text, "add_special_tokens": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["count"].as_u64().unwrap()
+}
+
+/// `--system-prompt merge` folds system messages into the first user turn
+/// (without it the template's own 400 stands); `--chat-template FILE`
+/// replaces the model's template.
+#[tokio::test]
+async fn system_prompt_merge_and_chat_template_override() {
+    let chat = json!({"model": "tiny", "max_tokens": 1, "messages": [
+        {"role": "system", "content": "Responda em português."},
+        {"role": "user", "content": "Qual a capital do Brasil?"}]});
+    let strict = common::start(&[]).await;
+    let (status, body) = common::post(&strict, "/v1/chat/completions", &chat).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("roles must alternate")
+            || body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Only user and assistant"),
+        "{body}"
+    );
+    let merging = common::start(&["--system-prompt", "merge"]).await;
+    let (status, body) = common::post(&merging, "/v1/chat/completions", &chat).await;
+    assert_eq!(status, 200, "{body}");
+    let want = tokens_of(
+        &merging,
+        "<s><instruction>Responda em português.\n\nQual a capital do Brasil?</instruction>",
+    )
+    .await;
+    assert_eq!(body["usage"]["prompt_tokens"], want, "{body}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("t.jinja");
+    std::fs::write(
+        &template,
+        "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}",
+    )
+    .unwrap();
+    let custom = common::start(&["--chat-template", template.to_str().unwrap()]).await;
+    let (status, body) = common::post(&custom, "/v1/chat/completions", &chat).await;
+    assert_eq!(
+        status, 200,
+        "the custom template takes a system role: {body}"
+    );
+    let want = tokens_of(
+        &custom,
+        "<s>[system] Responda em português.\n[user] Qual a capital do Brasil?\n",
+    )
+    .await;
+    assert_eq!(body["usage"]["prompt_tokens"], want, "{body}");
+}

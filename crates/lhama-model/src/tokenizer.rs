@@ -160,6 +160,11 @@ impl Tokenizer {
         self.chat_template.as_ref()
     }
 
+    /// Replaces the model's chat template (`--chat-template FILE`).
+    pub fn set_chat_template(&mut self, template: ChatTemplate) {
+        self.chat_template = Some(template);
+    }
+
     /// Encodes text; `add_special_tokens` applies the tokenizer's own
     /// post-processor (BOS for Llama).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {

@@ -43,6 +43,9 @@ pub async fn chat_completions(
         }
         messages.push(ChatMessage::new(&m.role, message_text(m, i)?));
     }
+    if state.0.config.system_prompt_merge {
+        messages = merge_system_messages(messages);
+    }
     let sampling = req.sampling();
     let n = sampling.n()?;
     let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
@@ -110,6 +113,29 @@ pub async fn chat_completions(
         })
     };
     generation::respond(&state, eof.map(|e| e.0), events, n, render).await
+}
+
+/// `--system-prompt merge`: system and developer messages leave the
+/// conversation and their text (blank-line separated, in order) opens the
+/// first user turn; with no user turn, it becomes one.
+pub fn merge_system_messages(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    let is_system = |m: &ChatMessage| m.role == "system" || m.role == "developer";
+    let system: Vec<String> = messages
+        .iter()
+        .filter(|m| is_system(m))
+        .map(|m| m.content.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if system.is_empty() {
+        return messages.into_iter().filter(|m| !is_system(m)).collect();
+    }
+    let preamble = system.join("\n\n");
+    let mut out: Vec<ChatMessage> = messages.into_iter().filter(|m| !is_system(m)).collect();
+    match out.iter_mut().find(|m| m.role == "user") {
+        Some(first) => first.content = format!("{preamble}\n\n{}", first.content),
+        None => out.insert(0, ChatMessage::new("user", preamble)),
+    }
+    out
 }
 
 /// The text of a token as OpenAI reports it ("▁" as a space; byte pieces as their byte).
@@ -191,5 +217,43 @@ impl ChunkWriter for ChatChunks {
         let mut chunk = self.chunk(json!([]));
         chunk["usage"] = generation::usage(p, c);
         vec![chunk]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(role: &str, content: &str) -> ChatMessage {
+        ChatMessage::new(role, content)
+    }
+
+    #[test]
+    fn system_messages_open_the_first_user_turn() {
+        let merged = merge_system_messages(vec![
+            m("system", "Responda em português."),
+            m("user", "Oi"),
+            m("assistant", "Olá!"),
+            m("developer", " Seja breve. "),
+            m("user", "Tudo bem?"),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                m("user", "Responda em português.\n\nSeja breve.\n\nOi"),
+                m("assistant", "Olá!"),
+                m("user", "Tudo bem?"),
+            ]
+        );
+        // No user turn: the system text becomes one.
+        assert_eq!(
+            merge_system_messages(vec![m("system", "S")]),
+            vec![m("user", "S")]
+        );
+        // Nothing to merge.
+        assert_eq!(
+            merge_system_messages(vec![m("user", "Oi")]),
+            vec![m("user", "Oi")]
+        );
     }
 }

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// The whole request body must arrive within this time (408 beyond).
     pub body_read_timeout: Duration,
+    /// Fold system/developer messages into the first user turn instead of
+    /// passing them to the chat template.
+    pub system_prompt_merge: bool,
 }
 
 /// What exists once the model is loaded.
