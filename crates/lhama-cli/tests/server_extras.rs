@@ -110,17 +110,26 @@ async fn tokenize_detokenize_version_and_metrics() {
         .text()
         .await
         .unwrap();
+    // Every series carries model_name (the canonical served name), as vLLM's do.
     for name in [
-        "lhama_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 1",
-        "lhama_generation_tokens_total 3",
-        "lhama_time_to_first_token_seconds_count 1",
-        "lhama_inter_token_latency_seconds_count 2",
-        "lhama_e2e_request_latency_seconds_count 1",
-        "lhama_queue_depth 0",
-        "lhama_preemptions_total 0",
+        "lhama_requests_total{model_name=\"tiny\",route=\"/v1/chat/completions\",status=\"200\"} 1",
+        "lhama_request_success_total{model_name=\"tiny\",finished_reason=\"length\"} 1",
+        "lhama_generation_tokens_total{model_name=\"tiny\"} 3",
+        "lhama_time_to_first_token_seconds_count{model_name=\"tiny\"} 1",
+        "lhama_inter_token_latency_seconds_count{model_name=\"tiny\"} 2",
+        "lhama_e2e_request_latency_seconds_count{model_name=\"tiny\"} 1",
+        "lhama_request_queue_time_seconds_count{model_name=\"tiny\"} 1",
+        "lhama_request_generation_tokens_sum{model_name=\"tiny\"} 3.0",
+        "lhama_request_prompt_tokens_count{model_name=\"tiny\"} 1",
+        "lhama_queue_depth{model_name=\"tiny\"} 0",
+        "lhama_preemptions_total{model_name=\"tiny\"} 0",
     ] {
         assert!(text.contains(name), "missing {name:?} in\n{text}");
     }
+    assert!(common::metric(&server, "process_resident_memory_bytes").await > 1e6);
+    assert!(common::metric(&server, "process_open_fds").await > 0.0);
+    let usage = common::metric(&server, "lhama_kv_cache_usage_perc").await;
+    assert!((0.0..=1.0).contains(&usage), "{usage}");
 }
 
 #[tokio::test]

@@ -44,6 +44,9 @@ pub enum FinishReason {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// The scheduler took the sequence into the running batch (first time
+    /// only; a preempted sequence's return is not reported again).
+    Admitted,
     /// Logprobs of the prompt tokens (the first has none), before any token.
     PromptLogprobs(Vec<Option<TokenLogprob>>),
     /// A generated token and the text it completes (may be empty while a
@@ -199,6 +202,8 @@ struct Active {
     events: UnboundedSender<Event>,
     prompt_logprobs: Vec<Option<TokenLogprob>>,
     prompt_logprobs_sent: bool,
+    /// Event::Admitted has been sent.
+    admitted: bool,
 }
 
 impl Active {
@@ -280,6 +285,7 @@ impl Engine {
             events,
             prompt_logprobs: vec![None],
             prompt_logprobs_sent: false,
+            admitted: false,
         };
         self.active.insert(id, active);
         self.scheduler.add(id, prompt);
@@ -327,6 +333,12 @@ impl Engine {
         // Per sequence: (first logit row, rows) for reading results back.
         let mut row_start = Vec::with_capacity(plan.seqs.len());
         for s in &plan.seqs {
+            if let Some(a) = self.active.get_mut(&s.id) {
+                if !a.admitted {
+                    a.admitted = true;
+                    let _ = a.events.send(Event::Admitted);
+                }
+            }
             let base = tokens.len() as u32;
             tokens.extend_from_slice(&s.tokens);
             positions.extend((s.start..s.start + s.tokens.len()).map(|p| p as u32));

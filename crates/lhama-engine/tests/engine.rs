@@ -91,7 +91,7 @@ fn collect(mut s: lhama_engine::RequestStream) -> (Vec<u32>, String, FinishReaso
                 return (ids, text, reason);
             }
             Event::Error(e) => panic!("engine error: {e}"),
-            Event::PromptLogprobs(_) => {}
+            Event::PromptLogprobs(_) | Event::Admitted => {}
         }
     }
     panic!("stream ended without Done");
@@ -252,6 +252,7 @@ fn prompt_logprobs_with_max_tokens_zero() {
     while let Some(ev) = s.events.blocking_recv() {
         match ev {
             Event::PromptLogprobs(l) => lps = Some(l),
+            Event::Admitted => {}
             Event::Done {
                 completion_tokens,
                 reason,
@@ -427,6 +428,7 @@ fn scored(mut s: lhama_engine::RequestStream) -> Vec<Option<lhama_engine::TokenL
     while let Some(ev) = s.events.blocking_recv() {
         match ev {
             Event::PromptLogprobs(l) => lps = Some(l),
+            Event::Admitted => {}
             Event::Done { .. } => break,
             other => panic!("unexpected {other:?}"),
         }

@@ -204,7 +204,7 @@ impl ChunkWriter for ChatChunks {
             Event::Done { reason, .. } => {
                 vec![self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_str(Some(reason))}]))]
             }
-            Event::PromptLogprobs(_) => Vec::new(),
+            Event::PromptLogprobs(_) | Event::Admitted => Vec::new(),
             Event::Error(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
         })
     }

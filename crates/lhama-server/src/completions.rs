@@ -269,7 +269,7 @@ impl ChunkWriter for CompletionChunks {
             Event::Done { reason, .. } => {
                 vec![self.chunk(index, "", Value::Null, finish_str(Some(reason)))]
             }
-            Event::PromptLogprobs(_) => Vec::new(),
+            Event::PromptLogprobs(_) | Event::Admitted => Vec::new(),
             Event::Error(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
         })
     }

@@ -77,8 +77,8 @@ struct Activity {
     busy: AtomicUsize,
     last_ms: AtomicU64,
     head_ms: AtomicU64,
-    /// Signalled when a request on this connection ends or a head begins:
-    /// the deadline changes.
+    /// Signalled when a request on this connection starts or ends, or a head
+    /// begins: what the connection's task waits for changes.
     changed: tokio::sync::Notify,
 }
 
@@ -157,6 +157,9 @@ impl RequestGuard {
     fn new(conn: Arc<Activity>, server: Arc<InFlight>) -> Self {
         conn.busy.fetch_add(1, Ordering::SeqCst);
         conn.head_ms.store(NO_HEAD, Ordering::Relaxed);
+        // The connection's task re-arms its branches: with a request in
+        // flight it watches for the client's end of file.
+        conn.changed.notify_one();
         server.count.fetch_add(1, Ordering::SeqCst);
         Self { conn, server }
     }

@@ -161,12 +161,14 @@ pub fn start(
                     }
                     last = Some(now);
                 }
+                Event::Admitted => m.observe(Latency::Queue, (now - begun).as_secs_f64()),
                 Event::Done {
                     reason,
                     prompt_tokens,
                     completion_tokens,
                 } => {
                     m.observe(Latency::EndToEnd, (now - begun).as_secs_f64());
+                    m.sequence_done(*reason, *prompt_tokens, *completion_tokens);
                     if let Some(log) = &log {
                         log.sequence_done(*reason, *prompt_tokens, *completion_tokens);
                     }
@@ -196,6 +198,7 @@ impl Choice {
     /// Folds one event in; an engine error becomes a 500.
     pub fn apply(&mut self, ev: Event) -> Result<(), ApiError> {
         match ev {
+            Event::Admitted => {}
             Event::PromptLogprobs(l) => self.prompt_logprobs = Some(l),
             Event::Token { id, text, logprob } => {
                 self.tokens.push(id);

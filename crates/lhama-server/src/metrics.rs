@@ -1,64 +1,80 @@
-//! Prometheus metrics: request counts by route and status, token counters,
-//! engine gauges, and latency histograms, rendered in the text format.
+//! Prometheus metrics through `prometheus-client` (OpenMetrics text): every
+//! series carries a `model_name` label, as vLLM's do, so dashboards built for
+//! it can be pointed at lhama (docs/METRICS.md maps the names). Request
+//! counts by route and status, requests by finish reason, latency and length
+//! histograms, engine gauges and counters (read from the engine's atomics at
+//! each scrape), KV cache usage, and process metrics (Linux /proc).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::borrow::Cow;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use lhama_engine::FinishReason;
 use lhama_engine::engine::EngineStats;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
-#[derive(Debug)]
-pub struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// Seconds: 1 ms to about 65 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 17)
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            counts: vec![0; LATENCY_BUCKETS.len()],
-            sum: 0.0,
-            count: 0,
-        }
+/// Tokens: 1 to 16384.
+fn length_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1.0, 2.0, 15)
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Engine counters are monotonic atomics in the engine; a scrape adds what
+/// they gained since the last one.
+#[derive(Default)]
+struct Delta {
+    counter: Counter,
+    seen: AtomicU64,
+}
+
+impl Delta {
+    fn update(&self, now: u64) {
+        let before = self.seen.swap(now, Ordering::Relaxed);
+        self.counter.inc_by(now.saturating_sub(before));
     }
 }
 
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        for (c, &b) in self.counts.iter_mut().zip(LATENCY_BUCKETS) {
-            if secs <= b {
-                *c += 1;
-            }
-        }
-        self.sum += secs;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (c, b) in self.counts.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-            self.count, self.sum, self.count
-        );
-    }
-}
-
-#[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    ttft: Mutex<Histogram>,
-    itl: Mutex<Histogram>,
-    e2e: Mutex<Histogram>,
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    finished: Family<Labels, Counter>,
+    ttft: Histogram,
+    itl: Histogram,
+    e2e: Histogram,
+    queue_time: Histogram,
+    prompt_len: Histogram,
+    generation_len: Histogram,
+    waiting: Gauge,
+    running: Gauge,
+    kv_used: Gauge,
+    kv_free: Gauge,
+    kv_usage: Gauge<f64, AtomicU64>,
+    preemptions: Delta,
+    prompt_tokens: Delta,
+    generation_tokens: Delta,
+    steps: Delta,
+    resident_memory: Gauge,
+    open_fds: Gauge,
+    cpu_seconds: Mutex<(Counter<f64, AtomicU64>, f64)>,
+    start_time: Gauge<f64, AtomicU64>,
+    scrape: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,116 +82,255 @@ pub enum Latency {
     TimeToFirstToken,
     InterToken,
     EndToEnd,
+    /// From submission to the engine admitting the sequence.
+    Queue,
 }
 
 impl Metrics {
-    pub fn count_request(&self, route: &str, status: u16) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route.to_string(), status)).or_default() += 1;
+    pub fn new(model_name: &str) -> Self {
+        let mut registry = Registry::with_labels(
+            [(
+                Cow::Borrowed("model_name"),
+                Cow::Owned(model_name.to_string()),
+            )]
+            .into_iter(),
+        );
+        let m = Self {
+            requests: Family::default(),
+            finished: Family::default(),
+            ttft: Histogram::new(latency_buckets()),
+            itl: Histogram::new(latency_buckets()),
+            e2e: Histogram::new(latency_buckets()),
+            queue_time: Histogram::new(latency_buckets()),
+            prompt_len: Histogram::new(length_buckets()),
+            generation_len: Histogram::new(length_buckets()),
+            waiting: Gauge::default(),
+            running: Gauge::default(),
+            kv_used: Gauge::default(),
+            kv_free: Gauge::default(),
+            kv_usage: Gauge::default(),
+            preemptions: Delta::default(),
+            prompt_tokens: Delta::default(),
+            generation_tokens: Delta::default(),
+            steps: Delta::default(),
+            resident_memory: Gauge::default(),
+            open_fds: Gauge::default(),
+            cpu_seconds: Mutex::new((Counter::default(), 0.0)),
+            start_time: Gauge::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "lhama_requests",
+            "HTTP requests by route and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "lhama_request_success",
+            "Sequences finished, by finish reason (stop, length)",
+            m.finished.clone(),
+        );
+        r.register(
+            "lhama_time_to_first_token_seconds",
+            "Time from request to its first token",
+            m.ttft.clone(),
+        );
+        r.register(
+            "lhama_inter_token_latency_seconds",
+            "Time between consecutive tokens of a request",
+            m.itl.clone(),
+        );
+        r.register(
+            "lhama_e2e_request_latency_seconds",
+            "Time from request to its last token",
+            m.e2e.clone(),
+        );
+        r.register(
+            "lhama_request_queue_time_seconds",
+            "Time from submission until the engine admits the sequence",
+            m.queue_time.clone(),
+        );
+        r.register(
+            "lhama_request_prompt_tokens",
+            "Prompt tokens of finished sequences",
+            m.prompt_len.clone(),
+        );
+        r.register(
+            "lhama_request_generation_tokens",
+            "Generated tokens of finished sequences",
+            m.generation_len.clone(),
+        );
+        r.register(
+            "lhama_queue_depth",
+            "Sequences waiting for admission",
+            m.waiting.clone(),
+        );
+        r.register(
+            "lhama_running_sequences",
+            "Sequences in the running batch",
+            m.running.clone(),
+        );
+        r.register(
+            "lhama_kv_blocks_used",
+            "KV cache blocks in use",
+            m.kv_used.clone(),
+        );
+        r.register(
+            "lhama_kv_blocks_free",
+            "KV cache blocks free",
+            m.kv_free.clone(),
+        );
+        r.register(
+            "lhama_kv_cache_usage_perc",
+            "Fraction of the KV cache blocks in use (0 to 1)",
+            m.kv_usage.clone(),
+        );
+        r.register(
+            "lhama_preemptions",
+            "Sequences preempted for lack of KV blocks",
+            m.preemptions.counter.clone(),
+        );
+        r.register(
+            "lhama_prompt_tokens",
+            "Prompt tokens received",
+            m.prompt_tokens.counter.clone(),
+        );
+        r.register(
+            "lhama_generation_tokens",
+            "Tokens generated",
+            m.generation_tokens.counter.clone(),
+        );
+        r.register(
+            "lhama_engine_steps",
+            "Forward steps run",
+            m.steps.counter.clone(),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process",
+            m.resident_memory.clone(),
+        );
+        r.register(
+            "process_open_fds",
+            "Open file descriptors",
+            m.open_fds.clone(),
+        );
+        if let Ok(c) = m.cpu_seconds.lock() {
+            r.register(
+                "process_cpu_seconds",
+                "User and system CPU time of the server process",
+                c.0.clone(),
+            );
         }
+        r.register(
+            "process_start_time_seconds",
+            "Start of the server, Unix time",
+            m.start_time.clone(),
+        );
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.start_time.set(start);
+        Self { registry, ..m }
+    }
+
+    pub fn count_request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
     }
 
     pub fn observe(&self, which: Latency, secs: f64) {
-        let h = match which {
+        match which {
             Latency::TimeToFirstToken => &self.ttft,
             Latency::InterToken => &self.itl,
             Latency::EndToEnd => &self.e2e,
-        };
-        if let Ok(mut h) = h.lock() {
-            h.observe(secs);
+            Latency::Queue => &self.queue_time,
         }
+        .observe(secs);
     }
 
+    /// A sequence finished.
+    pub fn sequence_done(
+        &self,
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    ) {
+        let reason = match reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        };
+        self.finished
+            .get_or_create(&vec![("finished_reason", reason.to_string())])
+            .inc();
+        self.prompt_len.observe(prompt_tokens as f64);
+        self.generation_len.observe(completion_tokens as f64);
+    }
+
+    /// The exposition, after reading the engine's figures and the process's.
     pub fn render(&self, engine: Option<&EngineStats>) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP lhama_requests_total HTTP requests by route and status.\n# TYPE lhama_requests_total counter\n");
-        if let Ok(m) = self.requests.lock() {
-            for ((route, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "lhama_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                );
-            }
-        }
+        let _one_scrape_at_a_time = self.scrape.lock();
         if let Some(s) = engine {
-            let gauges = [
-                (
-                    "lhama_queue_depth",
-                    "Requests waiting for admission.",
-                    s.waiting.load(Ordering::Relaxed) as u64,
-                    "gauge",
-                ),
-                (
-                    "lhama_running_sequences",
-                    "Sequences in the running batch.",
-                    s.running.load(Ordering::Relaxed) as u64,
-                    "gauge",
-                ),
-                (
-                    "lhama_kv_blocks_used",
-                    "KV cache blocks in use.",
-                    s.blocks_used.load(Ordering::Relaxed) as u64,
-                    "gauge",
-                ),
-                (
-                    "lhama_kv_blocks_free",
-                    "KV cache blocks free.",
-                    s.blocks_free.load(Ordering::Relaxed) as u64,
-                    "gauge",
-                ),
-                (
-                    "lhama_preemptions_total",
-                    "Sequences preempted for lack of KV blocks.",
-                    s.preemptions.load(Ordering::Relaxed),
-                    "counter",
-                ),
-                (
-                    "lhama_prompt_tokens_total",
-                    "Prompt tokens received.",
-                    s.prompt_tokens.load(Ordering::Relaxed),
-                    "counter",
-                ),
-                (
-                    "lhama_generation_tokens_total",
-                    "Tokens generated.",
-                    s.generated_tokens.load(Ordering::Relaxed),
-                    "counter",
-                ),
-                (
-                    "lhama_engine_steps_total",
-                    "Forward steps run.",
-                    s.steps.load(Ordering::Relaxed),
-                    "counter",
-                ),
-            ];
-            for (name, help, v, kind) in gauges {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-                );
+            let load = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as i64;
+            self.waiting.set(load(&s.waiting));
+            self.running.set(load(&s.running));
+            let (used, free) = (load(&s.blocks_used), load(&s.blocks_free));
+            self.kv_used.set(used);
+            self.kv_free.set(free);
+            if used + free > 0 {
+                self.kv_usage.set(used as f64 / (used + free) as f64);
             }
+            self.preemptions
+                .update(s.preemptions.load(Ordering::Relaxed));
+            self.prompt_tokens
+                .update(s.prompt_tokens.load(Ordering::Relaxed));
+            self.generation_tokens
+                .update(s.generated_tokens.load(Ordering::Relaxed));
+            self.steps.update(s.steps.load(Ordering::Relaxed));
         }
-        for (h, name, help) in [
-            (
-                &self.ttft,
-                "lhama_time_to_first_token_seconds",
-                "Time from request to first token.",
-            ),
-            (
-                &self.itl,
-                "lhama_inter_token_latency_seconds",
-                "Time between consecutive tokens of a request.",
-            ),
-            (
-                &self.e2e,
-                "lhama_e2e_request_latency_seconds",
-                "Time from request to its last token.",
-            ),
-        ] {
-            if let Ok(h) = h.lock() {
-                h.render(&mut out, name, help);
-            }
+        self.read_process();
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.push_str("# metrics could not be encoded\n");
         }
         out
+    }
+
+    /// Resident memory, open descriptors and CPU time from /proc (Linux;
+    /// elsewhere these stay at 0).
+    fn read_process(&self) {
+        const PAGE: i64 = 4096;
+        const TICKS_PER_SECOND: f64 = 100.0;
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            if let Some(pages) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<i64>().ok())
+            {
+                self.resident_memory.set(pages * PAGE);
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(dir.count() as i64);
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces): utime and
+            // stime are the 12th and 13th after the closing parenthesis.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let secs = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
+            if let Ok(mut c) = self.cpu_seconds.lock() {
+                if secs > c.1 {
+                    c.0.inc_by(secs - c.1);
+                    c.1 = secs;
+                }
+            }
+        }
     }
 }

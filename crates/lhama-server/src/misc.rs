@@ -52,7 +52,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let engine = state.0.loaded.get().map(|l| &*l.engine.stats);
     let body = state.0.metrics.render(engine);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 pub async fn version() -> Json<serde_json::Value> {

@@ -66,6 +66,12 @@ pub struct AppState(pub Arc<Inner>);
 
 impl AppState {
     pub fn new(config: ServerConfig) -> Self {
+        let metrics = Metrics::new(
+            config
+                .served_model_names
+                .first()
+                .map_or("lhama", String::as_str),
+        );
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -73,7 +79,7 @@ impl AppState {
             config,
             loaded: OnceLock::new(),
             load_error: OnceLock::new(),
-            metrics: Metrics::default(),
+            metrics,
             shutting_down: AtomicBool::new(false),
             in_flight: Arc::new(InFlight::default()),
             cut: watch::Sender::new(false),

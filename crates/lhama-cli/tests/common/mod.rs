@@ -224,11 +224,15 @@ pub async fn metric(server: &Server, name: &str) -> f64 {
         .text()
         .await
         .unwrap();
+    // `name value` or `name{labels} value` (every series has model_name).
     text.lines()
         .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.parse().ok())
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once('}')?.1,
+                None => rest,
+            };
+            rest.strip_prefix(' ')?.trim().parse().ok()
         })
         .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
 }
