@@ -18,6 +18,19 @@ cu13=$(.venv/bin/python -c 'import nvidia, os; print(os.path.join(list(nvidia.__
 export LD_LIBRARY_PATH="$cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LHAMA_CUDA_INCLUDE="$cu13/include"
 
+# The browser test's tools: Debian's chromium and the pinned npm packages
+# (tests/browser). A missing one makes the test fail, never pass silently.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+  else
+    echo "warning: /usr/bin/chromium is missing (apt-get install chromium); the browser test will fail" >&2
+  fi
+fi
+if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.lhama-lock 2>/dev/null; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.lhama-lock)
+fi
+
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --locked -- -D warnings
 log=$(mktemp)
