@@ -29,7 +29,7 @@ class Server:
         address, state = None, None
         for line in self.proc.stderr:
             try:
-                fields = json.loads(line).get("fields", {})
+                fields = json.loads(line)
             except ValueError:
                 continue
             address = address or fields.get("address")

@@ -131,7 +131,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter);
     if json_logs {
-        logs.json().init();
+        // One flat object per line: the event's fields beside timestamp,
+        // level and target (the request span's fields under "span").
+        logs.json().flatten_event(true).init();
     } else {
         logs.init();
     }

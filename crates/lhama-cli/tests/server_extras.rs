@@ -315,7 +315,7 @@ async fn every_request_gets_an_id_and_an_access_log_line() {
         let lines = server.log.lock().unwrap().clone();
         lines.iter().find_map(|l| {
             let v: Value = serde_json::from_str(l).ok()?;
-            (v["fields"]["message"] == "request" && v["fields"]["request_id"] == id).then_some(v)
+            (v["message"] == "request" && v["request_id"] == id).then_some(v)
         })
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -329,7 +329,11 @@ async fn every_request_gets_an_id_and_an_access_log_line() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let chat = line("test-req-1").unwrap()["fields"].clone();
+    let chat = line("test-req-1").unwrap();
+    assert_eq!(
+        chat["target"], "lhama::access",
+        "flat fields beside the target: {chat}"
+    );
     assert_eq!(chat["status"], 200, "{chat}");
     assert_eq!(chat["method"], "POST");
     assert_eq!(chat["route"], "/v1/chat/completions");
@@ -337,10 +341,10 @@ async fn every_request_gets_an_id_and_an_access_log_line() {
     assert!(chat["prompt_tokens"].as_u64().unwrap() > 0, "{chat}");
     assert_eq!(chat["finish_reason"], "length");
     assert!(chat["latency_ms"].as_f64().unwrap() > 0.0);
-    let streamed = line(&streamed_id).unwrap()["fields"].clone();
+    let streamed = line(&streamed_id).unwrap();
     assert_eq!(streamed["completion_tokens"], 7, "{streamed}");
     assert_eq!(streamed["route"], "/v1/completions");
-    let bad = line(&bad_id).unwrap()["fields"].clone();
+    let bad = line(&bad_id).unwrap();
     assert_eq!(bad["status"], 400, "{bad}");
 }
 

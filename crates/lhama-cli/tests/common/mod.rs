@@ -100,7 +100,7 @@ pub async fn start_with_env(
             lines.lock().unwrap().push(line.clone());
             if !sent {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(a) = v["fields"]["address"].as_str() {
+                    if let Some(a) = v["address"].as_str() {
                         let _ = tx.send(a.to_string());
                         sent = true;
                     }
