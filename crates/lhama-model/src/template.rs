@@ -61,9 +61,15 @@ impl ChatTemplate {
     /// Compiles `source`; a syntax error is reported with minijinja's message.
     pub fn new(source: &str) -> Result<Self, String> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
+        // Hugging Face renders chat templates with jinja2's trim_blocks and
+        // lstrip_blocks on.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(false)
+            .build()
+            .map_err(|e| format!("{e:#}"))?;
+        env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -99,7 +105,7 @@ impl ChatTemplate {
             .get_template(TEMPLATE_NAME)
             .expect("the chat template is added in ChatTemplate::new");
         let ctx = minijinja::context! {
-            messages => messages,
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => bos_token,
             eos_token => eos_token,
