@@ -20,7 +20,7 @@ pub struct ServerConfig {
     pub served_model_names: Vec<String>,
     pub api_keys: Vec<String>,
     pub max_body_bytes: usize,
-    /// Requests admitted but not yet started (no first token) at most.
+    /// Sequences queued but not yet admitted by the engine at most.
     pub max_queue_requests: usize,
     /// Prompt tokens of those requests at most.
     pub max_queue_tokens: usize,
