@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod json_log;
 mod load;
 mod serve;
 
@@ -131,9 +132,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter);
     if json_logs {
-        // One flat object per line: the event's fields beside timestamp,
-        // level and target (the request span's fields under "span").
-        logs.json().flatten_event(true).init();
+        logs.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json_log::JsonLines)
+            .init();
     } else {
         logs.init();
     }

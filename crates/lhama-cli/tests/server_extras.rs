@@ -346,6 +346,22 @@ async fn every_request_gets_an_id_and_an_access_log_line() {
     assert_eq!(streamed["route"], "/v1/completions");
     let bad = line(&bad_id).unwrap();
     assert_eq!(bad["status"], 400, "{bad}");
+    // JSON lines are flat, and a list is a JSON list.
+    let serving = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "lhama serving")
+        .expect("the start-up line");
+    assert_eq!(
+        serving["served_as"],
+        json!(["tiny", "tiny-alias"]),
+        "{serving}"
+    );
+    assert_eq!(serving["level"], "INFO");
+    assert!(serving["timestamp"].is_string());
 }
 
 /// The rendered prompt's token count, through /tokenize.
