@@ -2,6 +2,9 @@
 types, and each error case raises the SDK's matching exception class."""
 
 import signal
+import time
+import urllib.error
+import urllib.request
 
 import openai
 import pytest
@@ -107,6 +110,16 @@ def test_a_draining_server_raises_internal_server_error(slow_server):
                                    extra_body={"ignore_eos": True})
     next(iter(running))
     slow_server.proc.send_signal(signal.SIGTERM)
+    # Wait until the server is draining, so the next request meets the drain.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            urllib.request.urlopen(slow_server.base + "/health")
+        except urllib.error.HTTPError as err:
+            if err.code == 503:
+                break
+        assert time.monotonic() < deadline, "the server did not start draining"
+        time.sleep(0.01)
     with pytest.raises(openai.InternalServerError) as e:
         c.chat.completions.create(model="tiny", messages=QUESTION)
     assert e.value.status_code == 503

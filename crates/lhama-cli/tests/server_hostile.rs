@@ -484,8 +484,7 @@ async fn shutdown_drains_with_503_and_exits_when_streams_end() {
         .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: lhama\r\ncontent-le")
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    common::sigterm(&server);
-    std::thread::sleep(Duration::from_millis(200));
+    common::sigterm_and_wait_for_drain(&server).await;
     for (method, path, body) in [
         ("GET", "/health", String::new()),
         ("POST", "/v1/chat/completions", chat(json!({}))),

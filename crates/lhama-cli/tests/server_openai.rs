@@ -380,7 +380,7 @@ async fn body_limit_and_unavailable_model_through_the_client() {
         .unwrap();
     let mut running = running.bytes_stream();
     running.next().await.unwrap().unwrap();
-    common::sigterm(&draining);
+    common::sigterm_and_wait_for_drain(&draining).await;
     let req = CreateChatCompletionRequestArgs::default()
         .model("tiny")
         .messages([user("Oi")])

@@ -245,6 +245,25 @@ pub async fn wait_metric(server: &Server, name: &str, want: f64) {
     }
 }
 
+/// Sends SIGTERM and waits until the server is draining (/health 503), so
+/// that a request sent next meets the drain.
+pub async fn sigterm_and_wait_for_drain(server: &Server) {
+    sigterm(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await {
+            if r.status().as_u16() == 503 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not start draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Sends SIGTERM to the server.
 pub fn sigterm(server: &Server) {
     let pid = server.child.id().to_string();
