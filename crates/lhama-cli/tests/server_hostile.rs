@@ -217,12 +217,18 @@ async fn slowloris_connections_are_capped_and_timed_out() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    // The cap is reached: a ninth connection is answered 503 and closed.
-    let mut s = connect(&server);
-    s.write_all(b"GET /health HTTP/1.1\r\nhost: lhama\r\n\r\n")
-        .unwrap();
-    let answer = read_until(&mut s, |_| false);
+    // Once the eight are accepted, a ninth connection is answered 503 and
+    // closed (until then /health answers it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        let mut s = connect(&server);
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: lhama\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let answer = read_until(&mut s, |_| false);
+        if status_of(&answer) != 200 || Instant::now() > deadline {
+            break answer;
+        }
+    };
     assert_error(&answer, 503, "connection limit");
     assert!(
         server
@@ -483,7 +489,8 @@ async fn shutdown_drains_with_503_and_exits_when_streams_end() {
     half_sent
         .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: lhama\r\ncontent-le")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The stalled request has reached the engine.
+    common::wait_metric_at_least(&server, "lhama_prompt_tokens_total", 1.0).await;
     common::sigterm_and_wait_for_drain(&server).await;
     for (method, path, body) in [
         ("GET", "/health", String::new()),
@@ -530,9 +537,9 @@ async fn streams_cut_at_grace_expiry_end_with_an_error_event() {
     let _serial = SERIAL.lock().await;
     let mut server = common::start(&["--shutdown-grace-secs", "1"]).await;
     let mut stalled = stalled_stream(&server);
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_metric_at_least(&server, "lhama_prompt_tokens_total", 1.0).await;
     common::sigterm(&server);
-    std::thread::sleep(Duration::from_millis(1300));
+    common::wait_log(&server, "grace period over").await;
     let raw = read_until(&mut stalled, chunked_end);
     let data = sse_data(&raw);
     let n = data.len();

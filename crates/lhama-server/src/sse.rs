@@ -233,14 +233,14 @@ mod cut_tests {
         let response = stream(events, Text, async move {
             let _ = cut_rx.await;
         });
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            let _ = cut_tx.send(());
-        });
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let body = String::from_utf8(bytes.to_vec()).unwrap();
+        // Cut once the first event is out (the stream is then running).
+        let mut frames = response.into_body().into_data_stream();
+        let mut bytes = frames.next().await.unwrap().unwrap().to_vec();
+        let _ = cut_tx.send(());
+        while let Some(frame) = frames.next().await {
+            bytes.extend_from_slice(&frame.unwrap());
+        }
+        let body = String::from_utf8(bytes).unwrap();
         let data: Vec<&str> = body
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))

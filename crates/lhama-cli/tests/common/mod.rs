@@ -245,6 +245,24 @@ pub async fn wait_metric(server: &Server, name: &str, want: f64) {
     }
 }
 
+/// Waits until a metric is at least `want`.
+pub async fn wait_metric_at_least(server: &Server, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(server, name).await < want {
+        assert!(Instant::now() < deadline, "{name} never reached {want}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Waits until the server has written a log line containing `text`.
+pub async fn wait_log(server: &Server, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log.lock().unwrap().iter().any(|l| l.contains(text)) {
+        assert!(Instant::now() < deadline, "the log never said {text:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Sends SIGTERM and waits until the server is draining (/health 503), so
 /// that a request sent next meets the drain.
 pub async fn sigterm_and_wait_for_drain(server: &Server) {
