@@ -75,11 +75,6 @@ impl GemmTiming {
         let bytes = k * n / 2 + 2 * (k / group) * n * 4;
         bytes as f64 / us / 1e3
     }
-
-    /// Weight bytes cuBLAS reads (f16) over `us`, in GB/s.
-    pub fn f16_weight_gbps(&self, us: f64) -> f64 {
-        (2 * self.shape.k * self.shape.n) as f64 / us / 1e3
-    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

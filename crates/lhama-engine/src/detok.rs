@@ -53,7 +53,11 @@ impl IncrementalDecoder {
     /// with the window would merge them with earlier invalid bytes.
     fn push_bytes(&mut self, tokenizer: &Tokenizer) -> Option<Option<String>> {
         let held = &self.ids[self.read_offset..];
-        if self.read_offset == 0 || held.len() > 4 {
+        // Most tokens are not bytes: out before allocating anything.
+        if self.read_offset == 0
+            || held.len() > 4
+            || held.iter().any(|&id| tokenizer.byte_fallback(id).is_none())
+        {
             return None;
         }
         let bytes: Vec<u8> = held

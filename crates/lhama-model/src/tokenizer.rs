@@ -17,6 +17,9 @@ pub struct Tokenizer {
     chat_template: Option<ChatTemplate>,
     /// Bytes of the longest piece in the vocabulary (added tokens included).
     max_piece_bytes: usize,
+    /// The byte each byte-fallback piece (`<0xNN>`) stands for, by id:
+    /// looked up per generated token, so built once at load.
+    byte_pieces: Vec<Option<u8>>,
 }
 
 /// `"<s>"` or `{"content": "<s>", ...}`: both forms occur in tokenizer_config.json.
@@ -54,6 +57,15 @@ fn template_source(path: &Path, value: Option<&Value>) -> Result<Option<String>>
             "neither a string nor a list",
         )),
     }
+}
+
+/// The byte of a byte-fallback piece, `<0xNN>`.
+fn byte_of_piece(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 impl Tokenizer {
@@ -102,15 +114,16 @@ impl Tokenizer {
                 )
             }
         };
-        let max_piece_bytes = inner
-            .get_vocab(true)
-            .keys()
-            .map(String::len)
-            .max()
-            .unwrap_or(1);
+        let vocab = inner.get_vocab(true);
+        let max_piece_bytes = vocab.keys().map(String::len).max().unwrap_or(1);
+        let mut byte_pieces = vec![None; vocab.values().max().map_or(0, |&id| id as usize + 1)];
+        for (piece, &id) in &vocab {
+            byte_pieces[id as usize] = byte_of_piece(piece);
+        }
         Ok(Self {
             inner,
             max_piece_bytes,
+            byte_pieces,
             bos_token,
             eos_token,
             bos_id,
@@ -148,12 +161,7 @@ impl Tokenizer {
 
     /// The byte a byte-fallback piece (`<0xNN>`) stands for.
     pub fn byte_fallback(&self, id: u32) -> Option<u8> {
-        let piece = self.inner.id_to_token(id)?;
-        let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
-        if hex.len() != 2 {
-            return None;
-        }
-        u8::from_str_radix(hex, 16).ok()
+        self.byte_pieces.get(id as usize).copied().flatten()
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {

@@ -140,13 +140,13 @@ pub fn merge_system_messages(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
 
 /// The text of a token as OpenAI reports it ("▁" as a space; byte pieces as their byte).
 pub fn token_text(tokenizer: &Tokenizer, id: u32) -> (String, Vec<u8>) {
-    let piece = tokenizer.id_to_token(id).unwrap_or_default();
-    if let Some(hex) = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
-        if let Ok(b) = u8::from_str_radix(hex, 16) {
-            return (String::from_utf8_lossy(&[b]).into_owned(), vec![b]);
-        }
+    if let Some(b) = tokenizer.byte_fallback(id) {
+        return (String::from_utf8_lossy(&[b]).into_owned(), vec![b]);
     }
-    let text = piece.replace('▁', " ");
+    let text = tokenizer
+        .id_to_token(id)
+        .unwrap_or_default()
+        .replace('▁', " ");
     let bytes = text.as_bytes().to_vec();
     (text, bytes)
 }

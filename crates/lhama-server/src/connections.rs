@@ -279,20 +279,23 @@ pub async fn accept_loop(
     }
 }
 
-const REFUSAL: &str = r#"{"error":{"message":"The server has reached its connection limit. Retry later.","type":"server_error","param":null,"code":null}}"#;
-
 /// Answers a connection over the cap with 503 and closes it.
 async fn refuse(mut stream: TcpStream) {
+    let body = crate::error::ApiError::unavailable(
+        "The server has reached its connection limit. Retry later.",
+    )
+    .body()
+    .to_string();
     // Take what the client already sent, so that closing does not reset the
     // connection before it reads the answer.
     let mut scratch = [0u8; 4096];
     let _ = stream.try_read(&mut scratch);
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-        REFUSAL.len()
+        body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(REFUSAL.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
 
