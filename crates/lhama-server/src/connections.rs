@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -286,10 +286,12 @@ async fn refuse(mut stream: TcpStream) {
     )
     .body()
     .to_string();
-    // Take what the client already sent, so that closing does not reset the
-    // connection before it reads the answer.
+    // Read the request's start (briefly) and, after answering, whatever
+    // else comes until the client closes: closing a socket with unread
+    // input resets the connection, and the client would lose the answer.
+    // The caller bounds the whole exchange (1 s).
     let mut scratch = [0u8; 4096];
-    let _ = stream.try_read(&mut scratch);
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut scratch)).await;
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
         body.len()
@@ -297,6 +299,7 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(body.as_bytes()).await;
     let _ = stream.shutdown().await;
+    while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
 }
 
 async fn serve_connection(
