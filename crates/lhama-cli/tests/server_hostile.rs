@@ -184,67 +184,111 @@ async fn streamed_events_arrive_as_made_on_a_reused_connection() {
     );
 }
 
+/// The value of an unlabelled-but-for-model_name series in a /metrics text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Starts trickling a request head on `s`: the request line now, then one
+/// header line every 200 ms until the server closes. Returns when it was
+/// closed and whether the server had answered anything first.
+fn trickle(mut s: TcpStream, i: usize) -> std::thread::JoinHandle<(Instant, bool)> {
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut answered = false;
+        for j in 0..100 {
+            std::thread::sleep(Duration::from_millis(200));
+            if s.write_all(format!("x-slow-{i}-{j}: 1\r\n").as_bytes())
+                .is_err()
+            {
+                break;
+            }
+            s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => answered = true,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        (Instant::now(), answered)
+    })
+}
+
 /// Connections that trickle a request head are closed after the header-read
 /// timeout; past the connection cap a new one gets an OpenAI-shaped 503 and
-/// the log says why; once the tricklers are gone the server serves again.
+/// the log and metrics say why; once the tricklers are gone the server
+/// serves again.
+///
+/// The eight connections that fill the cap are known to hold its eight
+/// places before the ninth comes: the first is the one that read
+/// `lhama_http_open_connections` = 1 (no other connection open), and the
+/// other seven connected before the ninth (the accept loop takes them in
+/// order). Probing while tricklers still connect would race with them.
 #[tokio::test]
 async fn slowloris_connections_are_capped_and_timed_out() {
     let _serial = SERIAL.lock().await;
     let server =
         common::start(&["--max-connections", "8", "--header-read-timeout-secs", "2"]).await;
-    let addr = host(&server);
-    let started = Instant::now();
-    let tricklers: Vec<_> = (0..8)
-        .map(|i| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\n")
-                    .unwrap();
-                // One header line every 200 ms, until the server closes.
-                for j in 0..100 {
-                    std::thread::sleep(Duration::from_millis(200));
-                    if s.write_all(format!("x-slow-{i}-{j}: 1\r\n").as_bytes())
-                        .is_err()
-                    {
-                        break;
-                    }
-                    if closed_within(&mut s, Duration::from_millis(1)) {
-                        break;
-                    }
-                }
-                Instant::now()
-            })
-        })
-        .collect();
-    // Once the eight are accepted, a ninth connection is answered 503 and
-    // closed (until then /health answers it).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let answer = loop {
+    let scrape = b"GET /metrics HTTP/1.1\r\nhost: lhama\r\n\r\n";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
         let mut s = connect(&server);
-        s.write_all(b"GET /health HTTP/1.1\r\nhost: lhama\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        let answer = read_until(&mut s, |_| false);
-        if status_of(&answer) != 200 || Instant::now() > deadline {
-            break answer;
+        s.write_all(scrape).unwrap();
+        let answer = read_until(&mut s, whole_response);
+        assert_eq!(status_of(&answer), 200);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if metric(&text, "lhama_http_open_connections") == 1.0 {
+            break s;
         }
+        // The server has yet to see the start-up check's connection close.
+        assert!(Instant::now() < deadline, "connections stayed open: {text}");
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let started = Instant::now();
+    let mut tricklers = vec![trickle(first, 0)];
+    for i in 1..8 {
+        tricklers.push(trickle(connect(&server), i));
+    }
+    // The ninth connection is answered 503 and closed.
+    let mut s = connect(&server);
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: lhama\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let answer = read_until(&mut s, |_| false);
     assert_error(&answer, 503, "connection limit");
     // A log line says the cap was hit (read from stderr by another thread).
     common::wait_log(&server, "connection limit reached").await;
-    // The tricklers are cut off by the 2 s header-read timeout.
+    // The tricklers are cut off by the 2 s header-read timeout, unanswered.
     for t in tricklers {
-        let ended = t.join().unwrap();
+        let (ended, answered) = t.join().unwrap();
         let lived = ended - started;
+        assert!(!answered, "a trickling connection got an answer");
         assert!(
-            lived < Duration::from_secs(6),
+            lived > Duration::from_millis(1500) && lived < Duration::from_secs(6),
             "a trickling connection lived {lived:?}"
         );
     }
-    let r = reqwest::get(format!("{}/health", server.base))
+    let r = reqwest::get(format!("{}/metrics", server.base))
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.unwrap();
+    assert_eq!(
+        metric(&text, "lhama_http_refused_connections_total"),
+        1.0,
+        "{text}"
+    );
 }
 
 /// A kept-alive connection with nothing in flight is closed after the idle

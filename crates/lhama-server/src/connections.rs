@@ -260,6 +260,7 @@ pub async fn accept_loop(
                 );
                 last_cap_log = Some(Instant::now());
             }
+            state.0.metrics.connection_refused();
             if let Ok(permit) = refusals.clone().try_acquire_owned() {
                 tokio::spawn(async move {
                     let _permit = permit;
@@ -269,11 +270,12 @@ pub async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let counted = state.0.metrics.connection_opened();
         let app = app.clone();
         let state = state.clone();
         let closing = closing.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, counted);
             serve_connection(stream, app, state, limits, closing).await;
         });
     }

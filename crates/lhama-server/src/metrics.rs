@@ -30,6 +30,15 @@ fn length_buckets() -> impl Iterator<Item = f64> {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// An accepted connection, counted in `lhama_http_open_connections` while alive.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Engine counters are monotonic atomics in the engine; a scrape adds what
 /// they gained since the last one.
 #[derive(Default)]
@@ -64,6 +73,8 @@ pub struct Metrics {
     prompt_tokens: Delta,
     generation_tokens: Delta,
     steps: Delta,
+    open_connections: Gauge,
+    refused_connections: Counter,
     resident_memory: Gauge,
     open_fds: Gauge,
     cpu_seconds: Mutex<(Counter<f64, AtomicU64>, f64)>,
@@ -113,6 +124,8 @@ impl Metrics {
             prompt_tokens: Delta::default(),
             generation_tokens: Delta::default(),
             steps: Delta::default(),
+            open_connections: Gauge::default(),
+            refused_connections: Counter::default(),
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
             cpu_seconds: Mutex::new((Counter::default(), 0.0)),
@@ -207,6 +220,16 @@ impl Metrics {
             m.steps.counter.clone(),
         );
         r.register(
+            "lhama_http_open_connections",
+            "HTTP connections open (accepted under --max-connections)",
+            m.open_connections.clone(),
+        );
+        r.register(
+            "lhama_http_refused_connections",
+            "HTTP connections refused with 503 at the connection cap",
+            m.refused_connections.clone(),
+        );
+        r.register(
             "process_resident_memory_bytes",
             "Resident memory of the server process",
             m.resident_memory.clone(),
@@ -252,6 +275,17 @@ impl Metrics {
             Latency::Queue => &self.queue_time,
         }
         .observe(secs);
+    }
+
+    /// A connection was accepted; the returned guard counts it open until dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.open_connections.inc();
+        OpenConnection(self.open_connections.clone())
+    }
+
+    /// A connection over the cap was refused.
+    pub fn connection_refused(&self) {
+        self.refused_connections.inc();
     }
 
     /// A sequence finished.
