@@ -10,6 +10,8 @@ fn lhama(args: &[&str], envs: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(common::lhama_bin());
     cmd.args(args)
         .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_ENDPOINT")
+        .env_remove("HF_TOKEN")
         .env_remove("LHAMA_MODEL")
         .env("RUST_LOG", "warn");
     for (k, v) in envs {
@@ -197,6 +199,137 @@ fn offline_hub_ids_resolve_from_the_hf_cache() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A stand-in for the Hugging Face Hub on loopback: `/{repo}/resolve/main/{file}`
+/// answers HEAD and GET for the files of `dir` (ETag, X-Repo-Commit,
+/// Content-Length, as the Hub does) and 404 for others. Returns its address
+/// and the request lines (with their Authorization header) it saw.
+fn fake_hub(
+    dir: std::path::PathBuf,
+    repo: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut auth = String::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if h.to_ascii_lowercase().starts_with("authorization:") {
+                    auth = h.trim().to_string();
+                }
+            }
+            log.lock().unwrap().push(format!("{} {auth}", line.trim()));
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let prefix = format!("/{repo}/resolve/main/");
+            let file = path
+                .strip_prefix(&prefix)
+                .map(|f| dir.join(f))
+                .filter(|f| f.is_file());
+            let mut out = conn;
+            match file {
+                Some(f) => {
+                    let body = std::fs::read(f).unwrap();
+                    // Any stable per-content tag will do as the ETag.
+                    let tag = body.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+                        (h ^ b as u64).wrapping_mul(0x100000001b3)
+                    });
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\netag: \"{tag:016x}\"\r\nx-repo-commit: {COMMIT}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = out.write_all(head.as_bytes());
+                    if method == "GET" {
+                        let _ = out.write_all(&body);
+                    }
+                }
+                None => {
+                    let _ = out.write_all(
+                        format!("HTTP/1.1 404 Not Found\r\nx-repo-commit: {COMMIT}\r\nx-error-code: EntryNotFound\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                    );
+                }
+            }
+        }
+    });
+    (addr, seen)
+}
+
+/// A Hub repo id is downloaded into the standard cache (HF_HOME) through the
+/// Hub's resolve URLs, with HF_TOKEN sent and progress on stderr; a second
+/// run offline finds it there.
+#[test]
+fn hub_ids_download_into_the_hf_cache() {
+    let model = common::synth_tiny();
+    let home = tempfile::tempdir().unwrap();
+    let (addr, seen) = fake_hub(model.path().to_path_buf(), "lhama-test/tiny");
+    let endpoint = std::path::PathBuf::from(format!("http://{addr}"));
+    let args = [
+        "generate",
+        "--model",
+        "lhama-test/tiny",
+        "--prompt",
+        "oi",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+    ];
+    let out = lhama(
+        &args,
+        &[
+            ("HF_ENDPOINT", endpoint.as_path()),
+            ("HF_HOME", home.path()),
+            ("HF_TOKEN", Path::new("hf_secret")),
+        ],
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("generated tokens: "), "{err}");
+    assert!(err.contains("downloading model.safetensors"), "{err}");
+    let seen = seen.lock().unwrap().clone();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        let get = format!(
+            "GET /lhama-test/tiny/resolve/main/{file} HTTP/1.1 authorization: Bearer hf_secret"
+        );
+        assert!(
+            seen.iter().any(|l| l.eq_ignore_ascii_case(&get)),
+            "{seen:#?}"
+        );
+    }
+    let snap = home
+        .path()
+        .join("hub/models--lhama-test--tiny/snapshots/0123456789abcdef0123456789abcdef01234567");
+    for e in std::fs::read_dir(model.path()).unwrap() {
+        let name = e.unwrap().file_name();
+        assert_eq!(
+            std::fs::read(snap.join(&name)).unwrap(),
+            std::fs::read(model.path().join(&name)).unwrap(),
+            "{name:?}"
+        );
+    }
+    // Offline, from the cache just written; the fake Hub is not asked again.
+    let before = seen.len();
+    let out = lhama(
+        &args,
+        &[("HF_HUB_OFFLINE", Path::new("1")), ("HF_HOME", home.path())],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(before, seen.len());
 }
 
 /// Logs written to a pipe or a file carry no terminal colour codes.

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::Cache;
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::HFClientSync;
+use hf_hub::HFError;
+use hf_hub::progress::{DownloadEvent, Progress, ProgressEvent, ProgressHandler};
 
 use crate::error::{ModelError, Result};
 use crate::safetensors_io::{INDEX_FILE, SINGLE_FILE};
@@ -59,67 +60,76 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
             message: "no such directory, and not a Hugging Face repo id (owner/name)".into(),
         });
     }
-    if env_flag("HF_HUB_OFFLINE") {
-        from_cache(spec)
-    } else {
-        download(spec)
+    from_hub(spec, env_flag("HF_HUB_OFFLINE"))
+}
+
+/// The Hub client, and the repository `owner/name` on it.
+fn hub_repo(repo_id: &str) -> Result<hf_hub::HFRepositorySync<hf_hub::RepoTypeModel>> {
+    let (owner, name) = repo_id
+        .split_once('/')
+        .expect("looks_like_repo_id checked owner/name");
+    // Endpoint, token (HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token) and cache
+    // (HF_HUB_CACHE, $HF_HOME/hub) come from the environment, as in the
+    // Python client.
+    let client = HFClientSync::new().map_err(|e| ModelError::Source {
+        model: repo_id.into(),
+        message: format!("could not set up the Hugging Face Hub client ({e}); {LOCAL_HINT}"),
+    })?;
+    Ok(client.model(owner, name))
+}
+
+/// Fetches `file` of the repo into the standard cache (or, offline, finds it
+/// there) and returns its path. `Ok(None)`: the repo has no such file.
+fn fetch_file(
+    repo: &hf_hub::HFRepositorySync<hf_hub::RepoTypeModel>,
+    file: &str,
+    offline: bool,
+) -> std::result::Result<Option<PathBuf>, HFError> {
+    let progress = (!offline).then(|| Progress::new(DownloadLog::new(file)));
+    match repo
+        .download_file()
+        .filename(file)
+        .local_files_only(offline)
+        .maybe_progress(progress)
+        .send()
+    {
+        Ok(p) => Ok(Some(p)),
+        Err(HFError::EntryNotFound { .. }) => Ok(None),
+        Err(HFError::LocalEntryNotFound { .. }) if offline => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-fn from_cache(repo_id: &str) -> Result<PathBuf> {
-    let cache = Cache::from_env();
-    let repo = cache.model(repo_id.to_string());
-    let mut dir = None;
-    for file in REQUIRED {
-        match repo.get(file) {
-            Some(p) => dir = p.parent().map(Path::to_path_buf),
-            None => {
-                return Err(ModelError::Source {
-                    model: repo_id.into(),
-                    message: format!(
-                        "HF_HUB_OFFLINE is set and {file} is not in the Hugging Face cache ({}); {LOCAL_HINT}",
-                        cache.path().display()
-                    ),
-                });
-            }
-        }
-    }
-    let dir = dir.expect("REQUIRED is not empty, so the loop set dir or returned");
-    if repo.get(INDEX_FILE).is_none() && repo.get(SINGLE_FILE).is_none() {
-        return Err(ModelError::Source {
-            model: repo_id.into(),
-            message: format!(
-                "HF_HUB_OFFLINE is set and no weights are in the Hugging Face cache ({}); {LOCAL_HINT}",
-                cache.path().display()
-            ),
-        });
-    }
-    Ok(dir)
-}
-
-fn download(repo_id: &str) -> Result<PathBuf> {
+/// Brings the model's files from the Hub into the standard cache (or, with
+/// `offline`, only looks there): config.json and tokenizer.json, the
+/// optional configs, and the weights (one file, or the index and its shards).
+/// Returns the snapshot directory that holds them.
+fn from_hub(repo_id: &str, offline: bool) -> Result<PathBuf> {
     let fail = |what: &str, e: &dyn std::fmt::Display| ModelError::Source {
         model: repo_id.into(),
-        message: format!("could not download {what} from the Hugging Face Hub ({e}); {LOCAL_HINT}"),
+        message: if offline {
+            format!(
+                "HF_HUB_OFFLINE is set and {what} is not in the Hugging Face cache ({e}); {LOCAL_HINT}"
+            )
+        } else {
+            format!("could not download {what} from the Hugging Face Hub ({e}); {LOCAL_HINT}")
+        },
     };
-    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-    let api = ApiBuilder::from_cache(Cache::from_env())
-        .with_progress(true)
-        .with_token(token)
-        .build()
-        .map_err(|e| fail("anything", &e))?;
-    let repo = api.model(repo_id.to_string());
+    let missing = |what: &str| fail(what, &"the repository has no such file");
+    let repo = hub_repo(repo_id)?;
     let mut dir = None;
     for file in REQUIRED {
-        let p = repo.get(file).map_err(|e| fail(file, &e))?;
+        let p = fetch_file(&repo, file, offline)
+            .map_err(|e| fail(file, &e))?
+            .ok_or_else(|| missing(file))?;
         dir = p.parent().map(Path::to_path_buf);
     }
     for file in OPTIONAL {
         // Absent optional files are fine; the loader falls back to defaults.
-        let _ = repo.get(file);
+        fetch_file(&repo, file, offline).map_err(|e| fail(file, &e))?;
     }
-    match repo.get(INDEX_FILE) {
-        Ok(index_path) => {
+    match fetch_file(&repo, INDEX_FILE, offline).map_err(|e| fail(INDEX_FILE, &e))? {
+        Some(index_path) => {
             let index = crate::error::read_json(&index_path)?;
             let mut shards: Vec<String> = index
                 .get("weight_map")
@@ -133,14 +143,73 @@ fn download(repo_id: &str) -> Result<PathBuf> {
             shards.sort();
             shards.dedup();
             for shard in shards {
-                repo.get(&shard).map_err(|e| fail(&shard, &e))?;
+                fetch_file(&repo, &shard, offline)
+                    .map_err(|e| fail(&shard, &e))?
+                    .ok_or_else(|| missing(&shard))?;
             }
         }
-        Err(_) => {
-            repo.get(SINGLE_FILE).map_err(|e| fail(SINGLE_FILE, &e))?;
+        None => {
+            fetch_file(&repo, SINGLE_FILE, offline)
+                .map_err(|e| fail(SINGLE_FILE, &e))?
+                .ok_or_else(|| {
+                    fail("the weights (model.safetensors or its index)", &"not found")
+                })?;
         }
     }
     Ok(dir.expect("REQUIRED is not empty, so the loop set dir or returned"))
+}
+
+/// Download progress of one file on stderr: a line at the start, at every
+/// tenth of the size, and at the end.
+struct DownloadLog {
+    file: String,
+    tenths: std::sync::atomic::AtomicU64,
+}
+
+impl DownloadLog {
+    fn new(file: &str) -> Self {
+        Self {
+            file: file.to_string(),
+            tenths: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn report(&self, done: u64, total: u64) {
+        use std::sync::atomic::Ordering;
+        if total == 0 {
+            return;
+        }
+        let tenth = done.min(total) * 10 / total;
+        if self.tenths.swap(tenth, Ordering::Relaxed) != tenth {
+            eprintln!(
+                "downloading {}: {:.1} of {:.1} MB",
+                self.file,
+                done as f64 / 1e6,
+                total as f64 / 1e6
+            );
+        }
+    }
+}
+
+impl ProgressHandler for DownloadLog {
+    fn on_progress(&self, event: &ProgressEvent) {
+        match event {
+            ProgressEvent::Download(DownloadEvent::Start { total_bytes, .. }) => {
+                self.report(0, *total_bytes);
+            }
+            ProgressEvent::Download(DownloadEvent::Progress { files }) => {
+                for f in files.iter().filter(|f| f.filename == self.file) {
+                    self.report(f.bytes_completed, f.total_bytes);
+                }
+            }
+            ProgressEvent::Download(DownloadEvent::AggregateProgress {
+                bytes_completed,
+                total_bytes,
+                ..
+            }) => self.report(*bytes_completed, *total_bytes),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
