@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// --gpu-memory-utilization leaves after weights and buffers).
     #[arg(long, env = "LHAMA_KV_CACHE_TOKENS")]
     pub kv_cache_tokens: Option<usize>,
+    /// Automatic prefix caching: requests whose prompt starts like an earlier
+    /// one reuse its KV blocks instead of computing them again [default: true].
+    #[arg(long, env = "LHAMA_PREFIX_CACHING", action = clap::ArgAction::Set)]
+    pub prefix_caching: Option<bool>,
     /// Fraction of the GPU's memory the CUDA backend may take [default: 0.9].
     #[arg(long, env = "LHAMA_GPU_MEMORY_UTILIZATION")]
     pub gpu_memory_utilization: Option<f64>,
@@ -136,6 +140,7 @@ pub struct Settings {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     pub kv_cache_tokens: Option<usize>,
+    pub prefix_caching: bool,
     pub gpu_memory_utilization: f64,
     pub server: ServerConfig,
     pub backend: BackendKind,
@@ -226,6 +231,7 @@ impl ServeArgs {
                 .or(file.kv_cache_tokens)
                 .map(|v| positive("kv-cache-tokens", v))
                 .transpose()?,
+            prefix_caching: pick!(prefix_caching, true),
             gpu_memory_utilization: {
                 let u = pick!(gpu_memory_utilization, 0.9);
                 anyhow::ensure!(
@@ -348,6 +354,7 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
                 max_num_batched_tokens: settings.max_num_batched_tokens,
                 num_blocks: kv.num_blocks,
                 block_size: kv.block_size,
+                prefix_caching: settings.prefix_caching,
             },
             max_model_len,
             eos_ids,
@@ -407,6 +414,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 max_num_seqs = load_settings.max_num_seqs,
                 max_num_batched_tokens = load_settings.max_num_batched_tokens,
                 kv_cache_tokens = scheduler.num_blocks * scheduler.block_size,
+                prefix_caching = scheduler.prefix_caching,
                 max_queue_requests = load_settings.server.max_queue_requests,
                 max_connections = load_settings.connections.max_connections,
                 api_keys = load_settings.server.api_keys.len(),

@@ -428,3 +428,100 @@ async fn system_prompt_merge_and_chat_template_override() {
     .await;
     assert_eq!(body["usage"]["prompt_tokens"], want, "{body}");
 }
+
+/// Reads a streamed response's events: the content and the usage chunk.
+async fn stream_usage(server: &common::Server, path: &str, body: &Value) -> (String, Value) {
+    let events = common::post_stream(server, path, body).await;
+    let mut text = String::new();
+    let mut usage = Value::Null;
+    for e in &events {
+        if let Some(c) = e["choices"][0]["delta"]["content"].as_str() {
+            text += c;
+        }
+        if let Some(c) = e["choices"][0]["text"].as_str() {
+            text += c;
+        }
+        if !e["usage"].is_null() {
+            usage = e["usage"].clone();
+        }
+    }
+    (text, usage)
+}
+
+/// Prefix caching through HTTP: a repeated chat is served from the cache
+/// (whole 16-token blocks, the last prompt token computed) with the same
+/// answer, streamed or not; the second choice of an n = 2 completion shares
+/// the first one's blocks; usage reports it in
+/// prompt_tokens_details.cached_tokens and /metrics counts it. With
+/// `--prefix-caching false` nothing is reused.
+#[tokio::test]
+async fn repeated_prompts_are_served_from_the_prefix_cache() {
+    let history =
+        "Olá! Quero saber mais sobre a história do Brasil, das capitais e dos rios. ".repeat(4);
+    let chat = json!({"model": "tiny", "messages": [{"role": "user", "content": history}],
+                      "max_tokens": 8, "temperature": 0, "ignore_eos": true});
+    let server = common::start(&[]).await;
+    let (status, first) = common::post(&server, "/v1/chat/completions", &chat).await;
+    assert_eq!(status, 200, "{first}");
+    let prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt > 40, "{first}");
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let reusable = (prompt - 1) / 16 * 16;
+    let (_, second) = common::post(&server, "/v1/chat/completions", &chat).await;
+    assert_eq!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"], reusable,
+        "{second}"
+    );
+    assert_eq!(
+        second["choices"][0]["message"],
+        first["choices"][0]["message"]
+    );
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (text, usage) = stream_usage(&server, "/v1/chat/completions", &streamed).await;
+    assert_eq!(text, first["choices"][0]["message"]["content"]);
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], reusable,
+        "{usage}"
+    );
+
+    // Two choices of a new prompt: the second waits for the first's blocks.
+    let text = "Era uma vez um menino que morava perto do mar e gostava de barcos. ".repeat(3);
+    let (_, c) = common::post(
+        &server,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": text, "n": 2, "max_tokens": 4, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    let per_choice = c["usage"]["prompt_tokens"].as_u64().unwrap() / 2;
+    let shared = (per_choice - 1) / 16 * 16;
+    assert_eq!(
+        c["usage"]["prompt_tokens_details"]["cached_tokens"], shared,
+        "{c}"
+    );
+    assert_eq!(c["choices"][0]["text"], c["choices"][1]["text"]);
+
+    let hits = common::metric(&server, "lhama_prefix_cache_hits_total").await;
+    assert_eq!(hits, (2 * reusable + shared) as f64);
+    let queries = common::metric(&server, "lhama_prefix_cache_queries_total").await;
+    assert_eq!(queries, (3 * prompt + 2 * per_choice) as f64);
+    assert!(common::metric(&server, "lhama_prefix_cache_blocks").await >= (reusable / 16) as f64);
+
+    let server = common::start(&["--prefix-caching", "false"]).await;
+    for _ in 0..2 {
+        let (_, body) = common::post(&server, "/v1/chat/completions", &chat).await;
+        assert_eq!(
+            body["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+            "{body}"
+        );
+        assert_eq!(
+            body["choices"][0]["message"],
+            first["choices"][0]["message"]
+        );
+    }
+    assert_eq!(
+        common::metric(&server, "lhama_prefix_cache_hits_total").await,
+        0.0
+    );
+}

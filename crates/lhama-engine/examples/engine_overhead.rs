@@ -79,6 +79,7 @@ fn main() {
                 max_num_batched_tokens: 8192,
                 num_blocks: kv.num_blocks,
                 block_size: 16,
+                prefix_caching: false,
             },
             max_model_len: files.config.max_position_embeddings,
             eos_ids: files.eos_token_ids(),

@@ -45,8 +45,11 @@ pub enum FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The scheduler took the sequence into the running batch (first time
-    /// only; a preempted sequence's return is not reported again).
-    Admitted,
+    /// only; a preempted sequence's return is not reported again), with
+    /// this many prompt tokens served from the prefix cache.
+    Admitted {
+        cached_tokens: usize,
+    },
     /// Logprobs of the prompt tokens (the first has none), before any token.
     PromptLogprobs(Vec<Option<TokenLogprob>>),
     /// A generated token and the text it completes (may be empty while a
@@ -78,6 +81,12 @@ pub struct EngineStats {
     pub steps: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
+    /// KV blocks holding published prefix content (in use or free).
+    pub blocks_cached: AtomicUsize,
+    /// Prefix cache: prompt tokens looked up, tokens served, blocks evicted.
+    pub prefix_queried_tokens: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
+    pub prefix_evicted_blocks: AtomicU64,
 }
 
 enum Command {
@@ -287,8 +296,10 @@ impl Engine {
             prompt_logprobs_sent: false,
             admitted: false,
         };
+        // Prompt logprobs need every prompt position's logits: no reuse.
+        let reuse = active.params.prompt_logprobs.is_none();
         self.active.insert(id, active);
-        self.scheduler.add(id, prompt);
+        self.scheduler.add(id, prompt, reuse);
     }
 
     fn drop_cancelled(&mut self) {
@@ -320,6 +331,14 @@ impl Engine {
             .store(self.scheduler.blocks_free(), Ordering::Relaxed);
         s.preemptions
             .store(self.scheduler.preemptions(), Ordering::Relaxed);
+        s.blocks_cached
+            .store(self.scheduler.blocks_cached(), Ordering::Relaxed);
+        let c = self.scheduler.cache_counters();
+        s.prefix_queried_tokens
+            .store(c.queried_tokens, Ordering::Relaxed);
+        s.prefix_hit_tokens.store(c.hit_tokens, Ordering::Relaxed);
+        s.prefix_evicted_blocks
+            .store(c.evicted_blocks, Ordering::Relaxed);
     }
 
     fn step(&mut self, plan: &StepPlan) {
@@ -336,7 +355,8 @@ impl Engine {
             if let Some(a) = self.active.get_mut(&s.id) {
                 if !a.admitted {
                     a.admitted = true;
-                    let _ = a.events.send(Event::Admitted);
+                    let cached_tokens = self.scheduler.cached_tokens(s.id).unwrap_or(0);
+                    let _ = a.events.send(Event::Admitted { cached_tokens });
                 }
             }
             let base = tokens.len() as u32;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use lhama_model::{Backend, BackendError, ForwardBatch, SampledStep, SeqSlice};
 
-use crate::blocks::BlockAllocator;
+use crate::blocks::BlockPool;
 use crate::sampling::Sampler;
 
 /// Longest prompt chunk one step takes.
@@ -42,7 +42,7 @@ pub fn generate(
     }
     let geometry = backend.kv_geometry();
     let vocab = backend.config().vocab_size;
-    let mut blocks = BlockAllocator::new(geometry.num_blocks, geometry.block_size);
+    let mut blocks = BlockPool::new(geometry.num_blocks, geometry.block_size, false);
     let mut table = Vec::new();
     let total = prompt.len() + max_tokens;
     if !blocks.grow(&mut table, total) {

@@ -12,7 +12,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod stop;
 
-pub use blocks::BlockAllocator;
+pub use blocks::{BlockPool, CacheCounters};
 pub use detok::IncrementalDecoder;
 pub use engine::{
     EngineConfig, EngineHandle, Event, FinishReason, RequestStream, SubmitError, TokenLogprob,

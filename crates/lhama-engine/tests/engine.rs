@@ -31,6 +31,15 @@ fn fixture() -> Fixture {
 }
 
 fn engine(f: &Fixture, num_blocks: usize, budget: usize) -> EngineHandle {
+    engine_with(f, num_blocks, budget, false)
+}
+
+fn engine_with(
+    f: &Fixture,
+    num_blocks: usize,
+    budget: usize,
+    prefix_caching: bool,
+) -> EngineHandle {
     let backend = CpuBackend::new(
         &f.files.config,
         f.files.weights.clone(),
@@ -49,6 +58,7 @@ fn engine(f: &Fixture, num_blocks: usize, budget: usize) -> EngineHandle {
                 max_num_batched_tokens: budget,
                 num_blocks,
                 block_size: 16,
+                prefix_caching,
             },
             max_model_len: f.files.config.max_position_embeddings,
             eos_ids: f.files.eos_token_ids(),
@@ -91,7 +101,7 @@ fn collect(mut s: lhama_engine::RequestStream) -> (Vec<u32>, String, FinishReaso
                 return (ids, text, reason);
             }
             Event::Error(e) => panic!("engine error: {e}"),
-            Event::PromptLogprobs(_) | Event::Admitted => {}
+            Event::PromptLogprobs(_) | Event::Admitted { .. } => {}
         }
     }
     panic!("stream ended without Done");
@@ -252,7 +262,7 @@ fn prompt_logprobs_with_max_tokens_zero() {
     while let Some(ev) = s.events.blocking_recv() {
         match ev {
             Event::PromptLogprobs(l) => lps = Some(l),
-            Event::Admitted => {}
+            Event::Admitted { .. } => {}
             Event::Done {
                 completion_tokens,
                 reason,
@@ -359,6 +369,7 @@ fn the_backend_samples_unless_the_request_needs_the_logits() {
                 max_num_batched_tokens: 128,
                 num_blocks: 64,
                 block_size: 16,
+                prefix_caching: false,
             },
             max_model_len: f.files.config.max_position_embeddings,
             eos_ids: f.files.eos_token_ids(),
@@ -428,7 +439,7 @@ fn scored(mut s: lhama_engine::RequestStream) -> Vec<Option<lhama_engine::TokenL
     while let Some(ev) = s.events.blocking_recv() {
         match ev {
             Event::PromptLogprobs(l) => lps = Some(l),
-            Event::Admitted => {}
+            Event::Admitted { .. } => {}
             Event::Done { .. } => break,
             other => panic!("unexpected {other:?}"),
         }
@@ -477,4 +488,142 @@ fn prompt_logprobs_survive_preemption_and_recomputation() {
     for (i, (got, want)) in under_pressure.iter().zip(&alone).enumerate() {
         assert_eq!(got, want, "prompt position {i}");
     }
+}
+
+/// Tokens, their logprobs and the prompt tokens served from the prefix cache.
+fn collect_full(
+    mut s: lhama_engine::RequestStream,
+) -> (Vec<u32>, Vec<lhama_engine::TokenLogprob>, usize) {
+    let (mut ids, mut lps, mut cached) = (Vec::new(), Vec::new(), None);
+    while let Some(ev) = s.events.blocking_recv() {
+        match ev {
+            Event::Admitted { cached_tokens } => cached = Some(cached_tokens),
+            Event::Token { id, logprob, .. } => {
+                ids.push(id);
+                lps.extend(logprob);
+            }
+            Event::Done { .. } => return (ids, lps, cached.expect("Admitted came first")),
+            Event::Error(e) => panic!("engine error: {e}"),
+            Event::Text(_) | Event::PromptLogprobs(_) => {}
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+/// A three-turn conversation, each turn's prompt the last one's prompt and
+/// answer plus a new message: with the prefix cache, every turn after the
+/// first starts from the cached blocks, and tokens and logprobs (greedy and
+/// seeded draws) are bit-identical to the run without the cache.
+#[test]
+fn prefix_cached_turns_equal_uncached_ones_bit_for_bit() {
+    let f = fixture();
+    let run = |caching: bool| {
+        let eng = engine_with(&f, 64, 48, caching);
+        let mut history = prompt(4, 40);
+        let mut turns = Vec::new();
+        for turn in 0..3u32 {
+            let sampling = if turn == 1 {
+                SamplingParams {
+                    temperature: 0.8,
+                    top_p: 0.9,
+                    seed: Some(7),
+                    ..SamplingParams::default()
+                }
+            } else {
+                SamplingParams::greedy()
+            };
+            let params = RequestParams {
+                sampling,
+                logprobs: Some(5),
+                ..greedy_params(12)
+            };
+            let out = collect_full(eng.submit(history.clone(), params).unwrap());
+            history.extend(&out.0);
+            history.extend(prompt(10 + turn, 30).into_iter().skip(1));
+            turns.push(out);
+        }
+        let hits = eng.stats.prefix_hit_tokens.load(Ordering::Relaxed);
+        (turns, hits)
+    };
+    let (cached, hits) = run(true);
+    let (plain, no_hits) = run(false);
+    assert_eq!(no_hits, 0);
+    for (i, (c, p)) in cached.iter().zip(&plain).enumerate() {
+        assert_eq!(c.0, p.0, "turn {i} tokens");
+        assert_eq!(c.1, p.1, "turn {i} logprobs");
+        assert_eq!(p.2, 0, "nothing cached without the cache");
+    }
+    // Turn 0: 40 prompt tokens and 11 of its 12 answer tokens were fed (the
+    // last one was only sampled): 3 full blocks. Turn 1: its 81-token prompt
+    // and 11 answer tokens, 92 fed: 5 full blocks.
+    assert_eq!(
+        [cached[0].2, cached[1].2, cached[2].2],
+        [0, 48, 80],
+        "cached tokens per turn"
+    );
+    assert_eq!(hits, 128);
+}
+
+/// Many requests over a few shared prefixes, two choices of some, random
+/// cancellations, a pool small enough to force preemption of sequences with
+/// shared blocks: the finished ones equal their solo runs, and every block
+/// is free at the end.
+#[test]
+fn shared_prefixes_under_preemption_and_cancellation_free_every_block() {
+    let f = fixture();
+    let mut solo = CpuBackend::new(
+        &f.files.config,
+        f.files.weights.clone(),
+        KvGeometry {
+            num_blocks: 64,
+            block_size: 16,
+        },
+    );
+    let bases: Vec<Vec<u32>> = (0..3).map(|i| prompt(40 + i, 35)).collect();
+    let prompts: Vec<Vec<u32>> = (0..30u32)
+        .map(|i| {
+            let mut p = bases[i as usize % 3].clone();
+            // Every fifth request repeats another's prompt exactly.
+            let tail = if i % 5 == 4 { i - 1 } else { i };
+            p.extend((0..(tail % 7) as usize).map(|j| 300 + tail * 5 + j as u32));
+            p
+        })
+        .collect();
+    let expected: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| greedy(&mut solo, p, 16).unwrap())
+        .collect();
+    // 20 blocks (320 tokens) for 30 sequences of up to 58 tokens.
+    let eng = engine_with(&f, 20, 48, true);
+    let mut rng = lhama_model::rng::SplitMix64::new(11);
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| eng.submit(p.clone(), greedy_params(16)).unwrap())
+        .collect();
+    let mut finished = 0;
+    for (i, mut s) in streams.into_iter().enumerate() {
+        if rng.next_u64() % 4 == 0 {
+            // Cancel after a few events.
+            for _ in 0..(rng.next_u64() % 6) {
+                if s.events.blocking_recv().is_none() {
+                    break;
+                }
+            }
+            drop(s);
+            continue;
+        }
+        let (ids, _, _) = collect(s);
+        assert_eq!(ids, expected[i], "request {i}");
+        finished += 1;
+    }
+    assert!(finished >= 15, "{finished} finished");
+    assert!(
+        eng.stats.preemptions.load(Ordering::Relaxed) > 0,
+        "the test should exercise preemption"
+    );
+    assert!(eng.stats.prefix_hit_tokens.load(Ordering::Relaxed) > 0);
+    wait_until("every block to be free", || {
+        eng.stats.blocks_used.load(Ordering::Relaxed) == 0
+            && eng.stats.running.load(Ordering::Relaxed) == 0
+    });
 }

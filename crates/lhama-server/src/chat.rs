@@ -90,6 +90,7 @@ pub async fn chat_completions(
             include_usage,
             tokenizer,
             usage: (prompt.len(), 0),
+            cached: vec![None; n],
         };
         return Ok(sse::stream(events, writer, state.cut_signal()));
     }
@@ -97,6 +98,8 @@ pub async fn chat_completions(
     let prompt_len = prompt.len();
     let render = move |choices: Vec<generation::Choice>| {
         let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+        // The choices share one prompt (counted once): what every one found cached.
+        let cached = choices.iter().map(|c| c.cached_tokens).min().unwrap_or(0);
         json!({
             "id": id,
             "object": "chat.completion",
@@ -108,7 +111,7 @@ pub async fn chat_completions(
                 "logprobs": logprobs.then(|| json!({"content": c.logprobs.iter().map(|l| chat_logprob(&tokenizer, l)).collect::<Vec<_>>()})),
                 "finish_reason": finish_str(c.finish),
             })).collect::<Vec<_>>(),
-            "usage": generation::usage(prompt_len, completion),
+            "usage": generation::usage(prompt_len, completion, cached),
             "system_fingerprint": Value::Null,
         })
     };
@@ -170,6 +173,8 @@ struct ChatChunks {
     tokenizer: Arc<Tokenizer>,
     /// (prompt tokens, completion tokens so far)
     usage: (usize, usize),
+    /// Per choice, prompt tokens served from the prefix cache, once admitted.
+    cached: Vec<Option<usize>>,
 }
 
 impl ChatChunks {
@@ -204,7 +209,13 @@ impl ChunkWriter for ChatChunks {
             Event::Done { reason, .. } => {
                 vec![self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_str(Some(reason))}]))]
             }
-            Event::PromptLogprobs(_) | Event::Admitted => Vec::new(),
+            Event::Admitted { cached_tokens } => {
+                if let Some(c) = self.cached.get_mut(index) {
+                    *c = Some(cached_tokens);
+                }
+                Vec::new()
+            }
+            Event::PromptLogprobs(_) => Vec::new(),
             Event::Error(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
         })
     }
@@ -214,8 +225,14 @@ impl ChunkWriter for ChatChunks {
             return Vec::new();
         }
         let (p, c) = self.usage;
+        let cached = self
+            .cached
+            .iter()
+            .map(|c| c.unwrap_or(0))
+            .min()
+            .unwrap_or(0);
         let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = generation::usage(p, c);
+        chunk["usage"] = generation::usage(p, c, cached);
         vec![chunk]
     }
 }

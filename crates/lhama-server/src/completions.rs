@@ -159,6 +159,7 @@ pub async fn completions(
             include_usage,
             tokenizer,
             usage: (prompt_tokens, 0),
+            cached: 0,
         };
         return Ok(sse::stream(events, writer, state.cut_signal()));
     }
@@ -166,6 +167,7 @@ pub async fn completions(
     let model = req.model.clone();
     let render = move |choices: Vec<Choice>| {
         let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+        let cached: usize = choices.iter().map(|c| c.cached_tokens).sum();
         json!({
             "id": id,
             "object": "text_completion",
@@ -180,7 +182,7 @@ pub async fn completions(
                     "finish_reason": finish_str(c.finish),
                 })
             }).collect::<Vec<_>>(),
-            "usage": generation::usage(prompt_tokens, completion),
+            "usage": generation::usage(prompt_tokens, completion, cached),
         })
     };
     generation::respond(&state, eof.map(|e| e.0), events, count, render).await
@@ -227,6 +229,8 @@ struct CompletionChunks {
     include_usage: bool,
     tokenizer: Arc<Tokenizer>,
     usage: (usize, usize),
+    /// Prompt tokens served from the prefix cache, over every sequence.
+    cached: usize,
 }
 
 impl CompletionChunks {
@@ -269,7 +273,11 @@ impl ChunkWriter for CompletionChunks {
             Event::Done { reason, .. } => {
                 vec![self.chunk(index, "", Value::Null, finish_str(Some(reason)))]
             }
-            Event::PromptLogprobs(_) | Event::Admitted => Vec::new(),
+            Event::Admitted { cached_tokens } => {
+                self.cached += cached_tokens;
+                Vec::new()
+            }
+            Event::PromptLogprobs(_) => Vec::new(),
             Event::Error(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
         })
     }
@@ -281,7 +289,7 @@ impl ChunkWriter for CompletionChunks {
         let (p, c) = self.usage;
         vec![
             json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                    "choices": [], "usage": generation::usage(p, c)}),
+                    "choices": [], "usage": generation::usage(p, c, self.cached)}),
         ]
     }
 }

@@ -161,7 +161,7 @@ pub fn start(
                     }
                     last = Some(now);
                 }
-                Event::Admitted => m.observe(Latency::Queue, (now - begun).as_secs_f64()),
+                Event::Admitted { .. } => m.observe(Latency::Queue, (now - begun).as_secs_f64()),
                 Event::Done {
                     reason,
                     prompt_tokens,
@@ -192,13 +192,15 @@ pub struct Choice {
     pub finish: Option<FinishReason>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 impl Choice {
     /// Folds one event in; an engine error becomes a 500.
     pub fn apply(&mut self, ev: Event) -> Result<(), ApiError> {
         match ev {
-            Event::Admitted => {}
+            Event::Admitted { cached_tokens } => self.cached_tokens = cached_tokens,
             Event::PromptLogprobs(l) => self.prompt_logprobs = Some(l),
             Event::Token { id, text, logprob } => {
                 self.tokens.push(id);
@@ -296,12 +298,18 @@ pub fn finish_str(r: Option<FinishReason>) -> Option<&'static str> {
     })
 }
 
-/// OpenAI's `usage` object.
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> serde_json::Value {
+/// OpenAI's `usage` object; `cached_tokens`: prompt tokens whose K/V came
+/// from the prefix cache.
+pub fn usage(
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    cached_tokens: usize,
+) -> serde_json::Value {
     serde_json::json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     })
 }
 

@@ -73,6 +73,10 @@ pub struct Metrics {
     prompt_tokens: Delta,
     generation_tokens: Delta,
     steps: Delta,
+    prefix_queries: Delta,
+    prefix_hits: Delta,
+    prefix_evictions: Delta,
+    prefix_blocks: Gauge,
     open_connections: Gauge,
     refused_connections: Counter,
     resident_memory: Gauge,
@@ -124,6 +128,10 @@ impl Metrics {
             prompt_tokens: Delta::default(),
             generation_tokens: Delta::default(),
             steps: Delta::default(),
+            prefix_queries: Delta::default(),
+            prefix_hits: Delta::default(),
+            prefix_evictions: Delta::default(),
+            prefix_blocks: Gauge::default(),
             open_connections: Gauge::default(),
             refused_connections: Counter::default(),
             resident_memory: Gauge::default(),
@@ -218,6 +226,26 @@ impl Metrics {
             "lhama_engine_steps",
             "Forward steps run",
             m.steps.counter.clone(),
+        );
+        r.register(
+            "lhama_prefix_cache_queries",
+            "Prompt tokens of admitted sequences looked up in the prefix cache",
+            m.prefix_queries.counter.clone(),
+        );
+        r.register(
+            "lhama_prefix_cache_hits",
+            "Prompt tokens served from the prefix cache",
+            m.prefix_hits.counter.clone(),
+        );
+        r.register(
+            "lhama_prefix_cache_evictions",
+            "Cached KV blocks whose content was dropped to reuse the block",
+            m.prefix_evictions.counter.clone(),
+        );
+        r.register(
+            "lhama_prefix_cache_blocks",
+            "KV blocks holding cached prefix content (in use or free)",
+            m.prefix_blocks.clone(),
         );
         r.register(
             "lhama_http_open_connections",
@@ -326,6 +354,13 @@ impl Metrics {
             self.generation_tokens
                 .update(s.generated_tokens.load(Ordering::Relaxed));
             self.steps.update(s.steps.load(Ordering::Relaxed));
+            self.prefix_queries
+                .update(s.prefix_queried_tokens.load(Ordering::Relaxed));
+            self.prefix_hits
+                .update(s.prefix_hit_tokens.load(Ordering::Relaxed));
+            self.prefix_evictions
+                .update(s.prefix_evicted_blocks.load(Ordering::Relaxed));
+            self.prefix_blocks.set(load(&s.blocks_cached));
         }
         self.read_process();
         let mut out = String::new();

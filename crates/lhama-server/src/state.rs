@@ -54,7 +54,8 @@ pub struct Inner {
     /// an error event, collected responses with a 503.
     pub cut: watch::Sender<bool>,
     /// CPU-heavy request work (JSON parsing, templates, tokenization) runs on
-    /// the blocking pool, this many at a time.
+    /// the blocking pool, this many at a time: one per core but one (at
+    /// least one), so a core is left to the async workers and the engine.
     heavy: Arc<Semaphore>,
     pub created: u64,
     queued_requests: AtomicUsize,
@@ -84,7 +85,9 @@ impl AppState {
             in_flight: Arc::new(InFlight::default()),
             cut: watch::Sender::new(false),
             heavy: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1))
+                    .max(1),
             )),
             created,
             queued_requests: AtomicUsize::new(0),
@@ -111,7 +114,7 @@ impl AppState {
     }
 
     /// Runs CPU-heavy work for a request on the blocking pool, so the async
-    /// workers keep serving everyone else; at most one task per core at once.
+    /// workers keep serving everyone else; at most cores − 1 tasks at once.
     pub async fn heavy<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,

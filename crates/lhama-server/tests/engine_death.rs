@@ -58,6 +58,7 @@ async fn a_dead_engine_gives_500_then_503() {
                 max_num_batched_tokens: 64,
                 num_blocks: 64,
                 block_size: 16,
+                prefix_caching: false,
             },
             max_model_len: 512,
             eos_ids: vec![2],
