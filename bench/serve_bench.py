@@ -8,6 +8,7 @@ request/s, time to first token, inter-token latency and end-to-end latency
 Usage: serve_bench.py [--url http://localhost:8000] [--model ttl]
                       [--concurrency 16] [--requests 128] [--prompt-words 100]
                       [--max-tokens 128] [--temperature 0]
+                      [--extra-json '{"guided_regex": "[a-z ]+"}']
 """
 
 import argparse
@@ -75,6 +76,7 @@ def main():
     ap.add_argument("--prompt-words", type=int, default=100)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--extra-json", default="{}", help="fields merged into every request body")
     args = ap.parse_args()
 
     results, errors = [], []
@@ -96,6 +98,7 @@ def main():
                 "ignore_eos": True,
                 "stream": True,
                 "stream_options": {"include_usage": True},
+                **json.loads(args.extra_json),
             }
             try:
                 r = one_request(args.url, body)
@@ -122,7 +125,8 @@ def main():
     itl = [(b - a) * 1e3 for r in results for a, b in zip(r[1], r[1][1:])]
     e2e = [r[3] * 1e3 for r in results]
     print(f"concurrency {args.concurrency}, {len(results)} requests ({len(errors)} failed), "
-          f"prompt ~{args.prompt_words} words, {args.max_tokens} new tokens, temperature {args.temperature}")
+          f"prompt ~{args.prompt_words} words, {args.max_tokens} new tokens, temperature {args.temperature}"
+          + (f", extra {args.extra_json}" if args.extra_json != "{}" else ""))
     print(f"wall {wall:.2f} s: {tokens / wall:.1f} output tok/s, {len(results) / wall:.2f} requests/s")
     for name, v in (("TTFT", ttft), ("ITL", itl), ("E2E", e2e)):
         if v:

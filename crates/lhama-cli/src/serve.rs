@@ -307,6 +307,11 @@ fn test_step_delay() -> anyhow::Result<Option<Duration>> {
 fn load(settings: &Settings) -> anyhow::Result<Loaded> {
     let files = load_model(&settings.model)?;
     let eos_ids = files.eos_token_ids();
+    let guides = guide_compiler(
+        &files.dir.join("tokenizer.json"),
+        files.config.vocab_size,
+        &eos_ids,
+    );
     let ModelFiles {
         config,
         mut tokenizer,
@@ -368,7 +373,29 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
         vocab_size,
         max_model_len,
         backend: backend_name,
+        guides,
     })
+}
+
+/// The structured-output compiler for the model's vocabulary. A tokenizer
+/// llguidance cannot read leaves the server serving, with structured-output
+/// requests refused (400) for the reason logged here.
+fn guide_compiler(
+    tokenizer_json: &std::path::Path,
+    vocab_size: usize,
+    eos_ids: &[u32],
+) -> Result<Arc<lhama_engine::GuideCompiler>, String> {
+    let made = std::fs::read(tokenizer_json)
+        .map_err(|e| format!("{}: {e}", tokenizer_json.display()))
+        .and_then(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", tokenizer_json.display()))
+        })
+        .and_then(|json| lhama_engine::GuideCompiler::new(&json, vocab_size, eos_ids))
+        .map(Arc::new);
+    if let Err(e) = &made {
+        tracing::warn!(error = %e, "structured output is unavailable for this model");
+    }
+    made
 }
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {

@@ -106,18 +106,24 @@ fn cases() -> Vec<Case> {
             Some("messages"),
         ),
         c(
-            "response_format json_object (no constrained decoding)",
-            chat(json!({"response_format": {"type": "json_object"}})),
+            "response_format json_schema without a schema",
+            chat(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})),
+            400,
+            Some("response_format.json_schema.schema"),
+        ),
+        c(
+            "response_format json_schema that cannot compile",
+            chat(
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}}),
+            ),
             400,
             Some("response_format"),
         ),
         c(
-            "response_format json_schema",
-            chat(
-                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
-            ),
+            "guided_regex that cannot compile",
+            chat(json!({"guided_regex": "[unclosed"})),
             400,
-            Some("response_format"),
+            Some("guided_regex"),
         ),
         c(
             "response_format without a type",

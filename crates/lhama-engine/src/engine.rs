@@ -11,10 +11,12 @@ use lhama_model::{Backend, ForwardBatch, RowSampling, SampledStep, SeqSlice, Tok
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::detok::IncrementalDecoder;
+use crate::guided::{self, Guide};
 use crate::params::{RequestParams, logprobs, process_logits};
 use crate::sampling::Sampler;
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
 use crate::stop::{StopOutcome, StopText};
+use llguidance::toktrie::SimpleVob;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -378,6 +380,7 @@ impl Engine {
                     Some(a)
                         if !a.params.changes_logits(a.generated().len())
                             && a.params.logprobs.is_none()
+                            && a.params.guide.is_none()
                             && a.params.max_tokens > 0 =>
                     {
                         a.sampler.next_row_sampling()
@@ -409,7 +412,53 @@ impl Engine {
             logit_rows: &rows,
         };
         let mut out = std::mem::take(&mut self.out);
-        if let Err(e) = self.backend.forward_sample(&batch, &sampling, &mut out) {
+        // The grammars of sampled rows compute their masks on another
+        // thread while the backend runs the step.
+        let guided: Vec<(SeqId, Guide)> = plan
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .filter_map(|s| {
+                let a = self.active.get_mut(&s.id)?;
+                Some((s.id, a.params.guide.take()?))
+            })
+            .collect();
+        let guided_ids: Vec<SeqId> = guided.iter().map(|(id, _)| *id).collect();
+        let backend = &mut self.backend;
+        let (result, masked) = if guided.is_empty() {
+            (
+                backend.forward_sample(&batch, &sampling, &mut out),
+                Vec::new(),
+            )
+        } else {
+            std::thread::scope(|scope| {
+                let masks = scope.spawn(move || {
+                    guided
+                        .into_iter()
+                        .map(|(id, mut g)| {
+                            let m = g.allowed();
+                            (id, g, m)
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let result = backend.forward_sample(&batch, &sampling, &mut out);
+                (result, masks.join().unwrap_or_default())
+            })
+        };
+        let mut masks: HashMap<SeqId, Result<SimpleVob, String>> = HashMap::new();
+        for (id, g, m) in masked {
+            if let Some(a) = self.active.get_mut(&id) {
+                a.params.guide = Some(g);
+            }
+            masks.insert(id, m);
+        }
+        for id in guided_ids {
+            // A mask computation that panicked lost its grammar.
+            masks
+                .entry(id)
+                .or_insert_with(|| Err("structured output: the mask computation failed".into()));
+        }
+        if let Err(e) = result {
             tracing::error!(error = %e, "forward step failed");
             for s in &plan.seqs {
                 if let Some(a) = self.active.get(&s.id) {
@@ -470,9 +519,31 @@ impl Engine {
                 finished.push(s.id);
                 continue;
             }
+            // A guided row: the mask applies before everything else.
+            let masked_row = match masks.remove(&s.id) {
+                None => None,
+                Some(Err(e)) => {
+                    let _ = a.events.send(Event::Error(e));
+                    finished.push(s.id);
+                    continue;
+                }
+                Some(Ok(mask)) => {
+                    let mut r = logits[row * vocab..][..vocab].to_vec();
+                    if !guided::apply_mask(&mut r, &mask) {
+                        let _ = a.events.send(Event::Error(
+                            "structured output: no token the grammar allows is possible".into(),
+                        ));
+                        finished.push(s.id);
+                        continue;
+                    }
+                    Some(r)
+                }
+            };
             let token = match sampling[row] {
                 RowSampling::Logits => {
-                    let raw = &logits[row * vocab..][..vocab];
+                    let raw = masked_row
+                        .as_deref()
+                        .unwrap_or(&logits[row * vocab..][..vocab]);
                     // Copy the row only when something changes it (penalties, bias, min_tokens).
                     if a.params.changes_logits(a.generated().len()) {
                         let mut processed = raw.to_vec();
@@ -490,9 +561,12 @@ impl Engine {
                 }
                 _ => out.tokens[row],
             };
-            // Requests asking for logprobs always get their row back.
+            // Requests asking for logprobs always get their row back (masked
+            // for a guided row).
             let logprob = a.params.logprobs.map(|k| {
-                let raw = &logits[row * vocab..][..vocab];
+                let raw = masked_row
+                    .as_deref()
+                    .unwrap_or(&logits[row * vocab..][..vocab]);
                 let (lp, top) = logprobs(raw, token, k);
                 TokenLogprob {
                     token,
@@ -500,6 +574,13 @@ impl Engine {
                     top,
                 }
             });
+            if let Some(g) = a.params.guide.as_mut() {
+                if let Err(e) = g.accept(token) {
+                    let _ = a.events.send(Event::Error(e));
+                    finished.push(s.id);
+                    continue;
+                }
+            }
             a.tokens.push(token);
             sampled.push((s.id, token));
             self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -552,6 +633,10 @@ impl Engine {
                     matched_stop_string = true;
                 }
             }
+        }
+        if reason.is_none() && a.params.guide.as_ref().is_some_and(Guide::is_finished) {
+            // The grammar is complete and allows nothing more.
+            reason = Some(FinishReason::Stop);
         }
         let generated = a.tokens.len() - a.prompt_len;
         if reason.is_none()

@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod detok;
 pub mod engine;
 pub mod generate;
+pub mod guided;
 pub mod params;
 pub mod sampling;
 pub mod scheduler;
@@ -19,5 +20,6 @@ pub use engine::{
     spawn,
 };
 pub use generate::{GenerateStats, generate};
+pub use guided::{Guide, GuideCompiler, GuidedSpec};
 pub use params::RequestParams;
 pub use sampling::{Sampler, SamplingParams};

@@ -1,5 +1,6 @@
 //! What a request asks of the engine, validated by the HTTP layer.
 
+use crate::guided::Guide;
 use crate::sampling::SamplingParams;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,8 @@ pub struct RequestParams {
     /// Return logprobs of the prompt tokens (completions `echo` + `logprobs`).
     pub prompt_logprobs: Option<usize>,
     pub skip_special_tokens: bool,
+    /// Structured output: the grammar the generated tokens must follow.
+    pub guide: Option<Guide>,
 }
 
 impl Default for RequestParams {
@@ -41,6 +44,7 @@ impl Default for RequestParams {
             logprobs: None,
             prompt_logprobs: None,
             skip_special_tokens: true,
+            guide: None,
         }
     }
 }

@@ -135,6 +135,7 @@ pub async fn completions(
             .heavy(move || prompts(prompt, &tokenizer, &limits))
             .await??
     };
+    generation::attach_guide(&state, loaded, sampling.guided()?, &mut params).await?;
     let mut jobs = Vec::new();
     for (p, (ids, _)) in prompts.iter().enumerate() {
         jobs.extend(generation::choices(ids, &params, n, p * n));

@@ -13,7 +13,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use futures_util::stream::{Stream, StreamExt, select_all};
-use lhama_engine::{Event, FinishReason, RequestParams, SubmitError, TokenLogprob};
+use lhama_engine::{Event, FinishReason, GuidedSpec, RequestParams, SubmitError, TokenLogprob};
 use lhama_model::Tokenizer;
 
 use crate::access::RequestLog;
@@ -296,6 +296,32 @@ pub fn finish_str(r: Option<FinishReason>) -> Option<&'static str> {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
     })
+}
+
+/// Compiles a request's structured-output constraint (on the blocking
+/// pool: a large schema takes a while) and attaches it to `params`; a
+/// grammar llguidance refuses is a 400 naming the parameter.
+pub async fn attach_guide(
+    state: &AppState,
+    loaded: &Loaded,
+    guided: Option<(&'static str, GuidedSpec)>,
+    params: &mut RequestParams,
+) -> Result<(), ApiError> {
+    let Some((param, spec)) = guided else {
+        return Ok(());
+    };
+    let compiler = loaded.guides.clone().map_err(|why| {
+        ApiError::invalid_param(
+            param,
+            format!("structured output is not available for this model: {why}"),
+        )
+    })?;
+    let guide = state
+        .heavy(move || compiler.compile(&spec))
+        .await?
+        .map_err(|e| ApiError::invalid_param(param, format!("`{param}` cannot be used: {e}")))?;
+    params.guide = Some(guide);
+    Ok(())
 }
 
 /// OpenAI's `usage` object; `cached_tokens`: prompt tokens whose K/V came

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use lhama_engine::{RequestParams, SamplingParams};
+use lhama_engine::{GuidedSpec, RequestParams, SamplingParams};
 use lhama_model::GenerationConfig;
 use serde::Deserialize;
 
@@ -63,6 +63,10 @@ macro_rules! with_sampling_fields {
             repetition_penalty: Option<f64>,
             logit_bias: Option<HashMap<String, f64>>,
             skip_special_tokens: Option<bool>,
+            guided_json: Option<serde_json::Value>,
+            guided_regex: Option<String>,
+            guided_choice: Option<Vec<String>>,
+            guided_grammar: Option<String>,
         }
     };
 }
@@ -128,31 +132,11 @@ request_with_sampling! {
 
 impl ChatRequest {
     /// Features that would change what the reply must look like and that
-    /// this server does not implement (constrained JSON output, tool
-    /// calling): a 400 naming the parameter, never a reply that silently
-    /// ignores them. Their neutral forms pass (`response_format` text,
-    /// empty `tools`, `tool_choice` "none" or "auto" without tools).
+    /// this server does not implement (tool calling): a 400 naming the
+    /// parameter, never a reply that silently ignores them. Their neutral
+    /// forms pass (empty `tools`, `tool_choice` "none" or "auto" without
+    /// tools).
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        if let Some(f) = &self.response_format {
-            match f.get("type").and_then(|t| t.as_str()) {
-                Some("text") => {}
-                Some(kind @ ("json_object" | "json_schema")) => {
-                    return Err(ApiError::invalid_param(
-                        "response_format",
-                        format!(
-                            "`response_format` {kind:?} is not supported by this server (no constrained decoding); \
-                             omit it or use {{\"type\": \"text\"}}"
-                        ),
-                    ));
-                }
-                _ => {
-                    return Err(ApiError::invalid_param(
-                        "response_format",
-                        "`response_format` must be an object with `type` \"text\", \"json_object\" or \"json_schema\"",
-                    ));
-                }
-            }
-        }
         for (param, list) in [("tools", &self.tools), ("functions", &self.functions)] {
             if list.as_ref().is_some_and(|l| !l.is_empty()) {
                 return Err(ApiError::invalid_param(
@@ -177,6 +161,47 @@ impl ChatRequest {
             }
         }
         Ok(())
+    }
+}
+
+impl ChatRequest {
+    /// The structured-output constraint: `response_format` (json_object,
+    /// json_schema) or one of vLLM's guided_* fields, at most one of them.
+    pub fn guided(&self) -> Result<Option<(&'static str, GuidedSpec)>, ApiError> {
+        let from_format = match &self.response_format {
+            None => None,
+            Some(f) => match f.get("type").and_then(|t| t.as_str()) {
+                Some("text") => None,
+                Some("json_object") => Some(("response_format", GuidedSpec::JsonObject)),
+                Some("json_schema") => {
+                    let schema = f
+                        .get("json_schema")
+                        .and_then(|j| j.get("schema"))
+                        .filter(|s| s.is_object() || s.is_boolean())
+                        .ok_or_else(|| {
+                            ApiError::invalid_param(
+                                "response_format.json_schema.schema",
+                                "`response_format` of type \"json_schema\" needs `json_schema.schema`, a JSON schema object",
+                            )
+                        })?;
+                    Some(("response_format", GuidedSpec::JsonSchema(schema.clone())))
+                }
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        "response_format",
+                        "`response_format` must be an object with `type` \"text\", \"json_object\" or \"json_schema\"",
+                    ));
+                }
+            },
+        };
+        let from_fields = self.sampling().guided()?;
+        match (from_format, from_fields) {
+            (Some(_), Some((param, _))) => Err(ApiError::invalid_param(
+                param,
+                format!("`{param}` and `response_format` cannot be used together"),
+            )),
+            (a, b) => Ok(a.or(b)),
+        }
     }
 }
 
@@ -233,6 +258,54 @@ fn in_range(param: &str, v: f64, lo: f64, hi: f64) -> Result<f32, ApiError> {
 }
 
 impl Sampling {
+    /// vLLM's structured-output fields (`guided_json` as a schema object or
+    /// its JSON text, `guided_regex`, `guided_choice`, `guided_grammar` in
+    /// Lark syntax); at most one.
+    pub fn guided(&self) -> Result<Option<(&'static str, GuidedSpec)>, ApiError> {
+        let mut found: Vec<(&'static str, GuidedSpec)> = Vec::new();
+        if let Some(j) = &self.guided_json {
+            let schema = match j {
+                serde_json::Value::String(text) => serde_json::from_str(text).map_err(|e| {
+                    ApiError::invalid_param(
+                        "guided_json",
+                        format!("`guided_json` is not valid JSON: {e}"),
+                    )
+                })?,
+                other => other.clone(),
+            };
+            if !(schema.is_object() || schema.is_boolean()) {
+                return Err(ApiError::invalid_param(
+                    "guided_json",
+                    "`guided_json` must be a JSON schema object",
+                ));
+            }
+            found.push(("guided_json", GuidedSpec::JsonSchema(schema)));
+        }
+        if let Some(r) = &self.guided_regex {
+            found.push(("guided_regex", GuidedSpec::Regex(r.clone())));
+        }
+        if let Some(c) = &self.guided_choice {
+            if c.is_empty() {
+                return Err(ApiError::invalid_param(
+                    "guided_choice",
+                    "`guided_choice` must list at least one string",
+                ));
+            }
+            found.push(("guided_choice", GuidedSpec::Choice(c.clone())));
+        }
+        if let Some(g) = &self.guided_grammar {
+            found.push(("guided_grammar", GuidedSpec::Grammar(g.clone())));
+        }
+        if found.len() > 1 {
+            let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
+            return Err(ApiError::invalid_param(
+                found[1].0,
+                format!("only one structured-output constraint may be given, got {names:?}"),
+            ));
+        }
+        Ok(found.pop())
+    }
+
     /// Number of choices per prompt.
     pub fn n(&self) -> Result<usize, ApiError> {
         match self.n {
@@ -392,6 +465,8 @@ impl Sampling {
             logprobs: None,
             prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+            // Compiled separately (generation::attach_guide).
+            guide: None,
         })
     }
 }

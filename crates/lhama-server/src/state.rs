@@ -13,6 +13,7 @@ use lhama_model::{GenerationConfig, Tokenizer};
 use crate::connections::InFlight;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use lhama_engine::GuideCompiler;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -40,6 +41,9 @@ pub struct Loaded {
     pub vocab_size: usize,
     pub max_model_len: usize,
     pub backend: &'static str,
+    /// Compiles structured-output grammars for this model's vocabulary, or
+    /// why that is not possible.
+    pub guides: Result<Arc<GuideCompiler>, String>,
 }
 
 pub struct Inner {

@@ -85,6 +85,7 @@ async fn a_dead_engine_gives_500_then_503() {
         vocab_size: config.vocab_size,
         max_model_len: 512,
         backend: "panicking",
+        guides: Err("not needed here".into()),
     };
     assert!(state.0.loaded.set(loaded).is_ok());
     let (status, _) = call(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
