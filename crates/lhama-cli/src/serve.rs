@@ -112,6 +112,9 @@ pub struct ServeArgs {
     /// folds them into the first user turn [default: reject].
     #[arg(long, env = "LHAMA_SYSTEM_PROMPT", value_enum)]
     pub system_prompt: Option<SystemPrompt>,
+    /// The chat page at `/` (embedded in the binary) [default: true].
+    #[arg(long, env = "LHAMA_CHAT_UI", action = clap::ArgAction::Set)]
+    pub chat_ui: Option<bool>,
     /// Seconds running requests get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "LHAMA_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -249,6 +252,7 @@ impl ServeArgs {
                 cors_origins,
                 system_prompt_merge: pick!(system_prompt, SystemPrompt::Reject)
                     == SystemPrompt::Merge,
+                chat_ui: pick!(chat_ui, true),
                 body_read_timeout: seconds(
                     "body-read-timeout-secs",
                     pick!(body_read_timeout_secs, 60),

@@ -15,6 +15,7 @@ pub mod misc;
 pub mod openai;
 pub mod sse;
 pub mod state;
+pub mod ui;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -34,12 +35,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(misc::list_models))
         .route("/v1/models/{id}", get(misc::get_model));
-    let open = Router::new()
+    let mut open = Router::new()
         .route("/health", get(misc::health))
         .route("/metrics", get(misc::metrics))
         .route("/version", get(misc::version))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize));
+    if state.0.config.chat_ui {
+        open = open.merge(ui::routes());
+    }
     let mut app = v1
         .merge(open)
         .fallback(misc::not_found)

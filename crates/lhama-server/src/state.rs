@@ -31,6 +31,8 @@ pub struct ServerConfig {
     /// Fold system/developer messages into the first user turn instead of
     /// passing them to the chat template.
     pub system_prompt_merge: bool,
+    /// Serve the chat page at `/`.
+    pub chat_ui: bool,
 }
 
 /// What exists once the model is loaded.

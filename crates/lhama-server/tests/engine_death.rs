@@ -74,6 +74,7 @@ async fn a_dead_engine_gives_500_then_503() {
         cors_origins: Vec::new(),
         body_read_timeout: std::time::Duration::from_secs(5),
         system_prompt_merge: false,
+        chat_ui: true,
     });
     let app = router(state.clone());
     let (status, _) = call(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
