@@ -27,6 +27,19 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "warning: /usr/bin/chromium is missing (apt-get install chromium); the browser test will fail" >&2
   fi
 fi
+# The container test's tools: Debian's docker.io (the daemon; the test starts
+# it when none runs) and debootstrap (the base image, since no registry is
+# reachable). Missing ones make that test fail, never pass silently.
+missing=""
+command -v dockerd >/dev/null || missing="$missing docker.io"
+command -v debootstrap >/dev/null || missing="$missing debootstrap"
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
+  else
+    echo "warning:$missing missing (apt-get install$missing); the container test will fail" >&2
+  fi
+fi
 if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.lhama-lock 2>/dev/null; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.lhama-lock)
 fi

@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod health;
 mod json_log;
 mod load;
 mod serve;
@@ -44,6 +45,15 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed on the CPU backend.
     Bench(bench::BenchArgs),
+    /// Ask a server's /health; exit 0 only if it answers 200 (for container health checks).
+    Health {
+        /// [default: http://127.0.0.1:$LHAMA_PORT/health, port 8000 when LHAMA_PORT is unset]
+        #[arg(long, env = "LHAMA_HEALTH_URL")]
+        url: Option<String>,
+        /// Seconds to connect and to answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
     /// Compare the CPU backend with goldens from the transformers reference.
     Verify {
         #[arg(long, env = "LHAMA_MODEL", default_value = lhama_model::source::DEFAULT_MODEL)]
@@ -153,6 +163,10 @@ fn main() -> ExitCode {
             None => unreachable!("serve settings are resolved above for the serve command"),
         },
         Command::Generate(args) => generate::run(args),
+        Command::Health { url, timeout_secs } => {
+            let url = url.unwrap_or_else(health::default_url);
+            health::run(&url, std::time::Duration::from_secs(timeout_secs.max(1)))
+        }
         Command::Bench(args) => bench::run(args),
         Command::Verify {
             model,

@@ -375,3 +375,44 @@ fn an_invalid_environment_value_names_the_variable() {
         "{err}"
     );
 }
+
+/// `lhama health` (the container's HEALTHCHECK): 0 and the body for a
+/// serving server; non-zero with the reason for a refused connection or a
+/// non-200 answer.
+#[tokio::test]
+async fn health_checks_a_server() {
+    let server = common::start(&[]).await;
+    let url = format!("{}/health", server.base);
+    let out = lhama(&["health", "--url", &url], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"status\":\"ok\""),
+        "{}",
+        text(&out.stdout)
+    );
+    // A path the server answers 404.
+    let out = lhama(
+        &["health", "--url", &format!("{}/nothing", server.base)],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+    drop(server);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = lhama(
+        &[
+            "health",
+            "--url",
+            &format!("http://127.0.0.1:{port}/health"),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("connecting to"),
+        "{}",
+        text(&out.stderr)
+    );
+}
