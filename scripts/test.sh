@@ -27,12 +27,13 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "warning: /usr/bin/chromium is missing (apt-get install chromium); the browser test will fail" >&2
   fi
 fi
-# The container test's tools: Debian's docker.io (the daemon; the test starts
-# it when none runs) and debootstrap (the base image, since no registry is
-# reachable). Missing ones make that test fail, never pass silently.
+# The container tests' tools: Debian's docker.io (the daemon; the tests start
+# it when none runs), debootstrap (the base image, since no registry is
+# reachable) and docker-compose (docker/compose.yaml). Missing ones make that test fail, never pass silently.
 missing=""
 command -v dockerd >/dev/null || missing="$missing docker.io"
 command -v debootstrap >/dev/null || missing="$missing debootstrap"
+command -v docker-compose >/dev/null || missing="$missing docker-compose"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
