@@ -67,6 +67,14 @@ def turn(address, messages):
     return first, text, usage
 
 
+def tokens_per_word(address):
+    sample = " ".join(TEXT * 4)
+    req = urllib.request.Request(f"http://{address}/tokenize", json.dumps({"prompt": sample}).encode(),
+                                 {"content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)["count"] / len(sample.split())
+
+
 def history(words):
     msgs, i = [], 0
     while i < words:
@@ -86,11 +94,12 @@ def main():
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--history-tokens", type=int, default=1500)
     args = ap.parse_args()
-    # About 1.3 tokens per word with this tokenizer; checked against usage below.
-    base = history(int(args.history_tokens / 1.3))
+    base = None
     for label, extra in (("prefix cache on", []), ("prefix cache off", ["--prefix-caching", "false"])):
         proc, address = start(args.lhama, args.model, args.backend, extra)
         try:
+            # Sized with the model's own tokenizer (checked against usage below).
+            base = base or history(int(args.history_tokens / tokens_per_word(address)))
             msgs = list(base)
             ttft, answer, usage = turn(address, msgs)
             print(f"{label}: first turn  prompt {usage['prompt_tokens']} tokens, "
