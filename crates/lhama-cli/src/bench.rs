@@ -154,7 +154,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut boxed = make_backend(args.backend, &config, weights, limits)?;
     let backend = boxed.as_mut();
-    let threads = lhama_model::cpu::threads();
+    let threads = lhama_cpu::threads();
     println!(
         "backend: {}, CPU threads: {threads}, prompt length: {}, decode steps: {}",
         backend.name(),

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use lhama_model::cpu::CpuBackend;
+use lhama_cpu::CpuBackend;
 use lhama_model::golden::{self, Golden};
 use lhama_model::weights::LlamaWeights;
 use lhama_model::{KvGeometry, LlamaConfig, ModelFiles, source};

@@ -187,5 +187,5 @@ fn main() -> ExitCode {
 
 fn rayon_threads(n: usize) -> anyhow::Result<()> {
     anyhow::ensure!(n > 0, "--threads must be at least 1");
-    lhama_model::cpu::set_threads(n).map_err(|e| anyhow::anyhow!("--threads: {e}"))
+    lhama_cpu::set_threads(n).map_err(|e| anyhow::anyhow!("--threads: {e}"))
 }

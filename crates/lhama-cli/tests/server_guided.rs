@@ -144,11 +144,19 @@ async fn json_object_streams_and_logprobs_follow_the_mask() {
     let first = &whole["choices"][0]["logprobs"]["content"][0];
     assert_eq!(first["token"], "{", "{first}");
     assert_eq!(first["logprob"], 0.0, "{first}");
-    for alt in first["top_logprobs"].as_array().unwrap() {
-        assert!(
-            alt["token"] == "{" || alt["logprob"].as_f64().is_none_or(|l| l < -1e30),
-            "a masked token was offered: {alt}"
-        );
+    assert_eq!(
+        first["top_logprobs"].as_array().unwrap().len(),
+        1,
+        "only allowed tokens are listed: {first}"
+    );
+    // Every listed alternative of every token is a number (no masked −∞ as null).
+    for token in whole["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+    {
+        for alt in token["top_logprobs"].as_array().unwrap() {
+            assert!(alt["logprob"].as_f64().is_some(), "{token}");
+        }
     }
     let mut streamed = req.clone();
     streamed["stream"] = json!(true);
@@ -190,6 +198,18 @@ async fn regex_choice_and_length() {
         assert_eq!(finish, "stop");
         assert!(choices.contains(&text.as_str()), "{text:?}");
     }
+    // min_tokens bans the end the finished grammar allows: the grammar wins.
+    let (status, body) = common::post(
+        &server,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "x", "max_tokens": 10, "min_tokens": 6, "guided_choice": ["sim"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        content(&body).remove(0),
+        ("sim".to_string(), "stop".to_string())
+    );
     let (_, body) = common::post(
         &server,
         "/v1/chat/completions",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
 use half::f16;
 use lhama_model::backend::check_sampling;
-use lhama_model::cpu::kernels::RopeTable;
+use lhama_model::rope::RopeTable;
 use lhama_model::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
 use lhama_model::{
     Backend, BackendError, ForwardBatch, KvGeometry, LlamaConfig, RowSampling, SampledStep,

@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::f16;
+use lhama_cpu::CpuBackend;
+use lhama_cpu::kernels::{self as cpu, AttnShape, AwqMatrix, RopeTable};
 use lhama_cuda::kernels::{GpuAwq, Kernels, KvCache, Precision};
 use lhama_cuda::{CudaBackend, CudaOptions};
 use lhama_model::awq;
-use lhama_model::cpu::CpuBackend;
-use lhama_model::cpu::kernels::{self as cpu, AttnShape, AwqMatrix, RopeTable};
 use lhama_model::golden::{Golden, compare, prompt_logits};
 use lhama_model::rng::SplitMix64;
 use lhama_model::weights::{AwqWeights, FusedAwq};

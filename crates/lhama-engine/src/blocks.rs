@@ -148,8 +148,13 @@ impl BlockPool {
     pub fn release(&mut self, table: &mut Vec<u32>) {
         for block in table.drain(..).rev() {
             let refs = &mut self.refs[block as usize];
-            debug_assert!(*refs > 0, "a block was released twice");
-            *refs = refs.saturating_sub(1);
+            if *refs == 0 {
+                // A broken invariant: freeing it again would hand it out twice.
+                debug_assert!(false, "block {block} was released twice");
+                tracing::error!(block, "a KV block was released twice; ignored");
+                continue;
+            }
+            *refs -= 1;
             if *refs == 0 {
                 self.freed_at[block as usize] = self.clock;
                 self.free.insert(self.clock, block);

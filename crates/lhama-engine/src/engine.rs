@@ -436,7 +436,13 @@ impl Engine {
                     guided
                         .into_iter()
                         .map(|(id, mut g)| {
-                            let m = g.allowed();
+                            // One grammar that panics fails only its own sequence.
+                            let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                g.allowed()
+                            }))
+                            .unwrap_or_else(|_| {
+                                Err("structured output: the mask computation failed".into())
+                            });
                             (id, g, m)
                         })
                         .collect::<Vec<_>>()
@@ -554,7 +560,13 @@ impl Engine {
                             a.generated(),
                             &self.config.eos_ids,
                         );
-                        a.sampler.sample(&processed)
+                        if masked_row.is_some() && !processed.iter().any(|l| l.is_finite()) {
+                            // The grammar allows only what min_tokens or a
+                            // stop token bans (its end): the grammar wins.
+                            a.sampler.sample(raw)
+                        } else {
+                            a.sampler.sample(&processed)
+                        }
                     } else {
                         a.sampler.sample(raw)
                     }

@@ -114,7 +114,9 @@ pub fn process_logits(
     }
 }
 
-/// log_softmax of `logits` at `token`, and the `k` most likely (id, logprob).
+/// log_softmax of `logits` at `token`, and the `k` most likely (id, logprob);
+/// tokens that cannot be drawn (logit −∞: masked by a grammar) are never
+/// listed, so every listed logprob is a finite number.
 pub fn logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
@@ -134,7 +136,11 @@ pub fn logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32)>) 
             idx.truncate(k);
         }
         idx.sort_unstable_by(cmp);
-        top.extend(idx.into_iter().map(|i| (i, logits[i as usize] - lse)));
+        top.extend(
+            idx.into_iter()
+                .filter(|&i| logits[i as usize] > f32::NEG_INFINITY)
+                .map(|i| (i, logits[i as usize] - lse)),
+        );
     }
     (chosen, top)
 }

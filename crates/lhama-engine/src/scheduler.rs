@@ -243,7 +243,9 @@ impl Scheduler {
                 break;
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
-            if seq.reuse && self.blocks.caching() {
+            // Counted once per sequence, at its first admission (its tokens
+            // are then the prompt); a return after preemption is not a query.
+            if seq.cached_tokens.is_none() && seq.reuse && self.blocks.caching() {
                 self.blocks.count_lookup(seq.tokens.len(), hit_tokens);
             }
             seq.cached_tokens.get_or_insert(hit_tokens);

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use lhama_cpu::CpuBackend;
 use lhama_engine::scheduler::SchedulerConfig;
 use lhama_engine::{
     EngineConfig, EngineHandle, Event, FinishReason, RequestParams, SamplingParams, spawn,
 };
-use lhama_model::cpu::CpuBackend;
 use lhama_model::golden::greedy;
 use lhama_model::synth::{Preset, write_model};
 use lhama_model::{

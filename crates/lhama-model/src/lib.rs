@@ -1,15 +1,16 @@
 //! lhama's model layer: reading Llama checkpoints (AWQ or plain) in Hugging
 //! Face layout, the tokenizer and chat template, synthetic checkpoints of the
-//! same format, and the CPU reference forward pass behind the `Backend` seam.
+//! same format, the `Backend` seam both backends implement (lhama-cpu,
+//! lhama-cuda), the sampling definition and the rotary tables they share.
 
 pub mod awq;
 pub mod backend;
 pub mod config;
-pub mod cpu;
 pub mod error;
 pub mod golden;
 pub mod model;
 pub mod rng;
+pub mod rope;
 pub mod safetensors_io;
 pub mod sampling;
 pub mod source;

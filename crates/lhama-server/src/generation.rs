@@ -251,10 +251,10 @@ type Render = Box<dyn FnOnce(Vec<Choice>) -> serde_json::Value + Send>;
 /// Answers a non-streamed request: the choices collected and rendered as
 /// JSON. If the client closes its side of the connection meanwhile, it has
 /// either gone or only half-closed (and still waits): the answer is then
-/// committed at once (200, JSON) and a space is written every second until
-/// the JSON follows. A half-closed client gets its answer (JSON may begin
-/// with white space); for one that has gone, a write fails within about a
-/// second, which drops the body and so cancels its sequences.
+/// committed at once (200, JSON) and spaces are written (at once, after
+/// 50 ms, then every second) until the JSON follows. A half-closed client
+/// gets its answer (JSON may begin with white space); for one that has gone,
+/// the second write fails, which drops the body and so cancels its sequences.
 pub async fn respond(
     state: &AppState,
     eof: Option<Arc<ClientEof>>,
@@ -273,15 +273,25 @@ pub async fn respond(
         done = &mut work => return done.map(|v| Json(v).into_response()),
         () = eof.wait() => {}
     }
-    let heartbeat = tokio::time::interval(Duration::from_secs(1));
-    let body = futures_util::stream::unfold(Some((work, heartbeat)), |state| async move {
-        let (mut work, mut heartbeat) = state?;
+    // The first space goes out at once and the second 50 ms later: a client
+    // that has gone answers the first with a reset, so the second write
+    // fails and the sequences are cancelled within about 50 ms (a
+    // half-closed client reads the spaces). Then one a second.
+    let body = futures_util::stream::unfold(Some((work, 0u32)), |state| async move {
+        let (mut work, beats) = state?;
+        let wait = match beats {
+            0 => Duration::ZERO,
+            1 => Duration::from_millis(50),
+            _ => Duration::from_secs(1),
+        };
         tokio::select! {
             done = &mut work => {
                 let v = done.unwrap_or_else(|e| e.body());
                 Some((Ok::<_, Infallible>(Bytes::from(v.to_string())), None))
             }
-            _ = heartbeat.tick() => Some((Ok(Bytes::from_static(b" ")), Some((work, heartbeat)))),
+            () = tokio::time::sleep(wait) => {
+                Some((Ok(Bytes::from_static(b" ")), Some((work, beats.saturating_add(1)))))
+            }
         }
     });
     Ok((

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use lhama_model::cpu::CpuBackend;
+use lhama_cpu::CpuBackend;
 use lhama_model::synth::{Preset, write_model};
 use lhama_model::{KvGeometry, ModelFiles};
 use safetensors::tensor::TensorView;

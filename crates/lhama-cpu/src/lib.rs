@@ -8,10 +8,10 @@ pub mod kernels;
 
 use half::f16;
 
-use crate::backend::{Backend, BackendError, ForwardBatch, KvGeometry};
-use crate::config::LlamaConfig;
-use crate::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
 use kernels::{AttnShape, AwqMatrix, RopeTable};
+use lhama_model::backend::{Backend, BackendError, ForwardBatch, KvGeometry};
+use lhama_model::config::LlamaConfig;
+use lhama_model::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
 
 /// A linear layer as the CPU kernels take it.
 enum CpuLinear {
