@@ -302,6 +302,15 @@ async fn bad_and_hostile_constraints_get_400s() {
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(says), "{extra}: {message}");
     }
+    // A request refused anyway is refused before its grammar is compiled.
+    let (status, body) = common::post(
+        &server,
+        "/v1/chat/completions",
+        &chat(json!({"max_tokens": 100_000, "guided_json": {"type": "strin"}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
     // A schema past llguidance's grammar-size limit (20,000 properties of
     // two alternatives each): refused in bounded time, while /health answers.
     let properties: serde_json::Map<String, Value> = (0..20_000)

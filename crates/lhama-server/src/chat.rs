@@ -74,7 +74,16 @@ pub async fn chat_completions(
         }
         (false, None) => None,
     };
-    generation::attach_guide(&state, loaded, req.guided()?, &mut params).await?;
+    let copies: Vec<&[u32]> = vec![&prompt[..]; n];
+    generation::attach_guide(
+        &state,
+        loaded,
+        req.guided()?,
+        &mut params,
+        &copies,
+        "messages",
+    )
+    .await?;
     let jobs = generation::choices(&prompt, &params, n, 0);
     let events = generation::start(&state, loaded, jobs, "messages", log.map(|l| l.0))?;
     let id = request_id("chatcmpl");

@@ -135,7 +135,19 @@ pub async fn completions(
             .heavy(move || prompts(prompt, &tokenizer, &limits))
             .await??
     };
-    generation::attach_guide(&state, loaded, sampling.guided()?, &mut params).await?;
+    let all: Vec<&[u32]> = prompts
+        .iter()
+        .flat_map(|(ids, _)| std::iter::repeat_n(&ids[..], n))
+        .collect();
+    generation::attach_guide(
+        &state,
+        loaded,
+        sampling.guided()?,
+        &mut params,
+        &all,
+        "prompt",
+    )
+    .await?;
     let mut jobs = Vec::new();
     for (p, (ids, _)) in prompts.iter().enumerate() {
         jobs.extend(generation::choices(ids, &params, n, p * n));
