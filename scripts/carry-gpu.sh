@@ -11,7 +11,7 @@ cp target/release/lhama .carry/lhama
 cargo test --release --locked --workspace --no-run --message-format=json 2>/dev/null |
   python3 -c '
 import json, shutil, sys
-wanted = {"gpu", "server_openai", "server_lifecycle", "server_bad_input", "server_extras"}
+wanted = {"gpu", "server_openai", "server_lifecycle", "server_bad_input", "server_extras", "server_guided"}
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in wanted and m["target"]["kind"] == ["test"]:

@@ -34,7 +34,7 @@ done
 timeout 300 bash bench/gpu_compare.sh /tmp/ttl .carry/lhama-base .carry/lhama >"$out/bench.log" 2>&1
 say "bench rc $?"
 grep -E "^==|^ +[0-9]|prefill" "$out/bench.log"
-for suite in server_openai server_lifecycle server_bad_input server_extras; do
+for suite in server_openai server_lifecycle server_bad_input server_extras server_guided; do
   env LHAMA_BACKEND=cuda LHAMA_GPU_MEMORY_UTILIZATION=0.15 timeout 120 .carry/$suite --test-threads 2 >>"$out/suites.log" 2>&1
   say "$suite (cuda) rc $?: $(grep 'test result' "$out/suites.log" | tail -1)"
 done

@@ -29,7 +29,7 @@ step synth-ttl .carry/lhama synth --preset ttl-460m --seed 0 --out /tmp/ttl
 step golden-ttl python3 tests/reference/make_goldens.py --model /tmp/ttl --out /tmp/ttl.json
 step gpu-kernels-and-models env LHAMA_TTL_MODEL=/tmp/ttl LHAMA_TTL_GOLDEN=/tmp/ttl.json .carry/gpu --ignored --nocapture --test-threads 1
 step verify-ttl-cuda .carry/lhama verify --backend cuda --model /tmp/ttl --golden /tmp/ttl.json
-for suite in server_openai server_lifecycle server_bad_input server_extras; do
+for suite in server_openai server_lifecycle server_bad_input server_extras server_guided; do
   step "$suite-cuda" env LHAMA_BACKEND=cuda LHAMA_GPU_MEMORY_UTILIZATION=0.15 .carry/$suite --test-threads 2
 done
 if ls .whl/*.whl >/dev/null 2>&1; then  # carried by scripts/fetch-gpu-wheels.sh
@@ -60,11 +60,30 @@ serve_bench() {
   return $rc
 }
 step serve-bench-cuda serve_bench
+# Issue 11's GPU figures: a chat turn after a ~1,500-token history with and
+# without the prefix cache, and throughput at 64 clients with every request
+# constrained (a regex that never ends before max_tokens; a JSON object)
+# against none.
+step prefix-cache-ttft-cuda python3 bench/prefix_cache_ttft.py --lhama .carry/lhama --model /tmp/ttl --backend cuda
+guided_cost() {
+  .carry/lhama serve --backend cuda --model /tmp/ttl --served-model-name ttl --port 8000 &
+  local pid=$!
+  for _ in $(seq 120); do curl -sf localhost:8000/health >/dev/null && break; sleep 0.5; done
+  local rc=0
+  for extra in '{}' '{"guided_regex": "[a-z ]+"}' '{"guided_json": {"type": "object"}}'; do
+    python3 bench/serve_bench.py --concurrency 64 --requests 256 --prompt-words 100 --max-tokens 128 --extra-json "$extra" || rc=$?
+  done
+  kill -TERM "$pid"; wait "$pid"
+  return $rc
+}
+step guided-cost-cuda guided_cost
 step bench bash bench/gpu_bench.sh /tmp/ttl
 echo "device: $(cat "$out/device.txt")"
 grep -hE "max \|gpu - cpu\||gpu vs transformers" "$out/gpu-kernels-and-models.log" || true
 grep -hE "test result" "$out"/*.log || true
 cat "$out/readme-ttl-cuda.log" 2>/dev/null | grep -v INFO | tail -8
 grep -v INFO "$out/serve-bench-cuda.log" 2>/dev/null | grep -E "^(concurrency|wall|TTFT|ITL|E2E)" || true
+grep -E "^prefix cache" "$out/prefix-cache-ttft-cuda.log" 2>/dev/null || true
+grep -v INFO "$out/guided-cost-cuda.log" 2>/dev/null | grep -E "^(concurrency|wall)" || true
 cat "$out/bench.log" 2>/dev/null | tail -24
 printf '%s\n' "${summary[@]}"
