@@ -525,3 +525,40 @@ async fn repeated_prompts_are_served_from_the_prefix_cache() {
         0.0
     );
 }
+
+/// Requests under different API keys, or with different `cache_salt`s, never
+/// share prefix-cache blocks (one client could otherwise learn from its time
+/// to first token what another sent); the same key and salt do.
+#[tokio::test]
+async fn the_prefix_cache_is_scoped_by_api_key_and_cache_salt() {
+    let server = common::start(&["--api-key", "alpha,beta"]).await;
+    let history = "Uma conversa longa sobre rios, mares e cidades do Brasil. ".repeat(6);
+    let ask = |key: &'static str, salt: Option<&'static str>| {
+        let base = server.base.clone();
+        let history = history.clone();
+        async move {
+            let mut body = json!({"model": "tiny", "messages": [{"role": "user", "content": history}],
+                                  "max_tokens": 2, "temperature": 0});
+            if let Some(s) = salt {
+                body["cache_salt"] = json!(s);
+            }
+            let r = reqwest::Client::new()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let v: Value = r.json().await.unwrap();
+            v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    assert_eq!(ask("alpha", None).await, 0);
+    assert_eq!(ask("beta", None).await, 0, "another key");
+    assert!(ask("alpha", None).await > 0, "the same key");
+    assert_eq!(ask("alpha", Some("s1")).await, 0, "another salt");
+    assert!(ask("alpha", Some("s1")).await > 0, "the same salt");
+}

@@ -34,6 +34,18 @@ pub fn chain_hash(parent: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
     u128::from_le_bytes(first)
 }
 
+/// The root of the hash chain of sequences with this cache salt: their
+/// first block's "parent", so they share blocks only among themselves.
+pub fn salt_hash(salt: &[u8]) -> BlockHash {
+    let bytes = blake3::Hasher::new()
+        .update(b"salt")
+        .update(salt)
+        .finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&bytes.as_bytes()[..16]);
+    u128::from_le_bytes(first)
+}
+
 /// Counters of the prefix cache since start (monotonic).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheCounters {

@@ -300,8 +300,13 @@ impl Engine {
         };
         // Prompt logprobs need every prompt position's logits: no reuse.
         let reuse = active.params.prompt_logprobs.is_none();
+        let salt = active
+            .params
+            .cache_salt
+            .as_deref()
+            .map(|s| crate::blocks::salt_hash(s.as_bytes()));
         self.active.insert(id, active);
-        self.scheduler.add(id, prompt, reuse);
+        self.scheduler.add_salted(id, prompt, reuse, salt);
     }
 
     fn drop_cancelled(&mut self) {

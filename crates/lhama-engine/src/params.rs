@@ -26,6 +26,8 @@ pub struct RequestParams {
     pub skip_special_tokens: bool,
     /// Structured output: the grammar the generated tokens must follow.
     pub guide: Option<Guide>,
+    /// Prefix-cache scope: only sequences with the same salt share blocks.
+    pub cache_salt: Option<String>,
 }
 
 impl Default for RequestParams {
@@ -45,6 +47,7 @@ impl Default for RequestParams {
             prompt_logprobs: None,
             skip_special_tokens: true,
             guide: None,
+            cache_salt: None,
         }
     }
 }

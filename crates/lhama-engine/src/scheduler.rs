@@ -51,6 +51,8 @@ struct Seq {
     published: usize,
     /// Prompt tokens served from the cache at the first admission.
     cached_tokens: Option<usize>,
+    /// The root of its hash chain (`blocks::salt_hash`), if salted.
+    salt: Option<BlockHash>,
 }
 
 impl Seq {
@@ -58,7 +60,7 @@ impl Seq {
     fn hash_blocks(&mut self, blocks: usize, block_size: usize) {
         while self.hashes.len() < blocks {
             let i = self.hashes.len();
-            let parent = self.hashes.last().copied();
+            let parent = self.hashes.last().copied().or(self.salt);
             let h = chain_hash(parent, &self.tokens[i * block_size..(i + 1) * block_size]);
             self.hashes.push(h);
         }
@@ -134,7 +136,20 @@ impl Scheduler {
     /// `reuse`: it may start from cached blocks (false when the logits of
     /// every prompt position are needed).
     pub fn add(&mut self, id: SeqId, prompt: Vec<u32>, reuse: bool) {
+        self.add_salted(id, prompt, reuse, None);
+    }
+
+    /// As `add`, for a sequence whose blocks are shared only with sequences
+    /// of the same salt (`blocks::salt_hash`).
+    pub fn add_salted(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        reuse: bool,
+        salt: Option<BlockHash>,
+    ) {
         self.waiting.push_back(Seq {
+            salt,
             id,
             tokens: prompt,
             computed: 0,
@@ -700,5 +715,23 @@ mod tests {
         run(&mut s, &p);
         s.remove(2);
         assert_eq!(s.blocks_used(), 0);
+    }
+
+    #[test]
+    fn sequences_share_blocks_only_with_their_own_salt() {
+        use crate::blocks::salt_hash;
+        let mut s = cached_sched(8, 64, 32);
+        let prompt: Vec<u32> = (1..=9).collect();
+        let (a, b) = (Some(salt_hash(b"key=0")), Some(salt_hash(b"key=1")));
+        s.add_salted(1, prompt.clone(), true, a);
+        settle(&mut s);
+        s.add_salted(2, prompt.clone(), true, b);
+        s.add_salted(3, prompt.clone(), true, a);
+        s.add(4, prompt.clone(), true);
+        let p = s.schedule();
+        assert_eq!(s.cached_tokens(2), Some(0), "another salt");
+        assert_eq!(s.cached_tokens(3), Some(8), "the same salt");
+        assert_eq!(s.cached_tokens(4), Some(0), "no salt is a salt of its own");
+        run(&mut s, &p);
     }
 }

@@ -23,6 +23,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     eof: Option<Extension<Arc<ClientEof>>>,
     log: Option<Extension<Arc<RequestLog>>>,
+    scope: Option<Extension<crate::KeyScope>>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let loaded = state.serving(&req.model)?;
@@ -64,6 +65,7 @@ pub async fn chat_completions(
         .await??;
     let default_max = loaded.max_model_len.saturating_sub(prompt.len());
     let mut params = sampling.to_params(&loaded.generation, loaded.vocab_size, default_max)?;
+    params.cache_salt = crate::cache_salt(scope.map(|s| s.0), sampling.cache_salt.as_deref());
     params.logprobs = match (req.logprobs, req.top_logprobs) {
         (true, k) => Some(top_count("top_logprobs", k.unwrap_or(0))?),
         (false, Some(_)) => {

@@ -98,6 +98,7 @@ pub async fn completions(
     State(state): State<AppState>,
     eof: Option<Extension<Arc<ClientEof>>>,
     log: Option<Extension<Arc<RequestLog>>>,
+    scope: Option<Extension<crate::KeyScope>>,
     ApiJson(mut req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let loaded = state.serving(&req.model)?;
@@ -117,6 +118,7 @@ pub async fn completions(
     }
     let logprobs = req.logprobs.map(|k| top_count("logprobs", k)).transpose()?;
     let mut params = sampling.to_params(&loaded.generation, loaded.vocab_size, 16)?;
+    params.cache_salt = crate::cache_salt(scope.map(|s| s.0), sampling.cache_salt.as_deref());
     params.logprobs = logprobs;
     params.prompt_logprobs = if req.echo { logprobs } else { None };
     // More sequences than the queue ever holds: refused before any tokenizing.

@@ -124,13 +124,35 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// Whether `given` is one of `keys`, compared in constant time (every key is
 /// compared, each without an early exit).
-fn key_matches(keys: &[String], given: &str) -> bool {
+/// Which key `given` is, comparing with every key in constant time.
+fn key_index(keys: &[String], given: &str) -> Option<usize> {
     use subtle::ConstantTimeEq;
-    let mut found = subtle::Choice::from(0u8);
-    for key in keys {
-        found |= key.as_bytes().ct_eq(given.as_bytes());
+    let mut found = None;
+    for (i, key) in keys.iter().enumerate() {
+        if bool::from(key.as_bytes().ct_eq(given.as_bytes())) {
+            found = Some(i);
+        }
     }
-    found.into()
+    found
+}
+
+/// The API key a request was authenticated with (its place in the list):
+/// requests under different keys never share prefix-cache blocks, so one
+/// client cannot learn from its latency what another sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyScope(pub usize);
+
+/// The prefix-cache salt of a request: its key's scope and its own
+/// `cache_salt` (vLLM's field), if any.
+pub fn cache_salt(scope: Option<KeyScope>, requested: Option<&str>) -> Option<String> {
+    match (scope, requested) {
+        (None, None) => None,
+        (scope, requested) => Some(format!(
+            "key={};salt={}",
+            scope.map_or(String::from("-"), |s| s.0.to_string()),
+            requested.unwrap_or("")
+        )),
+    }
 }
 
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -144,9 +166,13 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    match given {
-        Some(k) if key_matches(keys, k) => next.run(req).await,
-        Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
+    match given.map(|k| key_index(keys, k)) {
+        Some(Some(i)) => {
+            let mut req = req;
+            req.extensions_mut().insert(KeyScope(i));
+            next.run(req).await
+        }
+        Some(None) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
         None => ApiError::unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
             .into_response(),
     }
@@ -154,7 +180,11 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, key_matches};
+    use super::{bearer_token, key_index};
+
+    fn key_matches(keys: &[String], given: &str) -> bool {
+        key_index(keys, given).is_some()
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_keys_must_match_exactly() {
@@ -169,5 +199,6 @@ mod tests {
         assert!(!key_matches(&keys, "secre"));
         assert!(!key_matches(&keys, "secrets"));
         assert!(!key_matches(&keys, ""));
+        assert_eq!(key_index(&keys, "other"), Some(1));
     }
 }

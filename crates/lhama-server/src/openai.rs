@@ -67,6 +67,7 @@ macro_rules! with_sampling_fields {
             guided_regex: Option<String>,
             guided_choice: Option<Vec<String>>,
             guided_grammar: Option<String>,
+            cache_salt: Option<String>,
         }
     };
 }
@@ -467,6 +468,8 @@ impl Sampling {
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
             // Compiled separately (generation::attach_guide).
             guide: None,
+            // Set by the handler with the request's API key (crate::cache_salt).
+            cache_salt: None,
         })
     }
 }
