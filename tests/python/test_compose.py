@@ -73,13 +73,26 @@ def test_a_stopped_replica_loses_no_request():
                 i += 8
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        def wait_for(what, cond):
+            deadline = time.time() + 60
+            while not cond():
+                assert time.time() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.05)
+
+        def upstreams(since):
+            with lock:
+                return {r[2] for r in results if r[0] > since}
+
         for t in threads:
             t.start()
-        time.sleep(2)
+        # Load on both replicas, then one stops; the load goes on until 16
+        # more requests have finished after the stop.
+        wait_for("both replicas to answer", lambda: len(upstreams(0)) >= 2)
         stop_at["start"] = time.time()
         compose("stop", "lhama-a", env=env)
         stop_at["end"] = time.time()
-        time.sleep(3)
+        wait_for("requests after the stop",
+                 lambda: len([r for r in results if r[0] > stop_at["end"] + 0.5]) >= 16)
         done.set()
         for t in threads:
             t.join(60)

@@ -96,6 +96,15 @@ def post(url, body, stream=False):
         return r.status, r.read().decode()
 
 
+def running(base):
+    """Sequences the server is running now (its /metrics)."""
+    _, text = get(base + "/metrics")
+    for line in text.splitlines():
+        if line.startswith("lhama_running_sequences"):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def inspect(name, fmt):
     return sh("docker", "inspect", "--format", fmt, name).stdout.strip()
 
@@ -142,7 +151,10 @@ def test_the_cpu_image_serves_as_non_root_and_drains_on_stop():
 
         t = threading.Thread(target=run_stream)
         t.start()
-        time.sleep(0.5)
+        deadline = time.time() + 20
+        while running(base) < 1:
+            assert time.time() < deadline and t.is_alive(), "the stream never ran"
+            time.sleep(0.02)
         sh("docker", "stop", "-t", "20", name)
         t.join(30)
         assert stream.get("status") == 200 and stream["body"].rstrip().endswith("data: [DONE]"), stream

@@ -184,15 +184,6 @@ async fn streamed_events_arrive_as_made_on_a_reused_connection() {
     );
 }
 
-/// The value of an unlabelled-but-for-model_name series in a /metrics text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 /// Starts trickling a request head on `s`: the request line now, then one
 /// header line every 200 ms until the server closes. Returns when it was
 /// closed and whether the server had answered anything first.
@@ -248,7 +239,7 @@ async fn slowloris_connections_are_capped_and_timed_out() {
         let answer = read_until(&mut s, whole_response);
         assert_eq!(status_of(&answer), 200);
         let text = String::from_utf8_lossy(&answer).to_string();
-        if metric(&text, "lhama_http_open_connections") == 1.0 {
+        if common::metric_in(&text, "lhama_http_open_connections") == 1.0 {
             break s;
         }
         // The server has yet to see the start-up check's connection close.
@@ -279,15 +270,9 @@ async fn slowloris_connections_are_capped_and_timed_out() {
             "a trickling connection lived {lived:?}"
         );
     }
-    let r = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let text = r.text().await.unwrap();
     assert_eq!(
-        metric(&text, "lhama_http_refused_connections_total"),
-        1.0,
-        "{text}"
+        common::metric(&server, "lhama_http_refused_connections_total").await,
+        1.0
     );
 }
 

@@ -129,6 +129,20 @@ pub enum SubmitError {
 }
 
 impl EngineHandle {
+    /// Whether a prompt of this length plus `max_tokens` fits the context
+    /// (`submit` checks it too; callers may check before costly work).
+    pub fn check_fits(&self, prompt: usize, max_tokens: usize) -> Result<(), SubmitError> {
+        let limit = self.config.max_model_len;
+        if prompt + max_tokens > limit {
+            return Err(SubmitError::TooLong {
+                prompt,
+                max_tokens,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     pub fn submit(
         &self,
         prompt: Vec<u32>,
@@ -137,14 +151,7 @@ impl EngineHandle {
         if prompt.is_empty() {
             return Err(SubmitError::EmptyPrompt);
         }
-        let limit = self.config.max_model_len;
-        if prompt.len() + params.max_tokens > limit {
-            return Err(SubmitError::TooLong {
-                prompt: prompt.len(),
-                max_tokens: params.max_tokens,
-                limit,
-            });
-        }
+        self.check_fits(prompt.len(), params.max_tokens)?;
         let (events, rx) = unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.commands

@@ -708,8 +708,11 @@ mod tests {
         assert!(preempted, "the pool should run out");
         assert_eq!(s.num_waiting(), 1);
         s.remove(1);
-        // Seq 2 comes back and finds its own published blocks.
+        // Seq 2 comes back and finds its own published blocks; a return is
+        // not counted as another query.
+        let counted = s.cache_counters();
         let p = s.schedule();
+        assert_eq!(s.cache_counters(), counted);
         assert_eq!(p.seqs[0].id, 2);
         assert!(p.seqs[0].start >= 8, "{:?}", shape(&p));
         run(&mut s, &p);

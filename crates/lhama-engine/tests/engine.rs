@@ -67,6 +67,18 @@ fn engine_with(
     )
 }
 
+/// A CPU backend of its own, for reference runs of one sequence at a time.
+fn solo_backend(f: &Fixture) -> CpuBackend {
+    CpuBackend::new(
+        &f.files.config,
+        f.files.weights.clone(),
+        KvGeometry {
+            num_blocks: 64,
+            block_size: 16,
+        },
+    )
+}
+
 fn prompt(i: u32, len: usize) -> Vec<u32> {
     std::iter::once(1)
         .chain((1..len as u32).map(|j| 3 + (j * 97 + i * 31) % 500))
@@ -119,14 +131,7 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
 fn concurrent_greedy_requests_equal_their_solo_runs_even_under_preemption() {
     let f = fixture();
     // Solo references straight from the backend.
-    let mut solo = CpuBackend::new(
-        &f.files.config,
-        f.files.weights.clone(),
-        KvGeometry {
-            num_blocks: 64,
-            block_size: 16,
-        },
-    );
+    let mut solo = solo_backend(&f);
     let prompts: Vec<Vec<u32>> = (0..24)
         .map(|i| prompt(i, 5 + (i as usize * 7) % 40))
         .collect();
@@ -571,14 +576,7 @@ fn prefix_cached_turns_equal_uncached_ones_bit_for_bit() {
 #[test]
 fn shared_prefixes_under_preemption_and_cancellation_free_every_block() {
     let f = fixture();
-    let mut solo = CpuBackend::new(
-        &f.files.config,
-        f.files.weights.clone(),
-        KvGeometry {
-            num_blocks: 64,
-            block_size: 16,
-        },
-    );
+    let mut solo = solo_backend(&f);
     let bases: Vec<Vec<u32>> = (0..3).map(|i| prompt(40 + i, 35)).collect();
     let prompts: Vec<Vec<u32>> = (0..30u32)
         .map(|i| {

@@ -76,13 +76,12 @@ pub async fn chat_completions(
         }
         (false, None) => None,
     };
-    let copies: Vec<&[u32]> = vec![&prompt[..]; n];
     generation::attach_guide(
         &state,
         loaded,
         req.guided()?,
         &mut params,
-        &copies,
+        (n, prompt.len() * n, prompt.len()),
         "messages",
     )
     .await?;

@@ -137,16 +137,18 @@ pub async fn completions(
             .heavy(move || prompts(prompt, &tokenizer, &limits))
             .await??
     };
-    let all: Vec<&[u32]> = prompts
-        .iter()
-        .flat_map(|(ids, _)| std::iter::repeat_n(&ids[..], n))
-        .collect();
+    let lens = prompts.iter().map(|(ids, _)| ids.len());
+    let shape = (
+        prompts.len() * n,
+        lens.clone().sum::<usize>() * n,
+        lens.max().unwrap_or(0),
+    );
     generation::attach_guide(
         &state,
         loaded,
         sampling.guided()?,
         &mut params,
-        &all,
+        shape,
         "prompt",
     )
     .await?;

@@ -316,29 +316,19 @@ pub async fn attach_guide(
     loaded: &Loaded,
     guided: Option<(&'static str, GuidedSpec)>,
     params: &mut RequestParams,
-    prompts: &[&[u32]],
+    (sequences, prompt_tokens, longest_prompt): (usize, usize, usize),
     prompt_param: &str,
 ) -> Result<(), ApiError> {
     let Some((param, spec)) = guided else {
         return Ok(());
     };
     // A request refused anyway must not hold the blocking pool with a
-    // compilation: the checks `start` makes that need no compiled grammar
-    // come first.
-    let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-    state.check_admissible(lens.len(), lens.iter().sum())?;
-    if let Some(&longest) = lens.iter().max() {
-        if longest + params.max_tokens > loaded.max_model_len {
-            return Err(ApiError::from_submit(
-                SubmitError::TooLong {
-                    prompt: longest,
-                    max_tokens: params.max_tokens,
-                    limit: loaded.max_model_len,
-                },
-                prompt_param,
-            ));
-        }
-    }
+    // compilation: the checks `start` makes without a grammar come first.
+    state.check_admissible(sequences, prompt_tokens)?;
+    loaded
+        .engine
+        .check_fits(longest_prompt, params.max_tokens)
+        .map_err(|e| ApiError::from_submit(e, prompt_param))?;
     let compiler = loaded.guides.clone().map_err(|why| {
         ApiError::invalid_param(
             param,

@@ -224,7 +224,12 @@ pub async fn metric(server: &Server, name: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    // `name value` or `name{labels} value` (every series has model_name).
+    metric_in(&text, name)
+}
+
+/// A series' value in a /metrics text: `name value` or `name{labels} value`
+/// (every series has model_name).
+pub fn metric_in(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             let rest = l.strip_prefix(name)?;
