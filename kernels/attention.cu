@@ -42,77 +42,116 @@ extern "C" __global__ void paged_attention_combine_f32(
 }
 
 // Decode steps (one new token per sequence): rotary embedding, the K/V write,
-// the partition partials and their combine in one launch; each warp takes 8
-// positions of its block's partition, lanes over dimensions (coalesced rows). Each block rotates its head's q from the raw qkv row; the blocks
-// of the last partition also rotate the new token's k and use it (and its
-// v) from registers for the newest position, and the first q head of each
-// KV head writes them into the cache slot (no block reads that slot here).
-// The last block of a (token, head) to finish (an atomic counter, re-armed
-// after use) combines the partitions, in partition order.
+// the partition partials and their combine in one launch. Each block rotates
+// its head's q from the raw qkv row; the blocks of the last partition also
+// rotate the new token's k and use it (and its v) from registers for the
+// newest position, and the first q head of each KV head writes them into the
+// cache slot (no block reads that slot in this step). The last block of a
+// (token, head) to finish (an atomic counter, re-armed after use) combines
+// the partitions, in partition order.
 //
 // qkv      [T, (H + 2 * KVH) * D] f32, unrotated
 // cos, sin [max_pos, D/2] f32; slots [T] u32 (the new token's slot)
 // counters [T * H] u32, zero between launches
-// Others as above. D is 32, 64 or 128 (lanes hold D / 32 consecutive
-// dimensions; rotation pairs are lane and lane ^ 16).
+// Others as above. D is 32, 64 or 128.
+// Partitions: part_chunks consecutive chunks of ATTN_PART positions (the
+// host picks as many chunks as keep enough blocks to fill the GPU: one
+// partition per sequence at large batches, many at small ones).
 // Grid: (T, H, Z), Z = the partitions of the batch's longest context (the
-// host captures a graph per batch size and Z); blocks past a token's own
-// context return at once.
-// Lane l holds the `dims` consecutive dimensions [l * dims, (l + 1) * dims)
-// of a head (so K/V rows load as one vector per lane). Dimension d pairs
-// with d +- D/2 = d +- 16 * dims: the same slot of lane l ^ 16.
-template <int DIMS>
-__device__ __forceinline__ void rope_lane(float (&x)[DIMS], const float (&c)[DIMS], const float (&s)[DIMS], int lane) {
+// host captures a graph per batch size and context chunk count, which
+// determine part_chunks); blocks past a token's own context return at
+// once. Block: ATTN_WARPS warps.
+//
+// Lanes: a K/V row of one head is read by D / 8 lanes, 8 consecutive
+// dimensions (16 bytes of f16, 32 of f32) each, so one warp load covers
+// 32 / (D / 8) positions and a row is one contiguous run. Lane = g * (D / 8)
+// + s: row group g (a position), sub-lane s (dimensions [8 s, 8 s + 8)).
+// In each chunk a warp takes ATTN_PART / ATTN_WARPS positions in one batch
+// of loads (the first chunk's issued before the grid dependency wait, each
+// next chunk's while the current one is computed); each warp keeps its own
+// online softmax (max m, sum l, unnormalized output) over the chunks, and
+// the block combines its warps once.
+// Rotation pairs dimension d with d +- D/2: the same slot of sub-lane
+// s ^ (D / 16), which is lane ^ (D / 16).
+
+// Eight consecutive K/V elements of one lane, as loaded.
+template <typename KV>
+struct KvRow8;
+template <>
+struct KvRow8<__half> {
+    uint4 v;
+    __device__ __forceinline__ void load(const __half* p) { v = *reinterpret_cast<const uint4*>(p); }
+    __device__ __forceinline__ void zero() { v = make_uint4(0u, 0u, 0u, 0u); }
+    __device__ __forceinline__ void widen(float (&x)[8]) const {
+        const unsigned w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int i = 0; i < DIMS; ++i) {
-        const float partner = __shfl_xor_sync(0xffffffffu, x[i], 16);
-        x[i] = lane < 16 ? x[i] * c[i] - partner * s[i] : x[i] * c[i] + partner * s[i];
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+            x[2 * i] = f.x, x[2 * i + 1] = f.y;
+        }
+    }
+};
+template <>
+struct KvRow8<float> {
+    float4 a, b;
+    __device__ __forceinline__ void load(const float* p) {
+        a = *reinterpret_cast<const float4*>(p);
+        b = *reinterpret_cast<const float4*>(p + 4);
+    }
+    __device__ __forceinline__ void zero() { a = b = make_float4(0.f, 0.f, 0.f, 0.f); }
+    __device__ __forceinline__ void widen(float (&x)[8]) const {
+        x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+    }
+};
+
+__device__ __forceinline__ void load8_f32(const float* p, float (&x)[8]) {
+    const float4 a = *reinterpret_cast<const float4*>(p);
+    const float4 b = *reinterpret_cast<const float4*>(p + 4);
+    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+
+__device__ __forceinline__ void store8(float* p, const float (&x)[8]) {
+    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+    *reinterpret_cast<float4*>(p + 4) = make_float4(x[4], x[5], x[6], x[7]);
+}
+__device__ __forceinline__ void store8(__half* p, const float (&x)[8]) {
+    unsigned w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const __half2 h = __floats2half2_rn(x[2 * i], x[2 * i + 1]);
+        w[i] = *reinterpret_cast<const unsigned*>(&h);
+    }
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Rotary embedding of a lane's 8 dimensions; `first_half`: s < D / 16.
+template <int PAIR>
+__device__ __forceinline__ void rope8(float (&x)[8], const float (&c)[8], const float (&s)[8], bool first_half) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const float partner = __shfl_xor_sync(0xffffffffu, x[i], PAIR);
+        x[i] = first_half ? x[i] * c[i] - partner * s[i] : x[i] * c[i] + partner * s[i];
     }
 }
 
-// One lane's `dims` consecutive elements of a K/V row as f32, in one load
-// (16, 8 or 4 bytes; the host keeps rows aligned: head_dim % 32 == 0).
-template <int DIMS>
-__device__ __forceinline__ void load_dims(const float* p, float (&x)[DIMS]) {
-    if constexpr (DIMS == 4) {
-        const float4 v = *reinterpret_cast<const float4*>(p);
-        x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
-    } else if constexpr (DIMS == 2) {
-        const float2 v = *reinterpret_cast<const float2*>(p);
-        x[0] = v.x, x[1] = v.y;
-    } else {
-        x[0] = *p;
-    }
-}
-
-template <int DIMS>
-__device__ __forceinline__ void load_dims(const __half* p, float (&x)[DIMS]) {
-    if constexpr (DIMS == 4) {
-        const uint2 v = *reinterpret_cast<const uint2*>(p);
-        const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
-        const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
-        x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
-    } else if constexpr (DIMS == 2) {
-        const float2 a = __half22float2(*reinterpret_cast<const __half2*>(p));
-        x[0] = a.x, x[1] = a.y;
-    } else {
-        x[0] = __half2float(*p);
-    }
-}
-
-template <typename KV, int DIMS>
+template <typename KV, int D, bool MULTI>
 __device__ __forceinline__ void paged_attention_decode(
     const float* __restrict__ qkv, const unsigned* __restrict__ positions, const float* __restrict__ cos_table,
     const float* __restrict__ sin_table, const unsigned* __restrict__ slots, KV* __restrict__ k_cache,
     KV* __restrict__ v_cache, const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
     float* __restrict__ work, unsigned* __restrict__ counters, float* __restrict__ out, int heads, int kv_heads,
-    int head_dim, int block_size, int max_blocks, int max_parts, float scale) {
-    __shared__ float scores[ATTN_PART];
-    __shared__ float partial[ATTN_WARPS][128];
-    __shared__ float scratch[32];
+    int part_chunks, int block_size, int max_blocks, int max_parts, float scale) {
+    constexpr int LPR = D / 8;                          // lanes per K/V row
+    constexpr int RPI = LHAMA_WARP / LPR;               // rows per warp load
+    constexpr int U = ATTN_PART / (ATTN_WARPS * RPI);   // loads per warp and chunk (of K, and of V)
+    static_assert(U * ATTN_WARPS * RPI == ATTN_PART, "a chunk is whole warp loads");
+    __shared__ float w_m[ATTN_WARPS], w_l[ATTN_WARPS];
+    __shared__ float w_acc[ATTN_WARPS][D];
+    __shared__ float s_kn[D], s_vn[D];
     __shared__ bool last_block;
     const int lane = threadIdx.x % LHAMA_WARP;
     const int warp = threadIdx.x / LHAMA_WARP;
+    const int g = lane / LPR, sl = lane % LPR;
     const int t = blockIdx.x, h = blockIdx.y, z = blockIdx.z;
     // Before waiting on the previous kernel (which writes only qkv): the
     // host-written index arrays, the rotary tables, and the K/V of every
@@ -120,142 +159,192 @@ __device__ __forceinline__ void paged_attention_decode(
     // newest slot, here).
     const int pos = (int)positions[t];
     const int ctx = pos + 1;
-    const int start = z * ATTN_PART;
+    const int part_len = part_chunks * ATTN_PART;
+    const int start = z * part_len;
     if (start >= ctx) {  // uniform across the block
         LHAMA_GRID_WAIT();
         return;
     }
-    const int end = min(ctx, start + ATTN_PART);
-    const int parts = (ctx + ATTN_PART - 1) / ATTN_PART;
+    const int end = min(ctx, start + part_len);
+    const int parts = (ctx + part_len - 1) / part_len;
     const int group = heads / kv_heads;
     const int kvh = h / group;
-    const int kv_dim = kv_heads * head_dim;
-    constexpr int dims = DIMS;  // head_dim / 32, checked on the host
-    const int half = head_dim / 2;
+    const int kv_dim = kv_heads * D;
+    const int half = D / 2;
+    const int col = kvh * D + sl * 8;  // this lane's first element in a slot's row
     const unsigned* table = block_tables + (size_t)seq_of[t] * max_blocks;
-    const int first = start + warp * ATTN_PER_WARP;
-    float kr[ATTN_PER_WARP][DIMS], vr[ATTN_PER_WARP][DIMS];
+    // This lane's positions in the chunk at c0: c0 + lane_off + u * RPI.
+    const int lane_off = warp * (U * RPI) + g;
+    KvRow8<KV> kr[U], vr[U];
+    auto fetch = [&](int c0, KvRow8<KV>(&kd)[U], KvRow8<KV>(&vd)[U]) {
 #pragma unroll
-    for (int u = 0; u < ATTN_PER_WARP; ++u) {
-        const int p = first + u;
-        const size_t slot = p < pos ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
-        if (p < pos) {
-            load_dims<DIMS>(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims], kr[u]);
-            load_dims<DIMS>(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims], vr[u]);
-        } else {
-#pragma unroll
-            for (int i = 0; i < DIMS; ++i) kr[u][i] = vr[u][i] = 0.0f;
+        for (int u = 0; u < U; ++u) {
+            const int p = c0 + lane_off + u * RPI;
+            if (p < pos) {
+                const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
+                kd[u].load(&k_cache[slot * kv_dim + col]);
+                vd[u].load(&v_cache[slot * kv_dim + col]);
+            } else {
+                kd[u].zero();
+                vd[u].zero();
+            }
         }
-    }
-    float cv[DIMS], sv[DIMS];
-#pragma unroll
-    for (int i = 0; i < DIMS; ++i) {
-        const int j = (lane * dims + i) % half;
-        cv[i] = i < dims ? cos_table[(size_t)pos * half + j] : 0.0f;
-        sv[i] = i < dims ? sin_table[(size_t)pos * half + j] : 0.0f;
+    };
+    fetch(start, kr, vr);
+    float cv[8], sv[8];
+    {
+        const int j = (sl * 8) % half;  // 8 consecutive table entries (half % 8 == 0)
+        load8_f32(cos_table + (size_t)pos * half + j, cv);
+        load8_f32(sin_table + (size_t)pos * half + j, sv);
     }
     LHAMA_GRID_WAIT();
     LHAMA_GRID_LAUNCH_DEPENDENTS();
 
-    const float* row = qkv + (size_t)t * (heads + 2 * kv_heads) * head_dim;
-    float qv[DIMS] = {};
+    const bool first_half = sl < LPR / 2;
+    const float* row = qkv + (size_t)t * (heads + 2 * kv_heads) * D;
+    float qv[8];
+    load8_f32(row + h * D + sl * 8, qv);
+    rope8<LPR / 2>(qv, cv, sv, first_half);
 #pragma unroll
-    for (int i = 0; i < DIMS; ++i)
-        if (i < dims) qv[i] = row[h * head_dim + lane * dims + i];
-    rope_lane<DIMS>(qv, cv, sv, lane);
+    for (int i = 0; i < 8; ++i) qv[i] *= scale;
+    // The newest position's k (rotated) and v, in the last partition, as
+    // the cache holds them: computed by warp 0's first row group, kept in
+    // shared memory (not in every lane's registers) for the one lane group
+    // that meets position `pos`.
+    const bool newest_here = end == ctx;  // uniform across the block
+    if (newest_here && warp == 0) {
+        float kn[8], vn[8];
+        load8_f32(row + (heads + kvh) * D + sl * 8, kn);
+        load8_f32(row + (heads + kv_heads + kvh) * D + sl * 8, vn);
+        rope8<LPR / 2>(kn, cv, sv, first_half);
 #pragma unroll
-    for (int i = 0; i < DIMS; ++i) qv[i] *= scale;
-    // The newest position's k (rotated) and v, in the last partition.
-    const bool newest_here = end == ctx;
-    float kn[DIMS] = {};
-    float vn[DIMS] = {};
-    if (newest_here) {
-#pragma unroll
-        for (int i = 0; i < DIMS; ++i)
-            if (i < dims) {
-                kn[i] = row[(heads + kvh) * head_dim + lane * dims + i];
-                vn[i] = row[(heads + kv_heads + kvh) * head_dim + lane * dims + i];
-            }
-        rope_lane<DIMS>(kn, cv, sv, lane);
-        // As the cache holds them.
-#pragma unroll
-        for (int i = 0; i < DIMS; ++i) {
+        for (int i = 0; i < 8; ++i) {
             kn[i] = kv_round(kn[i], k_cache);
             vn[i] = kv_round(vn[i], v_cache);
         }
-        if (h % group == 0 && warp == 0) {
-            const size_t slot = slots[t];
+        if (g == 0) {
 #pragma unroll
-            for (int i = 0; i < DIMS; ++i)
-                if (i < dims) {
-                    kv_store(&k_cache[slot * kv_dim + kvh * head_dim + lane * dims + i], kn[i]);
-                    kv_store(&v_cache[slot * kv_dim + kvh * head_dim + lane * dims + i], vn[i]);
-                }
+            for (int i = 0; i < 8; ++i) {
+                s_kn[sl * 8 + i] = kn[i];
+                s_vn[sl * 8 + i] = vn[i];
+            }
+            if (h % group == 0) {
+                const size_t slot = slots[t];
+                store8(&k_cache[slot * kv_dim + col], kn);
+                store8(&v_cache[slot * kv_dim + col], vn);
+            }
         }
     }
+    if (newest_here) __syncthreads();
 
-    float part[ATTN_PER_WARP];
+    // Each warp's online softmax over the partition's chunks: max m (the
+    // same in every lane), and per lane the sum l and output acc over its
+    // row group's positions. The next chunk's loads are in flight while
+    // this one is computed.
+    float m = LHAMA_NEG_INF, l = 0.0f, acc[8] = {};
+#pragma unroll 1
+    for (int c0 = start; c0 < end; c0 += ATTN_PART) {
+        KvRow8<KV> kx_next[U], vx_next[U];
+        if (MULTI && c0 + ATTN_PART < end) fetch(c0 + ATTN_PART, kx_next, vx_next);
+        float sc[U];
+        float cm = LHAMA_NEG_INF;
 #pragma unroll
-    for (int u = 0; u < ATTN_PER_WARP; ++u) {
-        const int p = first + u;
-        part[u] = 0.0f;
+        for (int u = 0; u < U; ++u) {
+            const int p = c0 + lane_off + u * RPI;
+            float kx[8];
+            kr[u].widen(kx);
+            float dot = 0.0f;
+            if (p == pos) {
 #pragma unroll
-        for (int i = 0; i < DIMS; ++i) part[u] += qv[i] * (p == pos ? kn[i] : kr[u][i]);
-    }
-    float local_max = LHAMA_NEG_INF;
+                for (int i = 0; i < 8; ++i) kx[i] = s_kn[sl * 8 + i];
+            }
 #pragma unroll
-    for (int u = 0; u < ATTN_PER_WARP; ++u) {
-        const float sc = warp_sum_f32(part[u]);
-        if (first + u < end) {
-            if (lane == 0) scores[first + u - start] = sc;
-            local_max = fmaxf(local_max, sc);
+            for (int i = 0; i < 8; ++i) dot += qv[i] * kx[i];
+#pragma unroll
+            for (int off = LPR / 2; off >= 1; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+            sc[u] = p < end ? dot : LHAMA_NEG_INF;
+            cm = fmaxf(cm, sc[u]);
+        }
+#pragma unroll
+        for (int off = LPR; off < LHAMA_WARP; off <<= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, off));
+        // cm is -inf only when all the warp's positions of this chunk are
+        // past the context (then nothing changes).
+        if (cm != LHAMA_NEG_INF) {
+            const float m_new = fmaxf(m, cm);
+            const float corr = expf(m - m_new);  // 0 while m is -inf
+            l *= corr;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[i] *= corr;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int p = c0 + lane_off + u * RPI;
+                const float e = sc[u] == LHAMA_NEG_INF ? 0.0f : expf(sc[u] - m_new);
+                float vx[8];
+                vr[u].widen(vx);
+                l += e;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[i] += e * (p == pos ? s_vn[sl * 8 + i] : vx[i]);
+            }
+            m = m_new;
+        }
+        if constexpr (MULTI) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                kr[u] = kx_next[u];
+                vr[u] = vx_next[u];
+            }
+        } else {
+            break;  // one chunk a partition: no next buffers
         }
     }
-    const float m = block_reduce_f32<true>(local_max, scratch);
-    float local_sum = 0.0f;
-    for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
-        const float e = expf(scores[i] - m);
-        scores[i] = e;
-        local_sum += e;
+    // Sum over the warp's row groups (lanes of one group hold the same l).
+#pragma unroll
+    for (int off = LPR; off < LHAMA_WARP; off <<= 1) {
+        l += __shfl_xor_sync(0xffffffffu, l, off);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
     }
-    const float l = block_reduce_f32<false>(local_sum, scratch);
-    __syncthreads();
-
-    float acc[DIMS] = {};
+    if (g == 0) {
 #pragma unroll
-    for (int u = 0; u < ATTN_PER_WARP; ++u) {
-        const int p = first + u;
-        if (p <= pos) {
-            const float w = scores[p - start];
-#pragma unroll
-            for (int i = 0; i < DIMS; ++i) acc[i] += w * (p == pos ? vn[i] : vr[u][i]);
-        }
+        for (int i = 0; i < 8; ++i) w_acc[warp][sl * 8 + i] = acc[i];
     }
-#pragma unroll
-    for (int i = 0; i < DIMS; ++i)
-        if (i < dims) partial[warp][lane * dims + i] = acc[i];
+    if (lane == 0) {
+        w_m[warp] = m;
+        w_l[warp] = l;
+    }
     __syncthreads();
-    float* o = out + (size_t)t * heads * head_dim + h * head_dim;
+    // The block's partition: its warps rescaled to a common max (finite:
+    // warp 0's first position is `start`, inside the context).
+    float bm = LHAMA_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < ATTN_WARPS; ++w) bm = fmaxf(bm, w_m[w]);
+    float cw[ATTN_WARPS], bl = 0.0f;
+#pragma unroll
+    for (int w = 0; w < ATTN_WARPS; ++w) {
+        cw[w] = expf(w_m[w] - bm);  // 0 for a warp with no position
+        bl += w_l[w] * cw[w];
+    }
+    float* o = out + (size_t)t * heads * D + h * D;
     if (parts == 1) {  // the whole context in this block: normalize and done
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
             float v = 0.0f;
 #pragma unroll
-            for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
-            o[d] = v / l;
+            for (int w = 0; w < ATTN_WARPS; ++w) v += w_acc[w][d] * cw[w];
+            o[d] = v / bl;
         }
         return;
     }
-    float* base = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);
-    float* dst = base + (size_t)z * (head_dim + 2);
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float* base = work + ((size_t)t * heads + h) * max_parts * (D + 2);
+    float* dst = base + (size_t)z * (D + 2);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float v = 0.0f;
 #pragma unroll
-        for (int w = 0; w < ATTN_WARPS; ++w) v += partial[w][d];
+        for (int w = 0; w < ATTN_WARPS; ++w) v += w_acc[w][d] * cw[w];
         dst[d] = v;
     }
     if (threadIdx.x == 0) {
-        dst[head_dim] = m;
-        dst[head_dim + 1] = l;
+        dst[D] = bm;
+        dst[D + 1] = bl;
     }
     // The last partition block of this (token, head) to finish combines.
     __threadfence();
@@ -265,14 +354,14 @@ __device__ __forceinline__ void paged_attention_decode(
     __syncthreads();
     if (!last_block) return;
     __threadfence();
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float mx = LHAMA_NEG_INF;
-        for (int zz = 0; zz < parts; ++zz) mx = fmaxf(mx, __ldcg(&base[zz * (head_dim + 2) + head_dim]));
+        for (int zz = 0; zz < parts; ++zz) mx = fmaxf(mx, __ldcg(&base[zz * (D + 2) + D]));
         float ls = 0.0f, v = 0.0f;
         for (int zz = 0; zz < parts; ++zz) {
-            const float* pz = base + zz * (head_dim + 2);
-            const float cf = expf(__ldcg(&pz[head_dim]) - mx);
-            ls += __ldcg(&pz[head_dim + 1]) * cf;
+            const float* pz = base + zz * (D + 2);
+            const float cf = expf(__ldcg(&pz[D]) - mx);
+            ls += __ldcg(&pz[D + 1]) * cf;
             v += __ldcg(&pz[d]) * cf;
         }
         o[d] = v / ls;
@@ -285,23 +374,30 @@ __device__ __forceinline__ void paged_attention_decode(
         const float *__restrict__ sin_table, const unsigned *__restrict__ slots, KV *__restrict__ k_cache,          \
         KV *__restrict__ v_cache, const unsigned *__restrict__ block_tables, const unsigned *__restrict__ seq_of,   \
         float *__restrict__ work, unsigned *__restrict__ counters, float *__restrict__ out, int heads, int kv_heads, \
-        int head_dim, int block_size, int max_blocks, int max_parts, float scale
+        int part_chunks, int block_size, int max_blocks, int max_parts, float scale
 #define LHAMA_DECODE_ARGS                                                                                      \
     qkv, positions, cos_table, sin_table, slots, k_cache, v_cache, block_tables, seq_of, work, counters, out, \
-        heads, kv_heads, head_dim, block_size, max_blocks, max_parts, scale
+        heads, kv_heads, part_chunks, block_size, max_blocks, max_parts, scale
 
-// One kernel per cache type and head size (D = 32 * DIMS): registers sized
-// for the head, not for the largest one.
-#define LHAMA_DECODE_KERNEL(NAME, KV, DIMS)                          \
-    extern "C" __global__ void NAME(LHAMA_DECODE_PARAMS(KV)) {       \
-        paged_attention_decode<KV, DIMS>(LHAMA_DECODE_ARGS);         \
+// One kernel per cache type and head size: registers sized for the head,
+// not for the largest one; and each in two forms: partitions of one chunk
+// (decode1: no registers for a next chunk's loads) and of several (decode).
+#define LHAMA_DECODE_KERNEL(NAME, KV, D, MULTI)                                                     \
+    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * LHAMA_WARP) NAME(LHAMA_DECODE_PARAMS(KV)) { \
+        paged_attention_decode<KV, D, MULTI>(LHAMA_DECODE_ARGS);                                     \
     }
-LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d32, float, 1)
-LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d64, float, 2)
-LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d128, float, 4)
-LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d32, __half, 1)
-LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d64, __half, 2)
-LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d128, __half, 4)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d32, float, 32, true)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d64, float, 64, true)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d128, float, 128, true)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d32, __half, 32, true)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d64, __half, 64, true)
+LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d128, __half, 128, true)
+LHAMA_DECODE_KERNEL(paged_attention_decode1_f32_d32, float, 32, false)
+LHAMA_DECODE_KERNEL(paged_attention_decode1_f32_d64, float, 64, false)
+LHAMA_DECODE_KERNEL(paged_attention_decode1_f32_d128, float, 128, false)
+LHAMA_DECODE_KERNEL(paged_attention_decode1_f16kv_d32, __half, 32, false)
+LHAMA_DECODE_KERNEL(paged_attention_decode1_f16kv_d64, __half, 64, false)
+LHAMA_DECODE_KERNEL(paged_attention_decode1_f16kv_d128, __half, 128, false)
 
 // Steps with prompt tokens: the partition partials, combined by
 // paged_attention_combine_f32. A block takes a tile of up to ATTN_TILE

@@ -41,9 +41,7 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ unsigned pack_half2(__half lo, __half hi) {
-    return (unsigned)__half_as_ushort(lo) | ((unsigned)__half_as_ushort(hi) << 16);
-}
+__device__ __forceinline__ unsigned half2_bits(__half2 h) { return *reinterpret_cast<const unsigned*>(&h); }
 
 template <bool AWQ, bool SPLIT_X>
 __device__ __forceinline__ void gemm_mma(
@@ -94,6 +92,10 @@ __device__ __forceinline__ void gemm_mma(
                 const float* zsrc = zeros + (size_t)(k0 / group) * n + n0 + wc * 8;
 #pragma unroll
                 for (int j = 0; j < 8; ++j) zv[j] = zsrc[j];
+            } else {
+                qv[0] = qv[1] = 0u;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) zv[j] = 0.0f;
             }
         } else {
 #pragma unroll
@@ -108,27 +110,32 @@ __device__ __forceinline__ void gemm_mma(
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int r = (i * MMA_THREADS + tid) / 8;
-            const float v[4] = {xv[i].x, xv[i].y, xv[i].z, xv[i].w};
-            __half hi[4], lo[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                hi[e] = __float2half_rn(v[e]);
-                lo[e] = SPLIT_X ? __float2half_rn(v[e] - __half2float(hi[e])) : hi[e];
-            }
+            // Two values per conversion (cvt.rn.f16x2.f32), round to nearest.
+            const __half2 h01 = __floats2half2_rn(xv[i].x, xv[i].y);
+            const __half2 h23 = __floats2half2_rn(xv[i].z, xv[i].w);
             unsigned* dh = &xs_hi[buf][r * MMA_XS + xc / 2];
-            *reinterpret_cast<uint2*>(dh) = make_uint2(pack_half2(hi[0], hi[1]), pack_half2(hi[2], hi[3]));
+            *reinterpret_cast<uint2*>(dh) = make_uint2(half2_bits(h01), half2_bits(h23));
             if constexpr (SPLIT_X) {
+                const float2 f01 = __half22float2(h01), f23 = __half22float2(h23);
+                const __half2 l01 = __floats2half2_rn(xv[i].x - f01.x, xv[i].y - f01.y);
+                const __half2 l23 = __floats2half2_rn(xv[i].z - f23.x, xv[i].w - f23.y);
                 unsigned* dl = &xs_lo[buf][r * MMA_XS + xc / 2];
-                *reinterpret_cast<uint2*>(dl) = make_uint2(pack_half2(lo[0], lo[1]), pack_half2(lo[2], lo[3]));
+                *reinterpret_cast<uint2*>(dl) = make_uint2(half2_bits(l01), half2_bits(l23));
             }
         }
         if constexpr (AWQ) {
+            // q - zero for k rows 2p and 2p + 1 of column j, exactly, by bit
+            // tricks: the f16 with bits 0x6400 | q is 1024 + q, and
+            // (1024 + q) - (1024 + zero) is exact in f16 (integers below 2048).
+            // A column past N has q = zero = 0 (fetch): 1024 - 1024 = 0.
             unsigned packed[8];
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                const float a = wcol_ok ? (float)((qv[0] >> AWQ_SHIFT(j)) & 0xFu) - zv[j] : 0.0f;
-                const float b = wcol_ok ? (float)((qv[1] >> AWQ_SHIFT(j)) & 0xFu) - zv[j] : 0.0f;
-                packed[j] = pack_half2(__float2half_rn(a), __float2half_rn(b));
+                const unsigned lo = (qv[0] >> AWQ_SHIFT(j)) & 0xFu;
+                const unsigned hi = (qv[1] >> AWQ_SHIFT(j)) & 0xFu;
+                const unsigned biased = lo | (hi << 16) | 0x64006400u;
+                const __half2 w = __hsub2(*reinterpret_cast<const __half2*>(&biased), __float2half2_rn(1024.0f + zv[j]));
+                packed[j] = half2_bits(w);
             }
             unsigned* d = &ws[buf][wp * MMA_WS + wc * 8];
             *reinterpret_cast<uint4*>(d) = make_uint4(packed[0], packed[1], packed[2], packed[3]);

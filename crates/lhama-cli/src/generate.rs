@@ -36,8 +36,9 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendKind,
-    /// CUDA numerics (exact: the f32 datapath; fast: f16 KV cache and tensor-core inputs).
-    #[arg(long, value_enum, default_value = "exact")]
+    /// CUDA numerics (fast, the default: f16 KV cache and tensor-core inputs;
+    /// exact: the f32 datapath). The CPU backend always runs exact.
+    #[arg(long, value_enum, default_value = "fast")]
     precision: crate::load::PrecisionArg,
 }
 

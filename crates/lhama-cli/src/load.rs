@@ -42,10 +42,11 @@ pub enum BackendKind {
 pub enum PrecisionArg {
     /// f32 activations into every product and an f32 KV cache: the CPU
     /// reference's numbers to ~1e-5.
-    #[default]
     Exact,
     /// f16 activations into the tensor-core products and an f16 KV cache,
-    /// f32 accumulation, residual stream, norms and softmax.
+    /// f32 accumulation, residual stream, norms and softmax (the default on
+    /// CUDA; the CPU backend has only the exact path).
+    #[default]
     Fast,
 }
 

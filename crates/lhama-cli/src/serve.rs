@@ -96,8 +96,9 @@ pub struct ServeArgs {
     /// auto: CUDA when a usable GPU is found, else the CPU (the reason is logged) [default: auto].
     #[arg(long, env = "LHAMA_BACKEND", value_enum)]
     pub backend: Option<BackendKind>,
-    /// CUDA numerics: exact (the f32 datapath) or fast (f16 KV cache and
-    /// tensor-core inputs, f32 accumulation) [default: exact].
+    /// CUDA numerics: fast (f16 KV cache and tensor-core inputs, f32
+    /// accumulation) or exact (the f32 datapath); the CPU backend always
+    /// runs exact [default: fast].
     #[arg(long, env = "LHAMA_PRECISION", value_enum)]
     pub precision: Option<PrecisionArg>,
     /// Log lines as text or JSON, on stderr [default: text].
@@ -270,7 +271,7 @@ impl ServeArgs {
                 )?,
             },
             backend: pick!(backend, BackendKind::Auto),
-            precision: pick!(precision, PrecisionArg::Exact),
+            precision: pick!(precision, PrecisionArg::Fast),
             log_format: pick!(log_format, LogFormat::Text),
             chat_template: match self.chat_template.clone().or(file.chat_template.clone()) {
                 None => None,

@@ -44,13 +44,13 @@ pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 /// activations into the tensor-core products and an f16 KV cache, with f32
 /// accumulation, residual stream, norms and softmax.
 ///
-/// Exact is the default: fast is within its fidelity budget on the goldens
-/// but its f16 decode attention is still slower than the f32 one
-/// (docs/BENCHMARKS.md), so it is opt-in until it is faster.
+/// Fast is the default: it is within its fidelity budget on the goldens
+/// (docs/FIDELITY.md) and faster at every batch size from 64 rows
+/// (docs/BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    #[default]
     Exact,
+    #[default]
     Fast,
 }
 
@@ -188,8 +188,9 @@ pub struct Kernels {
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
     attention_combine: CudaFunction,
-    /// Fused decode attention, [f32 cache, f16 cache][head_dim 32, 64, 128].
-    attention_decode: [[CudaFunction; 3]; 2],
+    /// Fused decode attention, [one chunk a partition, several][f32 cache,
+    /// f16 cache][head_dim 32, 64, 128].
+    attention_decode: [[[CudaFunction; 3]; 2]; 2],
     attention_prefill: (CudaFunction, CudaFunction),
     lm_head: CudaFunction,
     lm_head_mma: CudaFunction,
@@ -208,6 +209,11 @@ pub struct Kernels {
     /// Which tensor-core AWQ GEMM runs (the KV cache's type picks the
     /// attention kernels).
     pub precision: Precision,
+    /// Decode attention gives each block as many 64-position chunks of a
+    /// sequence's context as keeps at least this many blocks in the grid
+    /// (so long contexts at large batches stream through few blocks, and
+    /// small batches still fill the GPU).
+    pub attention_min_blocks: usize,
 }
 
 /// Rows from which the tensor cores beat looping the GEMV (measured on an
@@ -262,6 +268,12 @@ pub fn sample_params(s: &lhama_model::RowSampling) -> [u32; SAMPLE_PARAM_WORDS] 
             p.u.to_bits(),
         ],
     }
+}
+
+/// Decode attention's default block target: 16 blocks per SM (four waves
+/// of the kernel's occupancy).
+fn sm_count_blocks(sm_count: i32) -> usize {
+    usize::try_from(sm_count).unwrap_or(1).max(1) * 16
 }
 
 /// A row-count threshold from the environment (for tuning runs), if set.
@@ -340,6 +352,14 @@ impl Kernels {
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
         let f = |name: &str| module.load_function(name);
+        // The decode attention kernels of one form and cache type, by head size.
+        let decode = |form: &str, kv: &str| -> Result<[CudaFunction; 3], _> {
+            Ok::<_, cudarc::driver::DriverError>([
+                f(&format!("paged_attention_{form}_{kv}_d32"))?,
+                f(&format!("paged_attention_{form}_{kv}_d64"))?,
+                f(&format!("paged_attention_{form}_{kv}_d128"))?,
+            ])
+        };
         Ok(Self {
             embedding: f("embedding_gather_f16_f32")?,
             add_rmsnorm: f("add_rmsnorm_f32")?,
@@ -356,16 +376,8 @@ impl Kernels {
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
             attention_decode: [
-                [
-                    f("paged_attention_decode_f32_d32")?,
-                    f("paged_attention_decode_f32_d64")?,
-                    f("paged_attention_decode_f32_d128")?,
-                ],
-                [
-                    f("paged_attention_decode_f16kv_d32")?,
-                    f("paged_attention_decode_f16kv_d64")?,
-                    f("paged_attention_decode_f16kv_d128")?,
-                ],
+                [decode("decode1", "f32")?, decode("decode1", "f16kv")?],
+                [decode("decode", "f32")?, decode("decode", "f16kv")?],
             ],
             attention_prefill: (
                 f("paged_attention_prefill_f32")?,
@@ -380,7 +392,11 @@ impl Kernels {
             mma_min_rows: env_rows("LHAMA_MMA_MIN_ROWS")?.unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
-            precision: Precision::default(),
+            // Kernel-level tests compare with the f32 reference; the backend
+            // sets this from its options (fast by default).
+            precision: Precision::Exact,
+            attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
+                .unwrap_or(sm_count_blocks(sm_count)),
         })
     }
 
@@ -866,6 +882,17 @@ impl Kernels {
         }
     }
 
+    /// 64-position chunks per decode-attention block for `t` tokens whose
+    /// longest context is `batch_context`: as many as keep
+    /// `attention_min_blocks` blocks, at least one, at most the whole
+    /// context. A function of (t, the context's chunk count) alone, so a
+    /// graph captured for one step replays correctly for any step with the
+    /// same key.
+    pub fn decode_part_chunks(&self, t: usize, heads: usize, batch_context: usize) -> usize {
+        let z = Self::attention_parts(batch_context);
+        (t * heads * z / self.attention_min_blocks.max(1)).clamp(1, z.max(1))
+    }
+
     /// Whether `paged_attention_decode` handles this head size.
     pub fn fused_decode_supported(head_dim: usize) -> bool {
         matches!(head_dim, 32 | 64 | 128)
@@ -922,7 +949,8 @@ impl Kernels {
         let scale = 1.0f32 / (hd as f32).sqrt();
         // A block per partition of the batch's longest context: blocks past
         // a token's own context return at once, but each still costs a slot.
-        let launched = Self::attention_parts(batch_context);
+        let chunks = self.decode_part_chunks(t, heads, batch_context);
+        let launched = Self::attention_parts(batch_context).div_ceil(chunks);
         let cfg = LaunchConfig {
             grid_dim: (t as u32, heads as u32, launched as u32),
             block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
@@ -935,7 +963,7 @@ impl Kernels {
         self.launch(
             s,
             // head_dim is 32, 64 or 128 (checked above): index 0, 1, 2.
-            &self.attention_decode[match cache {
+            &self.attention_decode[usize::from(chunks > 1)][match cache {
                 KvCache::F32 { .. } => 0,
                 KvCache::F16 { .. } => 1,
             }][(hd / 32).trailing_zeros() as usize],
@@ -954,7 +982,7 @@ impl Kernels {
                 .buf_mut(out)
                 .i32(i32_of(heads))
                 .i32(i32_of(kv_heads))
-                .i32(i32_of(hd))
+                .i32(i32_of(chunks))
                 .i32(i32_of(block_size))
                 .i32(i32_of(max_blocks))
                 .i32(i32_of(parts))

@@ -353,7 +353,8 @@ fn sampling_kernel_matches_the_host_definition() {
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn fused_decode_attention_matches_cpu() {
-    let (s, k) = setup();
+    let (s, mut k) = setup();
+    let default_min_blocks = k.attention_min_blocks;
     let mut g = SplitMix64::new(25);
     let bs = 16usize;
     let max_ctx = 256usize;
@@ -361,7 +362,9 @@ fn fused_decode_attention_matches_cpu() {
     let positions: Vec<u32> = vec![0, 5, 62, 63, 64, 129, 200];
     // Partitions launched for the batch's longest context, or for the model's.
     let longest = *positions.iter().max().unwrap() as usize + 1;
-    for (&(heads, kv_heads, hd), precision, batch_context) in
+    // Blocks of one 64-position chunk (the default at these small grids), of
+    // the whole context (a target of 1 block), and of 2-3 chunks (56).
+    for (&(heads, kv_heads, hd), precision, batch_context, min_blocks) in
         [(4usize, 2usize, 32usize), (4, 4, 64), (6, 2, 128)]
             .iter()
             .flat_map(|shape| {
@@ -372,7 +375,10 @@ fn fused_decode_attention_matches_cpu() {
                     (shape, Precision::Fast, max_ctx),
                 ]
             })
+            .flat_map(|(shape, p, c)| [default_min_blocks, 1, 56].map(move |b| (shape, p, c, b)))
     {
+        k.attention_min_blocks = min_blocks;
+        let chunks = k.decode_part_chunks(positions.len(), heads, batch_context);
         let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
         let t = positions.len();
         let rope = RopeTable::new(hd, 10_000.0, max_ctx, 1.0);
@@ -468,7 +474,7 @@ fn fused_decode_attention_matches_cpu() {
             let got = back(&s, &out, t * q_dim);
             let e = rel_err(&got, &want);
             eprintln!(
-                "decode attention heads={heads}/{kv_heads} d={hd} {precision:?} context {batch_context}: rel err {e:.2e}"
+                "decode attention heads={heads}/{kv_heads} d={hd} {precision:?} context {batch_context}, {chunks} chunks a block: rel err {e:.2e}"
             );
             assert!(
                 e < 1e-5,

@@ -166,6 +166,27 @@ impl EngineHandle {
     }
 }
 
+/// `items` in at most `groups` runs of nearly equal length, in order.
+fn split_in_groups<T>(mut items: Vec<T>, groups: usize) -> Vec<Vec<T>> {
+    let per_group = items.len().div_ceil(groups.max(1)).max(1);
+    let mut out = Vec::with_capacity(groups);
+    while !items.is_empty() {
+        let tail = items.split_off(per_group.min(items.len()));
+        out.push(std::mem::replace(&mut items, tail));
+    }
+    out
+}
+
+/// Threads that compute `rows` grammar masks during a step: the cores the
+/// engine thread leaves (at least one), with at least 4 rows each so a
+/// thread's start costs little next to its work.
+fn mask_threads(rows: usize) -> usize {
+    let spare = std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1);
+    rows.div_ceil(4).clamp(1, spare)
+}
+
 /// Starts the engine thread. It runs until every handle is dropped and the
 /// last request has finished.
 pub fn spawn(
@@ -443,24 +464,37 @@ impl Engine {
                 Vec::new(),
             )
         } else {
+            // Spread over the cores the engine thread leaves (one grammar's
+            // mask can take a tenth of a millisecond or more, times up to
+            // max_num_seqs rows a step).
+            let groups = split_in_groups(guided, mask_threads(guided_ids.len()));
             std::thread::scope(|scope| {
-                let masks = scope.spawn(move || {
-                    guided
-                        .into_iter()
-                        .map(|(id, mut g)| {
-                            // One grammar that panics fails only its own sequence.
-                            let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                g.allowed()
-                            }))
-                            .unwrap_or_else(|_| {
-                                Err("structured output: the mask computation failed".into())
-                            });
-                            (id, g, m)
+                let workers: Vec<_> = groups
+                    .into_iter()
+                    .map(|group| {
+                        scope.spawn(move || {
+                            group
+                                .into_iter()
+                                .map(|(id, mut g)| {
+                                    // One grammar that panics fails only its own sequence.
+                                    let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                        || g.allowed(),
+                                    ))
+                                    .unwrap_or_else(|_| {
+                                        Err("structured output: the mask computation failed".into())
+                                    });
+                                    (id, g, m)
+                                })
+                                .collect::<Vec<_>>()
                         })
-                        .collect::<Vec<_>>()
-                });
+                    })
+                    .collect();
                 let result = backend.forward_sample(&batch, &sampling, &mut out);
-                (result, masks.join().unwrap_or_default())
+                let masks = workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap_or_default())
+                    .collect::<Vec<_>>();
+                (result, masks)
             })
         };
         let mut masks: HashMap<SeqId, Result<SimpleVob, String>> = HashMap::new();
@@ -694,5 +728,37 @@ impl Engine {
             }
         }
         reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_rows_are_split_in_order_without_loss() {
+        for (rows, groups) in [(0, 3), (1, 3), (4, 1), (7, 3), (64, 15), (5, 8)] {
+            let items: Vec<usize> = (0..rows).collect();
+            let split = split_in_groups(items.clone(), groups);
+            assert!(
+                split.len() <= groups,
+                "{rows} rows in {} > {groups} groups",
+                split.len()
+            );
+            assert!(split.iter().all(|g| !g.is_empty()));
+            assert_eq!(split.concat(), items, "{rows} rows, {groups} groups");
+            if let (Some(max), Some(min)) = (
+                split.iter().map(Vec::len).max(),
+                split.iter().map(Vec::len).min(),
+            ) {
+                assert!(
+                    max - min <= max.div_ceil(2),
+                    "{rows} rows: uneven {split:?}"
+                );
+            }
+        }
+        assert_eq!(mask_threads(0), 1);
+        assert_eq!(mask_threads(3), 1);
+        assert!(mask_threads(1000) >= 1);
     }
 }
