@@ -36,6 +36,11 @@ pub struct BenchArgs {
     /// `--gemm 1,2,4,8,16,32,64,128,256,512,2048,4096`.
     #[arg(long, value_delimiter = ',')]
     gemm: Option<Vec<usize>>,
+    /// After each batch size's timed steps, run one more decode step with
+    /// every kernel launch timed (CUDA events; no graphs, no launch overlap)
+    /// and print the per-kernel table.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -228,6 +233,50 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             per_step * 1e3,
             b as f64 / per_step
         );
+        if args.profile {
+            anyhow::ensure!(
+                backend.set_profiling(true),
+                "--profile: the {} backend has no kernel profile",
+                backend.name()
+            );
+            let t0 = Instant::now();
+            step(backend, args.decode_steps + 1)?;
+            let wall = t0.elapsed().as_secs_f64() * 1e6;
+            let times = backend.take_profile()?;
+            backend.set_profiling(false);
+            print_profile(b, wall, &times);
+        }
     }
     Ok(())
+}
+
+/// One decode step's kernels, summed by name, largest first.
+fn print_profile(batch: usize, wall_us: f64, times: &[(&'static str, f64)]) {
+    let mut by_name: Vec<(&str, usize, f64)> = Vec::new();
+    for &(name, us) in times {
+        match by_name.iter_mut().find(|e| e.0 == name) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += us;
+            }
+            None => by_name.push((name, 1, us)),
+        }
+    }
+    by_name.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let total: f64 = times.iter().map(|t| t.1).sum();
+    println!(
+        "profile, batch {batch}: {} launches, {total:.1} us of kernel time, {wall_us:.1} us wall (timed launches)",
+        times.len()
+    );
+    println!(
+        "  {:<38} {:>8} {:>10} {:>10} {:>6}",
+        "kernel", "launches", "total us", "us/launch", "share"
+    );
+    for (name, n, us) in by_name {
+        println!(
+            "  {name:<38} {n:>8} {us:>10.1} {:>10.2} {:>5.1}%",
+            us / n as f64,
+            100.0 * us / total.max(f64::MIN_POSITIVE)
+        );
+    }
 }

@@ -617,7 +617,9 @@ impl CudaBackend {
         let r = batch.logit_rows.len();
         self.upload(batch, sampling)?;
         let decode = batch.seqs.iter().all(|s| s.num_tokens == 1);
+        // A profile times each launch on its own: no graph.
         let graph = self.use_graphs
+            && !self.k.profiling()
             && decode
             && r == t
             && batch
@@ -710,6 +712,19 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         check_sampling(batch, sampling)?;
         self.step(batch, sampling, &mut out.tokens, &mut out.logits)
+    }
+
+    fn set_profiling(&mut self, on: bool) -> bool {
+        self.k.set_profiling(on);
+        true
+    }
+
+    fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>, BackendError> {
+        let times = self
+            .k
+            .take_profile()
+            .map_err(|e| BackendError::Device(e.to_string()))?;
+        Ok(times.into_iter().map(|t| (t.name, t.micros)).collect())
     }
 }
 

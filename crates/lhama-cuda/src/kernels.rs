@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::ffi::c_void;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
-    DevicePtrMut, LaunchConfig,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    DevicePtr, DevicePtrMut, LaunchConfig,
 };
 use half::f16;
 
@@ -214,6 +214,17 @@ pub struct Kernels {
     /// (so long contexts at large batches stream through few blocks, and
     /// small batches still fill the GPU).
     pub attention_min_blocks: usize,
+    /// Kernel names by function handle, for the profile.
+    names: std::collections::HashMap<usize, &'static str>,
+    /// While profiling: each launch's kernel and the events around it.
+    profile: std::sync::Mutex<Option<Vec<(usize, CudaEvent, CudaEvent)>>>,
+}
+
+/// One launch's GPU time in a profile.
+#[derive(Debug, Clone)]
+pub struct KernelTime {
+    pub name: &'static str,
+    pub micros: f64,
 }
 
 /// Rows from which the tensor cores beat looping the GEMV (measured on an
@@ -352,6 +363,10 @@ impl Kernels {
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
         let f = |name: &str| module.load_function(name);
+        let names = compile::KERNELS
+            .iter()
+            .map(|&name| Ok((f(name)?.cu_function() as usize, name)))
+            .collect::<Result<_, cudarc::driver::DriverError>>()?;
         // The decode attention kernels of one form and cache type, by head size.
         let decode = |form: &str, kv: &str| -> Result<[CudaFunction; 3], _> {
             Ok::<_, cudarc::driver::DriverError>([
@@ -397,10 +412,70 @@ impl Kernels {
             precision: Precision::Exact,
             attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
                 .unwrap_or(sm_count_blocks(sm_count)),
+            names,
+            profile: std::sync::Mutex::new(None),
         })
     }
 
+    /// Starts (or stops) timing every launch with a pair of CUDA events.
+    /// Launches are then serialized by the events (no programmatic
+    /// overlap), and graphs must not be captured meanwhile.
+    pub fn set_profiling(&self, on: bool) {
+        if let Ok(mut p) = self.profile.lock() {
+            *p = on.then(Vec::new);
+        }
+    }
+
+    pub fn profiling(&self) -> bool {
+        self.profile.lock().is_ok_and(|p| p.is_some())
+    }
+
+    /// The launches timed since the last call, in launch order (waits for
+    /// them to finish).
+    pub fn take_profile(&self) -> Result<Vec<KernelTime>, CudaError> {
+        let launches = match self.profile.lock() {
+            Ok(mut p) => p.as_mut().map(std::mem::take).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        launches
+            .into_iter()
+            .map(|(f, start, end)| {
+                end.synchronize()?;
+                Ok(KernelTime {
+                    name: self.names.get(&f).copied().unwrap_or("?"),
+                    micros: f64::from(start.elapsed_ms(&end)?) * 1e3,
+                })
+            })
+            .collect()
+    }
+
     fn launch(
+        &self,
+        s: &CudaStream,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut Args<'_>,
+    ) -> Result<(), CudaError> {
+        let timed = match self.profile.lock() {
+            Ok(p) if p.is_some() => {
+                let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+                Some((s.record_event(flags)?, flags))
+            }
+            _ => None,
+        };
+        self.launch_raw(s, f, cfg, args)?;
+        if let Some((start, flags)) = timed {
+            let end = s.record_event(flags)?;
+            if let Ok(mut p) = self.profile.lock() {
+                if let Some(v) = p.as_mut() {
+                    v.push((f.cu_function() as usize, start, end));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn launch_raw(
         &self,
         s: &CudaStream,
         f: &CudaFunction,

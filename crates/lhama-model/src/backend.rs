@@ -96,6 +96,18 @@ pub trait Backend: Send {
         }
         Ok(())
     }
+
+    /// Starts or stops a per-kernel profile of the steps that follow;
+    /// false when the backend has none (the CPU).
+    fn set_profiling(&mut self, _on: bool) -> bool {
+        false
+    }
+
+    /// (kernel, microseconds) of every launch since profiling started or
+    /// the last call, in launch order.
+    fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>, BackendError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One sampling instruction per logit row, each within its domain.
