@@ -303,3 +303,18 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     }
 #undef SAMPLE_KEPT
 }
+
+// Structured output: sets the logits of the tokens a row's mask does not
+// allow to -inf, before sample_rows_f32 (which then samples the masked
+// distribution exactly as the host does after lhama_model's mask_logits).
+// logits [R, V] f32, masks [R, words] u32: bit i % 32 of word i / 32 allows
+// token i (rows without a mask are all ones). Grid: (R), block 256.
+extern "C" __global__ void apply_token_masks(float* __restrict__ logits, const unsigned* __restrict__ masks, int vocab,
+                                             int words) {
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
+    float* row = logits + (size_t)blockIdx.x * vocab;
+    const unsigned* m = masks + (size_t)blockIdx.x * words;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        if (((m[i >> 5] >> (i & 31)) & 1u) == 0u) row[i] = LHAMA_NEG_INF;
+}

@@ -186,6 +186,21 @@ async fn regex_choice_and_length() {
         let (text, finish) = content(&body).remove(0);
         assert_eq!(finish, "stop", "{text:?}");
         assert!(is_code(&text), "{text:?} does not match");
+        // With logprobs the row comes back and is masked and drawn on the
+        // host; without, the backend masks and draws it: the same text.
+        let (status, body) = common::post(
+            &server,
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "Código:", "seed": seed, "temperature": 1.0,
+                    "max_tokens": 40, "guided_regex": "[0-9]{3}-[a-z]{2,4}", "logprobs": 1}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            content(&body).remove(0).0,
+            text,
+            "host and backend masking differ"
+        );
         let choices = ["sim", "não", "talvez não"];
         let (status, body) = common::post(
             &server,

@@ -9,7 +9,11 @@ pub mod kernels;
 use half::f16;
 
 use kernels::{AttnShape, AwqMatrix, RopeTable};
-use lhama_model::backend::{Backend, BackendError, ForwardBatch, KvGeometry};
+use lhama_model::RowSampling;
+use lhama_model::backend::{
+    Backend, BackendError, ForwardBatch, KvGeometry, SampledStep, check_masks, check_sampling,
+    sample_on_host,
+};
 use lhama_model::config::LlamaConfig;
 use lhama_model::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
 
@@ -104,6 +108,8 @@ pub struct CpuBackend {
     lm_head: Vec<f16>,
     rope: RopeTable,
     kv: KvGeometry,
+    /// Token masks for the next forward_sample (Backend::set_masks).
+    masks: Vec<(usize, Vec<u32>)>,
 }
 
 /// Per-step buffers, named by what they hold.
@@ -147,6 +153,7 @@ impl CpuBackend {
             norm: weights.norm,
             lm_head,
             kv,
+            masks: Vec::new(),
         }
     }
 
@@ -277,6 +284,30 @@ impl Backend for CpuBackend {
             return Ok(());
         }
         self.run(batch, logits);
+        Ok(())
+    }
+
+    fn forward_sample(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        out: &mut SampledStep,
+    ) -> Result<(), BackendError> {
+        // The masks apply to this step only, whatever happens to it.
+        let masks = std::mem::take(&mut self.masks);
+        check_sampling(batch, sampling)?;
+        check_masks(&masks, batch.logit_rows.len())?;
+        self.forward(batch, &mut out.logits)?;
+        sample_on_host(self.config.vocab_size, sampling, &masks, out);
+        Ok(())
+    }
+
+    fn supports_masks(&self) -> bool {
+        true
+    }
+
+    fn set_masks(&mut self, masks: &[(usize, &[u32])]) -> Result<(), BackendError> {
+        self.masks = masks.iter().map(|&(r, w)| (r, w.to_vec())).collect();
         Ok(())
     }
 }

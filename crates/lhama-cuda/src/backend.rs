@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
 use half::f16;
-use lhama_model::backend::check_sampling;
+use lhama_model::backend::{check_masks, check_sampling};
 use lhama_model::rope::RopeTable;
 use lhama_model::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
 use lhama_model::{
@@ -97,6 +97,10 @@ struct Workspace {
     sample_params: CudaSlice<u32>,
     /// [T] the sampled tokens
     sampled: CudaSlice<u32>,
+    /// [T, mask words] token masks of the step's rows (structured output),
+    /// allocated at the first masked step, at full size so that graphs
+    /// captured with it stay valid.
+    masks: Option<CudaSlice<u32>>,
 }
 
 pub struct CudaBackend {
@@ -120,8 +124,9 @@ pub struct CudaBackend {
     ws: Workspace,
     /// Decode steps (one token per sequence, every row's logits) replay a
     /// CUDA graph captured once per batch size and count of context
-    /// partitions (attention's grid): no per-kernel launch cost.
-    graphs: std::collections::HashMap<(usize, usize), Graph>,
+    /// partitions (attention's grid), with or without token masks: no
+    /// per-kernel launch cost.
+    graphs: std::collections::HashMap<(usize, usize, bool), Graph>,
     use_graphs: bool,
     /// Decode attention fuses rotary embedding and the K/V write
     /// (LHAMA_CUDA_FUSED_DECODE=0 turns it off, for comparisons).
@@ -135,6 +140,9 @@ pub struct CudaBackend {
     host_context: usize,
     host_tables: Vec<u32>,
     host_params: Vec<u32>,
+    host_masks: Vec<u32>,
+    /// Masks set for the next forward_sample (Backend::set_masks).
+    pending_masks: Vec<(usize, Vec<u32>)>,
     /// `forward` asks for every row's logits.
     all_logits: Vec<RowSampling>,
 }
@@ -325,6 +333,7 @@ impl CudaBackend {
             rows: stream.alloc_zeros(t)?,
             sample_params: stream.alloc_zeros(t * SAMPLE_PARAM_WORDS)?,
             sampled: stream.alloc_zeros(t)?,
+            masks: None,
         };
         let backend = Self {
             embed: stream.clone_htod(&weights.embed_tokens)?,
@@ -359,6 +368,8 @@ impl CudaBackend {
             host_context: 1,
             host_tables: vec![0; opts.max_seqs * max_blocks],
             host_params: Vec::with_capacity(t * SAMPLE_PARAM_WORDS),
+            host_masks: Vec::new(),
+            pending_masks: Vec::new(),
             all_logits: vec![RowSampling::Logits; t],
         };
         backend.stream.synchronize()?;
@@ -438,6 +449,31 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Uploads the step's token masks as [r, words] (all ones for the rows
+    /// without one); false when the step has none.
+    fn upload_masks(&mut self, masks: &[(usize, Vec<u32>)], r: usize) -> Result<bool, CudaError> {
+        if masks.is_empty() {
+            return Ok(false);
+        }
+        let words = Kernels::mask_words(self.config.vocab_size);
+        if self.ws.masks.is_none() {
+            self.ws.masks = Some(self.stream.alloc_zeros(self.ws.rows.len() * words)?);
+        }
+        self.host_masks.clear();
+        self.host_masks.resize(r * words, u32::MAX);
+        for (row, w) in masks {
+            let dst = &mut self.host_masks[row * words..(row + 1) * words];
+            let n = w.len().min(words);
+            dst[..n].copy_from_slice(&w[..n]);
+            dst[n..].fill(0);
+        }
+        if let Some(m) = self.ws.masks.as_mut() {
+            self.stream
+                .memcpy_htod(&self.host_masks, &mut m.slice_mut(0..r * words))?;
+        }
+        Ok(true)
+    }
+
     /// Every kernel of one forward pass over `t` tokens whose index arrays are
     /// uploaded, ending with the logits of `r` rows in `ws.logits` and their
     /// tokens in `ws.sampled`. Issues no copy and no synchronization, so it
@@ -454,6 +490,7 @@ impl CudaBackend {
         table_len: usize,
         decode: bool,
         capture: bool,
+        masked: bool,
     ) -> Result<(), CudaError> {
         let batch_context = if capture {
             self.captured_context()
@@ -593,6 +630,16 @@ impl CudaBackend {
             &mut ws.logits.slice_mut(0..r * vocab),
             hidden,
         )?;
+        if masked {
+            if let Some(m) = ws.masks.as_ref() {
+                k.apply_masks(
+                    s,
+                    &mut ws.logits.slice_mut(0..r * vocab),
+                    &m.slice(..),
+                    vocab,
+                )?;
+            }
+        }
         k.sample(
             s,
             &ws.logits.slice(0..r * vocab),
@@ -615,7 +662,9 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
+        let masks = std::mem::take(&mut self.pending_masks);
         self.upload(batch, sampling)?;
+        let masked = self.upload_masks(&masks, r)?;
         let decode = batch.seqs.iter().all(|s| s.num_tokens == 1);
         // A profile times each launch on its own: no graph.
         let graph = self.use_graphs
@@ -628,7 +677,7 @@ impl CudaBackend {
                 .enumerate()
                 .all(|(i, &row)| row as usize == i);
         if graph {
-            let key = (t, Kernels::attention_parts(self.host_context));
+            let key = (t, Kernels::attention_parts(self.host_context), masked);
             if !self.graphs.contains_key(&key) {
                 // Captured with the full table buffer, so one graph serves every
                 // later step of this batch size (contexts are read on the device).
@@ -636,7 +685,7 @@ impl CudaBackend {
                 self.stream.begin_capture(
                     cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
                 )?;
-                let launched = self.launch_all(t, t, tables, true, true);
+                let launched = self.launch_all(t, t, tables, true, true, masked);
                 let graph = self
                     .stream
                     .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
@@ -647,7 +696,14 @@ impl CudaBackend {
             }
             self.graphs[&key].0.launch()?;
         } else {
-            self.launch_all(t, r, batch.seqs.len() * self.max_blocks, decode, false)?;
+            self.launch_all(
+                t,
+                r,
+                batch.seqs.len() * self.max_blocks,
+                decode,
+                false,
+                masked,
+            )?;
         }
         let vocab = self.config.vocab_size;
         tokens.clear();
@@ -696,6 +752,8 @@ impl Backend for CudaBackend {
         batch: &ForwardBatch<'_>,
         logits: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
+        // Masks are for forward_sample only.
+        self.pending_masks.clear();
         let r = batch.logit_rows.len().min(self.all_logits.len());
         let all = std::mem::take(&mut self.all_logits);
         let mut tokens = Vec::new();
@@ -711,7 +769,23 @@ impl Backend for CudaBackend {
         out: &mut SampledStep,
     ) -> Result<(), BackendError> {
         check_sampling(batch, sampling)?;
-        self.step(batch, sampling, &mut out.tokens, &mut out.logits)
+        if let Err(e) = check_masks(&self.pending_masks, batch.logit_rows.len()) {
+            self.pending_masks.clear();
+            return Err(e);
+        }
+        let result = self.step(batch, sampling, &mut out.tokens, &mut out.logits);
+        // Masks are for this step only, even one refused before it ran.
+        self.pending_masks.clear();
+        result
+    }
+
+    fn supports_masks(&self) -> bool {
+        true
+    }
+
+    fn set_masks(&mut self, masks: &[(usize, &[u32])]) -> Result<(), BackendError> {
+        self.pending_masks = masks.iter().map(|&(r, w)| (r, w.to_vec())).collect();
+        Ok(())
     }
 
     fn set_profiling(&mut self, on: bool) -> bool {

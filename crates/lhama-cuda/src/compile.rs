@@ -62,6 +62,7 @@ pub const KERNELS: &[&str] = &[
     "awq_gemm_mma_f16x",
     "lm_head_mma_f16_f32",
     "sample_rows_f32",
+    "apply_token_masks",
 ];
 
 /// The whole program: common helpers, then each family with a line marker so

@@ -195,6 +195,7 @@ pub struct Kernels {
     lm_head: CudaFunction,
     lm_head_mma: CudaFunction,
     sample: CudaFunction,
+    apply_masks: CudaFunction,
     /// Streaming multiprocessors: the tensor-core GEMM splits K until its
     /// grid fills them twice over.
     sm_count: usize,
@@ -401,6 +402,7 @@ impl Kernels {
             lm_head: f("lm_head_f16_f32")?,
             lm_head_mma: f("lm_head_mma_f16_f32")?,
             sample: f("sample_rows_f32")?,
+            apply_masks: f("apply_token_masks")?,
             _module: module,
             sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             pdl: major >= 9 && std::env::var("LHAMA_CUDA_PDL").map_or(true, |v| v != "0"),
@@ -1109,6 +1111,39 @@ impl Kernels {
                 .i32(nr)
                 .i32(h)
                 .i32(v),
+        )
+    }
+
+    /// 32-bit words of one row's token mask.
+    pub fn mask_words(vocab: usize) -> usize {
+        vocab.div_ceil(32)
+    }
+
+    /// Sets logits[r, i] to −∞ where bit i % 32 of masks[r, i / 32] is 0,
+    /// for the R = logits.len() / vocab rows.
+    pub fn apply_masks(
+        &self,
+        s: &CudaStream,
+        logits: &mut CudaViewMut<'_, f32>,
+        masks: &CudaView<'_, u32>,
+        vocab: usize,
+    ) -> Result<(), CudaError> {
+        let words = Self::mask_words(vocab);
+        let r = logits.len() / vocab.max(1);
+        check(
+            vocab > 0 && logits.len() == r * vocab && masks.len() >= r * words,
+            "token mask sizes",
+        )?;
+        // r rows of vocab logits and of `words` mask words (checked above).
+        self.launch(
+            s,
+            &self.apply_masks,
+            cfg_1d(r as u32, 256),
+            Args::new(s)
+                .buf_mut(logits)
+                .buf(masks)
+                .i32(i32_of(vocab))
+                .i32(i32_of(words)),
         )
     }
 

@@ -350,6 +350,198 @@ fn sampling_kernel_matches_the_host_definition() {
     }
 }
 
+/// Random masks over random rows: the masked logits are the host's
+/// `mask_logits`, and sampling them gives the host's tokens.
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
+fn token_masks_match_the_host() {
+    use lhama_model::backend::mask_logits;
+    use lhama_model::sampling::sample_row;
+    let (s, k) = setup();
+    let mut g = SplitMix64::new(26);
+    for &vocab in &[32002usize, 1001, 50] {
+        let words = Kernels::mask_words(vocab);
+        let r = 24;
+        let logits = randn(&mut g, r * vocab);
+        // Row i allows each token with probability 1 / (i % 4 + 1), at
+        // least one; row 3's mask is all ones (an unmasked row); some
+        // masks are one word short (the ids past them are not allowed).
+        let mut masks = vec![0u32; r * words];
+        for i in 0..r {
+            let row = &mut masks[i * words..(i + 1) * words];
+            let short = i % 5 == 4 && words > 1;
+            for t in 0..vocab {
+                let allow = i == 3 || g.next_f64() < 1.0 / (i % 4 + 1) as f64;
+                if allow && !(short && t / 32 == words - 1) {
+                    row[t / 32] |= 1 << (t % 32);
+                }
+            }
+            row[0] |= 1 << (i % 32).min(vocab - 1);
+        }
+        let mut want = logits.clone();
+        for i in 0..r {
+            mask_logits(
+                &mut want[i * vocab..(i + 1) * vocab],
+                &masks[i * words..(i + 1) * words],
+            );
+        }
+        let mut ld = s.clone_htod(&logits).unwrap();
+        let md = s.clone_htod(&masks).unwrap();
+        k.apply_masks(&s, &mut ld.slice_mut(..), &md.slice(..), vocab)
+            .unwrap();
+        let got = back(&s, &ld, r * vocab);
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "vocab {vocab}: masked logits differ from the host's"
+        );
+        let how: Vec<RowSampling> = (0..r)
+            .map(|i| match i % 3 {
+                0 => RowSampling::Greedy,
+                _ => RowSampling::Draw(lhama_model::DrawParams {
+                    temperature: 0.8 + 0.1 * (i % 4) as f32,
+                    top_k: if i % 2 == 0 { 20 } else { 0 },
+                    top_p: 0.9,
+                    min_p: 0.0,
+                    u: (i as f32 + 0.5) / r as f32,
+                }),
+            })
+            .collect();
+        let params: Vec<u32> = how
+            .iter()
+            .flat_map(lhama_cuda::kernels::sample_params)
+            .collect();
+        let pd = s.clone_htod(&params).unwrap();
+        let mut td = s.clone_htod(&vec![u32::MAX; r]).unwrap();
+        k.sample(
+            &s,
+            &ld.slice(..),
+            &pd.slice(..),
+            &mut td.slice_mut(..),
+            vocab,
+        )
+        .unwrap();
+        let mut tokens = vec![0u32; r];
+        s.memcpy_dtoh(&td, tokens.as_mut_slice()).unwrap();
+        let mut scratch = Vec::new();
+        for i in 0..r {
+            let row = &want[i * vocab..(i + 1) * vocab];
+            assert_eq!(
+                Some(tokens[i]),
+                sample_row(row, &how[i], &mut scratch),
+                "vocab {vocab} row {i}: {:?}",
+                how[i]
+            );
+            assert!(
+                row[tokens[i] as usize].is_finite(),
+                "row {i}: a masked token"
+            );
+        }
+    }
+}
+
+/// The backend applies masks set for a step to that step's rows only, and
+/// samples what the CPU backend samples.
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
+fn backend_samples_under_token_masks() {
+    let dir = model_dir();
+    let files = ModelFiles::load(dir.path()).unwrap();
+    let opts = CudaOptions {
+        kv_cache_tokens: Some(512),
+        max_batch_tokens: 64,
+        max_seqs: 4,
+        precision: Precision::Exact,
+        ..CudaOptions::default()
+    };
+    let mut gpu = CudaBackend::new(&files.config, &files.weights, &opts).unwrap();
+    let mut cpu = CpuBackend::new(
+        &files.config,
+        files.weights.clone(),
+        KvGeometry {
+            num_blocks: 32,
+            block_size: 16,
+        },
+    );
+    let vocab = files.config.vocab_size;
+    let words = Kernels::mask_words(vocab);
+    // Two sequences of 5 prompt tokens; row 0 masked to three tokens, row 1 not.
+    let tokens: Vec<u32> = vec![1, 40, 41, 42, 43, 1, 50, 51, 52, 53];
+    let positions: Vec<u32> = (0..5).chain(0..5).collect();
+    let (t0, t1) = (vec![0u32], vec![1u32]);
+    let seqs = [
+        SeqSlice {
+            token_start: 0,
+            num_tokens: 5,
+            block_table: &t0,
+        },
+        SeqSlice {
+            token_start: 5,
+            num_tokens: 5,
+            block_table: &t1,
+        },
+    ];
+    let batch = ForwardBatch {
+        tokens: &tokens,
+        positions: &positions,
+        seqs: &seqs,
+        logit_rows: &[4, 9],
+    };
+    let allowed = [7u32, 11, (vocab - 1) as u32];
+    let mut mask = vec![0u32; words];
+    for &a in &allowed {
+        mask[a as usize / 32] |= 1 << (a % 32);
+    }
+    let greedy = [RowSampling::Greedy, RowSampling::Greedy];
+    let mut unmasked = Vec::new();
+    for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
+        let mut plain = SampledStep::default();
+        b.forward_sample(&batch, &greedy, &mut plain).unwrap();
+        assert!(b.supports_masks());
+        b.set_masks(&[(0, &mask)]).unwrap();
+        let mut out = SampledStep::default();
+        b.forward_sample(&batch, &greedy, &mut out).unwrap();
+        assert!(
+            allowed.contains(&out.tokens[0]),
+            "{}: {}",
+            b.name(),
+            out.tokens[0]
+        );
+        assert_eq!(
+            out.tokens[1],
+            plain.tokens[1],
+            "{}: row 1 has no mask",
+            b.name()
+        );
+        // The next step has no masks again.
+        let mut after = SampledStep::default();
+        b.forward_sample(&batch, &greedy, &mut after).unwrap();
+        assert_eq!(
+            after.tokens,
+            plain.tokens,
+            "{}: masks outlived their step",
+            b.name()
+        );
+        // A mask for a row the step does not have is refused, and forgotten.
+        b.set_masks(&[(2, &mask)]).unwrap();
+        assert!(b.forward_sample(&batch, &greedy, &mut out).is_err());
+        b.forward_sample(&batch, &greedy, &mut out).unwrap();
+        assert_eq!(out.tokens, plain.tokens, "{}", b.name());
+        unmasked.push((out.tokens.clone(), plain.tokens.clone()));
+    }
+    // Unmasked, the GPU picks what the CPU picks.
+    assert_eq!(unmasked[0], unmasked[1], "gpu vs cpu tokens");
+    let mut picks = Vec::new();
+    for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
+        b.set_masks(&[(0, &mask)]).unwrap();
+        let mut out = SampledStep::default();
+        b.forward_sample(&batch, &greedy, &mut out).unwrap();
+        picks.push(out.tokens);
+    }
+    assert_eq!(picks[0], picks[1], "masked greedy: gpu vs cpu");
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn fused_decode_attention_matches_cpu() {

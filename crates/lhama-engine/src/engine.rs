@@ -376,7 +376,75 @@ impl Engine {
             .store(c.evicted_blocks, Ordering::Relaxed);
     }
 
+    /// The token masks of the plan's sampled guided rows, computed on the
+    /// cores the engine thread leaves (one grammar's mask can take a tenth
+    /// of a millisecond or more, times up to max_num_seqs rows a step). A
+    /// grammar that panics fails only its own sequence.
+    fn guided_masks(&mut self, plan: &StepPlan) -> HashMap<SeqId, Result<SimpleVob, String>> {
+        let guided: Vec<(SeqId, Guide)> = plan
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .filter_map(|s| {
+                let a = self.active.get_mut(&s.id)?;
+                Some((s.id, a.params.guide.take()?))
+            })
+            .collect();
+        if guided.is_empty() {
+            return HashMap::new();
+        }
+        let ids: Vec<SeqId> = guided.iter().map(|(id, _)| *id).collect();
+        let groups = split_in_groups(guided, mask_threads(ids.len()));
+        let computed: Vec<(SeqId, Guide, Result<SimpleVob, String>)> =
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = groups
+                    .into_iter()
+                    .map(|group| {
+                        scope.spawn(move || {
+                            group
+                                .into_iter()
+                                .map(|(id, mut g)| {
+                                    let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                        || g.allowed(),
+                                    ))
+                                    .unwrap_or_else(|_| {
+                                        Err("structured output: the mask computation failed".into())
+                                    });
+                                    (id, g, m)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap_or_default())
+                    .collect()
+            });
+        let mut masks = HashMap::new();
+        for (id, g, m) in computed {
+            if let Some(a) = self.active.get_mut(&id) {
+                a.params.guide = Some(g);
+            }
+            masks.insert(id, m);
+        }
+        for id in ids {
+            // A thread that panicked lost its grammars.
+            masks
+                .entry(id)
+                .or_insert_with(|| Err("structured output: the mask computation failed".into()));
+        }
+        masks
+    }
+
     fn step(&mut self, plan: &StepPlan) {
+        // The grammar masks of this step's sampled guided rows, before the
+        // forward pass, so that a backend that samples on the device can
+        // apply them there.
+        let mut masks = self.guided_masks(plan);
+        let device_masks = self.backend.supports_masks();
+        // (sequence, logit row) of the guided rows the backend masks.
+        let mut device_masked: Vec<(SeqId, usize)> = Vec::new();
         let mut tokens = Vec::with_capacity(plan.num_tokens());
         let mut positions = Vec::with_capacity(plan.num_tokens());
         let mut rows = Vec::new();
@@ -409,13 +477,24 @@ impl Engine {
                 sampling.resize(rows.len(), RowSampling::Logits);
             } else if s.sample {
                 rows.push(base + s.tokens.len() as u32 - 1);
+                // A guided row is sampled by the backend when it applies the
+                // mask and the mask allows something (else the host reports it).
+                let device_mask = |id: SeqId| {
+                    device_masks
+                        && masks
+                            .get(&id)
+                            .is_some_and(|m| m.as_ref().is_ok_and(|m| !m.is_zero()))
+                };
                 sampling.push(match active {
                     Some(a)
                         if !a.params.changes_logits(a.generated().len())
                             && a.params.logprobs.is_none()
-                            && a.params.guide.is_none()
+                            && (a.params.guide.is_none() || device_mask(s.id))
                             && a.params.max_tokens > 0 =>
                     {
+                        if a.params.guide.is_some() {
+                            device_masked.push((s.id, rows.len() - 1));
+                        }
                         a.sampler.next_row_sampling()
                     }
                     _ => RowSampling::Logits,
@@ -445,71 +524,20 @@ impl Engine {
             logit_rows: &rows,
         };
         let mut out = std::mem::take(&mut self.out);
-        // The grammars of sampled rows compute their masks on another
-        // thread while the backend runs the step.
-        let guided: Vec<(SeqId, Guide)> = plan
-            .seqs
-            .iter()
-            .filter(|s| s.sample)
-            .filter_map(|s| {
-                let a = self.active.get_mut(&s.id)?;
-                Some((s.id, a.params.guide.take()?))
-            })
-            .collect();
-        let guided_ids: Vec<SeqId> = guided.iter().map(|(id, _)| *id).collect();
-        let backend = &mut self.backend;
-        let (result, masked) = if guided.is_empty() {
-            (
-                backend.forward_sample(&batch, &sampling, &mut out),
-                Vec::new(),
-            )
+        // Guided rows the backend samples under their masks (no logits back).
+        let result = if device_masked.is_empty() {
+            Ok(())
         } else {
-            // Spread over the cores the engine thread leaves (one grammar's
-            // mask can take a tenth of a millisecond or more, times up to
-            // max_num_seqs rows a step).
-            let groups = split_in_groups(guided, mask_threads(guided_ids.len()));
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = groups
-                    .into_iter()
-                    .map(|group| {
-                        scope.spawn(move || {
-                            group
-                                .into_iter()
-                                .map(|(id, mut g)| {
-                                    // One grammar that panics fails only its own sequence.
-                                    let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                                        || g.allowed(),
-                                    ))
-                                    .unwrap_or_else(|_| {
-                                        Err("structured output: the mask computation failed".into())
-                                    });
-                                    (id, g, m)
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                let result = backend.forward_sample(&batch, &sampling, &mut out);
-                let masks = workers
-                    .into_iter()
-                    .flat_map(|w| w.join().unwrap_or_default())
-                    .collect::<Vec<_>>();
-                (result, masks)
-            })
+            let words: Vec<(usize, &[u32])> = device_masked
+                .iter()
+                .filter_map(|(id, row)| match masks.get(id) {
+                    Some(Ok(m)) => Some((*row, m.as_slice())),
+                    _ => None,
+                })
+                .collect();
+            self.backend.set_masks(&words)
         };
-        let mut masks: HashMap<SeqId, Result<SimpleVob, String>> = HashMap::new();
-        for (id, g, m) in masked {
-            if let Some(a) = self.active.get_mut(&id) {
-                a.params.guide = Some(g);
-            }
-            masks.insert(id, m);
-        }
-        for id in guided_ids {
-            // A mask computation that panicked lost its grammar.
-            masks
-                .entry(id)
-                .or_insert_with(|| Err("structured output: the mask computation failed".into()));
-        }
+        let result = result.and_then(|()| self.backend.forward_sample(&batch, &sampling, &mut out));
         if let Err(e) = result {
             tracing::error!(error = %e, "forward step failed");
             for s in &plan.seqs {
@@ -571,9 +599,12 @@ impl Engine {
                 finished.push(s.id);
                 continue;
             }
-            // A guided row: the mask applies before everything else.
+            // A guided row: the mask applies before everything else (done by
+            // the backend for the rows it sampled).
+            let on_device = device_masked.iter().any(|(id, _)| *id == s.id);
             let masked_row = match masks.remove(&s.id) {
                 None => None,
+                Some(Ok(_)) if on_device => None,
                 Some(Err(e)) => {
                     let _ = a.events.send(Event::Error(e));
                     finished.push(s.id);

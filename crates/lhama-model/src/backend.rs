@@ -87,14 +87,25 @@ pub trait Backend: Send {
     ) -> Result<(), BackendError> {
         check_sampling(batch, sampling)?;
         self.forward(batch, &mut out.logits)?;
-        let vocab = self.config().vocab_size;
-        out.tokens.clear();
-        for (i, s) in sampling.iter().enumerate() {
-            let row = &out.logits[i * vocab..(i + 1) * vocab];
-            out.tokens
-                .push(sample_row(row, s, &mut out.scratch).unwrap_or(0));
-        }
+        sample_on_host(self.config().vocab_size, sampling, &[], out);
         Ok(())
+    }
+
+    /// Whether `set_masks` works: the backend applies token masks to the
+    /// rows it samples itself.
+    fn supports_masks(&self) -> bool {
+        false
+    }
+
+    /// Token masks for the next `forward_sample` only: (logit row, words),
+    /// bit i % 32 of word i / 32 allowing token i (ids past the words are
+    /// not allowed). The named rows' disallowed logits are −∞ before they
+    /// are sampled (and in the logits handed back); other rows are as they
+    /// were.
+    fn set_masks(&mut self, _masks: &[(usize, &[u32])]) -> Result<(), BackendError> {
+        Err(BackendError::InvalidBatch(
+            "this backend does not apply token masks".into(),
+        ))
     }
 
     /// Starts or stops a per-kernel profile of the steps that follow;
@@ -108,6 +119,52 @@ pub trait Backend: Send {
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>, BackendError> {
         Ok(Vec::new())
     }
+}
+
+/// Sets the logits of the tokens `words` does not allow to −∞ (bit i % 32
+/// of word i / 32 allows token i; ids past the words are not allowed).
+pub fn mask_logits(row: &mut [f32], words: &[u32]) {
+    for (i, l) in row.iter_mut().enumerate() {
+        let allowed = words.get(i / 32).is_some_and(|w| (w >> (i % 32)) & 1 == 1);
+        if !allowed {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// The host's sampling of a step's logits (already in `out.logits`), each
+/// masked row masked first.
+pub fn sample_on_host(
+    vocab: usize,
+    sampling: &[RowSampling],
+    masks: &[(usize, Vec<u32>)],
+    out: &mut SampledStep,
+) {
+    for (row, words) in masks {
+        if let Some(r) = out.logits.get_mut(row * vocab..(row + 1) * vocab) {
+            mask_logits(r, words);
+        }
+    }
+    out.tokens.clear();
+    for (i, s) in sampling.iter().enumerate() {
+        let row = &out.logits[i * vocab..(i + 1) * vocab];
+        out.tokens
+            .push(sample_row(row, s, &mut out.scratch).unwrap_or(0));
+    }
+}
+
+/// Checks a step's token masks against its logit rows: each row at most
+/// once, inside the step.
+pub fn check_masks(masks: &[(usize, Vec<u32>)], rows: usize) -> Result<(), BackendError> {
+    let mut seen = std::collections::HashSet::new();
+    for (row, _) in masks {
+        if *row >= rows || !seen.insert(*row) {
+            return Err(BackendError::InvalidBatch(format!(
+                "token mask for logit row {row} of {rows}, or twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One sampling instruction per logit row, each within its domain.
@@ -201,8 +258,27 @@ impl ForwardBatch<'_> {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use crate::sampling::DrawParams;
+
+    #[test]
+    fn masks_allow_their_bits_only_and_rows_once() {
+        let mut row = vec![1.0f32; 70];
+        // Tokens 0, 33 and 63 allowed; ids past the two words are not.
+        mask_logits(&mut row, &[1, (1 << 1) | (1 << 31)]);
+        let allowed: Vec<usize> = (0..70).filter(|&i| row[i].is_finite()).collect();
+        assert_eq!(allowed, vec![0, 33, 63]);
+        assert!(check_masks(&[(0, vec![]), (2, vec![])], 3).is_ok());
+        assert!(
+            check_masks(&[(3, vec![])], 3).is_err(),
+            "a row past the step"
+        );
+        assert!(
+            check_masks(&[(1, vec![]), (1, vec![])], 3).is_err(),
+            "a row twice"
+        );
+    }
 
     #[test]
     fn sampling_instructions_are_checked() {
