@@ -196,9 +196,6 @@ pub struct Kernels {
     lm_head_mma: CudaFunction,
     sample: CudaFunction,
     apply_masks: CudaFunction,
-    /// Streaming multiprocessors: the tensor-core GEMM splits K until its
-    /// grid fills them twice over.
-    sm_count: usize,
     /// Launch with programmatic dependent launch (Hopper and newer): each
     /// kernel's start overlaps the previous one's end.
     pub pdl: bool,
@@ -207,11 +204,15 @@ pub struct Kernels {
     pub mma_min_rows: usize,
     /// lm_head over at least this many rows uses the tensor-core GEMM.
     pub lm_head_mma_min_rows: usize,
+    /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
+    /// (at most one split per group; default twice the SMs).
+    pub mma_split_blocks: usize,
     /// Which tensor-core AWQ GEMM runs (the KV cache's type picks the
     /// attention kernels).
     pub precision: Precision,
     /// Decode attention gives each block as many 64-position chunks of a
     /// sequence's context as keeps at least this many blocks in the grid
+    /// (default 4 per SM)
     /// (so long contexts at large batches stream through few blocks, and
     /// small batches still fill the GPU).
     pub attention_min_blocks: usize,
@@ -282,10 +283,11 @@ pub fn sample_params(s: &lhama_model::RowSampling) -> [u32; SAMPLE_PARAM_WORDS] 
     }
 }
 
-/// Decode attention's default block target: 16 blocks per SM (four waves
-/// of the kernel's occupancy).
+/// Decode attention's default block target: 4 blocks per SM (about one
+/// wave at the kernel's occupancy), the best of 2 to 32 per SM on an H200
+/// (docs/BENCHMARKS.md): fewer, longer blocks stream the context faster.
 fn sm_count_blocks(sm_count: i32) -> usize {
-    usize::try_from(sm_count).unwrap_or(1).max(1) * 16
+    usize::try_from(sm_count).unwrap_or(1).max(1) * 4
 }
 
 /// A row-count threshold from the environment (for tuning runs), if set.
@@ -404,7 +406,6 @@ impl Kernels {
             sample: f("sample_rows_f32")?,
             apply_masks: f("apply_token_masks")?,
             _module: module,
-            sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             pdl: major >= 9 && std::env::var("LHAMA_CUDA_PDL").map_or(true, |v| v != "0"),
             mma_min_rows: env_rows("LHAMA_MMA_MIN_ROWS")?.unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
@@ -412,6 +413,8 @@ impl Kernels {
             // Kernel-level tests compare with the f32 reference; the backend
             // sets this from its options (fast by default).
             precision: Precision::Exact,
+            mma_split_blocks: env_rows("LHAMA_MMA_SPLIT_BLOCKS")?
+                .unwrap_or(2 * usize::try_from(sm_count).unwrap_or(1).max(1)),
             attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
                 .unwrap_or(sm_count_blocks(sm_count)),
             names,
@@ -736,7 +739,7 @@ impl Kernels {
     ) -> Result<(), CudaError> {
         let groups = w.k / w.group;
         let tiles = w.n.div_ceil(MMA_TILE) * m.div_ceil(MMA_TILE);
-        let mut splits = (2 * self.sm_count).div_ceil(tiles).clamp(1, groups);
+        let mut splits = self.mma_split_blocks.div_ceil(tiles).clamp(1, groups);
         while splits > 1 && splits * m * w.n > partial.len() {
             splits -= 1;
         }
