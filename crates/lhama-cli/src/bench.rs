@@ -27,8 +27,9 @@ pub struct BenchArgs {
     /// asks for one (temperature 0.8, top_p 0.95, top_k 50).
     #[arg(long, value_enum, default_value = "greedy")]
     sampling: BenchSampling,
-    /// CUDA numerics (fast, the default: f16 KV cache and tensor-core inputs;
-    /// exact: the f32 datapath). The CPU backend always runs exact.
+    /// Numerics (fast, the default: on CUDA f16 KV cache and tensor-core
+    /// inputs, on the CPU integer dot products for decode; exact: the f32
+    /// datapath).
     #[arg(long, value_enum, default_value = "fast")]
     precision: crate::load::PrecisionArg,
     /// Instead: time the AWQ product on each of the model's shapes at these

@@ -36,8 +36,9 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendKind,
-    /// CUDA numerics (fast, the default: f16 KV cache and tensor-core inputs;
-    /// exact: the f32 datapath). The CPU backend always runs exact.
+    /// Numerics (fast, the default: on CUDA f16 KV cache and tensor-core
+    /// inputs, on the CPU integer dot products for decode; exact: the f32
+    /// datapath).
     #[arg(long, value_enum, default_value = "fast")]
     precision: crate::load::PrecisionArg,
 }

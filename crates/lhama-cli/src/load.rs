@@ -43,9 +43,10 @@ pub enum PrecisionArg {
     /// f32 activations into every product and an f32 KV cache: the CPU
     /// reference's numbers to ~1e-5.
     Exact,
-    /// f16 activations into the tensor-core products and an f16 KV cache,
-    /// f32 accumulation, residual stream, norms and softmax (the default on
-    /// CUDA; the CPU backend has only the exact path).
+    /// CUDA: f16 activations into the tensor-core products and an f16 KV
+    /// cache, f32 accumulation, residual stream, norms and softmax. CPU:
+    /// decode-sized AWQ products as integer dot products with int16
+    /// activations (lhama_cpu::int8). The default.
     #[default]
     Fast,
 }
@@ -105,6 +106,7 @@ pub fn make_backend(
                     config,
                     weights,
                     limits.kv_cache_tokens.unwrap_or(CPU_DEFAULT_KV_TOKENS),
+                    limits.precision,
                 )))
             }
         },
@@ -112,17 +114,24 @@ pub fn make_backend(
             config,
             weights,
             limits.kv_cache_tokens.unwrap_or(CPU_DEFAULT_KV_TOKENS),
+            limits.precision,
         ))),
     }
 }
 
-/// A CPU backend with a KV pool of at least `tokens` tokens.
-pub fn cpu_backend(config: &LlamaConfig, weights: LlamaWeights, tokens: usize) -> CpuBackend {
+/// A CPU backend with a KV pool of at least `tokens` tokens; `Fast`: decode
+/// products on integer dot products (lhama_cpu::int8).
+pub fn cpu_backend(
+    config: &LlamaConfig,
+    weights: LlamaWeights,
+    tokens: usize,
+    precision: PrecisionArg,
+) -> CpuBackend {
     let kv = KvGeometry {
         num_blocks: tokens.div_ceil(BLOCK_SIZE).max(1),
         block_size: BLOCK_SIZE,
     };
-    CpuBackend::new(config, weights, kv)
+    CpuBackend::with_precision(config, weights, kv, precision == PrecisionArg::Fast)
 }
 
 /// Greedy steps of every golden prompt the fast path must reproduce, and its
@@ -158,8 +167,7 @@ pub fn verify(
         precision,
     };
     let mut backend = make_backend(kind, &config, weights, limits)?;
-    // The CPU backend has only the exact path.
-    let fast = precision == PrecisionArg::Fast && backend.name() == "cuda";
+    let fast = precision == PrecisionArg::Fast;
     println!(
         "backend: {}, precision: {}",
         backend.name(),

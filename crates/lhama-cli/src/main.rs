@@ -67,7 +67,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         backend: load::BackendKind,
         /// CUDA numerics: exact checks --tolerance and every greedy token;
-        /// fast (the default; the CPU runs exact) checks its budget (top-5
+        /// fast (the default) checks its budget (top-5
         /// logprobs within 0.05 nats, 32 greedy tokens identical).
         #[arg(long, value_enum, default_value = "fast")]
         precision: load::PrecisionArg,

@@ -96,9 +96,9 @@ pub struct ServeArgs {
     /// auto: CUDA when a usable GPU is found, else the CPU (the reason is logged) [default: auto].
     #[arg(long, env = "LHAMA_BACKEND", value_enum)]
     pub backend: Option<BackendKind>,
-    /// CUDA numerics: fast (f16 KV cache and tensor-core inputs, f32
-    /// accumulation) or exact (the f32 datapath); the CPU backend always
-    /// runs exact [default: fast].
+    /// Numerics: fast (CUDA: f16 KV cache and tensor-core inputs, f32
+    /// accumulation; CPU: integer dot products for decode) or exact (the f32
+    /// datapath) [default: fast].
     #[arg(long, env = "LHAMA_PRECISION", value_enum)]
     pub precision: Option<PrecisionArg>,
     /// Log lines as text or JSON, on stderr [default: text].

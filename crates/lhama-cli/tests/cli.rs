@@ -59,27 +59,35 @@ fn generate_streams_text_and_reports_counts() {
     assert_ne!(a.stdout, c.stdout, "another seed, other text");
 }
 
+/// Both CPU paths against the transformers goldens: the fast one (the
+/// default: integer dot products for decode products) within its budget
+/// (top-5 logprobs within 0.05 nats, 32 greedy steps identical), the exact
+/// one within 1e-3 of every logit.
 #[test]
 fn verify_passes_against_the_committed_goldens() {
     let dir = common::synth_tiny();
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/goldens/tiny.json");
-    let out = lhama(
-        &[
+    for (flags, precision) in [(&[][..], "fast"), (&["--precision", "exact"][..], "exact")] {
+        let mut args = vec![
             "verify",
             "--model",
             dir.path().to_str().unwrap(),
             "--golden",
             golden.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(text(&out.stdout).contains("verify: ok (160 greedy steps identical)"));
+        ];
+        args.extend_from_slice(flags);
+        let out = lhama(&args, &[]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+        assert!(
+            stdout.contains(&format!("backend: cpu, precision: {precision}")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("verify: ok (160 greedy steps identical)"),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]

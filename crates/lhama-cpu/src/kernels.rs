@@ -61,6 +61,9 @@ pub struct AwqMatrix {
     pub zeros_nm: Vec<f32>,
     /// [K/G, N] scales, laid out like `zeros_nm`.
     pub scales_nm: Vec<f32>,
+    /// The fast path's re-laid weights for decode-sized products (None on
+    /// the exact path, or for a shape it cannot take).
+    pub int8: Option<crate::int8::Int8Layout>,
 }
 
 impl std::ops::Deref for AwqMatrix {
@@ -92,6 +95,16 @@ impl AwqMatrix {
             weights,
             zeros_nm,
             scales_nm,
+            int8: None,
+        }
+    }
+
+    /// As `new`, plus the int8 path's layout (crate::int8).
+    pub fn with_int8(weights: FusedAwq) -> Self {
+        let int8 = crate::int8::Int8Layout::new(&weights);
+        Self {
+            int8,
+            ..Self::new(weights)
         }
     }
 }
@@ -111,6 +124,11 @@ const TILE_N: usize = 64;
 pub fn awq_matmul(x: &[f32], m: usize, w: &AwqMatrix, y: &mut [f32]) {
     assert_eq!(x.len(), m * w.k, "awq_matmul: x is not [M, K]");
     assert_eq!(y.len(), m * w.n, "awq_matmul: y is not [M, N]");
+    if m <= crate::int8::INT8_MAX_ROWS {
+        if let Some(layout) = &w.int8 {
+            return crate::int8::matmul(x, m, &w.weights, layout, y);
+        }
+    }
     let tiles = w.n.div_ceil(TILE_N);
     let out = SyncPtr(y.as_mut_ptr());
     (0..tiles).into_par_iter().for_each_init(

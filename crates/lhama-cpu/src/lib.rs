@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod int8;
 pub mod kernels;
 
 use half::f16;
@@ -31,7 +32,7 @@ enum CpuLinear {
 impl CpuLinear {
     /// Builds one layer computing several of the checkpoint's layers side by
     /// side (q|k|v, gate|up): their outputs are concatenated along N.
-    fn fused(parts: &[&LinearWeights]) -> Self {
+    fn fused(parts: &[&LinearWeights], fast: bool) -> Self {
         let k = parts[0].in_features();
         let n: usize = parts.iter().map(|p| p.out_features()).sum();
         match parts[0] {
@@ -47,7 +48,12 @@ impl CpuLinear {
                         }
                     })
                     .collect();
-                CpuLinear::Awq(AwqMatrix::new(FusedAwq::new(&awqs)))
+                let w = FusedAwq::new(&awqs);
+                CpuLinear::Awq(if fast {
+                    AwqMatrix::with_int8(w)
+                } else {
+                    AwqMatrix::new(w)
+                })
             }
             LinearWeights::Dense { .. } => {
                 let mut w = Vec::with_capacity(k * n);
@@ -127,18 +133,30 @@ struct Scratch {
 
 impl CpuBackend {
     /// Prepares the weights for the CPU kernels and allocates a KV pool of
-    /// `kv.num_blocks` blocks of `kv.block_size` tokens.
+    /// `kv.num_blocks` blocks of `kv.block_size` tokens: the exact path.
     pub fn new(config: &LlamaConfig, weights: LlamaWeights, kv: KvGeometry) -> Self {
+        Self::with_precision(config, weights, kv, false)
+    }
+
+    /// As `new`; with `fast`, AWQ products of up to `int8::INT8_MAX_ROWS`
+    /// rows (decode) take int8 activations against re-laid int4 weights
+    /// (crate::int8), prefill stays exact.
+    pub fn with_precision(
+        config: &LlamaConfig,
+        weights: LlamaWeights,
+        kv: KvGeometry,
+        fast: bool,
+    ) -> Self {
         let kv_len = kv.num_blocks * kv.block_size * config.num_kv_heads * config.head_dim;
         let lm_head = weights.lm_head().to_vec();
         let layers = weights
             .layers
             .into_iter()
             .map(|l| CpuLayer {
-                qkv: CpuLinear::fused(&[&l.q_proj, &l.k_proj, &l.v_proj]),
-                o: CpuLinear::fused(&[&l.o_proj]),
-                gate_up: CpuLinear::fused(&[&l.gate_proj, &l.up_proj]),
-                down: CpuLinear::fused(&[&l.down_proj]),
+                qkv: CpuLinear::fused(&[&l.q_proj, &l.k_proj, &l.v_proj], fast),
+                o: CpuLinear::fused(&[&l.o_proj], fast),
+                gate_up: CpuLinear::fused(&[&l.gate_proj, &l.up_proj], fast),
+                down: CpuLinear::fused(&[&l.down_proj], fast),
                 input_norm: l.input_layernorm,
                 post_norm: l.post_attention_layernorm,
                 k_cache: vec![0.0; kv_len],
