@@ -115,6 +115,29 @@ fn bench_prints_prefill_and_decode_figures() {
         .filter(|l| l.trim_start().starts_with(['1', '3']))
         .collect();
     assert_eq!(rows.len(), 2, "{stdout}");
+    // The per-kernel profile is CUDA's: on the CPU a clear error, after the
+    // figures it could measure.
+    let out = lhama(
+        &[
+            "bench",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--prompt-len",
+            "8",
+            "--decode-steps",
+            "2",
+            "--batch",
+            "1",
+            "--profile",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--profile: the cpu backend has no kernel profile"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
