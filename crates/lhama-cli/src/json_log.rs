@@ -72,10 +72,10 @@ where
             let mut fields = Map::new();
             fields.insert("name".into(), Value::from(span.name()));
             // Span fields are kept as JSON text by JsonFields.
-            if let Some(stored) = span.extensions().get::<FormattedFields<JsonFields>>() {
-                if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(stored) {
-                    fields.extend(map);
-                }
+            if let Some(stored) = span.extensions().get::<FormattedFields<JsonFields>>()
+                && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(stored)
+            {
+                fields.extend(map);
             }
             line.insert("span".into(), Value::Object(fields));
         }

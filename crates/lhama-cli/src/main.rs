@@ -148,11 +148,11 @@ fn main() -> ExitCode {
     } else {
         logs.init();
     }
-    if let Some(n) = cli.threads {
-        if let Err(e) = rayon_threads(n) {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(n) = cli.threads
+        && let Err(e) = rayon_threads(n)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Synth { preset, seed, out } => synth::write_model(preset, seed, &out)

@@ -124,10 +124,10 @@ const TILE_N: usize = 64;
 pub fn awq_matmul(x: &[f32], m: usize, w: &AwqMatrix, y: &mut [f32]) {
     assert_eq!(x.len(), m * w.k, "awq_matmul: x is not [M, K]");
     assert_eq!(y.len(), m * w.n, "awq_matmul: y is not [M, N]");
-    if m <= crate::int8::INT8_MAX_ROWS {
-        if let Some(layout) = &w.int8 {
-            return crate::int8::matmul(x, m, &w.weights, layout, y);
-        }
+    if m <= crate::int8::INT8_MAX_ROWS
+        && let Some(layout) = &w.int8
+    {
+        return crate::int8::matmul(x, m, &w.weights, layout, y);
     }
     let tiles = w.n.div_ceil(TILE_N);
     let out = SyncPtr(y.as_mut_ptr());

@@ -185,13 +185,13 @@ impl CudaBackend {
                 awq.group_size
             )));
         }
-        if config.head_dim > 128 || config.head_dim % 32 != 0 {
+        if config.head_dim > 128 || !config.head_dim.is_multiple_of(32) {
             return Err(CudaError::Unsupported(format!(
                 "head_dim {} must be a multiple of 32, at most 128",
                 config.head_dim
             )));
         }
-        if config.hidden_size % 8 != 0 {
+        if !config.hidden_size.is_multiple_of(8) {
             return Err(CudaError::Unsupported(format!(
                 "hidden_size {} is not a multiple of 8",
                 config.hidden_size
@@ -630,15 +630,13 @@ impl CudaBackend {
             &mut ws.logits.slice_mut(0..r * vocab),
             hidden,
         )?;
-        if masked {
-            if let Some(m) = ws.masks.as_ref() {
-                k.apply_masks(
-                    s,
-                    &mut ws.logits.slice_mut(0..r * vocab),
-                    &m.slice(..),
-                    vocab,
-                )?;
-            }
+        if masked && let Some(m) = ws.masks.as_ref() {
+            k.apply_masks(
+                s,
+                &mut ws.logits.slice_mut(0..r * vocab),
+                &m.slice(..),
+                vocab,
+            )?;
         }
         k.sample(
             s,

@@ -471,10 +471,10 @@ impl Kernels {
         self.launch_raw(s, f, cfg, args)?;
         if let Some((start, flags)) = timed {
             let end = s.record_event(flags)?;
-            if let Ok(mut p) = self.profile.lock() {
-                if let Some(v) = p.as_mut() {
-                    v.push((f.cu_function() as usize, start, end));
-                }
+            if let Ok(mut p) = self.profile.lock()
+                && let Some(v) = p.as_mut()
+            {
+                v.push((f.cu_function() as usize, start, end));
             }
         }
         Ok(())
@@ -543,7 +543,7 @@ impl Kernels {
     ) -> Result<(), CudaError> {
         let t = tokens.len();
         check(
-            x.len() >= t * hidden && table.len() % hidden == 0,
+            x.len() >= t * hidden && table.len().is_multiple_of(hidden),
             "embedding sizes",
         )?;
         let cfg = cfg_1d(t as u32, 256);
@@ -640,7 +640,7 @@ impl Kernels {
         check(partial.len() >= w.partial_len(), "awq partial buffer")?;
         check(counters.len() >= counters_len(w.n), "awq counters")?;
         check(
-            w.n % 8 == 0 && w.group % 32 == 0 && w.k % w.group == 0,
+            w.n.is_multiple_of(8) && w.group.is_multiple_of(32) && w.k.is_multiple_of(w.group),
             "awq shape",
         )?;
         if m >= self.mma_min_rows.max(1) {
@@ -1084,11 +1084,11 @@ impl Kernels {
         let vocab = weight.len() / hidden;
         let r = rows.len();
         check(
-            logits.len() >= r * vocab && weight.len() == vocab * hidden && hidden % 8 == 0,
+            logits.len() >= r * vocab && weight.len() == vocab * hidden && hidden.is_multiple_of(8),
             "lm_head sizes (hidden must be a multiple of 8)",
         )?;
         let (nr, h, v) = (i32_of(r), i32_of(hidden), i32_of(vocab));
-        let mma = r >= self.lm_head_mma_min_rows.max(1) && hidden % MMA_BK == 0;
+        let mma = r >= self.lm_head_mma_min_rows.max(1) && hidden.is_multiple_of(MMA_BK);
         let (func, cfg) = if mma {
             let cfg = LaunchConfig {
                 grid_dim: (grid(vocab, MMA_TILE), grid(r, MMA_TILE), 1),

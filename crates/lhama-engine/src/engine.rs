@@ -455,12 +455,12 @@ impl Engine {
         // Per sequence: (first logit row, rows) for reading results back.
         let mut row_start = Vec::with_capacity(plan.seqs.len());
         for s in &plan.seqs {
-            if let Some(a) = self.active.get_mut(&s.id) {
-                if !a.admitted {
-                    a.admitted = true;
-                    let cached_tokens = self.scheduler.cached_tokens(s.id).unwrap_or(0);
-                    let _ = a.events.send(Event::Admitted { cached_tokens });
-                }
+            if let Some(a) = self.active.get_mut(&s.id)
+                && !a.admitted
+            {
+                a.admitted = true;
+                let cached_tokens = self.scheduler.cached_tokens(s.id).unwrap_or(0);
+                let _ = a.events.send(Event::Admitted { cached_tokens });
             }
             let base = tokens.len() as u32;
             tokens.extend_from_slice(&s.tokens);
@@ -663,12 +663,12 @@ impl Engine {
                     top,
                 }
             });
-            if let Some(g) = a.params.guide.as_mut() {
-                if let Err(e) = g.accept(token) {
-                    let _ = a.events.send(Event::Error(e));
-                    finished.push(s.id);
-                    continue;
-                }
+            if let Some(g) = a.params.guide.as_mut()
+                && let Err(e) = g.accept(token)
+            {
+                let _ = a.events.send(Event::Error(e));
+                finished.push(s.id);
+                continue;
             }
             a.tokens.push(token);
             sampled.push((s.id, token));

@@ -77,7 +77,7 @@ fn arbitrary_ids_never_stall_the_stream() {
         // Half byte tokens, many of them invalid UTF-8 runs.
         let ids: Vec<u32> = (0..40)
             .map(|_| {
-                if g.next_u64() % 2 == 0 {
+                if g.next_u64().is_multiple_of(2) {
                     BYTE0 + 0x80 + (g.next_u64() % 0x60) as u32
                 } else {
                     (3 + g.next_u64() % (vocab - 3)) as u32

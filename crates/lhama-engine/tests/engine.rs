@@ -600,7 +600,7 @@ fn shared_prefixes_under_preemption_and_cancellation_free_every_block() {
         .collect();
     let mut finished = 0;
     for (i, mut s) in streams.into_iter().enumerate() {
-        if rng.next_u64() % 4 == 0 {
+        if rng.next_u64().is_multiple_of(4) {
             // Cancel after a few events.
             for _ in 0..(rng.next_u64() % 6) {
                 if s.events.blocking_recv().is_none() {

@@ -48,7 +48,7 @@ pub struct Quantized {
 /// checkpoint actually stores.
 pub fn quantize(w: &[f32], k: usize, n: usize, group: usize) -> Quantized {
     assert!(
-        k % group == 0 && n % 8 == 0 && w.len() == k * n,
+        k.is_multiple_of(group) && n.is_multiple_of(8) && w.len() == k * n,
         "quantize: bad shape"
     );
     let groups = k / group;

@@ -216,12 +216,12 @@ impl RawConfig {
             ));
         }
         let rope_scaling = parse_rope_scaling(path, self.rope_scaling.as_ref())?;
-        if let Some(act) = &self.hidden_act {
-            if act != "silu" {
-                return Err(unsupported(format!(
-                    "hidden_act is {act:?}; only \"silu\" is supported"
-                )));
-            }
+        if let Some(act) = &self.hidden_act
+            && act != "silu"
+        {
+            return Err(unsupported(format!(
+                "hidden_act is {act:?}; only \"silu\" is supported"
+            )));
         }
         if self.attention_bias == Some(true) {
             return Err(unsupported(
@@ -272,14 +272,14 @@ impl RawConfig {
         .into_iter()
         .chain(eos_token_ids.iter().map(|&id| ("eos_token_id", Some(id))))
         {
-            if let Some(id) = id {
-                if id as usize >= vocab_size {
-                    return Err(ModelError::config(
-                        path,
-                        key,
-                        format!("{id} is outside the vocabulary (vocab_size {vocab_size})"),
-                    ));
-                }
+            if let Some(id) = id
+                && id as usize >= vocab_size
+            {
+                return Err(ModelError::config(
+                    path,
+                    key,
+                    format!("{id} is outside the vocabulary (vocab_size {vocab_size})"),
+                ));
             }
         }
         Ok(LlamaConfig {
@@ -401,7 +401,7 @@ fn check_awq_shapes(
             ));
         }
     }
-    if q_out % awq.group_size != 0 {
+    if !q_out.is_multiple_of(awq.group_size) {
         return Err(ModelError::config(
             path,
             "quantization_config.group_size",

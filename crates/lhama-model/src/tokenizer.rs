@@ -39,10 +39,10 @@ fn template_source(path: &Path, value: Option<&Value>) -> Result<Option<String>>
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Array(items)) => {
             for item in items {
-                if item.get("name").and_then(Value::as_str) == Some("default") {
-                    if let Some(t) = item.get("template").and_then(Value::as_str) {
-                        return Ok(Some(t.to_string()));
-                    }
+                if item.get("name").and_then(Value::as_str) == Some("default")
+                    && let Some(t) = item.get("template").and_then(Value::as_str)
+                {
+                    return Ok(Some(t.to_string()));
                 }
             }
             Err(ModelError::config(

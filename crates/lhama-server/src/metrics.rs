@@ -375,14 +375,13 @@ impl Metrics {
     fn read_process(&self) {
         const PAGE: i64 = 4096;
         const TICKS_PER_SECOND: f64 = 100.0;
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(pages) = statm
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+            && let Some(pages) = statm
                 .split_whitespace()
                 .nth(1)
                 .and_then(|v| v.parse::<i64>().ok())
-            {
-                self.resident_memory.set(pages * PAGE);
-            }
+        {
+            self.resident_memory.set(pages * PAGE);
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.open_fds.set(dir.count() as i64);
@@ -394,11 +393,11 @@ impl Metrics {
             let f: Vec<&str> = after.split_whitespace().collect();
             let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
             let secs = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
-            if let Ok(mut c) = self.cpu_seconds.lock() {
-                if secs > c.1 {
-                    c.0.inc_by(secs - c.1);
-                    c.1 = secs;
-                }
+            if let Ok(mut c) = self.cpu_seconds.lock()
+                && secs > c.1
+            {
+                c.0.inc_by(secs - c.1);
+                c.1 = secs;
             }
         }
     }

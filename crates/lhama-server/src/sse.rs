@@ -46,10 +46,10 @@ pub fn stream(
             ).body()),
         };
         drop(events);
-        if let Some(error) = tail {
-            if tx.send(data(error)).await.is_err() {
-                return;
-            }
+        if let Some(error) = tail
+            && tx.send(data(error)).await.is_err()
+        {
+            return;
         }
         let _ = tx.send(SseEvent::default().data("[DONE]")).await;
     });

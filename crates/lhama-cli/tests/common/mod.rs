@@ -98,13 +98,12 @@ pub async fn start_with_env(
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             lines.lock().unwrap().push(line.clone());
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(a) = v["address"].as_str() {
-                        let _ = tx.send(a.to_string());
-                        sent = true;
-                    }
-                }
+            if !sent
+                && let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(a) = v["address"].as_str()
+            {
+                let _ = tx.send(a.to_string());
+                sent = true;
             }
         }
     });
@@ -274,10 +273,10 @@ pub async fn sigterm_and_wait_for_drain(server: &Server) {
     sigterm(server);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await {
-            if r.status().as_u16() == 503 {
-                return;
-            }
+        if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
+            && r.status().as_u16() == 503
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,
