@@ -93,8 +93,8 @@ fn verify_passes_against_the_committed_goldens() {
 #[test]
 fn bench_prints_prefill_and_decode_figures() {
     let dir = common::synth_tiny();
-    let out = lhama(
-        &[
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
             "bench",
             "--model",
             dir.path().to_str().unwrap(),
@@ -102,11 +102,11 @@ fn bench_prints_prefill_and_decode_figures() {
             "8",
             "--decode-steps",
             "2",
-            "--batch",
-            "1,3",
-        ],
-        &[],
-    );
+        ];
+        args.extend_from_slice(extra);
+        lhama(&args, &[])
+    };
+    let out = bench(&["--batch", "1,3"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("prefill: 8 tokens"), "{stdout}");
@@ -117,21 +117,7 @@ fn bench_prints_prefill_and_decode_figures() {
     assert_eq!(rows.len(), 2, "{stdout}");
     // The per-kernel profile is CUDA's: on the CPU a clear error, after the
     // figures it could measure.
-    let out = lhama(
-        &[
-            "bench",
-            "--model",
-            dir.path().to_str().unwrap(),
-            "--prompt-len",
-            "8",
-            "--decode-steps",
-            "2",
-            "--batch",
-            "1",
-            "--profile",
-        ],
-        &[],
-    );
+    let out = bench(&["--batch", "1", "--profile"]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("--profile: the cpu backend has no kernel profile"),

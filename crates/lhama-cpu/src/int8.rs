@@ -117,7 +117,7 @@ pub fn matmul(x: &[f32], m: usize, w: &FusedAwq, layout: &Int8Layout, y: &mut [f
     // Each task: a run of column blocks, all rows (the block's weights are
     // read once from memory for every row).
     let per_task = blocks.div_ceil(rayon::current_num_threads() * 8).max(1);
-    let out = SyncOut(y.as_mut_ptr());
+    let out = crate::kernels::SyncPtr(y.as_mut_ptr());
     (0..blocks.div_ceil(per_task))
         .into_par_iter()
         .for_each(|t| {
@@ -137,17 +137,6 @@ pub fn matmul(x: &[f32], m: usize, w: &FusedAwq, layout: &Int8Layout, y: &mut [f
                 }
             }
         });
-}
-
-#[derive(Clone, Copy)]
-struct SyncOut(*mut f32);
-// SAFETY: tasks write disjoint columns (see the use).
-unsafe impl Send for SyncOut {}
-unsafe impl Sync for SyncOut {}
-impl SyncOut {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Whether the CPU has AVX-512 with VNNI (`vpdpwssd`), checked once.
@@ -224,6 +213,49 @@ fn block_scalar(
     }
 }
 
+/// One group's step of the 8 columns of block `cb` for row `r`: the
+/// columns' integer sums (`acc`, 8 lanes each) reduced into one vector in
+/// column order, then `group_term` lane by lane (the same roundings).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn group_step_avx2(
+    yv: std::arch::x86_64::__m256,
+    acc: &[std::arch::x86_64::__m256i; CB],
+    q: &QuantRows,
+    w: &FusedAwq,
+    cb: usize,
+    r: usize,
+    g: usize,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let (n, groups) = (w.n, w.k / w.group);
+    let s01 = _mm256_hadd_epi32(acc[0], acc[1]);
+    let s23 = _mm256_hadd_epi32(acc[2], acc[3]);
+    let s45 = _mm256_hadd_epi32(acc[4], acc[5]);
+    let s67 = _mm256_hadd_epi32(acc[6], acc[7]);
+    let s0123 = _mm256_hadd_epi32(s01, s23);
+    let s4567 = _mm256_hadd_epi32(s45, s67);
+    let isum = _mm256_add_epi32(
+        _mm256_permute2x128_si256(s0123, s4567, 0x20),
+        _mm256_permute2x128_si256(s0123, s4567, 0x31),
+    );
+    // SAFETY: the block's 8 columns of group g are inside zeros and scales
+    // ([groups, n], cb < n / 8).
+    let (z, s) = unsafe {
+        (
+            _mm256_loadu_ps(w.zeros.as_ptr().add(g * n + cb * CB)),
+            _mm256_loadu_ps(w.scales.as_ptr().add(g * n + cb * CB)),
+        )
+    };
+    let xsum = _mm256_set1_ps(q.sum[r * groups + g] as f32);
+    let f = _mm256_mul_ps(
+        _mm256_sub_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(z, xsum)),
+        s,
+    );
+    _mm256_fmadd_ps(f, _mm256_set1_ps(q.scale[r * groups + g]), yv)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(
@@ -235,7 +267,7 @@ unsafe fn block_avx2(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (k, n, group) = (w.k, w.n, w.group);
+    let (k, group) = (w.k, w.group);
     let (kbs, groups) = (k / KB, k / group);
     // SAFETY (every load and store below): the packed block of (cb, kb, c)
     // is 32 bytes inside `packed` (cb < n / 8, kb < k / 64, c < 8); a row's
@@ -270,26 +302,7 @@ unsafe fn block_avx2(
                         *a = _mm256_add_epi32(*a, _mm256_add_epi32(p01, p23));
                     }
                 }
-                // The 8 columns' sums in one vector, column order.
-                let s01 = _mm256_hadd_epi32(acc[0], acc[1]);
-                let s23 = _mm256_hadd_epi32(acc[2], acc[3]);
-                let s45 = _mm256_hadd_epi32(acc[4], acc[5]);
-                let s67 = _mm256_hadd_epi32(acc[6], acc[7]);
-                let s0123 = _mm256_hadd_epi32(s01, s23);
-                let s4567 = _mm256_hadd_epi32(s45, s67);
-                let isum = _mm256_add_epi32(
-                    _mm256_permute2x128_si256(s0123, s4567, 0x20),
-                    _mm256_permute2x128_si256(s0123, s4567, 0x31),
-                );
-                let z = _mm256_loadu_ps(w.zeros.as_ptr().add(g * n + cb * CB));
-                let s = _mm256_loadu_ps(w.scales.as_ptr().add(g * n + cb * CB));
-                let xsum = _mm256_set1_ps(q.sum[r * groups + g] as f32);
-                // group_term, lane by lane: the same roundings.
-                let f = _mm256_mul_ps(
-                    _mm256_sub_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(z, xsum)),
-                    s,
-                );
-                yv = _mm256_fmadd_ps(f, _mm256_set1_ps(q.scale[r * groups + g]), yv);
+                yv = group_step_avx2(yv, &acc, q, w, cb, r, g);
             }
             _mm256_storeu_ps(out.as_mut_ptr().add(r * CB), yv);
         }
@@ -310,7 +323,7 @@ unsafe fn block_avx512(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (k, n, group) = (w.k, w.n, w.group);
+    let (k, group) = (w.k, w.group);
     let (kbs, groups) = (k / KB, k / group);
     // SAFETY (every load and store below): as in block_avx2 (64 activations
     // of a row are two 512-bit loads).
@@ -334,28 +347,14 @@ unsafe fn block_avx512(
                         *a = _mm512_dpwssd_epi32(*a, hi, x1);
                     }
                 }
-                // 16 lanes to 8 per column, then the columns' sums in one vector.
-                let half = |v: __m512i| {
-                    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
-                };
-                let s01 = _mm256_hadd_epi32(half(acc[0]), half(acc[1]));
-                let s23 = _mm256_hadd_epi32(half(acc[2]), half(acc[3]));
-                let s45 = _mm256_hadd_epi32(half(acc[4]), half(acc[5]));
-                let s67 = _mm256_hadd_epi32(half(acc[6]), half(acc[7]));
-                let s0123 = _mm256_hadd_epi32(s01, s23);
-                let s4567 = _mm256_hadd_epi32(s45, s67);
-                let isum = _mm256_add_epi32(
-                    _mm256_permute2x128_si256(s0123, s4567, 0x20),
-                    _mm256_permute2x128_si256(s0123, s4567, 0x31),
-                );
-                let z = _mm256_loadu_ps(w.zeros.as_ptr().add(g * n + cb * CB));
-                let s = _mm256_loadu_ps(w.scales.as_ptr().add(g * n + cb * CB));
-                let xsum = _mm256_set1_ps(q.sum[r * groups + g] as f32);
-                let f = _mm256_mul_ps(
-                    _mm256_sub_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(z, xsum)),
-                    s,
-                );
-                yv = _mm256_fmadd_ps(f, _mm256_set1_ps(q.scale[r * groups + g]), yv);
+                // 16 lanes to 8 per column, then as AVX2.
+                let half: [__m256i; CB] = std::array::from_fn(|c| {
+                    _mm256_add_epi32(
+                        _mm512_castsi512_si256(acc[c]),
+                        _mm512_extracti64x4_epi64(acc[c], 1),
+                    )
+                });
+                yv = group_step_avx2(yv, &half, q, w, cb, r, g);
             }
             _mm256_storeu_ps(out.as_mut_ptr().add(r * CB), yv);
         }

@@ -13,14 +13,14 @@ use lhama_model::weights::FusedAwq;
 /// A raw pointer that rayon tasks may share; each task writes a disjoint
 /// region, which every use states in its SAFETY note.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: only used for disjoint writes from parallel tasks (see each use).
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
     /// A method (not field access) so closures capture the whole Send + Sync wrapper.
-    fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
 }

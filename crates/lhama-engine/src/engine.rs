@@ -181,9 +181,14 @@ fn split_in_groups<T>(mut items: Vec<T>, groups: usize) -> Vec<Vec<T>> {
 /// engine thread leaves (at least one), with at least 4 rows each so a
 /// thread's start costs little next to its work.
 fn mask_threads(rows: usize) -> usize {
-    let spare = std::thread::available_parallelism()
-        .map_or(1, |n| n.get().saturating_sub(1))
-        .max(1);
+    // Asked once: on Linux the answer reads the affinity mask and cgroup
+    // quotas, not worth doing every step.
+    static SPARE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let spare = *SPARE.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .max(1)
+    });
     rows.div_ceil(4).clamp(1, spare)
 }
 
