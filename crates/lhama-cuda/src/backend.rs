@@ -475,9 +475,9 @@ impl CudaBackend {
     }
 
     /// Every kernel of one forward pass over `t` tokens whose index arrays are
-    /// uploaded, ending with the logits of `r` rows in `ws.logits` and their
-    /// tokens in `ws.sampled`. Issues no copy and no synchronization, so it
-    /// can be captured into a graph.
+    /// uploaded, ending with the logits of `r` rows in `ws.logits` and, when
+    /// `sample`, their tokens in `ws.sampled` (launch_sample). Issues no copy
+    /// and no synchronization, so it can be captured into a graph.
     /// `decode`: one token per sequence (attention fuses the rotary
     /// embedding and the K/V write when the head size allows). `capture`:
     /// recorded into a graph that later steps with as many context
@@ -490,7 +490,7 @@ impl CudaBackend {
         table_len: usize,
         decode: bool,
         capture: bool,
-        masked: bool,
+        sample: bool,
     ) -> Result<(), CudaError> {
         let batch_context = if capture {
             self.captured_context()
@@ -630,6 +630,17 @@ impl CudaBackend {
             &mut ws.logits.slice_mut(0..r * vocab),
             hidden,
         )?;
+        if sample {
+            self.launch_sample(r, false)?;
+        }
+        Ok(())
+    }
+
+    /// The sampler over the `r` logit rows in `ws.logits`, masked first by
+    /// the uploaded masks when `masked`.
+    fn launch_sample(&mut self, r: usize, masked: bool) -> Result<(), CudaError> {
+        let vocab = self.config.vocab_size;
+        let (s, ws, k) = (&self.stream, &mut self.ws, &self.k);
         if masked && let Some(m) = ws.masks.as_ref() {
             k.apply_masks(
                 s,
@@ -644,25 +655,29 @@ impl CudaBackend {
             &ws.sample_params.slice(0..r * SAMPLE_PARAM_WORDS),
             &mut ws.sampled.slice_mut(0..r),
             vocab,
-        )?;
-        Ok(())
+        )
     }
 
     /// One step: `sampling` has one entry per logit row; `tokens` gets every
     /// row's token, `logits` [r, vocab] the rows asking for `Logits` (the
-    /// only logits copied back).
+    /// only logits copied back). With `masks`, the forward pass is launched,
+    /// then `masks` called (the host computes them while the device runs),
+    /// then the masks uploaded and the rows masked and sampled.
     fn run(
         &mut self,
         batch: &ForwardBatch<'_>,
         sampling: &[RowSampling],
+        masks: Option<&mut lhama_model::MaskSource<'_>>,
         tokens: &mut Vec<u32>,
         logits: &mut Vec<f32>,
-    ) -> Result<(), CudaError> {
+    ) -> Result<(), BackendError> {
+        fn device(e: impl std::fmt::Display) -> BackendError {
+            BackendError::Device(e.to_string())
+        }
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
-        let masks = std::mem::take(&mut self.pending_masks);
-        self.upload(batch, sampling)?;
-        let masked = self.upload_masks(&masks, r)?;
+        let split = masks.is_some();
+        self.upload(batch, sampling).map_err(device)?;
         let decode = batch.seqs.iter().all(|s| s.num_tokens == 1);
         // A profile times each launch on its own: no graph.
         let graph = self.use_graphs
@@ -675,24 +690,27 @@ impl CudaBackend {
                 .enumerate()
                 .all(|(i, &row)| row as usize == i);
         if graph {
-            let key = (t, Kernels::attention_parts(self.host_context), masked);
+            let key = (t, Kernels::attention_parts(self.host_context), split);
             if !self.graphs.contains_key(&key) {
                 // Captured with the full table buffer, so one graph serves every
                 // later step of this batch size (contexts are read on the device).
                 let tables = self.max_seqs * self.max_blocks;
-                self.stream.begin_capture(
-                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-                )?;
-                let launched = self.launch_all(t, t, tables, true, true, masked);
+                self.stream
+                    .begin_capture(
+                        cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                    )
+                    .map_err(device)?;
+                let launched = self.launch_all(t, t, tables, true, true, !split);
                 let graph = self
                     .stream
                     .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
-                launched?;
-                let graph = graph?
-                    .ok_or_else(|| CudaError::Driver("graph capture produced no graph".into()))?;
+                launched.map_err(device)?;
+                let graph = graph.map_err(device)?.ok_or_else(|| {
+                    BackendError::Device("graph capture produced no graph".into())
+                })?;
                 self.graphs.insert(key, Graph(graph));
             }
-            self.graphs[&key].0.launch()?;
+            self.graphs[&key].0.launch().map_err(device)?;
         } else {
             self.launch_all(
                 t,
@@ -700,9 +718,30 @@ impl CudaBackend {
                 batch.seqs.len() * self.max_blocks,
                 decode,
                 false,
-                masked,
-            )?;
+                !split,
+            )
+            .map_err(device)?;
         }
+        if let Some(masks) = masks {
+            // The device runs the forward pass meanwhile.
+            let masks = masks();
+            check_masks(&masks, r)?;
+            let masked = self.upload_masks(&masks, r).map_err(device)?;
+            if r > 0 {
+                self.launch_sample(r, masked).map_err(device)?;
+            }
+        }
+        self.copy_back(sampling, r, tokens, logits).map_err(device)
+    }
+
+    /// The step's sampled tokens and the logits of the rows asking for them.
+    fn copy_back(
+        &mut self,
+        sampling: &[RowSampling],
+        r: usize,
+        tokens: &mut Vec<u32>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), CudaError> {
         let vocab = self.config.vocab_size;
         tokens.clear();
         tokens.resize(r, 0);
@@ -755,7 +794,7 @@ impl Backend for CudaBackend {
         let r = batch.logit_rows.len().min(self.all_logits.len());
         let all = std::mem::take(&mut self.all_logits);
         let mut tokens = Vec::new();
-        let result = self.step(batch, &all[..r], &mut tokens, logits);
+        let result = self.step(batch, &all[..r], None, &mut tokens, logits);
         self.all_logits = all;
         result
     }
@@ -766,15 +805,40 @@ impl Backend for CudaBackend {
         sampling: &[RowSampling],
         out: &mut SampledStep,
     ) -> Result<(), BackendError> {
-        check_sampling(batch, sampling)?;
-        if let Err(e) = check_masks(&self.pending_masks, batch.logit_rows.len()) {
-            self.pending_masks.clear();
-            return Err(e);
-        }
-        let result = self.step(batch, sampling, &mut out.tokens, &mut out.logits);
         // Masks are for this step only, even one refused before it ran.
+        let pending = std::mem::take(&mut self.pending_masks);
+        check_sampling(batch, sampling)?;
+        check_masks(&pending, batch.logit_rows.len())?;
+        if pending.is_empty() {
+            return self.step(batch, sampling, None, &mut out.tokens, &mut out.logits);
+        }
+        let mut pending = Some(pending);
+        let mut masks = || pending.take().unwrap_or_default();
+        self.step(
+            batch,
+            sampling,
+            Some(&mut masks),
+            &mut out.tokens,
+            &mut out.logits,
+        )
+    }
+
+    fn forward_sample_masked(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        masks: &mut lhama_model::MaskSource<'_>,
+        out: &mut SampledStep,
+    ) -> Result<(), BackendError> {
         self.pending_masks.clear();
-        result
+        check_sampling(batch, sampling)?;
+        self.step(
+            batch,
+            sampling,
+            Some(masks),
+            &mut out.tokens,
+            &mut out.logits,
+        )
     }
 
     fn supports_masks(&self) -> bool {
@@ -806,12 +870,16 @@ impl CudaBackend {
         &mut self,
         batch: &ForwardBatch<'_>,
         sampling: &[RowSampling],
+        masks: Option<&mut lhama_model::MaskSource<'_>>,
         tokens: &mut Vec<u32>,
         logits: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
         batch.validate(&self.config, self.kv)?;
         let t = batch.tokens.len();
         if t == 0 {
+            if let Some(masks) = masks {
+                check_masks(&masks(), 0)?;
+            }
             logits.clear();
             tokens.clear();
             return Ok(());
@@ -838,7 +906,6 @@ impl CudaBackend {
                 self.max_blocks
             )));
         }
-        self.run(batch, sampling, tokens, logits)
-            .map_err(|e| BackendError::Device(e.to_string()))
+        self.run(batch, sampling, masks, tokens, logits)
     }
 }

@@ -540,6 +540,80 @@ fn backend_samples_under_token_masks() {
         picks.push(out.tokens);
     }
     assert_eq!(picks[0], picks[1], "masked greedy: gpu vs cpu");
+
+    // A decode step (the graph path) with masks given while the step runs:
+    // forward_sample_masked asks for them once, and the picks follow them,
+    // as on the CPU, replay after replay; without masks, as before.
+    let (dt, dp) = ([60u32, 61], [5u32, 5]);
+    let dseqs = [
+        SeqSlice {
+            token_start: 0,
+            num_tokens: 1,
+            block_table: &t0,
+        },
+        SeqSlice {
+            token_start: 1,
+            num_tokens: 1,
+            block_table: &t1,
+        },
+    ];
+    let decode = ForwardBatch {
+        tokens: &dt,
+        positions: &dp,
+        seqs: &dseqs,
+        logit_rows: &[0, 1],
+    };
+    let mut results = Vec::new();
+    for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
+        let mut plain = SampledStep::default();
+        b.forward_sample(&decode, &greedy, &mut plain).unwrap();
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let mut calls = 0;
+            let mut masks = || {
+                calls += 1;
+                vec![(1usize, mask.clone())]
+            };
+            let mut out = SampledStep::default();
+            b.forward_sample_masked(&decode, &greedy, &mut masks, &mut out)
+                .unwrap();
+            assert_eq!(calls, 1, "{}: masks asked for {calls} times", b.name());
+            assert!(
+                allowed.contains(&out.tokens[1]),
+                "{}: {:?}",
+                b.name(),
+                out.tokens
+            );
+            assert_eq!(
+                out.tokens[0],
+                plain.tokens[0],
+                "{}: row 0 has no mask",
+                b.name()
+            );
+            runs.push(out.tokens);
+        }
+        assert!(
+            runs.windows(2).all(|w| w[0] == w[1]),
+            "{}: {runs:?}",
+            b.name()
+        );
+        let mut after = SampledStep::default();
+        b.forward_sample(&decode, &greedy, &mut after).unwrap();
+        assert_eq!(
+            after.tokens,
+            plain.tokens,
+            "{}: masks outlived their step",
+            b.name()
+        );
+        // A mask for a row the step lacks fails the step.
+        let mut bad = || vec![(2usize, mask.clone())];
+        assert!(
+            b.forward_sample_masked(&decode, &greedy, &mut bad, &mut after)
+                .is_err()
+        );
+        results.push((plain.tokens, runs.swap_remove(0)));
+    }
+    assert_eq!(results[0], results[1], "decode under masks: gpu vs cpu");
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
-use lhama_model::{Backend, ForwardBatch, RowSampling, SampledStep, SeqSlice, Tokenizer};
+use lhama_model::{
+    Backend, BackendError, ForwardBatch, RowSampling, SampledStep, SeqSlice, Tokenizer,
+};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::detok::IncrementalDecoder;
@@ -383,15 +385,19 @@ impl Engine {
 
     /// The token masks of the plan's sampled guided rows, computed on the
     /// cores the engine thread leaves (one grammar's mask can take a tenth
-    /// of a millisecond or more, times up to max_num_seqs rows a step). A
-    /// grammar that panics fails only its own sequence.
-    fn guided_masks(&mut self, plan: &StepPlan) -> HashMap<SeqId, Result<SimpleVob, String>> {
+    /// of a millisecond or more, times up to max_num_seqs rows a step), while
+    /// a device backend runs the step's forward pass. A grammar that panics
+    /// fails only its own sequence.
+    fn guided_masks(
+        active: &mut HashMap<SeqId, Active>,
+        plan: &StepPlan,
+    ) -> HashMap<SeqId, Result<SimpleVob, String>> {
         let guided: Vec<(SeqId, Guide)> = plan
             .seqs
             .iter()
             .filter(|s| s.sample)
             .filter_map(|s| {
-                let a = self.active.get_mut(&s.id)?;
+                let a = active.get_mut(&s.id)?;
                 Some((s.id, a.params.guide.take()?))
             })
             .collect();
@@ -428,7 +434,7 @@ impl Engine {
             });
         let mut masks = HashMap::new();
         for (id, g, m) in computed {
-            if let Some(a) = self.active.get_mut(&id) {
+            if let Some(a) = active.get_mut(&id) {
                 a.params.guide = Some(g);
             }
             masks.insert(id, m);
@@ -443,10 +449,16 @@ impl Engine {
     }
 
     fn step(&mut self, plan: &StepPlan) {
-        // The grammar masks of this step's sampled guided rows, before the
-        // forward pass, so that a backend that samples on the device can
-        // apply them there.
-        let mut masks = self.guided_masks(plan);
+        // The grammar masks of this step's sampled guided rows are computed
+        // while the forward pass runs (forward_sample_masked), so that a
+        // backend that samples on the device applies them there.
+        let guided = plan.seqs.iter().any(|s| {
+            s.sample
+                && self
+                    .active
+                    .get(&s.id)
+                    .is_some_and(|a| a.params.guide.is_some())
+        });
         let device_masks = self.backend.supports_masks();
         // (sequence, logit row) of the guided rows the backend masks.
         let mut device_masked: Vec<(SeqId, usize)> = Vec::new();
@@ -482,19 +494,14 @@ impl Engine {
                 sampling.resize(rows.len(), RowSampling::Logits);
             } else if s.sample {
                 rows.push(base + s.tokens.len() as u32 - 1);
-                // A guided row is sampled by the backend when it applies the
-                // mask and the mask allows something (else the host reports it).
-                let device_mask = |id: SeqId| {
-                    device_masks
-                        && masks
-                            .get(&id)
-                            .is_some_and(|m| m.as_ref().is_ok_and(|m| !m.is_zero()))
-                };
+                // A guided row is sampled by the backend when it applies
+                // masks (a mask that fails or allows nothing is reported
+                // after the step, and the row's token dropped).
                 sampling.push(match active {
                     Some(a)
                         if !a.params.changes_logits(a.generated().len())
                             && a.params.logprobs.is_none()
-                            && (a.params.guide.is_none() || device_mask(s.id))
+                            && (a.params.guide.is_none() || device_masks)
                             && a.params.max_tokens > 0 =>
                     {
                         if a.params.guide.is_some() {
@@ -529,20 +536,38 @@ impl Engine {
             logit_rows: &rows,
         };
         let mut out = std::mem::take(&mut self.out);
-        // Guided rows the backend samples under their masks (no logits back).
-        let result = if device_masked.is_empty() {
-            Ok(())
+        let mut masks = HashMap::new();
+        let result = if guided {
+            // Called by the backend once the forward pass is under way: every
+            // guided row's mask, handing back those of the rows the backend
+            // samples (no logits come back for them).
+            let active = &mut self.active;
+            let mut device_rows = || {
+                masks = Self::guided_masks(active, plan);
+                device_masked
+                    .iter()
+                    .filter_map(|(id, row)| match masks.get(id) {
+                        Some(Ok(m)) if !m.is_zero() => Some((*row, m.as_slice().to_vec())),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            self.backend
+                .forward_sample_masked(&batch, &sampling, &mut device_rows, &mut out)
         } else {
-            let words: Vec<(usize, &[u32])> = device_masked
-                .iter()
-                .filter_map(|(id, row)| match masks.get(id) {
-                    Some(Ok(m)) => Some((*row, m.as_slice())),
-                    _ => None,
-                })
-                .collect();
-            self.backend.set_masks(&words)
+            self.backend.forward_sample(&batch, &sampling, &mut out)
         };
-        let result = result.and_then(|()| self.backend.forward_sample(&batch, &sampling, &mut out));
+        // A backend that never asked for the masks would leave guided rows
+        // unconstrained.
+        let result = result.and_then(|()| {
+            if guided && masks.is_empty() {
+                Err(BackendError::Device(
+                    "the backend sampled guided rows without asking for their masks".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = result {
             tracing::error!(error = %e, "forward step failed");
             for s in &plan.seqs {
@@ -609,6 +634,13 @@ impl Engine {
             let on_device = device_masked.iter().any(|(id, _)| *id == s.id);
             let masked_row = match masks.remove(&s.id) {
                 None => None,
+                Some(Ok(m)) if on_device && m.is_zero() => {
+                    let _ = a.events.send(Event::Error(
+                        "structured output: no token the grammar allows is possible".into(),
+                    ));
+                    finished.push(s.id);
+                    continue;
+                }
                 Some(Ok(_)) if on_device => None,
                 Some(Err(e)) => {
                     let _ = a.events.send(Event::Error(e));

@@ -625,3 +625,143 @@ fn shared_prefixes_under_preemption_and_cancellation_free_every_block() {
             && eng.stats.running.load(Ordering::Relaxed) == 0
     });
 }
+
+/// The CPU backend, logging how the engine hands it a guided step's masks:
+/// through `forward_sample_masked`, asked for after the forward pass (or,
+/// with `ask` false, never asked for).
+struct MaskOrder {
+    inner: CpuBackend,
+    log: Arc<std::sync::Mutex<Vec<&'static str>>>,
+    ask: bool,
+}
+
+impl Backend for MaskOrder {
+    fn name(&self) -> &'static str {
+        "mask-order"
+    }
+    fn config(&self) -> &lhama_model::LlamaConfig {
+        self.inner.config()
+    }
+    fn kv_geometry(&self) -> KvGeometry {
+        self.inner.kv_geometry()
+    }
+    fn forward(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        self.inner.forward(batch, logits)
+    }
+    fn supports_masks(&self) -> bool {
+        true
+    }
+    fn set_masks(&mut self, masks: &[(usize, &[u32])]) -> Result<(), BackendError> {
+        self.log.lock().unwrap().push("set_masks");
+        self.inner.set_masks(masks)
+    }
+    fn forward_sample_masked(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        masks: &mut lhama_model::MaskSource<'_>,
+        out: &mut SampledStep,
+    ) -> Result<(), BackendError> {
+        self.inner.forward(batch, &mut out.logits)?;
+        self.log.lock().unwrap().push("forward");
+        let masks = if self.ask {
+            let m = masks();
+            self.log.lock().unwrap().push("masks");
+            m
+        } else {
+            Vec::new()
+        };
+        let vocab = self.config().vocab_size;
+        lhama_model::backend::sample_on_host(vocab, sampling, &masks, out);
+        Ok(())
+    }
+}
+
+/// A guided step's masks are asked for once the forward pass has run (a
+/// device backend computes them meanwhile), and a backend that samples
+/// guided rows without asking fails the request instead of leaving it
+/// unconstrained.
+#[test]
+fn guided_masks_are_asked_for_after_the_forward_pass() {
+    let f = fixture();
+    let tokenizer_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.files.dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let compiler = lhama_engine::GuideCompiler::new(
+        &tokenizer_json,
+        f.files.config.vocab_size,
+        &f.files.eos_token_ids(),
+    )
+    .unwrap();
+    let regex = lhama_engine::GuidedSpec::Regex("[0-9]{3}-[a-z]{2}".into());
+    for ask in [true, false] {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let backend = MaskOrder {
+            inner: CpuBackend::new(
+                &f.files.config,
+                f.files.weights.clone(),
+                KvGeometry {
+                    num_blocks: 64,
+                    block_size: 16,
+                },
+            ),
+            log: log.clone(),
+            ask,
+        };
+        let eng = spawn(
+            Box::new(backend),
+            Arc::new(Tokenizer::from_dir(&f.files.dir).unwrap()),
+            EngineConfig {
+                scheduler: SchedulerConfig {
+                    max_num_seqs: 8,
+                    max_num_batched_tokens: 128,
+                    num_blocks: 64,
+                    block_size: 16,
+                    prefix_caching: false,
+                },
+                max_model_len: f.files.config.max_position_embeddings,
+                eos_ids: f.files.eos_token_ids(),
+                step_delay: None,
+            },
+        );
+        let params = RequestParams {
+            guide: Some(compiler.compile(&regex).unwrap()),
+            ..greedy_params(20)
+        };
+        let mut stream = eng.submit(prompt(3, 10), params).unwrap();
+        let (mut text, mut error) = (String::new(), None);
+        while let Some(ev) = stream.events.blocking_recv() {
+            match ev {
+                Event::Token { text: t, .. } => text += &t,
+                Event::Text(t) => text += &t,
+                Event::Error(e) => error = Some(e),
+                Event::Done { .. } => break,
+                Event::PromptLogprobs(_) | Event::Admitted { .. } => {}
+            }
+        }
+        let log = log.lock().unwrap().clone();
+        if ask {
+            assert_eq!(error, None);
+            let re = regex_lite(&text);
+            assert!(re, "{text:?} does not match the grammar");
+            assert!(!log.is_empty());
+            assert!(log.chunks(2).all(|c| c == ["forward", "masks"]), "{log:?}");
+        } else {
+            let e = error.expect("a guided row sampled without its mask must fail");
+            assert!(e.contains("without asking for their masks"), "{e}");
+        }
+    }
+}
+
+/// `text` is three digits, a dash and two lowercase letters.
+fn regex_lite(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 6
+        && b[..3].iter().all(u8::is_ascii_digit)
+        && b[3] == b'-'
+        && b[4..].iter().all(u8::is_ascii_lowercase)
+}

@@ -61,6 +61,10 @@ pub struct SampledStep {
     pub scratch: Vec<(u32, u64)>,
 }
 
+/// What a masked step calls for its token masks: (logit row, words) per
+/// masked row, as `Backend::set_masks` takes them.
+pub type MaskSource<'a> = dyn FnMut() -> Vec<(usize, Vec<u32>)> + 'a;
+
 /// A compute backend: owns the weights and the KV pool, runs forward steps.
 pub trait Backend: Send {
     /// Short name for logs ("cpu", "cuda").
@@ -106,6 +110,25 @@ pub trait Backend: Send {
         Err(BackendError::InvalidBatch(
             "this backend does not apply token masks".into(),
         ))
+    }
+
+    /// `forward_sample` under token masks that are computed while the step
+    /// runs: `masks` is called once, after the backend has set the forward
+    /// pass going and before it samples, and gives (logit row, words) as
+    /// `set_masks` takes them. A backend that cannot overlap the two (this
+    /// default, which the CPU uses: its cores are the forward pass's) calls
+    /// it first. Only for backends that support masks.
+    fn forward_sample_masked(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: &[RowSampling],
+        masks: &mut MaskSource<'_>,
+        out: &mut SampledStep,
+    ) -> Result<(), BackendError> {
+        let masks = masks();
+        let words: Vec<(usize, &[u32])> = masks.iter().map(|(r, w)| (*r, w.as_slice())).collect();
+        self.set_masks(&words)?;
+        self.forward_sample(batch, sampling, out)
     }
 
     /// Starts or stops a per-kernel profile of the steps that follow;

@@ -19,7 +19,9 @@ pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{Backend, BackendError, ForwardBatch, KvGeometry, SampledStep, SeqSlice};
+pub use backend::{
+    Backend, BackendError, ForwardBatch, KvGeometry, MaskSource, SampledStep, SeqSlice,
+};
 pub use config::{GenerationConfig, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use model::ModelFiles;
