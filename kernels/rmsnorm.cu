@@ -1,6 +1,8 @@
 // Fused residual add + RMSNorm.
 // x      [T, hidden] f32 residual stream, updated in place: x += delta (when delta != 0)
-// delta  [T, hidden] f32 or null
+// delta  [T, hidden] f32 or null; with delta_splits > 1, [delta_splits, T, hidden]: the
+//        split-K partial sums of the product that made it, added up here in split order
+//        (as awq_reduce_partials_f32 would, bit for bit) instead of in a launch of their own
 // weight [hidden] f32
 // out    [T, hidden] f32 = x * rsqrt(mean(x^2) + eps) * weight
 // Grid: (T), block: 256 threads (shared scratch for 32 warps).
@@ -8,7 +10,7 @@
 // passes (hidden <= 2048 with 256 threads); the rest is read again.
 #define RMS_REGS 8
 extern "C" __global__ void add_rmsnorm_f32(
-    float* __restrict__ x, const float* __restrict__ delta, const float* __restrict__ weight,
+    float* __restrict__ x, const float* __restrict__ delta, int delta_splits, const float* __restrict__ weight,
     float* __restrict__ out, int hidden, float eps) {
     __shared__ float scratch[32];
     const int step = blockDim.x;
@@ -23,6 +25,15 @@ extern "C" __global__ void add_rmsnorm_f32(
     LHAMA_GRID_LAUNCH_DEPENDENTS();
     float* row = x + (size_t)blockIdx.x * hidden;
     const float* drow = delta ? delta + (size_t)blockIdx.x * hidden : nullptr;
+    const size_t split_stride = (size_t)gridDim.x * hidden;
+    // The delta of element i: one value, or its splits summed in order.
+    auto delta_at = [&](int i) {
+        if (delta_splits <= 1) return drow[i];
+        float d = 0.0f;
+#pragma unroll 8
+        for (int z = 0; z < delta_splits; ++z) d += drow[(size_t)z * split_stride + i];
+        return d;
+    };
     float* orow = out + (size_t)blockIdx.x * hidden;
     float sum_sq = 0.0f;
 #pragma unroll
@@ -32,7 +43,7 @@ extern "C" __global__ void add_rmsnorm_f32(
         if (i < hidden) {
             v = row[i];
             if (drow) {
-                v += drow[i];
+                v += delta_at(i);
                 row[i] = v;
             }
         }
@@ -42,7 +53,7 @@ extern "C" __global__ void add_rmsnorm_f32(
     for (int i = threadIdx.x + RMS_REGS * step; i < hidden; i += step) {
         float v = row[i];
         if (drow) {
-            v += drow[i];
+            v += delta_at(i);
             row[i] = v;
         }
         sum_sq += v * v;

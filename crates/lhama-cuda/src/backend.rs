@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView};
 use half::f16;
 use lhama_model::backend::{check_masks, check_sampling};
 use lhama_model::rope::RopeTable;
@@ -474,6 +474,21 @@ impl CudaBackend {
         Ok(true)
     }
 
+    /// Where a [t, hidden]-sized product of `awq_matmul_split` is: `len`
+    /// floats of `proj`, or its `splits` partial sums in `partial`.
+    fn product<'a>(
+        partial: &'a CudaSlice<f32>,
+        proj: &'a CudaSlice<f32>,
+        splits: usize,
+        len: usize,
+    ) -> (CudaView<'a, f32>, usize) {
+        if splits > 1 {
+            (partial.slice(0..splits * len), splits)
+        } else {
+            (proj.slice(0..len), 1)
+        }
+    }
+
     /// Every kernel of one forward pass over `t` tokens whose index arrays are
     /// uploaded, ending with the logits of `r` rows in `ws.logits` and, when
     /// `sample`, their tokens in `ws.sampled` (launch_sample). Issues no copy
@@ -514,25 +529,28 @@ impl CudaBackend {
             &mut ws.x.slice_mut(0..t * hidden),
             hidden,
         )?;
-        // y = x · W for the step's t rows, with the shared split-K scratch.
-        let (partial, counters) = (&mut ws.partial, &mut ws.counters);
-        let mut matmul = |x: &CudaView<'_, f32>, w: &GpuAwq, y: &mut CudaViewMut<'_, f32>| {
-            k.awq_matmul(s, x, t, w, partial, counters, y)
-        };
-        let mut pending_delta = false;
+        // The splits of the down projection still in `partial` (1: it is
+        // in `proj`) for the next residual add; none before the first layer.
+        let mut pending_delta: Option<usize> = None;
         for layer in &mut self.layers {
+            let delta = pending_delta
+                .map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
             k.add_rmsnorm(
                 s,
                 &mut ws.x.slice_mut(0..t * hidden),
-                pending_delta.then(|| ws.proj.slice(0..t * hidden)).as_ref(),
+                delta.as_ref().map(|(d, splits)| (d, *splits)),
                 &layer.input_norm,
                 &mut ws.h.slice_mut(0..t * hidden),
                 t,
                 eps,
             )?;
-            matmul(
+            k.awq_matmul(
+                s,
                 &ws.h.slice(0..t * hidden),
+                t,
                 &layer.qkv,
+                &mut ws.partial,
+                &mut ws.counters,
                 &mut ws.qkv.slice_mut(..),
             )?;
             if fused_decode {
@@ -584,38 +602,59 @@ impl CudaBackend {
                     batch_context,
                 )?;
             }
-            matmul(&ws.attn.slice(..), &layer.o, &mut ws.proj.slice_mut(..))?;
+            let splits = k.awq_matmul_split(
+                s,
+                &ws.attn.slice(..),
+                t,
+                &layer.o,
+                &mut ws.partial,
+                &mut ws.counters,
+                &mut ws.proj.slice_mut(..),
+            )?;
+            let (delta, splits) = Self::product(&ws.partial, &ws.proj, splits, t * hidden);
             k.add_rmsnorm(
                 s,
                 &mut ws.x.slice_mut(0..t * hidden),
-                Some(&ws.proj.slice(0..t * hidden)),
+                Some((&delta, splits)),
                 &layer.post_norm,
                 &mut ws.h.slice_mut(0..t * hidden),
                 t,
                 eps,
             )?;
-            matmul(
+            let splits = k.awq_matmul_split(
+                s,
                 &ws.h.slice(0..t * hidden),
+                t,
                 &layer.gate_up,
+                &mut ws.partial,
+                &mut ws.counters,
                 &mut ws.gate_up.slice_mut(..),
             )?;
-            k.silu_mul(
+            let gate_up = if splits > 1 {
+                ws.partial.slice(0..splits * t * 2 * inter)
+            } else {
+                ws.gate_up.slice(0..t * 2 * inter)
+            };
+            k.silu_mul(s, &gate_up, splits, &mut ws.act.slice_mut(..), t, inter)?;
+            pending_delta = Some(k.awq_matmul_split(
                 s,
-                &ws.gate_up.slice(..),
-                &mut ws.act.slice_mut(..),
+                &ws.act.slice(..),
                 t,
-                inter,
-            )?;
-            matmul(&ws.act.slice(..), &layer.down, &mut ws.proj.slice_mut(..))?;
-            pending_delta = true;
+                &layer.down,
+                &mut ws.partial,
+                &mut ws.counters,
+                &mut ws.proj.slice_mut(..),
+            )?);
         }
         if r == 0 {
             return Ok(());
         }
+        let delta =
+            pending_delta.map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
         k.add_rmsnorm(
             s,
             &mut ws.x.slice_mut(0..t * hidden),
-            pending_delta.then(|| ws.proj.slice(0..t * hidden)).as_ref(),
+            delta.as_ref().map(|(d, splits)| (d, *splits)),
             &self.norm,
             &mut ws.h.slice_mut(0..t * hidden),
             t,

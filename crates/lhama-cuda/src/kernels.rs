@@ -19,6 +19,11 @@ use crate::compile;
 pub const AWQ_MAX_M: usize = 8;
 /// Input rows one GEMV block covers (AWQ_ROWS_PER_BLOCK in awq.cu).
 pub const AWQ_ROWS_PER_BLOCK: usize = 128;
+/// Tensor-core products of up to this many rows leave their K splits to the
+/// consumer (`Kernels::awq_matmul_split`): measured faster at 32 to 128
+/// rows on an H200, no faster at 256 and slower in the 8-row GEMV
+/// (docs/BENCHMARKS.md).
+pub const DEFER_MAX_ROWS: usize = 128;
 
 /// Chunks of at most this many rows add their split-K partials up in the
 /// GEMV launch itself; larger ones use the separate reduce kernel.
@@ -207,6 +212,10 @@ pub struct Kernels {
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
     /// (at most one split per group; default twice the SMs).
     pub mma_split_blocks: usize,
+    /// `awq_matmul_split` leaves K splits for the consumer to add up
+    /// (LHAMA_DEFER_SPLITS=0 reduces them in a launch of their own, for
+    /// comparisons).
+    pub defer_splits: bool,
     /// Which tensor-core AWQ GEMM runs (the KV cache's type picks the
     /// attention kernels).
     pub precision: Precision,
@@ -415,6 +424,7 @@ impl Kernels {
             precision: Precision::Exact,
             mma_split_blocks: env_rows("LHAMA_MMA_SPLIT_BLOCKS")?
                 .unwrap_or(2 * usize::try_from(sm_count).unwrap_or(1).max(1)),
+            defer_splits: std::env::var("LHAMA_DEFER_SPLITS").map_or(true, |v| v != "0"),
             attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
                 .unwrap_or(sm_count_blocks(sm_count)),
             names,
@@ -567,7 +577,7 @@ impl Kernels {
         &self,
         s: &CudaStream,
         x: &mut CudaViewMut<'_, f32>,
-        delta: Option<&CudaView<'_, f32>>,
+        delta: Option<(&CudaView<'_, f32>, usize)>,
         weight: &CudaSlice<f32>,
         out: &mut CudaViewMut<'_, f32>,
         rows: usize,
@@ -579,33 +589,39 @@ impl Kernels {
             "rmsnorm sizes",
         )?;
         check(
-            delta.is_none_or(|d| d.len() >= rows * hidden),
+            delta.is_none_or(|(d, splits)| splits >= 1 && d.len() >= splits * rows * hidden),
             "rmsnorm delta size",
         )?;
         let cfg = cfg_1d(rows as u32, 256);
         let mut a = Args::new(s);
         a.buf_mut(x);
         match delta {
-            Some(d) => a.buf(d),
-            None => a.null(),
+            Some((d, splits)) => a.buf(d).i32(i32_of(splits)),
+            None => a.null().i32(1),
         };
-        // x, delta and out hold rows * hidden f32 and weight hidden f32
-        // (checked above); a null delta is allowed by the kernel.
+        // x and out hold rows * hidden f32, delta splits * rows * hidden and
+        // weight hidden f32 (checked above); a null delta is allowed by the
+        // kernel.
         a.buf(weight).buf_mut(out).i32(i32_of(hidden)).f32(eps);
         self.launch(s, &self.add_rmsnorm, cfg, &mut a)
     }
 
-    /// out[T, inter] = silu(gate) * up from gate_up[T, 2 * inter].
+    /// out[T, inter] = silu(gate) * up from gate_up[T, 2 * inter], or from
+    /// the sum (in order) of `splits` such partial products
+    /// (`awq_matmul_split`).
     pub fn silu_mul(
         &self,
         s: &CudaStream,
         gate_up: &CudaView<'_, f32>,
+        splits: usize,
         out: &mut CudaViewMut<'_, f32>,
         tokens: usize,
         inter: usize,
     ) -> Result<(), CudaError> {
         check(
-            gate_up.len() >= tokens * 2 * inter && out.len() >= tokens * inter,
+            splits >= 1
+                && gate_up.len() >= splits * tokens * 2 * inter
+                && out.len() >= tokens * inter,
             "silu sizes",
         )?;
         let cfg = cfg_1d(grid(tokens * inter, 256), 256);
@@ -615,6 +631,7 @@ impl Kernels {
             cfg,
             Args::new(s)
                 .buf(gate_up)
+                .i32(i32_of(splits))
                 .buf_mut(out)
                 .i32(i32_of(tokens))
                 .i32(i32_of(inter)),
@@ -636,6 +653,42 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<(), CudaError> {
+        self.awq_matmul_impl(s, x, m, w, partial, counters, y, false)
+            .map(|_| ())
+    }
+
+    /// `awq_matmul`, except that a tensor-core product of up to
+    /// `DEFER_MAX_ROWS` rows split over K leaves its splits in `partial` as
+    /// [splits, M, N] for the next kernel to add up (add_rmsnorm's delta,
+    /// silu_mul), saving the reduction's launch.
+    /// Returns the number of splits there; 1: the product is in `y`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn awq_matmul_split(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<usize, CudaError> {
+        let defer = self.defer_splits && m <= DEFER_MAX_ROWS;
+        self.awq_matmul_impl(s, x, m, w, partial, counters, y, defer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn awq_matmul_impl(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+        defer: bool,
+    ) -> Result<usize, CudaError> {
         check(x.len() >= m * w.k && y.len() >= m * w.n, "awq x/y sizes")?;
         check(partial.len() >= w.partial_len(), "awq partial buffer")?;
         check(counters.len() >= counters_len(w.n), "awq counters")?;
@@ -644,7 +697,7 @@ impl Kernels {
             "awq shape",
         )?;
         if m >= self.mma_min_rows.max(1) {
-            return self.awq_mma(s, x, m, w, partial, y);
+            return self.awq_mma(s, x, m, w, partial, y, defer);
         }
         let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
@@ -694,7 +747,7 @@ impl Kernels {
             }
             row += rows;
         }
-        Ok(())
+        Ok(1)
     }
 
     /// y[r, col] = sum over the splits (in order) of partial[split, r, col].
@@ -728,6 +781,7 @@ impl Kernels {
     /// The tensor-core path of `awq_matmul` (sizes checked there). K is split
     /// at group boundaries until the grid covers the GPU twice, as far as
     /// `partial` holds the splits.
+    #[allow(clippy::too_many_arguments)]
     fn awq_mma(
         &self,
         s: &CudaStream,
@@ -736,7 +790,8 @@ impl Kernels {
         w: &GpuAwq,
         partial: &mut CudaSlice<f32>,
         y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<(), CudaError> {
+        defer: bool,
+    ) -> Result<usize, CudaError> {
         let groups = w.k / w.group;
         let tiles = w.n.div_ceil(MMA_TILE) * m.div_ceil(MMA_TILE);
         let mut splits = self.mma_split_blocks.div_ceil(tiles).clamp(1, groups);
@@ -770,10 +825,11 @@ impl Kernels {
             Precision::Fast => &self.awq_mma_fast,
         };
         self.launch(s, gemm, cfg, &mut a)?;
-        if splits > 1 {
+        if splits > 1 && !defer {
             self.reduce_partials(s, partial, y, splits, m, w.n)?;
+            return Ok(1);
         }
-        Ok(())
+        Ok(splits)
     }
 
     /// Rotates q and k of every token and writes k, v into their slots.

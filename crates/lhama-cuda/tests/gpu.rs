@@ -169,6 +169,115 @@ fn awq_matmul_matches_cpu() {
     }
 }
 
+/// A product whose K splits are left in the scratch (`awq_matmul_split`)
+/// and added up by its consumer (the residual add of add_rmsnorm, silu_mul)
+/// gives what the reduced product gives, bit for bit, at both precisions
+/// (the GEMV's row counts and 256 rows reduce as before).
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
+fn split_products_are_added_up_by_their_consumers() {
+    let (s, mut k) = setup();
+    let mut g = SplitMix64::new(26);
+    let mut split_seen = 0;
+    // (rows, K, N): residual-sized products (o, down) and a gate_up.
+    for &(m, kk, n) in &[
+        (3usize, 128usize, 256usize),
+        (16, 128, 256),
+        (3, 1024, 1024),
+        (8, 4096, 1024),
+        (13, 1024, 1024),
+        (64, 4096, 1024),
+        (100, 1024, 768),
+        (256, 1024, 1024),
+        (5, 1024, 2 * 1536),
+        (64, 1024, 2 * 1536),
+    ] {
+        let a = random_awq(&mut g, kk, n, 128);
+        let f = FusedAwq::new(&[&a]);
+        let w = GpuAwq::upload(&s, &f).unwrap();
+        let x = randn(&mut g, m * kk);
+        let xd = s.clone_htod(&x).unwrap();
+        let resid = randn(&mut g, m * n);
+        let norm_w = randn(&mut g, n);
+        let nd = s.clone_htod(&norm_w).unwrap();
+        let mut partial = s
+            .alloc_zeros::<f32>(w.partial_len().max(64 * m * n))
+            .unwrap();
+        let mut counters = s
+            .alloc_zeros::<u32>(lhama_cuda::kernels::counters_len(n))
+            .unwrap();
+        for precision in [Precision::Exact, Precision::Fast] {
+            k.precision = precision;
+            let mut y = poisoned(&s, m * n);
+            k.awq_matmul(
+                &s,
+                &xd.slice(..),
+                m,
+                &w,
+                &mut partial,
+                &mut counters,
+                &mut y.slice_mut(..),
+            )
+            .unwrap();
+            let mut y2 = poisoned(&s, m * n);
+            let splits = k
+                .awq_matmul_split(
+                    &s,
+                    &xd.slice(..),
+                    m,
+                    &w,
+                    &mut partial,
+                    &mut counters,
+                    &mut y2.slice_mut(..),
+                )
+                .unwrap();
+            let what = format!("m={m} k={kk} n={n} {precision:?}: {splits} splits");
+            if splits > 1 {
+                split_seen += 1;
+            }
+            let deferred = || {
+                if splits > 1 {
+                    partial.slice(0..splits * m * n)
+                } else {
+                    y2.slice(0..m * n)
+                }
+            };
+            // The residual add and norm, from the reduced product and from
+            // the splits.
+            let mut outs = Vec::new();
+            for delta in [(y.slice(0..m * n), 1), (deferred(), splits)] {
+                let mut xr = s.clone_htod(&resid).unwrap();
+                let mut out = poisoned(&s, m * n);
+                k.add_rmsnorm(
+                    &s,
+                    &mut xr.slice_mut(..),
+                    Some((&delta.0, delta.1)),
+                    &nd,
+                    &mut out.slice_mut(..),
+                    m,
+                    1e-5,
+                )
+                .unwrap();
+                outs.push((back(&s, &xr, m * n), back(&s, &out, m * n)));
+            }
+            let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&outs[0].0), bits(&outs[1].0), "{what}: residual");
+            assert_eq!(bits(&outs[0].1), bits(&outs[1].1), "{what}: norm");
+            // SiLU · up, reading the product as [m, 2 * inter].
+            let inter = n / 2;
+            let mut acts = Vec::new();
+            for (gu, sp) in [(y.slice(0..m * n), 1), (deferred(), splits)] {
+                let mut act = poisoned(&s, m * inter);
+                k.silu_mul(&s, &gu, sp, &mut act.slice_mut(..), m, inter)
+                    .unwrap();
+                acts.push(bits(&back(&s, &act, m * inter)));
+            }
+            assert_eq!(acts[0], acts[1], "{what}: silu_mul");
+        }
+    }
+    assert!(split_seen >= 4, "only {split_seen} products were split");
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn elementwise_kernels_match_cpu() {
@@ -189,7 +298,7 @@ fn elementwise_kernels_match_cpu() {
         k.add_rmsnorm(
             &s,
             &mut xd.slice_mut(..),
-            Some(&dd.slice(..)),
+            Some((&dd.slice(..), 1)),
             &wd,
             &mut out.slice_mut(..),
             t,
@@ -221,7 +330,7 @@ fn elementwise_kernels_match_cpu() {
         cpu::silu_mul(&gu, inter, &mut want);
         let gd = s.clone_htod(&gu).unwrap();
         let mut out = poisoned(&s, t * inter);
-        k.silu_mul(&s, &gd.slice(..), &mut out.slice_mut(..), t, inter)
+        k.silu_mul(&s, &gd.slice(..), 1, &mut out.slice_mut(..), t, inter)
             .unwrap();
         assert!(rel_err(&back(&s, &out, t * inter), &want) < 1e-6);
     }
