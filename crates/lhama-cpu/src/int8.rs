@@ -1,71 +1,96 @@
-//! The CPU fast path's AWQ product for decode-sized batches (up to
-//! `INT8_MAX_ROWS` rows): integer dot products of the int4 weights with the
-//! activations quantized to int16 per weight group, each group's integer sum
-//! scaled back in f32:
+//! The CPU fast path's AWQ product: integer dot products of the int4
+//! weights with the activations quantized to int16 per weight group, each
+//! group's integer sum scaled back in f32:
 //!
 //!   y[r, n] = Σ_g s[g, n] · sx[r, g] · (Σ_{k in g} q[k, n] · xq[r, k] − z[g, n] · Σ_{k in g} xq[r, k])
 //!
 //! with xq = round(x / sx), sx = max |x| / 32767 over the row's group. (int8
 //! activations, as llama.cpp takes them, were measured first: their error,
 //! 0.09-0.12 nats on the tiny golden's top-5 logprobs, is over the fast
-//! path's 0.05 budget; int16 keeps about f16's precision.) Weights are
-//! re-laid once at load (`Int8Layout`) so that 64 consecutive k of one column
-//! sit in 32 bytes: byte j holds k = j in its low nibble and k = 32 + j in
-//! its high one. On x86-64 with AVX2 the nibbles are widened to 16 bits and
-//! multiplied by `vpmaddwd` (q ≤ 15, |xq| ≤ 32767: every sum fits i32);
-//! elsewhere a scalar version computes the same integer sums and the same
-//! f32 operations, so both give the same result exactly.
+//! path's 0.05 budget; int16 keeps about f16's precision.)
+//!
+//! Columns sit in vector lanes: the weights are re-laid once at load
+//! (`Int8Layout`) so that 32 bytes hold 16 consecutive columns × 4
+//! consecutive k: byte e holds column e / 2 at k = e % 2 in its low nibble
+//! and at k = 2 + e % 2 in its high one. Widened to 16 bits, each nibble
+//! half is one vector of (column, k pair) products, multiplied with a
+//! broadcast k pair of a row's activations by `vpdpwssd` (AVX-512 VNNI) or
+//! `vpmaddwd` (AVX2): every lane ends a group holding its column's whole
+//! integer sum, so no horizontal reduction is needed, and the widened
+//! weights serve every row of the step (up to 8 at a time) before the next
+//! ones are loaded. A group's f32 step is then done 16 (8) columns at once.
+//! A scalar version computes the same integer sums and the same f32
+//! operations, so every version gives the same result exactly (q ≤ 15,
+//! |xq| ≤ 32767: every sum fits i32).
 
 use rayon::prelude::*;
 
 use lhama_model::awq::unpack;
 use lhama_model::weights::FusedAwq;
 
-/// Rows up to which the integer path runs (decode steps; prefill keeps the
-/// f32 tile kernel).
+/// Rows one pass over a column block takes (its widened weights serve them
+/// all); a product of more rows makes several passes, over the block's
+/// weights while they are in cache.
 pub const INT8_MAX_ROWS: usize = 8;
-/// k values per packed block of one column (32 bytes).
-const KB: usize = 64;
-/// Columns per task and per AVX2 reduction.
-const CB: usize = 8;
+/// Columns per 32-byte packed block.
+const CB: usize = 16;
+/// k values per 32-byte packed block.
+const KQ: usize = 4;
 /// Largest |xq|.
 const XQ_MAX: f32 = 32767.0;
 
-/// int4 weights re-laid for integer dot products: [N / 8 column blocks]
-/// [K / 64 k blocks][8 columns][32 bytes].
+/// int4 weights re-laid for integer dot products: [N / 16 column blocks]
+/// [K / 4 k quads][32 bytes], with the zeros as bytes and the scales as f16
+/// ([K/G, N], both exact: AWQ's zeros are 4-bit integers and its scales
+/// f16), a fifth of the f32 copies' bytes to stream per token.
 pub struct Int8Layout {
     packed: Vec<u8>,
+    zeros: Vec<u8>,
+    scales: Vec<half::f16>,
 }
 
 impl Int8Layout {
-    /// The re-laid weights, or None when the shape does not allow it (K and
-    /// the group a multiple of 64, N of 8).
+    /// The re-laid weights, or None when the shape does not allow it (N a
+    /// multiple of 16, the group of 4, K of the group) or a zero or a scale
+    /// would not be held exactly.
     pub fn new(w: &FusedAwq) -> Option<Self> {
         let (k, n, group) = (w.k, w.n, w.group);
-        if k % KB != 0 || group % KB != 0 || n % CB != 0 || k % group != 0 {
+        if n % CB != 0 || group % KQ != 0 || group == 0 || k % group != 0 {
+            return None;
+        }
+        let zeros: Vec<u8> = w.zeros.iter().map(|&z| z as u8).collect();
+        let scales: Vec<half::f16> = w.scales.iter().map(|&s| half::f16::from_f32(s)).collect();
+        let exact = zeros.iter().zip(&w.zeros).all(|(&a, &b)| f32::from(a) == b)
+            && scales
+                .iter()
+                .zip(&w.scales)
+                .all(|(a, &b)| a.to_f32().to_bits() == b.to_bits());
+        if !exact {
             return None;
         }
         let n8 = n / 8;
         let q = |kk: usize, col: usize| unpack(w.qweight[kk * n8 + col / 8], col % 8) as u8;
-        let kbs = k / KB;
+        let kqs = k / KQ;
         let mut packed = vec![0u8; k * n / 2];
         for cb in 0..n / CB {
-            for kb in 0..kbs {
-                for c in 0..CB {
-                    let col = cb * CB + c;
-                    let dst = &mut packed[((cb * kbs + kb) * CB + c) * 32..][..32];
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        *d = q(kb * KB + j, col) | (q(kb * KB + 32 + j, col) << 4);
-                    }
+            for kq in 0..kqs {
+                let dst = &mut packed[(cb * kqs + kq) * 32..][..32];
+                for (e, d) in dst.iter_mut().enumerate() {
+                    let (col, par) = (cb * CB + e / 2, e % 2);
+                    *d = q(kq * KQ + par, col) | (q(kq * KQ + 2 + par, col) << 4);
                 }
             }
         }
-        Some(Self { packed })
+        Some(Self {
+            packed,
+            zeros,
+            scales,
+        })
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.packed.len()
+        self.packed.len() + self.zeros.len() + 2 * self.scales.len()
     }
 }
 
@@ -107,15 +132,37 @@ fn quantize(x: &[f32], m: usize, k: usize, group: usize) -> QuantRows {
     q
 }
 
-/// y[M, N] = x[M, K] · W for M ≤ INT8_MAX_ROWS, through `layout`.
+/// y[M, N] = x[M, K] · W through `layout`, any M: each task takes a run of
+/// 16-column blocks and computes them for every row, INT8_MAX_ROWS rows at a
+/// time, so a block's weights come from memory once per product.
 pub fn matmul(x: &[f32], m: usize, w: &FusedAwq, layout: &Int8Layout, y: &mut [f32]) {
-    assert!(m <= INT8_MAX_ROWS, "integer matmul: {m} rows");
     assert_eq!(x.len(), m * w.k, "integer matmul: x is not [M, K]");
     assert_eq!(y.len(), m * w.n, "integer matmul: y is not [M, N]");
+    // Long products in runs of rows whose quantized activations stay in
+    // cache while every column block passes over them (at most 512 KB).
+    let run = (PASS_BYTES / (2 * w.k)).max(INT8_MAX_ROWS) / INT8_MAX_ROWS * INT8_MAX_ROWS;
+    if m > run {
+        for r0 in (0..m).step_by(run) {
+            let rn = run.min(m - r0);
+            matmul_run(
+                &x[r0 * w.k..(r0 + rn) * w.k],
+                rn,
+                w,
+                layout,
+                &mut y[r0 * w.n..(r0 + rn) * w.n],
+            );
+        }
+        return;
+    }
+    matmul_run(x, m, w, layout, y);
+}
+
+/// Bytes of quantized activations one pass of `matmul` takes.
+const PASS_BYTES: usize = 512 * 1024;
+
+fn matmul_run(x: &[f32], m: usize, w: &FusedAwq, layout: &Int8Layout, y: &mut [f32]) {
     let q = quantize(x, m, w.k, w.group);
     let blocks = w.n / CB;
-    // Each task: a run of column blocks, all rows (the block's weights are
-    // read once from memory for every row).
     let per_task = blocks.div_ceil(rayon::current_num_threads() * 8).max(1);
     let out = crate::kernels::SyncPtr(y.as_mut_ptr());
     (0..blocks.div_ceil(per_task))
@@ -123,16 +170,19 @@ pub fn matmul(x: &[f32], m: usize, w: &FusedAwq, layout: &Int8Layout, y: &mut [f
         .for_each(|t| {
             let mut tile = [0f32; INT8_MAX_ROWS * CB];
             for cb in t * per_task..((t + 1) * per_task).min(blocks) {
-                block(&q, m, w, layout, cb, &mut tile[..m * CB]);
-                for r in 0..m {
-                    // SAFETY: y has m * n elements (asserted above); this task alone
-                    // writes columns cb * 8..cb * 8 + 8 of each row.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            tile.as_ptr().add(r * CB),
-                            out.ptr().add(r * w.n + cb * CB),
-                            CB,
-                        );
+                for r0 in (0..m).step_by(INT8_MAX_ROWS) {
+                    let rn = INT8_MAX_ROWS.min(m - r0);
+                    block(&q, r0, rn, w, layout, cb, &mut tile[..rn * CB]);
+                    for r in 0..rn {
+                        // SAFETY: y has m * n elements (asserted above); this task
+                        // alone writes columns cb * 16..cb * 16 + 16 of each row.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                tile.as_ptr().add(r * CB),
+                                out.ptr().add((r0 + r) * w.n + cb * CB),
+                                CB,
+                            );
+                        }
                     }
                 }
             }
@@ -148,215 +198,281 @@ fn has_avx512_vnni() -> bool {
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vnni")
             && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     })
 }
 
-/// The 8 columns of block `cb` for every row, into out[m, 8].
-fn block(q: &QuantRows, m: usize, w: &FusedAwq, layout: &Int8Layout, cb: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512_vnni() {
-        // SAFETY: AVX-512 F/BW/VNNI and FMA are present; sizes as for AVX2.
-        unsafe { block_avx512(q, m, w, layout, cb, out) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA are present; the sizes are the layout's and the
-        // quantized rows' own (built for w), cb < n / 8, out holds m * 8.
-        unsafe { block_avx2(q, m, w, layout, cb, out) };
-        return;
-    }
-    block_scalar(q, m, w, layout, cb, out);
+/// Whether the CPU has what the AVX2 version uses, checked once.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    })
 }
 
-/// One group's f32 step, shared by both versions: y + (isum − z · xsum) · s · sx.
+/// The 16 columns of block `cb` for the `rn` (1 to INT8_MAX_ROWS) rows from
+/// `r0`, into out[rn, 16], in the fastest version this CPU has.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    q: &QuantRows,
+    r0: usize,
+    rn: usize,
+    w: &FusedAwq,
+    layout: &Int8Layout,
+    cb: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512_vnni() {
+            // SAFETY: AVX-512 F/BW/VNNI, FMA and F16C are present; the sizes
+            // are the layout's and the quantized rows' own (built for w),
+            // cb < n / 16, r0 + rn <= q's rows, out holds rn * 16.
+            unsafe { rows_dispatch(rn, |r| block_avx512_rows(q, r0, r, w, layout, cb, out)) };
+            return;
+        }
+        if has_avx2() {
+            // SAFETY: AVX2, FMA and F16C are present; sizes as above.
+            unsafe { rows_dispatch(rn, |r| block_avx2_rows(q, r0, r, w, layout, cb, out)) };
+            return;
+        }
+    }
+    block_scalar(q, r0, rn, w, layout, cb, out);
+}
+
+/// Row counts as the const generic the SIMD versions take (their
+/// accumulators stay in registers).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum Rows {
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R6,
+    R7,
+    R8,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn rows_dispatch(rn: usize, f: impl FnOnce(Rows)) {
+    f(match rn {
+        1 => Rows::R1,
+        2 => Rows::R2,
+        3 => Rows::R3,
+        4 => Rows::R4,
+        5 => Rows::R5,
+        6 => Rows::R6,
+        7 => Rows::R7,
+        _ => Rows::R8,
+    })
+}
+
+/// One group's f32 step, shared by every version: y + (isum − z · xsum) · s · sx.
 #[inline(always)]
 fn group_term(y: f32, isum: i32, xsum: i32, z: f32, s: f32, sx: f32) -> f32 {
     ((isum as f32 - z * xsum as f32) * s).mul_add(sx, y)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn block_scalar(
     q: &QuantRows,
-    m: usize,
+    r0: usize,
+    rn: usize,
     w: &FusedAwq,
     layout: &Int8Layout,
     cb: usize,
     out: &mut [f32],
 ) {
     let (k, n, group) = (w.k, w.n, w.group);
-    let (kbs, groups) = (k / KB, k / group);
-    for r in 0..m {
+    let (kqs, groups) = (k / KQ, k / group);
+    for r in r0..r0 + rn {
         for c in 0..CB {
             let col = cb * CB + c;
             let mut y = 0f32;
             for g in 0..groups {
                 let mut isum = 0i32;
-                for kb in g * group / KB..(g + 1) * group / KB {
-                    let bytes = &layout.packed[((cb * kbs + kb) * CB + c) * 32..][..32];
-                    let xs = &q.xq[r * k + kb * KB..][..KB];
-                    for (j, &b) in bytes.iter().enumerate() {
-                        isum += i32::from(b & 0xF) * i32::from(xs[j]);
-                        isum += i32::from(b >> 4) * i32::from(xs[32 + j]);
+                for kq in g * group / KQ..(g + 1) * group / KQ {
+                    let bytes = &layout.packed[(cb * kqs + kq) * 32..][..32];
+                    let xs = &q.xq[r * k + kq * KQ..][..KQ];
+                    for par in 0..2 {
+                        let b = bytes[2 * c + par];
+                        isum += i32::from(b & 0xF) * i32::from(xs[par]);
+                        isum += i32::from(b >> 4) * i32::from(xs[2 + par]);
                     }
                 }
                 y = group_term(
                     y,
                     isum,
                     q.sum[r * groups + g],
-                    w.zeros[g * n + col],
-                    w.scales[g * n + col],
+                    f32::from(layout.zeros[g * n + col]),
+                    layout.scales[g * n + col].to_f32(),
                     q.scale[r * groups + g],
                 );
             }
-            out[r * CB + c] = y;
+            out[(r - r0) * CB + c] = y;
         }
     }
 }
 
-/// One group's step of the 8 columns of block `cb` for row `r`: the
-/// columns' integer sums (`acc`, 8 lanes each) reduced into one vector in
-/// column order, then `group_term` lane by lane (the same roundings).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn group_step_avx2(
-    yv: std::arch::x86_64::__m256,
-    acc: &[std::arch::x86_64::__m256i; CB],
-    q: &QuantRows,
-    w: &FusedAwq,
-    cb: usize,
-    r: usize,
-    g: usize,
-) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    let (n, groups) = (w.n, w.k / w.group);
-    let s01 = _mm256_hadd_epi32(acc[0], acc[1]);
-    let s23 = _mm256_hadd_epi32(acc[2], acc[3]);
-    let s45 = _mm256_hadd_epi32(acc[4], acc[5]);
-    let s67 = _mm256_hadd_epi32(acc[6], acc[7]);
-    let s0123 = _mm256_hadd_epi32(s01, s23);
-    let s4567 = _mm256_hadd_epi32(s45, s67);
-    let isum = _mm256_add_epi32(
-        _mm256_permute2x128_si256(s0123, s4567, 0x20),
-        _mm256_permute2x128_si256(s0123, s4567, 0x31),
-    );
-    // SAFETY: the block's 8 columns of group g are inside zeros and scales
-    // ([groups, n], cb < n / 8).
-    let (z, s) = unsafe {
-        (
-            _mm256_loadu_ps(w.zeros.as_ptr().add(g * n + cb * CB)),
-            _mm256_loadu_ps(w.scales.as_ptr().add(g * n + cb * CB)),
-        )
+/// Generates the SIMD version for a const row count and the dispatch over
+/// `Rows` to it.
+macro_rules! rows_version {
+    ($name:ident, $inner:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            q: &QuantRows,
+            r0: usize,
+            rows: Rows,
+            w: &FusedAwq,
+            layout: &Int8Layout,
+            cb: usize,
+            out: &mut [f32],
+        ) {
+            // SAFETY: the caller's contract, passed on.
+            unsafe {
+                match rows {
+                    Rows::R1 => $inner::<1>(q, r0, w, layout, cb, out),
+                    Rows::R2 => $inner::<2>(q, r0, w, layout, cb, out),
+                    Rows::R3 => $inner::<3>(q, r0, w, layout, cb, out),
+                    Rows::R4 => $inner::<4>(q, r0, w, layout, cb, out),
+                    Rows::R5 => $inner::<5>(q, r0, w, layout, cb, out),
+                    Rows::R6 => $inner::<6>(q, r0, w, layout, cb, out),
+                    Rows::R7 => $inner::<7>(q, r0, w, layout, cb, out),
+                    Rows::R8 => $inner::<8>(q, r0, w, layout, cb, out),
+                }
+            }
+        }
     };
-    let xsum = _mm256_set1_ps(q.sum[r * groups + g] as f32);
-    let f = _mm256_mul_ps(
-        _mm256_sub_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(z, xsum)),
-        s,
-    );
-    _mm256_fmadd_ps(f, _mm256_set1_ps(q.scale[r * groups + g]), yv)
 }
 
+rows_version!(block_avx512_rows, block_avx512);
+rows_version!(block_avx2_rows, block_avx2);
+
+/// R rows of block `cb` with 512-bit vectors: lane c of a row's accumulator
+/// is column cb * 16 + c.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn block_avx512<const R: usize>(
     q: &QuantRows,
-    m: usize,
+    r0: usize,
     w: &FusedAwq,
     layout: &Int8Layout,
     cb: usize,
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (k, group) = (w.k, w.group);
-    let (kbs, groups) = (k / KB, k / group);
-    // SAFETY (every load and store below): the packed block of (cb, kb, c)
-    // is 32 bytes inside `packed` (cb < n / 8, kb < k / 64, c < 8); a row's
-    // activations k0..k0 + 64 are inside xq (m * k); zeros and scales of the
-    // block's 8 columns are inside [groups, n]; out holds m * 8.
+    let (k, n, group) = (w.k, w.n, w.group);
+    let (kqs, groups) = (k / KQ, k / group);
+    // SAFETY (every load and store below): the packed block (cb, kq) is 32
+    // bytes inside `packed` (cb < n / 16, kq < k / 4); rows r0..r0 + R are
+    // q's, so their activations (4 at r * k + kq * 4), sums and scales are
+    // inside q; the block's 16 columns of group g are inside the layout's
+    // zeros (16 bytes) and scales (16 f16) ([groups, n]); out holds R * 16.
     unsafe {
         let nib = _mm256_set1_epi8(0x0F);
-        for r in 0..m {
-            let mut yv = _mm256_setzero_ps();
-            for g in 0..groups {
-                let mut acc = [_mm256_setzero_si256(); CB];
-                for kb in g * group / KB..(g + 1) * group / KB {
-                    let xp = q.xq.as_ptr().add(r * k + kb * KB) as *const __m256i;
-                    let x0 = _mm256_loadu_si256(xp);
-                    let x1 = _mm256_loadu_si256(xp.add(1));
-                    let x2 = _mm256_loadu_si256(xp.add(2));
-                    let x3 = _mm256_loadu_si256(xp.add(3));
-                    let wp = layout.packed.as_ptr().add((cb * kbs + kb) * CB * 32);
-                    for (c, a) in acc.iter_mut().enumerate() {
-                        let v = _mm256_loadu_si256(wp.add(c * 32) as *const __m256i);
-                        let lo = _mm256_and_si256(v, nib);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-                        // k 0..16, 16..32 (low nibbles), 32..48, 48..64 (high).
-                        let w0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo));
-                        let w1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1));
-                        let w2 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi));
-                        let w3 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1));
-                        let p01 =
-                            _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
-                        let p23 =
-                            _mm256_add_epi32(_mm256_madd_epi16(w2, x2), _mm256_madd_epi16(w3, x3));
-                        *a = _mm256_add_epi32(*a, _mm256_add_epi32(p01, p23));
-                    }
+        let mut y = [_mm512_setzero_ps(); R];
+        for g in 0..groups {
+            let mut acc = [_mm512_setzero_si512(); R];
+            for kq in g * group / KQ..(g + 1) * group / KQ {
+                let v = _mm256_loadu_si256(
+                    layout.packed.as_ptr().add((cb * kqs + kq) * 32) as *const __m256i
+                );
+                // (column, k 0-1) and (column, k 2-3) as 16-bit pairs.
+                let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, nib));
+                let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xp = q.xq.as_ptr().add((r0 + r) * k + kq * KQ) as *const i32;
+                    *a = _mm512_dpwssd_epi32(*a, lo, _mm512_set1_epi32(xp.read_unaligned()));
+                    *a = _mm512_dpwssd_epi32(*a, hi, _mm512_set1_epi32(xp.add(1).read_unaligned()));
                 }
-                yv = group_step_avx2(yv, &acc, q, w, cb, r, g);
             }
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * CB), yv);
+            let at = g * n + cb * CB;
+            let z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                layout.zeros.as_ptr().add(at) as *const __m128i,
+            )));
+            let s = _mm512_cvtph_ps(_mm256_loadu_si256(
+                layout.scales.as_ptr().add(at) as *const __m256i
+            ));
+            for (r, (yr, a)) in y.iter_mut().zip(&acc).enumerate() {
+                let row = (r0 + r) * groups + g;
+                let xsum = _mm512_set1_ps(q.sum[row] as f32);
+                let f = _mm512_mul_ps(
+                    _mm512_sub_ps(_mm512_cvtepi32_ps(*a), _mm512_mul_ps(z, xsum)),
+                    s,
+                );
+                *yr = _mm512_fmadd_ps(f, _mm512_set1_ps(q.scale[row]), *yr);
+            }
+        }
+        for (r, yr) in y.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * CB), *yr);
         }
     }
 }
 
-/// As `block_avx2`, with 512-bit vectors: 32 weights widened to 16 bits at
-/// once and `vpdpwssd` multiplying and accumulating them in one instruction.
-/// The same integer sums and f32 operations.
+/// As `block_avx512` with 256-bit vectors: each half of the block (8
+/// columns) in its own accumulator.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn block_avx512(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_avx2<const R: usize>(
     q: &QuantRows,
-    m: usize,
+    r0: usize,
     w: &FusedAwq,
     layout: &Int8Layout,
     cb: usize,
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (k, group) = (w.k, w.group);
-    let (kbs, groups) = (k / KB, k / group);
-    // SAFETY (every load and store below): as in block_avx2 (64 activations
-    // of a row are two 512-bit loads).
+    let (k, n, group) = (w.k, w.n, w.group);
+    let (kqs, groups) = (k / KQ, k / group);
+    // SAFETY (every load and store below): as in block_avx512.
     unsafe {
-        let nib = _mm256_set1_epi8(0x0F);
-        for r in 0..m {
-            let mut yv = _mm256_setzero_ps();
+        let nib = _mm_set1_epi8(0x0F);
+        for half in 0..2 {
+            let mut y = [_mm256_setzero_ps(); R];
             for g in 0..groups {
-                let mut acc = [_mm512_setzero_si512(); CB];
-                for kb in g * group / KB..(g + 1) * group / KB {
-                    let xp = q.xq.as_ptr().add(r * k + kb * KB);
-                    let x0 = _mm512_loadu_si512(xp as *const __m512i);
-                    let x1 = _mm512_loadu_si512(xp.add(32) as *const __m512i);
-                    let wp = layout.packed.as_ptr().add((cb * kbs + kb) * CB * 32);
-                    for (c, a) in acc.iter_mut().enumerate() {
-                        let v = _mm256_loadu_si256(wp.add(c * 32) as *const __m256i);
-                        let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, nib));
-                        let hi =
-                            _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                        *a = _mm512_dpwssd_epi32(*a, lo, x0);
-                        *a = _mm512_dpwssd_epi32(*a, hi, x1);
+                let mut acc = [_mm256_setzero_si256(); R];
+                for kq in g * group / KQ..(g + 1) * group / KQ {
+                    let v = _mm_loadu_si128(
+                        layout.packed.as_ptr().add((cb * kqs + kq) * 32 + half * 16)
+                            as *const __m128i,
+                    );
+                    let lo = _mm256_cvtepu8_epi16(_mm_and_si128(v, nib));
+                    let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), nib));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xp = q.xq.as_ptr().add((r0 + r) * k + kq * KQ) as *const i32;
+                        let p = _mm256_add_epi32(
+                            _mm256_madd_epi16(lo, _mm256_set1_epi32(xp.read_unaligned())),
+                            _mm256_madd_epi16(hi, _mm256_set1_epi32(xp.add(1).read_unaligned())),
+                        );
+                        *a = _mm256_add_epi32(*a, p);
                     }
                 }
-                // 16 lanes to 8 per column, then as AVX2.
-                let half: [__m256i; CB] = std::array::from_fn(|c| {
-                    _mm256_add_epi32(
-                        _mm512_castsi512_si256(acc[c]),
-                        _mm512_extracti64x4_epi64(acc[c], 1),
-                    )
-                });
-                yv = group_step_avx2(yv, &half, q, w, cb, r, g);
+                let at = g * n + cb * CB + half * 8;
+                let z = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    layout.zeros.as_ptr().add(at) as *const __m128i,
+                )));
+                let s = _mm256_cvtph_ps(_mm_loadu_si128(
+                    layout.scales.as_ptr().add(at) as *const __m128i
+                ));
+                for (r, (yr, a)) in y.iter_mut().zip(&acc).enumerate() {
+                    let row = (r0 + r) * groups + g;
+                    let xsum = _mm256_set1_ps(q.sum[row] as f32);
+                    let f = _mm256_mul_ps(
+                        _mm256_sub_ps(_mm256_cvtepi32_ps(*a), _mm256_mul_ps(z, xsum)),
+                        s,
+                    );
+                    *yr = _mm256_fmadd_ps(f, _mm256_set1_ps(q.scale[row]), *yr);
+                }
             }
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * CB), yv);
+            for (r, yr) in y.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(r * CB + half * 8), *yr);
+            }
         }
     }
 }
@@ -390,26 +506,59 @@ mod tests {
     #[test]
     fn int8_product_matches_scalar_and_reference() {
         let mut g = SplitMix64::new(31);
-        for &(m, k, n, group) in &[(1, 128, 64, 128), (3, 256, 200, 64), (8, 1024, 96, 128)] {
+        for &(m, k, n, group) in &[
+            (1, 128, 64, 128),
+            (3, 256, 208, 64),
+            (8, 1024, 96, 128),
+            (19, 512, 64, 256),
+            (13, 256, 48, 32),
+            (2, 1024, 16, 512),
+        ] {
             let w = random_awq(&mut g, k, n, group);
             let layout = Int8Layout::new(&w).unwrap();
-            assert_eq!(layout.bytes(), k * n / 2);
+            assert_eq!(layout.bytes(), k * n / 2 + 3 * (k / group) * n);
             let x: Vec<f32> = (0..m * k)
                 .map(|_| g.next_f64() as f32 * 4.0 - 2.0)
                 .collect();
             let mut y = vec![f32::NAN; m * n];
             matmul(&x, m, &w, &layout, &mut y);
             let q = quantize(&x, m, k, group);
-            // Each version this CPU has, block by block, against the scalar one.
-            type Block = unsafe fn(&QuantRows, usize, &FusedAwq, &Int8Layout, usize, &mut [f32]);
-            let mut versions: Vec<(&str, Block)> = Vec::new();
+            // Each version this CPU has, block by block and in row chunks as
+            // matmul takes them, against the scalar one.
+            type Version =
+                unsafe fn(&QuantRows, usize, usize, &FusedAwq, &Int8Layout, usize, &mut [f32]);
+            let mut versions: Vec<(&str, Version)> = Vec::new();
             #[cfg(target_arch = "x86_64")]
             {
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    versions.push(("avx2", block_avx2));
+                unsafe fn avx2(
+                    q: &QuantRows,
+                    r0: usize,
+                    rn: usize,
+                    w: &FusedAwq,
+                    l: &Int8Layout,
+                    cb: usize,
+                    o: &mut [f32],
+                ) {
+                    // SAFETY: the caller checked the features; sizes as block's.
+                    rows_dispatch(rn, |r| unsafe { block_avx2_rows(q, r0, r, w, l, cb, o) })
+                }
+                unsafe fn avx512(
+                    q: &QuantRows,
+                    r0: usize,
+                    rn: usize,
+                    w: &FusedAwq,
+                    l: &Int8Layout,
+                    cb: usize,
+                    o: &mut [f32],
+                ) {
+                    // SAFETY: as above.
+                    rows_dispatch(rn, |r| unsafe { block_avx512_rows(q, r0, r, w, l, cb, o) })
+                }
+                if has_avx2() {
+                    versions.push(("avx2", avx2));
                 }
                 if has_avx512_vnni() {
-                    versions.push(("avx512", block_avx512));
+                    versions.push(("avx512", avx512));
                 }
             }
             eprintln!(
@@ -418,15 +567,24 @@ mod tests {
             );
             let mut scalar = vec![f32::NAN; m * n];
             for cb in 0..n / CB {
-                let mut tile = vec![0f32; m * CB];
-                block_scalar(&q, m, &w, &layout, cb, &mut tile);
-                scalar_tile_into(&mut scalar, &tile, m, n, cb);
-                for (name, f) in &versions {
-                    let mut got = vec![f32::NAN; m * CB];
-                    // SAFETY: only versions whose features the CPU has (checked
-                    // above); the sizes are the layout's and q's own.
-                    unsafe { f(&q, m, &w, &layout, cb, &mut got) };
-                    assert_eq!(got, tile, "m={m} k={k} n={n} block {cb}: {name} vs scalar");
+                for r0 in (0..m).step_by(INT8_MAX_ROWS) {
+                    let rn = INT8_MAX_ROWS.min(m - r0);
+                    let mut tile = vec![0f32; rn * CB];
+                    block_scalar(&q, r0, rn, &w, &layout, cb, &mut tile);
+                    for r in 0..rn {
+                        scalar[(r0 + r) * n + cb * CB..][..CB]
+                            .copy_from_slice(&tile[r * CB..][..CB]);
+                    }
+                    for (name, f) in &versions {
+                        let mut got = vec![f32::NAN; rn * CB];
+                        // SAFETY: only versions whose features the CPU has
+                        // (checked above); the sizes are the layout's and q's own.
+                        unsafe { f(&q, r0, rn, &w, &layout, cb, &mut got) };
+                        assert_eq!(
+                            got, tile,
+                            "m={m} k={k} n={n} block {cb} rows {r0}+{rn}: {name} vs scalar"
+                        );
+                    }
                 }
             }
             assert_eq!(y, scalar, "m={m} k={k} n={n}: matmul vs scalar");
@@ -455,17 +613,18 @@ mod tests {
         }
     }
 
-    fn scalar_tile_into(y: &mut [f32], tile: &[f32], m: usize, n: usize, cb: usize) {
-        for r in 0..m {
-            y[r * n + cb * CB..][..CB].copy_from_slice(&tile[r * CB..][..CB]);
-        }
-    }
-
     #[test]
     fn shapes_the_layout_cannot_take_are_refused() {
         let mut g = SplitMix64::new(32);
-        assert!(Int8Layout::new(&random_awq(&mut g, 96, 64, 32)).is_none());
-        assert!(Int8Layout::new(&random_awq(&mut g, 128, 64, 32)).is_none());
-        assert!(Int8Layout::new(&random_awq(&mut g, 128, 64, 64)).is_some());
+        // Columns not in blocks of 16.
+        assert!(Int8Layout::new(&random_awq(&mut g, 128, 24, 32)).is_none());
+        assert!(Int8Layout::new(&random_awq(&mut g, 96, 64, 32)).is_some());
+        // A scale f16 cannot hold, a zero that is not a byte.
+        let mut w = random_awq(&mut g, 128, 64, 64);
+        w.scales[3] = 0.1;
+        assert!(Int8Layout::new(&w).is_none());
+        let mut w = random_awq(&mut g, 128, 64, 64);
+        w.zeros[5] = 2.5;
+        assert!(Int8Layout::new(&w).is_none());
     }
 }

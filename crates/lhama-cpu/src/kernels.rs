@@ -61,8 +61,8 @@ pub struct AwqMatrix {
     pub zeros_nm: Vec<f32>,
     /// [K/G, N] scales, laid out like `zeros_nm`.
     pub scales_nm: Vec<f32>,
-    /// The fast path's re-laid weights for decode-sized products (None on
-    /// the exact path, or for a shape it cannot take).
+    /// The fast path's re-laid weights, which then take every product
+    /// (None on the exact path, or for a shape it cannot take).
     pub int8: Option<crate::int8::Int8Layout>,
 }
 
@@ -99,12 +99,23 @@ impl AwqMatrix {
         }
     }
 
-    /// As `new`, plus the int8 path's layout (crate::int8).
+    /// The fast path's matrix: the integer path's layout (crate::int8),
+    /// which then serves every product, so the AWQ copies are dropped (only
+    /// the shape stays); as `new` for a shape the layout cannot take.
     pub fn with_int8(weights: FusedAwq) -> Self {
-        let int8 = crate::int8::Int8Layout::new(&weights);
-        Self {
-            int8,
-            ..Self::new(weights)
+        match crate::int8::Int8Layout::new(&weights) {
+            Some(layout) => Self {
+                weights: FusedAwq {
+                    qweight: Vec::new(),
+                    zeros: Vec::new(),
+                    scales: Vec::new(),
+                    ..weights
+                },
+                zeros_nm: Vec::new(),
+                scales_nm: Vec::new(),
+                int8: Some(layout),
+            },
+            None => Self::new(weights),
         }
     }
 }
@@ -124,9 +135,7 @@ const TILE_N: usize = 64;
 pub fn awq_matmul(x: &[f32], m: usize, w: &AwqMatrix, y: &mut [f32]) {
     assert_eq!(x.len(), m * w.k, "awq_matmul: x is not [M, K]");
     assert_eq!(y.len(), m * w.n, "awq_matmul: y is not [M, N]");
-    if m <= crate::int8::INT8_MAX_ROWS
-        && let Some(layout) = &w.int8
-    {
+    if let Some(layout) = &w.int8 {
         return crate::int8::matmul(x, m, &w.weights, layout, y);
     }
     let tiles = w.n.div_ceil(TILE_N);

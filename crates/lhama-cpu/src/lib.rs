@@ -138,9 +138,8 @@ impl CpuBackend {
         Self::with_precision(config, weights, kv, false)
     }
 
-    /// As `new`; with `fast`, AWQ products of up to `int8::INT8_MAX_ROWS`
-    /// rows (decode) take int8 activations against re-laid int4 weights
-    /// (crate::int8), prefill stays exact.
+    /// As `new`; with `fast`, every AWQ product takes int16 activations
+    /// against re-laid int4 weights (crate::int8), prefill included.
     pub fn with_precision(
         config: &LlamaConfig,
         weights: LlamaWeights,
