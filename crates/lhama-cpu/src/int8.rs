@@ -55,7 +55,11 @@ impl Int8Layout {
     /// would not be held exactly.
     pub fn new(w: &FusedAwq) -> Option<Self> {
         let (k, n, group) = (w.k, w.n, w.group);
-        if n % CB != 0 || group % KQ != 0 || group == 0 || k % group != 0 {
+        if !n.is_multiple_of(CB)
+            || group == 0
+            || !group.is_multiple_of(KQ)
+            || !k.is_multiple_of(group)
+        {
             return None;
         }
         let zeros: Vec<u8> = w.zeros.iter().map(|&z| z as u8).collect();

@@ -2,6 +2,7 @@
 //! dense) weights, with K/V in a paged block pool. It is the reference every
 //! other backend is checked against.
 
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod int8;
@@ -116,6 +117,9 @@ pub struct CpuBackend {
     kv: KvGeometry,
     /// Token masks for the next forward_sample (Backend::set_masks).
     masks: Vec<(usize, Vec<u32>)>,
+    /// The fast path: integer products (crate::int8) and the vector
+    /// attention (crate::attention).
+    fast: bool,
 }
 
 /// Per-step buffers, named by what they hold.
@@ -139,7 +143,9 @@ impl CpuBackend {
     }
 
     /// As `new`; with `fast`, every AWQ product takes int16 activations
-    /// against re-laid int4 weights (crate::int8), prefill included.
+    /// against re-laid int4 weights (crate::int8), prefill included, and
+    /// attention runs in 512-bit vectors where the CPU has them
+    /// (crate::attention).
     pub fn with_precision(
         config: &LlamaConfig,
         weights: LlamaWeights,
@@ -171,6 +177,7 @@ impl CpuBackend {
             lm_head,
             kv,
             masks: Vec::new(),
+            fast,
         }
     }
 
@@ -238,7 +245,12 @@ impl CpuBackend {
                 head_dim: hd,
                 block_size: bs,
             };
-            kernels::paged_attention(
+            let attention = if self.fast {
+                attention::paged_attention_fast
+            } else {
+                kernels::paged_attention
+            };
+            attention(
                 &s.q,
                 &layer.k_cache,
                 &layer.v_cache,

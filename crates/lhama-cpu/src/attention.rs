@@ -1,0 +1,309 @@
+//! The fast path's attention: `kernels::paged_attention` with 512-bit
+//! vectors where the CPU has AVX-512 and the head size is a multiple of 16
+//! (else the exact version runs). Per (token, head): each score is a dot
+//! product in 16-lane fused multiply-adds reduced once, the exponentials
+//! are taken 16 at a time by a polynomial (relative error about 2e-7, see
+//! `exp16`), and the value rows are summed with unnormalized weights, the
+//! sum divided out once at the end. The arithmetic differs from the exact
+//! version's (the order of additions, the exponential), so results agree
+//! to about 1e-6 relative, not bit for bit; the fast path's fidelity check
+//! (`lhama verify --precision fast`) covers it.
+
+use rayon::prelude::*;
+
+use crate::kernels::AttnShape;
+
+/// As `kernels::paged_attention` (same arguments and layout).
+pub fn paged_attention_fast(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    seq_of: &[&[u32]],
+    positions: &[u32],
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if shape.head_dim.is_multiple_of(16)
+        && (shape.head_dim <= 128 || shape.head_dim == MAX_HEAD_DIM)
+        && has_avx512()
+    {
+        return attention_avx512(q, k_cache, v_cache, seq_of, positions, shape, out);
+    }
+    crate::kernels::paged_attention(q, k_cache, v_cache, seq_of, positions, shape, out)
+}
+
+/// Largest head size the vector version takes (up to 128, and 256).
+const MAX_HEAD_DIM: usize = 256;
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn attention_avx512(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    seq_of: &[&[u32]],
+    positions: &[u32],
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    let AttnShape {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        block_size: bs,
+    } = shape;
+    let group = heads / kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let t = positions.len();
+    assert!(
+        q.len() >= t * heads * hd && out.len() >= t * heads * hd && seq_of.len() >= t,
+        "attention: q, out or the block tables are shorter than the batch"
+    );
+    out[..t * heads * hd]
+        .par_chunks_mut(hd)
+        .enumerate()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+            let (tok, h) = (i / heads, i % heads);
+            let kvh = h / group;
+            let table = seq_of[tok];
+            let ctx = positions[tok] as usize + 1;
+            let slot = |p: usize| ((table[p / bs] as usize * bs + p % bs) * kv_heads + kvh) * hd;
+            // Every slot the context reads is inside the caches (the
+            // engine's block tables cover the positions; checked here so the
+            // vector loads below stay in bounds).
+            assert!(
+                ctx.div_ceil(bs) <= table.len()
+                    && (0..ctx.div_ceil(bs)).all(|b| {
+                        let end = ((table[b] as usize + 1) * bs * kv_heads) * hd;
+                        end <= k_cache.len() && end <= v_cache.len()
+                    }),
+                "attention: a block table reaches outside the KV pool"
+            );
+            scores.clear();
+            scores.resize(ctx.next_multiple_of(16), f32::NEG_INFINITY);
+            let qv = &q[i * hd..][..hd];
+            // SAFETY: AVX-512 F is present (checked by the caller); q's row i
+            // and o hold hd = 16 C floats; every slot(p), p < ctx, starts hd
+            // floats inside both caches (asserted above); scores holds ctx
+            // rounded up to 16.
+            unsafe {
+                match hd / 16 {
+                    1 => head_avx512::<1>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                    2 => head_avx512::<2>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                    3 => head_avx512::<3>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                    4 => head_avx512::<4>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                    5 => head_avx512::<5>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                    6 => head_avx512::<6>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                    7 => head_avx512::<7>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                    8 => head_avx512::<8>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                    _ => head_avx512::<16>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                }
+            };
+        });
+}
+
+/// One (token, head): scores, softmax, weighted sum of the value rows.
+///
+/// # Safety
+/// AVX-512 F present; `qv` and `o` hold 16 C floats; `slot(p) + 16 C` is
+/// inside both caches for p < ctx; `scores` holds at least ctx rounded up
+/// to 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_avx512<const C: usize>(
+    qv: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    slot: impl Fn(usize) -> usize,
+    ctx: usize,
+    scale: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: as the function's contract says.
+    unsafe {
+        let qr: [__m512; C] = std::array::from_fn(|c| {
+            _mm512_mul_ps(
+                _mm512_loadu_ps(qv.as_ptr().add(c * 16)),
+                _mm512_set1_ps(scale),
+            )
+        });
+        let mut max = f32::NEG_INFINITY;
+        for (p, s) in scores[..ctx].iter_mut().enumerate() {
+            let kp = k_cache.as_ptr().add(slot(p));
+            let mut acc = _mm512_mul_ps(qr[0], _mm512_loadu_ps(kp));
+            for (c, r) in qr.iter().enumerate().skip(1) {
+                acc = _mm512_fmadd_ps(*r, _mm512_loadu_ps(kp.add(c * 16)), acc);
+            }
+            *s = _mm512_reduce_add_ps(acc);
+            max = max.max(*s);
+        }
+        // exp(s - max), 16 at a time (the padding past ctx is −∞: 0).
+        let mut sum = _mm512_setzero_ps();
+        let mv = _mm512_set1_ps(max);
+        for c in 0..ctx.div_ceil(16) {
+            let e = exp16(_mm512_sub_ps(
+                _mm512_loadu_ps(scores.as_ptr().add(c * 16)),
+                mv,
+            ));
+            _mm512_storeu_ps(scores.as_mut_ptr().add(c * 16), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        let inv = 1.0 / _mm512_reduce_add_ps(sum);
+        let mut acc = [_mm512_setzero_ps(); C];
+        for (p, &w) in scores[..ctx].iter().enumerate() {
+            let vp = v_cache.as_ptr().add(slot(p));
+            let wv = _mm512_set1_ps(w);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(vp.add(c * 16)), *a);
+            }
+        }
+        let iv = _mm512_set1_ps(inv);
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(o.as_mut_ptr().add(c * 16), _mm512_mul_ps(*a, iv));
+        }
+    }
+}
+
+/// e^x for 16 lanes, x ≤ 0 (softmax arguments; −∞ gives 0): x = n ln 2 + r
+/// with |r| ≤ ln 2 / 2 (ln 2 split in two for an exact n ln 2), e^r by its
+/// degree-6 Taylor polynomial (truncation below 2e-7 relative), times 2^n
+/// built in the exponent bits. Arguments below −87 give 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvtps_epi32(n),
+        _mm512_set1_epi32(127),
+    ));
+    let e = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+    // Below −87 (and −∞): 0.
+    let tiny = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(x, _mm512_set1_ps(-87.0));
+    _mm512_mask_blend_ps(tiny, e, _mm512_setzero_ps())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lhama_model::rng::SplitMix64;
+
+    fn randn(g: &mut SplitMix64, n: usize) -> Vec<f32> {
+        (0..n).map(|_| g.next_normal() as f32).collect()
+    }
+
+    /// The vector exponential against f64's on [−90, 0] and at −∞.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp16_is_within_its_error() {
+        if !has_avx512() {
+            eprintln!("no AVX-512 on this CPU: the exact attention runs instead");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut worst = 0f64;
+        for i in 0..90_000 {
+            let base = -(i as f32) / 1000.0;
+            let xs: [f32; 16] = std::array::from_fn(|j| base - j as f32 * 1e-4);
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512 F is present (checked above).
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(xs.as_ptr()))) };
+            for (x, y) in xs.iter().zip(got) {
+                let want = (*x as f64).exp();
+                if *x > -87.0 {
+                    worst = worst.max(((y as f64) - want).abs() / want);
+                } else {
+                    assert!(y >= 0.0 && (y as f64) <= 1.7e-38, "exp({x}) = {y}");
+                }
+            }
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        let mut got = [1f32; 16];
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_set1_ps(f32::NEG_INFINITY))) };
+        assert!(got.iter().all(|&v| v == 0.0));
+    }
+
+    /// The fast attention against the exact one on fresh random inputs:
+    /// several sequences with ragged, chunked contexts in scattered blocks,
+    /// grouped-query heads, head sizes the vector version takes and one it
+    /// does not; the output poisoned first.
+    #[test]
+    fn fast_attention_matches_the_exact_one() {
+        let mut g = SplitMix64::new(41);
+        for &(heads, kv_heads, hd) in &[
+            (4usize, 2usize, 64usize),
+            (2, 2, 16),
+            (3, 1, 128),
+            (2, 1, 24),
+        ] {
+            let bs = 16;
+            let blocks = 12;
+            let kv_dim = kv_heads * hd;
+            let k_cache = randn(&mut g, blocks * bs * kv_dim);
+            let v_cache = randn(&mut g, blocks * bs * kv_dim);
+            // Sequence A: 5 blocks scattered, a chunk of 7 tokens at 60..67;
+            // sequence B: 1 token at position 0; sequence C: decode at 40.
+            let (ta, tb, tc) = (vec![7u32, 2, 9, 0, 4], vec![11u32], vec![3u32, 5, 8]);
+            let mut seq_of: Vec<&[u32]> = Vec::new();
+            let mut positions = Vec::new();
+            for p in 60..67 {
+                seq_of.push(&ta);
+                positions.push(p);
+            }
+            seq_of.push(&tb);
+            positions.push(0);
+            seq_of.push(&tc);
+            positions.push(40);
+            let t = positions.len();
+            // Large scores too (a softmax far from uniform).
+            let q: Vec<f32> = randn(&mut g, t * heads * hd)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            let shape = AttnShape {
+                heads,
+                kv_heads,
+                head_dim: hd,
+                block_size: bs,
+            };
+            let mut want = vec![f32::NAN; t * heads * hd];
+            crate::kernels::paged_attention(
+                &q, &k_cache, &v_cache, &seq_of, &positions, shape, &mut want,
+            );
+            let mut got = vec![f32::NAN; t * heads * hd];
+            paged_attention_fast(&q, &k_cache, &v_cache, &seq_of, &positions, shape, &mut got);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "hd {hd}: an output was not written"
+            );
+            assert!(
+                worst < 2e-5,
+                "heads {heads}/{kv_heads} hd {hd}: max error {worst}"
+            );
+        }
+    }
+}
