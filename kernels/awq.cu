@@ -28,7 +28,11 @@
 // Bit shift of column 8c + j inside word c (compile-time after unrolling).
 #define AWQ_SHIFT(j) (4 * ((j) % 2 == 0 ? (j) / 2 : 4 + (j) / 2))
 
-template <int M, int ROWS, int WARPS>
+// SILU: x is [m_valid, 2K] gate | up (the MLP's gate_up product) and the
+// product's input is silu(gate) * up, computed as the row is read (the same
+// expression as silu_mul_f32, so the same values bit for bit): the down
+// projection without a silu_mul launch before it.
+template <int M, int ROWS, int WARPS, bool SILU>
 __device__ __forceinline__ void awq_gemv_partial(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
@@ -69,7 +73,17 @@ __device__ __forceinline__ void awq_gemv_partial(
 #pragma unroll
         for (int r = 0; r < M; ++r)
 #pragma unroll
-            for (int i = 0; i < ROWS; ++i) xv[r][i] = x[(size_t)min(r, m_valid - 1) * k + row0 + i];  // spare rows: a copy, never written
+            for (int i = 0; i < ROWS; ++i) {
+                // Spare rows: a copy of the last, never written.
+                const size_t rr = (size_t)min(r, m_valid - 1);
+                if (SILU) {
+                    const float g = x[rr * 2 * k + row0 + i];
+                    const float u = x[rr * 2 * k + k + row0 + i];
+                    xv[r][i] = g / (1.0f + expf(-g)) * u;
+                } else {
+                    xv[r][i] = x[rr * k + row0 + i];
+                }
+            }
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) {
 #pragma unroll
@@ -126,8 +140,15 @@ __device__ __forceinline__ void awq_gemv_partial(
         const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
         const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
         unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid) {                   \
-        awq_gemv_partial<M, ROWS, WARPS>(x, qweight, zeros, scales, partial, y, counters, k, n, group, fused,  \
-                                         m_valid);                                                             \
+        awq_gemv_partial<M, ROWS, WARPS, false>(x, qweight, zeros, scales, partial, y, counters, k, n, group,  \
+                                                fused, m_valid);                                               \
+    }                                                                                                          \
+    extern "C" __global__ void awq_gemv_silu_m##M##_f32(                                                      \
+        const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
+        const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
+        unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid) {                   \
+        awq_gemv_partial<M, ROWS, WARPS, true>(x, qweight, zeros, scales, partial, y, counters, k, n, group,   \
+                                               fused, m_valid);                                                \
     }
 
 AWQ_GEMV_KERNEL(1, 8, 16)

@@ -186,6 +186,8 @@ pub struct Kernels {
     silu_mul: CudaFunction,
     /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
     awq_partial: [(usize, usize, CudaFunction); 4],
+    /// The same GEMV taking silu(gate) * up of a gate_up product as its input.
+    awq_partial_silu: [(usize, usize, CudaFunction); 4],
     /// The tensor-core AWQ GEMM: exact (x split in two f16 halves), fast (f16 x).
     awq_mma: CudaFunction,
     awq_mma_fast: CudaFunction,
@@ -396,6 +398,12 @@ impl Kernels {
                 (2, 16, f("awq_gemv_partial_m2_f32")?),
                 (4, 8, f("awq_gemv_partial_m4_f32")?),
                 (8, 4, f("awq_gemv_partial_m8_f32")?),
+            ],
+            awq_partial_silu: [
+                (1, 16, f("awq_gemv_silu_m1_f32")?),
+                (2, 16, f("awq_gemv_silu_m2_f32")?),
+                (4, 8, f("awq_gemv_silu_m4_f32")?),
+                (8, 4, f("awq_gemv_silu_m8_f32")?),
             ],
             awq_mma: f("awq_gemm_mma_f32")?,
             awq_mma_fast: f("awq_gemm_mma_f16x")?,
@@ -699,6 +707,59 @@ impl Kernels {
         if m >= self.mma_min_rows.max(1) {
             return self.awq_mma(s, x, m, w, partial, y, defer);
         }
+        self.awq_gemv(s, x, m, w, partial, counters, y, false)?;
+        Ok(1)
+    }
+
+    /// The down projection of silu(gate) * up for fewer than `mma_min_rows`
+    /// rows, `gate_up` [M, 2K] (K = w.k): the GEMV computes its input as it
+    /// reads it, saving silu_mul's launch; bit for bit what silu_mul then
+    /// `awq_matmul` give.
+    #[allow(clippy::too_many_arguments)]
+    pub fn awq_matmul_silu(
+        &self,
+        s: &CudaStream,
+        gate_up: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<(), CudaError> {
+        check(
+            gate_up.len() >= m * 2 * w.k && y.len() >= m * w.n,
+            "awq silu x/y sizes",
+        )?;
+        check(partial.len() >= w.partial_len(), "awq partial buffer")?;
+        check(counters.len() >= counters_len(w.n), "awq counters")?;
+        check(
+            w.n.is_multiple_of(8) && w.group.is_multiple_of(32) && w.k.is_multiple_of(w.group),
+            "awq shape",
+        )?;
+        check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
+        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true)
+    }
+
+    /// The GEMV path of the AWQ product (sizes checked by the callers); with
+    /// `silu`, x is [M, 2K] gate_up and the input silu(gate) * up.
+    #[allow(clippy::too_many_arguments)]
+    fn awq_gemv(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+        silu: bool,
+    ) -> Result<(), CudaError> {
+        let x_row = if silu { 2 * w.k } else { w.k };
+        let variants = if silu {
+            &self.awq_partial_silu
+        } else {
+            &self.awq_partial
+        };
         let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
         let mut row = 0;
@@ -707,13 +768,12 @@ impl Kernels {
             // variant (1, 2, 4 or 8 rows) that takes it, with rows to spare
             // (3 rows in the 4-row kernel: one launch instead of 2 + 1).
             let rows = (m - row).min(AWQ_MAX_M);
-            let (warps, func) = self
-                .awq_partial
+            let (warps, func) = variants
                 .iter()
                 .find(|(v, _, _)| *v >= rows)
                 .map(|(_, w, f)| (*w, f))
                 .expect("the 8-row variant takes any chunk");
-            let xs = x.slice(row * w.k..(row + rows) * w.k);
+            let xs = x.slice(row * x_row..(row + rows) * x_row);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             let fused = i32::from(rows <= AWQ_FUSED_MAX_ROWS);
             let cfg = LaunchConfig {
@@ -721,7 +781,7 @@ impl Kernels {
                 block_dim: (32, warps as u32, 1),
                 shared_mem_bytes: 0,
             };
-            // xs holds rows * K, qweight K * N/8, zeros/scales K/G * N,
+            // xs holds rows * K (rows * 2K with silu), qweight K * N/8, zeros/scales K/G * N,
             // partial splits * rows * N, ys rows * N, counters one per 256
             // columns, all zero (checked above; each fused launch re-arms them).
             self.launch(
@@ -747,7 +807,7 @@ impl Kernels {
             }
             row += rows;
         }
-        Ok(1)
+        Ok(())
     }
 
     /// y[r, col] = sum over the splits (in order) of partial[split, r, col].

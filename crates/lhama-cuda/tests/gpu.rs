@@ -278,6 +278,88 @@ fn split_products_are_added_up_by_their_consumers() {
     assert!(split_seen >= 4, "only {split_seen} products were split");
 }
 
+/// The GEMV that reads silu(gate) * up from a gate_up product gives what
+/// silu_mul then the GEMV give, bit for bit, for every row variant (1, 2:
+/// the in-kernel reduction; 3-8: the reduction kernel).
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
+fn the_down_gemv_takes_silu_of_gate_up() {
+    let (s, k) = setup();
+    let mut g = SplitMix64::new(27);
+    for &(m, kk, n, group) in &[
+        (1usize, 4096usize, 1024usize, 128usize),
+        (2, 256, 64, 64),
+        (3, 1024, 200, 128),
+        (5, 4096, 1024, 128),
+        (8, 512, 96, 32),
+    ] {
+        let a = random_awq(&mut g, kk, n, group);
+        let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
+        let gu: Vec<f32> = randn(&mut g, m * 2 * kk).iter().map(|v| v * 3.0).collect();
+        let gud = s.clone_htod(&gu).unwrap();
+        let mut partial = s.alloc_zeros::<f32>(w.partial_len()).unwrap();
+        let mut counters = s
+            .alloc_zeros::<u32>(lhama_cuda::kernels::counters_len(n))
+            .unwrap();
+        let mut act = poisoned(&s, m * kk);
+        k.silu_mul(&s, &gud.slice(..), 1, &mut act.slice_mut(..), m, kk)
+            .unwrap();
+        let mut want = poisoned(&s, m * n);
+        k.awq_matmul(
+            &s,
+            &act.slice(..),
+            m,
+            &w,
+            &mut partial,
+            &mut counters,
+            &mut want.slice_mut(..),
+        )
+        .unwrap();
+        let mut got = poisoned(&s, m * n);
+        k.awq_matmul_silu(
+            &s,
+            &gud.slice(..),
+            m,
+            &w,
+            &mut partial,
+            &mut counters,
+            &mut got.slice_mut(..),
+        )
+        .unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let want = back(&s, &want, m * n);
+        assert!(
+            want.iter().all(|v| v.is_finite()),
+            "m={m}: the reference was not written"
+        );
+        assert_eq!(
+            bits(back(&s, &got, m * n)),
+            bits(want),
+            "m={m} k={kk} n={n}: fused silu GEMV vs silu_mul + GEMV"
+        );
+    }
+    // Tensor-core row counts are refused (the backend uses silu_mul there).
+    let a = random_awq(&mut g, 256, 64, 64);
+    let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
+    let m = lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS;
+    let gud = s.clone_htod(&vec![0f32; m * 512]).unwrap();
+    let mut partial = s.alloc_zeros::<f32>(w.partial_len()).unwrap();
+    let mut counters = s.alloc_zeros::<u32>(1).unwrap();
+    let mut y = poisoned(&s, m * 64);
+    assert!(
+        k.awq_matmul_silu(
+            &s,
+            &gud.slice(..),
+            m,
+            &w,
+            &mut partial,
+            &mut counters,
+            &mut y.slice_mut(..)
+        )
+        .is_err()
+    );
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn elementwise_kernels_match_cpu() {
