@@ -1,23 +1,26 @@
-//! The fast path's attention: `kernels::paged_attention` with 512-bit
-//! vectors where the CPU has AVX-512 and the head size is a multiple of 16
-//! (else the exact version runs). Per (token, head): each score is a dot
+//! The fast path's attention over f16 K/V caches: `kernels::paged_attention`
+//! with 512-bit vectors where the CPU has AVX-512 and the head size is 16-128
+//! or 256 (else a portable version, `attention_portable`). The caches are
+//! widened to f32 as they are read. Per (token, head): each score is a dot
 //! product in 16-lane fused multiply-adds reduced once, the exponentials
 //! are taken 16 at a time by a polynomial (relative error about 2e-7, see
 //! `exp16`), and the value rows are summed with unnormalized weights, the
 //! sum divided out once at the end. The arithmetic differs from the exact
 //! version's (the order of additions, the exponential), so results agree
-//! to about 1e-6 relative, not bit for bit; the fast path's fidelity check
-//! (`lhama verify --precision fast`) covers it.
+//! to about 1e-6 relative on the same (f16-held) K/V, not bit for bit; the
+//! fast path's fidelity check (`lhama verify --precision fast`) covers it.
 
+use half::f16;
 use rayon::prelude::*;
 
 use crate::kernels::AttnShape;
 
-/// As `kernels::paged_attention` (same arguments and layout).
+/// As `kernels::paged_attention` (same arguments and layout), over f16
+/// caches.
 pub fn paged_attention_fast(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     seq_of: &[&[u32]],
     positions: &[u32],
     shape: AttnShape,
@@ -30,7 +33,64 @@ pub fn paged_attention_fast(
     {
         return attention_avx512(q, k_cache, v_cache, seq_of, positions, shape, out);
     }
-    crate::kernels::paged_attention(q, k_cache, v_cache, seq_of, positions, shape, out)
+    attention_portable(q, k_cache, v_cache, seq_of, positions, shape, out)
+}
+
+/// The portable version: the exact kernel's arithmetic on the widened rows.
+pub fn attention_portable(
+    q: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    seq_of: &[&[u32]],
+    positions: &[u32],
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    let AttnShape {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        block_size: bs,
+    } = shape;
+    let group = heads / kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.par_chunks_mut(hd).enumerate().for_each_init(
+        || (Vec::new(), vec![0f32; hd]),
+        |(scores, row): &mut (Vec<f32>, Vec<f32>), (i, o)| {
+            let (t, h) = (i / heads, i % heads);
+            let kvh = h / group;
+            let table = seq_of[t];
+            let ctx = positions[t] as usize + 1;
+            let qv = &q[i * hd..][..hd];
+            let slot = |p: usize| ((table[p / bs] as usize * bs + p % bs) * kv_heads + kvh) * hd;
+            let widen = |dst: &mut [f32], src: &[f16]| {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = s.to_f32();
+                }
+            };
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for p in 0..ctx {
+                widen(row, &k_cache[slot(p)..][..hd]);
+                let s = crate::kernels::dot(qv, row) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            o.fill(0.0);
+            for (p, &s) in scores.iter().enumerate() {
+                widen(row, &v_cache[slot(p)..][..hd]);
+                let wgt = s / sum;
+                for (ov, &vv) in o.iter_mut().zip(row.iter()) {
+                    *ov += wgt * vv;
+                }
+            }
+        },
+    );
 }
 
 /// Largest head size the vector version takes (up to 128, and 256).
@@ -45,8 +105,8 @@ fn has_avx512() -> bool {
 #[cfg(target_arch = "x86_64")]
 fn attention_avx512(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     seq_of: &[&[u32]],
     positions: &[u32],
     shape: AttnShape,
@@ -119,8 +179,8 @@ fn attention_avx512(
 #[allow(clippy::too_many_arguments)]
 unsafe fn head_avx512<const C: usize>(
     qv: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     slot: impl Fn(usize) -> usize,
     ctx: usize,
     scale: f32,
@@ -139,9 +199,9 @@ unsafe fn head_avx512<const C: usize>(
         let mut max = f32::NEG_INFINITY;
         for (p, s) in scores[..ctx].iter_mut().enumerate() {
             let kp = k_cache.as_ptr().add(slot(p));
-            let mut acc = _mm512_mul_ps(qr[0], _mm512_loadu_ps(kp));
+            let mut acc = _mm512_mul_ps(qr[0], load16(kp));
             for (c, r) in qr.iter().enumerate().skip(1) {
-                acc = _mm512_fmadd_ps(*r, _mm512_loadu_ps(kp.add(c * 16)), acc);
+                acc = _mm512_fmadd_ps(*r, load16(kp.add(c * 16)), acc);
             }
             *s = _mm512_reduce_add_ps(acc);
             max = max.max(*s);
@@ -163,7 +223,7 @@ unsafe fn head_avx512<const C: usize>(
             let vp = v_cache.as_ptr().add(slot(p));
             let wv = _mm512_set1_ps(w);
             for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(vp.add(c * 16)), *a);
+                *a = _mm512_fmadd_ps(wv, load16(vp.add(c * 16)), *a);
             }
         }
         let iv = _mm512_set1_ps(inv);
@@ -171,6 +231,18 @@ unsafe fn head_avx512<const C: usize>(
             _mm512_storeu_ps(o.as_mut_ptr().add(c * 16), _mm512_mul_ps(*a, iv));
         }
     }
+}
+
+/// 16 f16 at `p` widened to f32.
+///
+/// # Safety
+/// AVX-512 F present; 16 f16 readable at `p`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn load16(p: *const f16) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: as the function's contract says.
+    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
 }
 
 /// e^x for 16 lanes, x ≤ 0 (softmax arguments; −∞ gives 0): x = n ln 2 + r
@@ -285,12 +357,24 @@ mod tests {
                 head_dim: hd,
                 block_size: bs,
             };
+            // The exact kernel on the f16-held values, against both f16
+            // versions.
+            let k16: Vec<f16> = k_cache.iter().map(|&v| f16::from_f32(v)).collect();
+            let v16: Vec<f16> = v_cache.iter().map(|&v| f16::from_f32(v)).collect();
+            let (k32, v32): (Vec<f32>, Vec<f32>) = (
+                k16.iter().map(|v| v.to_f32()).collect(),
+                v16.iter().map(|v| v.to_f32()).collect(),
+            );
             let mut want = vec![f32::NAN; t * heads * hd];
-            crate::kernels::paged_attention(
-                &q, &k_cache, &v_cache, &seq_of, &positions, shape, &mut want,
+            crate::kernels::paged_attention(&q, &k32, &v32, &seq_of, &positions, shape, &mut want);
+            let mut portable = vec![f32::NAN; t * heads * hd];
+            attention_portable(&q, &k16, &v16, &seq_of, &positions, shape, &mut portable);
+            assert_eq!(
+                portable, want,
+                "hd {hd}: the portable version is the exact arithmetic"
             );
             let mut got = vec![f32::NAN; t * heads * hd];
-            paged_attention_fast(&q, &k_cache, &v_cache, &seq_of, &positions, shape, &mut got);
+            paged_attention_fast(&q, &k16, &v16, &seq_of, &positions, shape, &mut got);
             let worst = got
                 .iter()
                 .zip(&want)

@@ -100,9 +100,46 @@ struct CpuLayer {
     /// gate | up
     gate_up: CpuLinear,
     down: CpuLinear,
-    /// [blocks, block_size, kv_heads, head_dim]
-    k_cache: Vec<f32>,
-    v_cache: Vec<f32>,
+    /// [blocks, block_size, kv_heads, head_dim] each
+    kv: KvStore,
+}
+
+/// A layer's K and V caches: f32 on the exact path, f16 on the fast one
+/// (half the bytes; attention widens them as it reads).
+enum KvStore {
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: Vec<f16>, v: Vec<f16> },
+}
+
+impl KvStore {
+    fn new(len: usize, fast: bool) -> Self {
+        if fast {
+            Self::F16 {
+                k: vec![f16::ZERO; len],
+                v: vec![f16::ZERO; len],
+            }
+        } else {
+            Self::F32 {
+                k: vec![0.0; len],
+                v: vec![0.0; len],
+            }
+        }
+    }
+
+    /// Writes one token's K and V rows (kv_dim each) at element `at`.
+    fn write(&mut self, at: usize, k_row: &[f32], v_row: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            Self::F32 { k, v } => {
+                k[at..][..k_row.len()].copy_from_slice(k_row);
+                v[at..][..v_row.len()].copy_from_slice(v_row);
+            }
+            Self::F16 { k, v } => {
+                k[at..][..k_row.len()].convert_from_f32_slice(k_row);
+                v[at..][..v_row.len()].convert_from_f32_slice(v_row);
+            }
+        }
+    }
 }
 
 pub struct CpuBackend {
@@ -117,9 +154,6 @@ pub struct CpuBackend {
     kv: KvGeometry,
     /// Token masks for the next forward_sample (Backend::set_masks).
     masks: Vec<(usize, Vec<u32>)>,
-    /// The fast path: integer products (crate::int8) and the vector
-    /// attention (crate::attention).
-    fast: bool,
 }
 
 /// Per-step buffers, named by what they hold.
@@ -143,9 +177,9 @@ impl CpuBackend {
     }
 
     /// As `new`; with `fast`, every AWQ product takes int16 activations
-    /// against re-laid int4 weights (crate::int8), prefill included, and
-    /// attention runs in 512-bit vectors where the CPU has them
-    /// (crate::attention).
+    /// against re-laid int4 weights (crate::int8), prefill included, K/V are
+    /// held as f16 and attention runs in 512-bit vectors where the CPU has
+    /// them (crate::attention).
     pub fn with_precision(
         config: &LlamaConfig,
         weights: LlamaWeights,
@@ -164,8 +198,7 @@ impl CpuBackend {
                 down: CpuLinear::fused(&[&l.down_proj], fast),
                 input_norm: l.input_layernorm,
                 post_norm: l.post_attention_layernorm,
-                k_cache: vec![0.0; kv_len],
-                v_cache: vec![0.0; kv_len],
+                kv: KvStore::new(kv_len, fast),
             })
             .collect();
         Self {
@@ -177,18 +210,22 @@ impl CpuBackend {
             lm_head,
             kv,
             masks: Vec::new(),
-            fast,
         }
     }
 
-    /// Bytes the KV pool of `num_blocks` blocks takes on this backend.
-    pub fn kv_bytes(config: &LlamaConfig, kv: KvGeometry) -> usize {
+    /// Bytes the KV pool of `num_blocks` blocks takes on this backend (f16
+    /// on the fast path, f32 on the exact one).
+    pub fn kv_bytes(config: &LlamaConfig, kv: KvGeometry, fast: bool) -> usize {
         2 * config.num_layers
             * kv.num_blocks
             * kv.block_size
             * config.num_kv_heads
             * config.head_dim
-            * std::mem::size_of::<f32>()
+            * if fast {
+                std::mem::size_of::<f16>()
+            } else {
+                std::mem::size_of::<f32>()
+            }
     }
 
     fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) {
@@ -236,8 +273,11 @@ impl CpuBackend {
             for (i, row) in s.qkv.chunks_exact(q_dim + 2 * kv_dim).enumerate() {
                 let p = batch.positions[i] as usize;
                 let slot = (seq_of[i][p / bs] as usize * bs + p % bs) * kv_dim;
-                layer.k_cache[slot..][..kv_dim].copy_from_slice(&k_rows[i * kv_dim..][..kv_dim]);
-                layer.v_cache[slot..][..kv_dim].copy_from_slice(&row[q_dim + kv_dim..]);
+                layer.kv.write(
+                    slot,
+                    &k_rows[i * kv_dim..][..kv_dim],
+                    &row[q_dim + kv_dim..],
+                );
             }
             let shape = AttnShape {
                 heads,
@@ -245,20 +285,26 @@ impl CpuBackend {
                 head_dim: hd,
                 block_size: bs,
             };
-            let attention = if self.fast {
-                attention::paged_attention_fast
-            } else {
-                kernels::paged_attention
-            };
-            attention(
-                &s.q,
-                &layer.k_cache,
-                &layer.v_cache,
-                &seq_of,
-                batch.positions,
-                shape,
-                &mut s.attn,
-            );
+            match &layer.kv {
+                KvStore::F32 { k, v } => kernels::paged_attention(
+                    &s.q,
+                    k,
+                    v,
+                    &seq_of,
+                    batch.positions,
+                    shape,
+                    &mut s.attn,
+                ),
+                KvStore::F16 { k, v } => attention::paged_attention_fast(
+                    &s.q,
+                    k,
+                    v,
+                    &seq_of,
+                    batch.positions,
+                    shape,
+                    &mut s.attn,
+                ),
+            }
             layer.o.forward(&s.attn, t, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);
 
