@@ -105,18 +105,20 @@ struct CpuLayer {
 }
 
 /// A layer's K and V caches: f32 on the exact path, f16 on the fast one
-/// (half the bytes; attention widens them as it reads).
+/// (half the bytes; attention widens them as it reads). The f16 caches are
+/// held as their bits, so that the pool is allocated zeroed (its pages
+/// touched only when used, as for the f32 one).
 enum KvStore {
     F32 { k: Vec<f32>, v: Vec<f32> },
-    F16 { k: Vec<f16>, v: Vec<f16> },
+    F16 { k: Vec<u16>, v: Vec<u16> },
 }
 
 impl KvStore {
     fn new(len: usize, fast: bool) -> Self {
         if fast {
             Self::F16 {
-                k: vec![f16::ZERO; len],
-                v: vec![f16::ZERO; len],
+                k: vec![0; len],
+                v: vec![0; len],
             }
         } else {
             Self::F32 {
@@ -128,15 +130,19 @@ impl KvStore {
 
     /// Writes one token's K and V rows (kv_dim each) at element `at`.
     fn write(&mut self, at: usize, k_row: &[f32], v_row: &[f32]) {
-        use half::slice::HalfFloatSliceExt;
+        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
         match self {
             Self::F32 { k, v } => {
                 k[at..][..k_row.len()].copy_from_slice(k_row);
                 v[at..][..v_row.len()].copy_from_slice(v_row);
             }
             Self::F16 { k, v } => {
-                k[at..][..k_row.len()].convert_from_f32_slice(k_row);
-                v[at..][..v_row.len()].convert_from_f32_slice(v_row);
+                k[at..][..k_row.len()]
+                    .reinterpret_cast_mut::<f16>()
+                    .convert_from_f32_slice(k_row);
+                v[at..][..v_row.len()]
+                    .reinterpret_cast_mut::<f16>()
+                    .convert_from_f32_slice(v_row);
             }
         }
     }
@@ -297,8 +303,8 @@ impl CpuBackend {
                 ),
                 KvStore::F16 { k, v } => attention::paged_attention_fast(
                     &s.q,
-                    k,
-                    v,
+                    half::slice::HalfBitsSliceExt::reinterpret_cast(k.as_slice()),
+                    half::slice::HalfBitsSliceExt::reinterpret_cast(v.as_slice()),
                     &seq_of,
                     batch.positions,
                     shape,
