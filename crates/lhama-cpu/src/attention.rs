@@ -46,51 +46,7 @@ pub fn attention_portable(
     shape: AttnShape,
     out: &mut [f32],
 ) {
-    let AttnShape {
-        heads,
-        kv_heads,
-        head_dim: hd,
-        block_size: bs,
-    } = shape;
-    let group = heads / kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::new(), vec![0f32; hd]),
-        |(scores, row): &mut (Vec<f32>, Vec<f32>), (i, o)| {
-            let (t, h) = (i / heads, i % heads);
-            let kvh = h / group;
-            let table = seq_of[t];
-            let ctx = positions[t] as usize + 1;
-            let qv = &q[i * hd..][..hd];
-            let slot = |p: usize| ((table[p / bs] as usize * bs + p % bs) * kv_heads + kvh) * hd;
-            let widen = |dst: &mut [f32], src: &[f16]| {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d = s.to_f32();
-                }
-            };
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for p in 0..ctx {
-                widen(row, &k_cache[slot(p)..][..hd]);
-                let s = crate::kernels::dot(qv, row) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            o.fill(0.0);
-            for (p, &s) in scores.iter().enumerate() {
-                widen(row, &v_cache[slot(p)..][..hd]);
-                let wgt = s / sum;
-                for (ov, &vv) in o.iter_mut().zip(row.iter()) {
-                    *ov += wgt * vv;
-                }
-            }
-        },
-    );
+    crate::kernels::paged_attention_over(q, k_cache, v_cache, seq_of, positions, shape, out)
 }
 
 /// Largest head size the vector version takes (up to 128, and 256).

@@ -384,6 +384,41 @@ pub fn paged_attention(
     shape: AttnShape,
     out: &mut [f32],
 ) {
+    paged_attention_over(q, k_cache, v_cache, seq_of, positions, shape, out)
+}
+
+/// A K/V cache element the attention reads as f32.
+pub trait KvElem: Copy + Send + Sync {
+    /// `src` as f32: itself, or widened into `buf` (as long as `src`).
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    fn as_f32<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl KvElem for half::f16 {
+    fn as_f32<'a>(src: &'a [half::f16], buf: &'a mut [f32]) -> &'a [f32] {
+        for (d, s) in buf.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+        &buf[..src.len()]
+    }
+}
+
+/// `paged_attention` over caches of f32 or of f16 (widened row by row, the
+/// same arithmetic after that).
+pub fn paged_attention_over<T: KvElem>(
+    q: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
+    seq_of: &[&[u32]],
+    positions: &[u32],
+    shape: AttnShape,
+    out: &mut [f32],
+) {
     let AttnShape {
         heads,
         kv_heads,
@@ -392,9 +427,9 @@ pub fn paged_attention(
     } = shape;
     let group = heads / kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+    out.par_chunks_mut(hd).enumerate().for_each_init(
+        || (Vec::new(), vec![0f32; hd]),
+        |(scores, buf): &mut (Vec<f32>, Vec<f32>), (i, o)| {
             let (t, h) = (i / heads, i % heads);
             let kvh = h / group;
             let table = seq_of[t];
@@ -404,7 +439,7 @@ pub fn paged_attention(
             scores.clear();
             let mut max = f32::NEG_INFINITY;
             for p in 0..ctx {
-                let s = dot(qv, &k_cache[slot(p)..][..hd]) * scale;
+                let s = dot(qv, T::as_f32(&k_cache[slot(p)..][..hd], buf)) * scale;
                 max = max.max(s);
                 scores.push(s);
             }
@@ -416,11 +451,12 @@ pub fn paged_attention(
             o.fill(0.0);
             for (p, &s) in scores.iter().enumerate() {
                 let wgt = s / sum;
-                for (ov, &vv) in o.iter_mut().zip(&v_cache[slot(p)..][..hd]) {
+                for (ov, &vv) in o.iter_mut().zip(T::as_f32(&v_cache[slot(p)..][..hd], buf)) {
                     *ov += wgt * vv;
                 }
             }
-        });
+        },
+    );
 }
 
 #[cfg(test)]

@@ -179,6 +179,22 @@ impl GpuAwq {
     }
 }
 
+/// What every AWQ product needs of its weights and scratch: the shape the
+/// kernels take (N % 8, G % 32, K % G), `partial` for a GEMV launch's splits
+/// and a counter per 256 columns.
+fn check_awq(
+    w: &GpuAwq,
+    partial: &CudaSlice<f32>,
+    counters: &CudaSlice<u32>,
+) -> Result<(), CudaError> {
+    check(partial.len() >= w.partial_len(), "awq partial buffer")?;
+    check(counters.len() >= counters_len(w.n), "awq counters")?;
+    check(
+        w.n.is_multiple_of(8) && w.group.is_multiple_of(32) && w.k.is_multiple_of(w.group),
+        "awq shape",
+    )
+}
+
 pub struct Kernels {
     _module: Arc<CudaModule>,
     embedding: CudaFunction,
@@ -698,12 +714,7 @@ impl Kernels {
         defer: bool,
     ) -> Result<usize, CudaError> {
         check(x.len() >= m * w.k && y.len() >= m * w.n, "awq x/y sizes")?;
-        check(partial.len() >= w.partial_len(), "awq partial buffer")?;
-        check(counters.len() >= counters_len(w.n), "awq counters")?;
-        check(
-            w.n.is_multiple_of(8) && w.group.is_multiple_of(32) && w.k.is_multiple_of(w.group),
-            "awq shape",
-        )?;
+        check_awq(w, partial, counters)?;
         if m >= self.mma_min_rows.max(1) {
             return self.awq_mma(s, x, m, w, partial, y, defer);
         }
@@ -730,12 +741,7 @@ impl Kernels {
             gate_up.len() >= m * 2 * w.k && y.len() >= m * w.n,
             "awq silu x/y sizes",
         )?;
-        check(partial.len() >= w.partial_len(), "awq partial buffer")?;
-        check(counters.len() >= counters_len(w.n), "awq counters")?;
-        check(
-            w.n.is_multiple_of(8) && w.group.is_multiple_of(32) && w.k.is_multiple_of(w.group),
-            "awq shape",
-        )?;
+        check_awq(w, partial, counters)?;
         check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
         self.awq_gemv(s, gate_up, m, w, partial, counters, y, true)
     }
