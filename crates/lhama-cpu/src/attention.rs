@@ -1,6 +1,7 @@
 //! The fast path's attention over f16 K/V caches: `kernels::paged_attention`
 //! with 512-bit vectors where the CPU has AVX-512 and the head size is 16-128
-//! or 256 (else a portable version, `attention_portable`). The caches are
+//! or 256 (else the exact kernel's arithmetic on the widened rows,
+//! `kernels::paged_attention_over`). The caches are
 //! widened to f32 as they are read. Per (token, head): each score is a dot
 //! product in 16-lane fused multiply-adds reduced once, the exponentials
 //! are taken 16 at a time by a polynomial (relative error about 2e-7, see
@@ -33,19 +34,6 @@ pub fn paged_attention_fast(
     {
         return attention_avx512(q, k_cache, v_cache, seq_of, positions, shape, out);
     }
-    attention_portable(q, k_cache, v_cache, seq_of, positions, shape, out)
-}
-
-/// The portable version: the exact kernel's arithmetic on the widened rows.
-pub fn attention_portable(
-    q: &[f32],
-    k_cache: &[f16],
-    v_cache: &[f16],
-    seq_of: &[&[u32]],
-    positions: &[u32],
-    shape: AttnShape,
-    out: &mut [f32],
-) {
     crate::kernels::paged_attention_over(q, k_cache, v_cache, seq_of, positions, shape, out)
 }
 
@@ -81,6 +69,22 @@ fn attention_avx512(
         q.len() >= t * heads * hd && out.len() >= t * heads * hd && seq_of.len() >= t,
         "attention: q, out or the block tables are shorter than the batch"
     );
+    // Every slot a token's context reads is inside the caches (the engine's
+    // block tables cover the positions; checked once per token here, for
+    // all its heads, so the vector loads below stay in bounds).
+    let block_len = bs * kv_heads * hd;
+    assert!(
+        (0..t).all(|tok| {
+            let blocks = (positions[tok] as usize + 1).div_ceil(bs);
+            let table = seq_of[tok];
+            blocks <= table.len()
+                && table[..blocks].iter().all(|&b| {
+                    let end = (b as usize + 1) * block_len;
+                    end <= k_cache.len() && end <= v_cache.len()
+                })
+        }),
+        "attention: a block table reaches outside the KV pool"
+    );
     out[..t * heads * hd]
         .par_chunks_mut(hd)
         .enumerate()
@@ -90,17 +94,6 @@ fn attention_avx512(
             let table = seq_of[tok];
             let ctx = positions[tok] as usize + 1;
             let slot = |p: usize| ((table[p / bs] as usize * bs + p % bs) * kv_heads + kvh) * hd;
-            // Every slot the context reads is inside the caches (the
-            // engine's block tables cover the positions; checked here so the
-            // vector loads below stay in bounds).
-            assert!(
-                ctx.div_ceil(bs) <= table.len()
-                    && (0..ctx.div_ceil(bs)).all(|b| {
-                        let end = ((table[b] as usize + 1) * bs * kv_heads) * hd;
-                        end <= k_cache.len() && end <= v_cache.len()
-                    }),
-                "attention: a block table reaches outside the KV pool"
-            );
             scores.clear();
             scores.resize(ctx.next_multiple_of(16), f32::NEG_INFINITY);
             let qv = &q[i * hd..][..hd];
@@ -324,7 +317,15 @@ mod tests {
             let mut want = vec![f32::NAN; t * heads * hd];
             crate::kernels::paged_attention(&q, &k32, &v32, &seq_of, &positions, shape, &mut want);
             let mut portable = vec![f32::NAN; t * heads * hd];
-            attention_portable(&q, &k16, &v16, &seq_of, &positions, shape, &mut portable);
+            crate::kernels::paged_attention_over(
+                &q,
+                &k16,
+                &v16,
+                &seq_of,
+                &positions,
+                shape,
+                &mut portable,
+            );
             assert_eq!(
                 portable, want,
                 "hd {hd}: the portable version is the exact arithmetic"
