@@ -496,6 +496,7 @@ async fn drain(state: &AppState, grace: Duration, closing: &tokio::sync::watch::
     }
     tracing::warn!(
         in_flight = in_flight.get(),
+        closing_connections = in_flight.closing(),
         "grace period over: cutting the requests still running"
     );
     let _ = state.0.cut.send(true);
@@ -506,7 +507,8 @@ async fn drain(state: &AppState, grace: Duration, closing: &tokio::sync::watch::
     {
         tracing::warn!(
             in_flight = in_flight.get(),
-            "exiting with requests still in flight"
+            closing_connections = in_flight.closing(),
+            "exiting with requests or responses still in flight"
         );
     }
 }

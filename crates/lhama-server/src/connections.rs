@@ -5,7 +5,8 @@
 //! One task per connection drives hyper's HTTP/1 state machine over the
 //! router. A request is "in flight" from the moment hyper hands it to the
 //! router until its response body has been sent or dropped, so a streamed
-//! response counts until its last event.
+//! response counts until its last event; during a shutdown, a connection
+//! counts until hyper has written its last response and closed it.
 
 use std::convert::Infallible;
 use std::io;
@@ -42,27 +43,54 @@ pub struct ConnLimits {
     pub keep_alive_timeout: Duration,
 }
 
-/// Requests in flight, server-wide: what graceful shutdown waits for.
+/// What graceful shutdown waits for, server-wide: requests in flight (from
+/// the router's call until their body ends), and connections closing after
+/// their last response, until it is written. A body ends when its last
+/// bytes are handed to hyper, which may still hold them while the socket is
+/// full: exiting then would cut the response short.
 #[derive(Debug, Default)]
 pub struct InFlight {
     count: AtomicUsize,
+    closing: AtomicUsize,
     changed: tokio::sync::Notify,
 }
 
 impl InFlight {
+    /// Requests in flight.
     pub fn get(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Waits until no request is in flight.
+    /// Connections still writing their last response.
+    pub fn closing(&self) -> usize {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no request is in flight and every closing connection
+    /// has written its last response.
     pub async fn idle(&self) {
         loop {
             let notified = self.changed.notified();
-            if self.get() == 0 {
+            if self.get() == 0 && self.closing() == 0 {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// Counts a connection as closing until the value is dropped.
+    fn closing_connection(self: &Arc<Self>) -> ClosingGuard {
+        self.closing.fetch_add(1, Ordering::SeqCst);
+        ClosingGuard(self.clone())
+    }
+}
+
+struct ClosingGuard(Arc<InFlight>);
+
+impl Drop for ClosingGuard {
+    fn drop(&mut self) {
+        self.0.closing.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -75,6 +103,9 @@ const NO_HEAD: u64 = u64::MAX;
 struct Activity {
     start: Instant,
     busy: AtomicUsize,
+    /// Whether a request has begun on this connection (its response may
+    /// still be being written after its body ended).
+    served: std::sync::atomic::AtomicBool,
     last_ms: AtomicU64,
     head_ms: AtomicU64,
     /// Signalled when a request on this connection starts or ends, or a head
@@ -156,6 +187,7 @@ struct RequestGuard {
 impl RequestGuard {
     fn new(conn: Arc<Activity>, server: Arc<InFlight>) -> Self {
         conn.busy.fetch_add(1, Ordering::SeqCst);
+        conn.served.store(true, Ordering::SeqCst);
         conn.head_ms.store(NO_HEAD, Ordering::Relaxed);
         // The connection's task re-arms its branches: with a request in
         // flight it watches for the client's end of file.
@@ -314,6 +346,7 @@ async fn serve_connection(
     let activity = Arc::new(Activity {
         start: Instant::now(),
         busy: AtomicUsize::new(0),
+        served: std::sync::atomic::AtomicBool::new(false),
         last_ms: AtomicU64::new(0),
         head_ms: AtomicU64::new(NO_HEAD),
         changed: tokio::sync::Notify::new(),
@@ -334,6 +367,7 @@ async fn serve_connection(
     });
     let conn_activity = activity.clone();
     let request_eof = eof.clone();
+    let in_flight = state.0.in_flight.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(request_eof.clone());
         let guard = RequestGuard::new(conn_activity.clone(), state.0.in_flight.clone());
@@ -363,6 +397,9 @@ async fn serve_connection(
     // Accepted during the drain: its requests are answered 503 with
     // `Connection: close` (see close_while_draining), which closes it.
     let mut shutting = *closing.borrow();
+    // Held from the shutdown's start until this connection has written its
+    // last response and closed.
+    let mut _closing_guard = None;
     loop {
         // While a request is in flight no clock runs; its end starts the
         // idle clock again, and a head's first byte the header clock. The deadline is re-read after every
@@ -380,13 +417,20 @@ async fn serve_connection(
             }
             changed = closing.changed(), if !shutting => {
                 if changed.is_err() || *closing.borrow() {
-                    if activity.busy.load(Ordering::SeqCst) == 0 {
-                        // Idle, or a request head still arriving: nothing to
-                        // finish (hyper's graceful close would wait for the
-                        // head of a connection's first request).
+                    if activity.busy.load(Ordering::SeqCst) == 0
+                        && !activity.served.load(Ordering::SeqCst)
+                    {
+                        // No request yet, perhaps its head arriving: nothing
+                        // to finish (hyper's graceful close would wait for
+                        // the head of a connection's first request).
                         return;
                     }
+                    // A request in flight, or a response perhaps still
+                    // being written: hyper finishes it and closes (an idle
+                    // kept-alive connection, or one with a later request's
+                    // head half-received, closes at once).
                     shutting = true;
+                    _closing_guard = Some(in_flight.closing_connection());
                     conn.as_mut().graceful_shutdown();
                 }
             }
@@ -433,5 +477,129 @@ pub fn close_while_draining(state: &AppState, response: &mut Response<Body>) {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use axum::routing::get;
+
+    use super::*;
+    use crate::state::ServerConfig;
+
+    const FRAMES: usize = 256;
+    const FRAME: usize = 1024;
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            served_model_names: vec!["m".into()],
+            api_keys: Vec::new(),
+            max_body_bytes: 1 << 20,
+            max_queue_requests: 8,
+            max_queue_tokens: 1 << 16,
+            cors_origins: Vec::new(),
+            body_read_timeout: Duration::from_secs(10),
+            system_prompt_merge: false,
+            chat_ui: false,
+        }
+    }
+
+    /// The body of a chunked response, decoded; `None` if it does not end
+    /// with the last chunk.
+    fn dechunk(raw: &[u8]) -> Option<Vec<u8>> {
+        let at = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let mut rest = &raw[at..];
+        let mut body = Vec::new();
+        loop {
+            let line = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).ok()?, 16).ok()?;
+            rest = &rest[line + 2..];
+            if size == 0 {
+                return (rest == b"\r\n").then_some(body);
+            }
+            body.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+    }
+
+    /// Graceful shutdown waits until a response's last bytes are written,
+    /// not only until its body has ended: with a slow reader and a full
+    /// socket, hyper still holds the tail when the body ends, and the
+    /// process exiting then (here: the connection's task dropped as soon as
+    /// `idle` resolves) cut the response short.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_drain_waits_for_the_last_response_to_be_written() {
+        let app = Router::new().route(
+            "/big",
+            get(|| async {
+                let frames = (0..FRAMES).map(|_| Ok::<_, Infallible>(vec![b'x'; FRAME]));
+                Body::from_stream(futures_util::stream::iter(frames))
+            }),
+        );
+        let state = AppState::new(config());
+        let limits = ConnLimits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(10),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            socket.connect(&addr.into()).unwrap();
+            let mut s: std::net::TcpStream = socket.into();
+            s.write_all(b"GET /big HTTP/1.1\r\nhost: m\r\n\r\n")
+                .unwrap();
+            go_rx.recv().unwrap();
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 1024];
+            loop {
+                std::thread::sleep(Duration::from_micros(500));
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return raw,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&stream)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let (closing_tx, closing_rx) = watch::channel(false);
+        let task = tokio::spawn(serve_connection(
+            stream,
+            app,
+            state.clone(),
+            limits,
+            closing_rx,
+        ));
+        let in_flight = state.0.in_flight.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_flight.get() == 0 {
+            assert!(Instant::now() < deadline, "the request never began");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        closing_tx.send(true).unwrap();
+        while in_flight.closing() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the connection was not counted as closing"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        go_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), in_flight.idle())
+            .await
+            .expect("the drain never ended");
+        task.abort();
+        let raw = client.join().unwrap();
+        let body = dechunk(&raw).expect("the response was cut short");
+        assert_eq!(body.len(), FRAMES * FRAME);
+        assert_eq!((in_flight.get(), in_flight.closing()), (0, 0));
     }
 }
