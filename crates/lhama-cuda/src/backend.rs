@@ -227,6 +227,8 @@ impl CudaBackend {
 
         // Budget: weights + workspace + KV must fit in utilization * total.
         let (free, total) = ctx.mem_get_info()?;
+        let fragments = opts.precision == Precision::Fast && k.gemv_mma_on;
+        let qweight_copies = if fragments { 2 } else { 1 };
         let weight_bytes: usize = weights.embed_tokens.len() * 2
             + weights.lm_head.as_ref().map_or(0, |l| l.len() * 2)
             + weights
@@ -244,7 +246,11 @@ impl CudaBackend {
                     ]
                     .iter()
                     .map(|p| match p {
-                        LinearWeights::Awq(a) => a.qweight.len() * 4 + 2 * a.scales.len() * 4,
+                        // The fast path adds a fragment-ordered copy of
+                        // qweight (at most: where the shape fits).
+                        LinearWeights::Awq(a) => {
+                            a.qweight.len() * 4 * qweight_copies + 2 * a.scales.len() * 4
+                        }
                         LinearWeights::Dense { weight, .. } => weight.len() * 4,
                     })
                     .sum::<usize>()
@@ -295,7 +301,7 @@ impl CudaBackend {
         }
 
         let fused = |parts: &[&LinearWeights]| -> Result<GpuAwq, CudaError> {
-            GpuAwq::upload(&stream, &FusedAwq::new(&awq_parts(parts)?))
+            GpuAwq::upload_for(&stream, &FusedAwq::new(&awq_parts(parts)?), fragments)
         };
         let cache_len = num_blocks * opts.block_size * kv_dim;
         let mut layers = Vec::with_capacity(config.num_layers);

@@ -25,6 +25,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("lm_head.cu", include_str!("../../../kernels/lm_head.cu")),
     ("gemm_mma.cu", include_str!("../../../kernels/gemm_mma.cu")),
+    ("gemv_mma.cu", include_str!("../../../kernels/gemv_mma.cu")),
     ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
 ];
 
@@ -61,6 +62,8 @@ pub const KERNELS: &[&str] = &[
     "awq_gemm_mma_f32",
     "awq_gemm_mma_f16x",
     "lm_head_mma_f16_f32",
+    "awq_gemv_mma_f16x",
+    "awq_gemv_mma_silu_f16x",
     "sample_rows_f32",
     "apply_token_masks",
 ];

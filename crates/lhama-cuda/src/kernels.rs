@@ -29,9 +29,55 @@ pub const DEFER_MAX_ROWS: usize = 128;
 /// GEMV launch itself; larger ones use the separate reduce kernel.
 pub const AWQ_FUSED_MAX_ROWS: usize = 2;
 
-/// Tile counters the GEMV needs for N outputs (one per 256 columns).
+/// Tile counters the GEMV needs for N outputs (one per 64 columns: the
+/// tensor-core GEMV's tile; the f32 GEMV uses one per 256).
 pub fn counters_len(n: usize) -> usize {
-    n.div_ceil(256)
+    n.div_ceil(GEMV_MMA_COLS)
+}
+
+/// Columns one block of the tensor-core GEMV covers (GEMV_MMA_WARPS × 16 in
+/// gemv_mma.cu), and the K one split of it takes (GEMV_MMA_K).
+const GEMV_MMA_COLS: usize = 64;
+const GEMV_MMA_K: usize = 256;
+
+/// Whether the tensor-core GEMV takes a product of this shape (N % 16,
+/// K % 256, G % 64: its tiles, splits and groups).
+pub fn gemv_mma_fits(k: usize, n: usize, group: usize) -> bool {
+    n.is_multiple_of(16) && k.is_multiple_of(GEMV_MMA_K) && group.is_multiple_of(64) && group > 0
+}
+
+/// The 4-bit weight q[k][n] of an AWQ `qweight` [K, N/8].
+fn awq_nibble(qweight: &[u32], n: usize, k: usize, col: usize) -> u32 {
+    lhama_model::awq::unpack(qweight[k * (n / 8) + col / 8], col % 8)
+}
+
+/// `qweight` [K, N/8] re-laid in the tensor-core GEMV's fragment order
+/// (gemv_mma.cu): [N/16][K/64][32 lanes][4 words], word t of lane L in
+/// (column tile nt, k quad kq) holding, for i in 0..4, q[k][n] at bits 4i and
+/// q[k + 1][n] at bits 16 + 4i, where n = 16 nt + L / 4 + 8 (i % 2) and
+/// k = 16 (4 kq + t) + 2 (L % 4) + 8 (i / 2): the A fragments of
+/// mma.sync m16n8k16 for W^T. The caller checks `gemv_mma_fits`.
+pub fn fragment_order(qweight: &[u32], k: usize, n: usize) -> Vec<u32> {
+    let quads = k / 64;
+    let mut out = vec![0u32; k * n / 8];
+    for nt in 0..n / 16 {
+        for kq in 0..quads {
+            for lane in 0..32 {
+                let (gid, tig) = (lane / 4, lane % 4);
+                for t in 0..4 {
+                    let mut word = 0u32;
+                    for i in 0..4 {
+                        let col = 16 * nt + gid + 8 * (i % 2);
+                        let row = 16 * (4 * kq + t) + 2 * tig + 8 * (i / 2);
+                        word |= awq_nibble(qweight, n, row, col) << (4 * i);
+                        word |= awq_nibble(qweight, n, row + 1, col) << (16 + 4 * i);
+                    }
+                    out[((nt * quads + kq) * 32 + lane) * 4 + t] = word;
+                }
+            }
+        }
+    }
+    out
 }
 /// Warps per attention block (ATTN_WARPS in attention.cu).
 pub const ATTENTION_WARPS: usize = 8;
@@ -152,13 +198,32 @@ pub struct GpuAwq {
     pub zeros: CudaSlice<f32>,
     /// [K/G, N]
     pub scales: CudaSlice<f32>,
+    /// `qweight` in the tensor-core GEMV's fragment order (`fragment_order`),
+    /// where its shape fits (`gemv_mma_fits`) and the fast path may use it.
+    pub frag: Option<CudaSlice<u32>>,
 }
 
 impl GpuAwq {
+    /// The layer with its fragment-ordered copy where the shape fits.
     pub fn upload(
         stream: &Arc<CudaStream>,
         f: &lhama_model::weights::FusedAwq,
     ) -> Result<Self, CudaError> {
+        Self::upload_for(stream, f, true)
+    }
+
+    /// The layer, with the fragment-ordered copy only if `fragments` (the
+    /// tensor-core GEMV is on and the precision fast: nothing else reads it).
+    pub fn upload_for(
+        stream: &Arc<CudaStream>,
+        f: &lhama_model::weights::FusedAwq,
+        fragments: bool,
+    ) -> Result<Self, CudaError> {
+        let frag = if fragments && gemv_mma_fits(f.k, f.n, f.group) {
+            Some(stream.clone_htod(&fragment_order(&f.qweight, f.k, f.n))?)
+        } else {
+            None
+        };
         Ok(Self {
             k: f.k,
             n: f.n,
@@ -166,6 +231,7 @@ impl GpuAwq {
             qweight: stream.clone_htod(&f.qweight)?,
             zeros: stream.clone_htod(&f.zeros)?,
             scales: stream.clone_htod(&f.scales)?,
+            frag,
         })
     }
 
@@ -175,7 +241,10 @@ impl GpuAwq {
     }
 
     pub fn bytes(&self) -> usize {
-        self.qweight.num_bytes() + self.zeros.num_bytes() + self.scales.num_bytes()
+        self.qweight.num_bytes()
+            + self.zeros.num_bytes()
+            + self.scales.num_bytes()
+            + self.frag.as_ref().map_or(0, |f| f.num_bytes())
     }
 }
 
@@ -204,6 +273,8 @@ pub struct Kernels {
     awq_partial: [(usize, usize, CudaFunction); 4],
     /// The same GEMV taking silu(gate) * up of a gate_up product as its input.
     awq_partial_silu: [(usize, usize, CudaFunction); 4],
+    /// The tensor-core GEMV of 1-8 rows (fast path): (x, silu(gate) * up).
+    gemv_mma: (CudaFunction, CudaFunction),
     /// The tensor-core AWQ GEMM: exact (x split in two f16 halves), fast (f16 x).
     awq_mma: CudaFunction,
     awq_mma_fast: CudaFunction,
@@ -225,6 +296,10 @@ pub struct Kernels {
     /// AWQ products of at least this many rows use the tensor-core GEMM;
     /// fewer rows use the GEMV kernels.
     pub mma_min_rows: usize,
+    /// Fast-path products of 1-8 rows use the tensor-core GEMV where the
+    /// layer has fragment-ordered weights. Off unless LHAMA_GEMV_MMA=1: it
+    /// has not yet run on a GPU (its tests are in tests/gpu.rs).
+    pub gemv_mma_on: bool,
     /// lm_head over at least this many rows uses the tensor-core GEMM.
     pub lm_head_mma_min_rows: usize,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
@@ -421,6 +496,7 @@ impl Kernels {
                 (4, 8, f("awq_gemv_silu_m4_f32")?),
                 (8, 4, f("awq_gemv_silu_m8_f32")?),
             ],
+            gemv_mma: (f("awq_gemv_mma_f16x")?, f("awq_gemv_mma_silu_f16x")?),
             awq_mma: f("awq_gemm_mma_f32")?,
             awq_mma_fast: f("awq_gemm_mma_f16x")?,
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
@@ -441,6 +517,7 @@ impl Kernels {
             _module: module,
             pdl: major >= 9 && std::env::var("LHAMA_CUDA_PDL").map_or(true, |v| v != "0"),
             mma_min_rows: env_rows("LHAMA_MMA_MIN_ROWS")?.unwrap_or(DEFAULT_MMA_MIN_ROWS),
+            gemv_mma_on: std::env::var("LHAMA_GEMV_MMA").is_ok_and(|v| v == "1"),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             // Kernel-level tests compare with the f32 reference; the backend
@@ -761,6 +838,13 @@ impl Kernels {
         silu: bool,
     ) -> Result<(), CudaError> {
         let x_row = if silu { 2 * w.k } else { w.k };
+        if let Some(frag) = w.frag.as_ref().filter(|_| {
+            self.precision == Precision::Fast
+                && self.gemv_mma_on
+                && gemv_mma_fits(w.k, w.n, w.group)
+        }) {
+            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu);
+        }
         let variants = if silu {
             &self.awq_partial_silu
         } else {
@@ -811,6 +895,67 @@ impl Kernels {
             if fused == 0 {
                 self.reduce_partials(s, partial, &mut ys, splits, rows, w.n)?;
             }
+            row += rows;
+        }
+        Ok(())
+    }
+
+    /// The tensor-core GEMV (gemv_mma.cu) in chunks of up to 8 rows; each
+    /// launch adds its K splits up itself (sizes checked by the callers,
+    /// the shape by `gemv_mma_fits`).
+    #[allow(clippy::too_many_arguments)]
+    fn awq_gemv_mma(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        x_row: usize,
+        m: usize,
+        w: &GpuAwq,
+        frag: &CudaSlice<u32>,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+        silu: bool,
+    ) -> Result<(), CudaError> {
+        check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
+        let func = if silu {
+            &self.gemv_mma.1
+        } else {
+            &self.gemv_mma.0
+        };
+        let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
+        let splits = w.k / GEMV_MMA_K;
+        let cfg = LaunchConfig {
+            grid_dim: (grid(w.n, GEMV_MMA_COLS), splits as u32, 1),
+            block_dim: ((GEMV_MMA_COLS / 16 * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut row = 0;
+        while row < m {
+            let rows = (m - row).min(AWQ_MAX_M);
+            let xs = x.slice(row * x_row..(row + rows) * x_row);
+            let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
+            // xs holds rows * K (2K with silu), frag K * N/8, zeros/scales
+            // K/G * N, partial K/256 * rows * N (within partial_len), ys
+            // rows * N, counters one per 64 columns, zero (re-armed by the
+            // launch).
+            self.launch(
+                s,
+                func,
+                cfg,
+                Args::new(s)
+                    .buf(&xs)
+                    .buf(frag)
+                    .buf(&w.zeros)
+                    .buf(&w.scales)
+                    .buf_mut(partial)
+                    .buf_mut(&mut ys)
+                    .buf_mut(counters)
+                    .i32(k)
+                    .i32(n)
+                    .i32(g)
+                    .i32(i32_of(rows)),
+            )?;
             row += rows;
         }
         Ok(())
@@ -1307,6 +1452,47 @@ impl Kernels {
 mod tests {
     use super::*;
     use lhama_model::{DrawParams, RowSampling, SeqSlice};
+
+    /// Each lane's words, read as mma.sync m16n8k16's A fragments by the
+    /// PTX ISA's rule (register r of lane L holds A[row][col], A[row][col + 1]
+    /// at its low and high 16 bits, row = L / 4 + 8 (r % 2), col = 2 (L % 4) +
+    /// 8 (r / 2)), with A = W^T of the tile, give back every q[k][n] of the
+    /// AWQ matrix: the nibble of register r sits at bits 4r (low half) and
+    /// 16 + 4r (high half), as the kernel's bit trick takes it.
+    #[test]
+    fn fragment_order_gives_each_lane_its_mma_fragments() {
+        let (k, n) = (256, 48);
+        let mut rng = lhama_model::rng::SplitMix64::new(3);
+        let qweight: Vec<u32> = (0..k * n / 8).map(|_| rng.next_u64() as u32).collect();
+        let frag = fragment_order(&qweight, k, n);
+        assert_eq!(frag.len(), qweight.len());
+        let q =
+            |kk: usize, nn: usize| lhama_model::awq::unpack(qweight[kk * (n / 8) + nn / 8], nn % 8);
+        let mut seen = 0usize;
+        for nt in 0..n / 16 {
+            for kt in 0..k / 16 {
+                for lane in 0..32 {
+                    let word = frag[((nt * (k / 64) + kt / 4) * 32 + lane) * 4 + kt % 4];
+                    for r in 0..4 {
+                        let (row, col) = (lane / 4 + 8 * (r % 2), 2 * (lane % 4) + 8 * (r / 2));
+                        let lo = (word >> (4 * r)) & 0xF;
+                        let hi = (word >> (16 + 4 * r)) & 0xF;
+                        assert_eq!(
+                            lo,
+                            q(16 * kt + col, 16 * nt + row),
+                            "nt {nt} kt {kt} lane {lane} r {r}"
+                        );
+                        assert_eq!(hi, q(16 * kt + col + 1, 16 * nt + row));
+                        seen += 2;
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, k * n, "every weight once");
+        assert!(gemv_mma_fits(k, n, 128) && gemv_mma_fits(4096, 1024, 64));
+        assert!(!gemv_mma_fits(128, 64, 64) && !gemv_mma_fits(256, 200, 128));
+        assert!(!gemv_mma_fits(256, 64, 32) && !gemv_mma_fits(256, 64, 0));
+    }
 
     #[test]
     fn attention_tiles_split_at_sequences_tile_size_and_position_gaps() {

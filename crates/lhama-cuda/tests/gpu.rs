@@ -101,6 +101,14 @@ fn awq_matmul_matches_cpu() {
         (64, 256, 200, 64),
         (100, 1024, 8192, 128),
         (257, 4096, 1024, 128),
+        // The tensor-core GEMV's shapes (N % 16, K % 256, G % 64): one to
+        // eight rows and a chunk of 8 + 3, a column tile short of its
+        // block's four (N = 48), groups of 64 to 256.
+        (2, 1024, 3072, 128),
+        (5, 512, 4096, 64),
+        (8, 1024, 8192, 128),
+        (7, 256, 48, 256),
+        (11, 4096, 1024, 128),
     ] {
         let a = random_awq(&mut g, kk, n, group);
         let f = FusedAwq::new(&[&a]);
@@ -121,21 +129,33 @@ fn awq_matmul_matches_cpu() {
         // The default choice (GEMV below DEFAULT_MMA_MIN_ROWS rows, tensor
         // cores from there), then the tensor cores for every row count, then
         // the GEMV for every row count (chunks of 8, 4, 2, 1 rows).
-        for (mma_min, precision) in [
-            (lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS, Precision::Exact),
-            (1, Precision::Exact),
-            (1, Precision::Fast),
-            (usize::MAX, Precision::Fast),
+        // At fast precision the GEMV rows go through the tensor-core GEMV
+        // where the layer has fragment-ordered weights, else (and with
+        // gemv_mma_on off) through the f32 GEMV.
+        for (mma_min, precision, gemv_mma) in [
+            (
+                lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS,
+                Precision::Exact,
+                true,
+            ),
+            (1, Precision::Exact, true),
+            (1, Precision::Fast, true),
+            (usize::MAX, Precision::Fast, true),
+            (usize::MAX, Precision::Fast, false),
         ] {
             k.mma_min_rows = mma_min;
             k.precision = precision;
+            k.gemv_mma_on = gemv_mma;
             let mma = m >= mma_min;
+            let fast = precision == Precision::Fast;
+            let tc_gemv = !mma && fast && gemv_mma && w.frag.is_some();
             let path = match (mma, precision) {
+                (false, _) if tc_gemv => "gemv mma f16 x",
                 (false, _) => "gemv",
                 (true, Precision::Exact) => "mma exact",
                 (true, Precision::Fast) => "mma f16 x",
             };
-            let want = if mma && precision == Precision::Fast {
+            let want = if (mma && fast) || tc_gemv {
                 &want_f16x
             } else {
                 &want
@@ -284,15 +304,24 @@ fn split_products_are_added_up_by_their_consumers() {
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn the_down_gemv_takes_silu_of_gate_up() {
-    let (s, k) = setup();
+    let (s, mut k) = setup();
     let mut g = SplitMix64::new(27);
-    for &(m, kk, n, group) in &[
-        (1usize, 4096usize, 1024usize, 128usize),
-        (2, 256, 64, 64),
-        (3, 1024, 200, 128),
-        (5, 4096, 1024, 128),
-        (8, 512, 96, 32),
+    // At fast precision the shapes the tensor-core GEMV takes (all but 200
+    // and 96 columns, and 32-wide groups) go through it, fused and not.
+    for &(m, kk, n, group, precision) in &[
+        (1usize, 4096usize, 1024usize, 128usize, Precision::Exact),
+        (2, 256, 64, 64, Precision::Exact),
+        (3, 1024, 200, 128, Precision::Exact),
+        (5, 4096, 1024, 128, Precision::Exact),
+        (8, 512, 96, 32, Precision::Exact),
+        (1, 4096, 1024, 128, Precision::Fast),
+        (2, 256, 64, 64, Precision::Fast),
+        (3, 1024, 200, 128, Precision::Fast),
+        (8, 4096, 1024, 128, Precision::Fast),
+        (6, 512, 96, 32, Precision::Fast),
     ] {
+        k.precision = precision;
+        k.gemv_mma_on = true;
         let a = random_awq(&mut g, kk, n, group);
         let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
         let gu: Vec<f32> = randn(&mut g, m * 2 * kk).iter().map(|v| v * 3.0).collect();
@@ -335,9 +364,10 @@ fn the_down_gemv_takes_silu_of_gate_up() {
         assert_eq!(
             bits(back(&s, &got, m * n)),
             bits(want),
-            "m={m} k={kk} n={n}: fused silu GEMV vs silu_mul + GEMV"
+            "m={m} k={kk} n={n} {precision:?}: fused silu GEMV vs silu_mul + GEMV"
         );
     }
+    k.precision = Precision::Exact;
     // Tensor-core row counts are refused (the backend uses silu_mul there).
     let a = random_awq(&mut g, 256, 64, 64);
     let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
