@@ -258,6 +258,11 @@ pub fn dense_matmul_f16(x: &[f32], m: usize, w: &[f16], k: usize, n: usize, y: &
     assert_eq!(w.len(), n * k, "dense_matmul_f16: W is not [N, K]");
     assert_eq!(y.len(), m * n, "dense_matmul_f16: y is not [M, N]");
     let out = SyncPtr(y.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        dense_f16_avx512(x, m, w, k, n, out);
+        return;
+    }
     (0..n.div_ceil(DENSE_ROWS)).into_par_iter().for_each_init(
         Vec::new,
         |row_f32: &mut Vec<f32>, chunk| {
@@ -282,6 +287,48 @@ pub fn dense_matmul_f16(x: &[f32], m: usize, w: &[f16], k: usize, n: usize, y: &
             }
         },
     );
+}
+
+/// `dense_matmul_f16` with AVX-512: each weight row's 16-element pieces
+/// widened once for up to 8 rows of x (sizes checked by the caller).
+#[cfg(target_arch = "x86_64")]
+fn dense_f16_avx512(x: &[f32], m: usize, w: &[f16], k: usize, n: usize, out: SyncPtr) {
+    use super::avx512::dot_f16_rows;
+    (0..n.div_ceil(DENSE_ROWS))
+        .into_par_iter()
+        .for_each(|chunk| {
+            for col in chunk * DENSE_ROWS..((chunk + 1) * DENSE_ROWS).min(n) {
+                let wr = &w[col * k..][..k];
+                for r0 in (0..m).step_by(8) {
+                    let xs = &x[r0 * k..];
+                    let mut dots = [0f32; 8];
+                    // SAFETY: the CPU has AVX-512F, FMA and F16C (checked by
+                    // the caller); xs holds at least `rows` rows of k (r0 +
+                    // rows <= m, x is [m, k]) and wr k weights.
+                    let rows = (m - r0).min(8);
+                    unsafe {
+                        macro_rules! rows {
+                            ($($r:literal)*) => {
+                                match rows {
+                                    $($r => {
+                                        let mut d = [0f32; $r];
+                                        dot_f16_rows::<$r>(xs, k, wr, &mut d);
+                                        dots[..$r].copy_from_slice(&d);
+                                    })*
+                                    _ => unreachable!("1 to 8 rows"),
+                                }
+                            };
+                        }
+                        rows!(1 2 3 4 5 6 7 8);
+                    }
+                    for (r, &v) in dots[..rows].iter().enumerate() {
+                        // SAFETY: r0 + r < m and col < n: inside y's m * n
+                        // elements; column `col` belongs to this task alone.
+                        unsafe { *out.ptr().add((r0 + r) * n + col) = v };
+                    }
+                }
+            }
+        });
 }
 
 fn f16c_available() -> bool {
@@ -469,6 +516,49 @@ mod tests {
 
     fn randn(g: &mut SplitMix64, n: usize) -> Vec<f32> {
         (0..n).map(|_| g.next_normal() as f32).collect()
+    }
+
+    /// The f16 product (the lm_head) against float64, for 1 to 11 rows (the
+    /// multi-row kernel's 8 and a remainder) and K with a tail past its
+    /// 32-element steps; each row's result is the same bit for bit whether it
+    /// is computed alone or with others (logits must not depend on the batch).
+    #[test]
+    fn dense_f16_product_matches_reference_and_ignores_its_batch() {
+        let mut g = SplitMix64::new(44);
+        for &(m, k, n) in &[
+            (1usize, 64usize, 40usize),
+            (3, 100, 17),
+            (8, 1024, 33),
+            (11, 1056, 50),
+        ] {
+            let x = randn(&mut g, m * k);
+            let w: Vec<f16> = randn(&mut g, n * k)
+                .iter()
+                .map(|&v| f16::from_f32(v))
+                .collect();
+            let mut y = vec![f32::NAN; m * n];
+            dense_matmul_f16(&x, m, &w, k, n, &mut y);
+            let reference: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    (0..k)
+                        .map(|j| f64::from(x[r * k + j]) * f64::from(w[c * k + j].to_f32()))
+                        .sum()
+                })
+                .collect();
+            let e = rel_err(&y, &reference);
+            assert!(e < 1e-6, "m={m} k={k} n={n}: rel err {e}");
+            for r in 0..m {
+                let mut alone = vec![f32::NAN; n];
+                dense_matmul_f16(&x[r * k..][..k], 1, &w, k, n, &mut alone);
+                let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&alone),
+                    bits(&y[r * n..][..n]),
+                    "m={m} row {r} alone vs batched"
+                );
+            }
+        }
     }
 
     /// ‖out − ref‖ / ‖ref‖, failing on NaN.
