@@ -391,8 +391,12 @@ unsafe fn block_avx512<const R: usize>(
     unsafe {
         let nib = _mm256_set1_epi8(0x0F);
         let mut y = [_mm512_setzero_ps(); R];
+        // Two accumulators per row (the k pairs 0-1 and 2-3 of each quad),
+        // added up at the group's end (exactly: integers): one chain of two
+        // dependent vpdpwssd a quad per row bound the loop by their latency,
+        // and the compiler split each into vpmaddwd + vpaddd to shorten it.
         for g in 0..groups {
-            let mut acc = [_mm512_setzero_si512(); R];
+            let mut acc2 = [[_mm512_setzero_si512(); 2]; R];
             for kq in g * group / KQ..(g + 1) * group / KQ {
                 let at = layout.packed.as_ptr().add((cb * kqs + kq) * 32);
                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH) as *const i8);
@@ -400,11 +404,19 @@ unsafe fn block_avx512<const R: usize>(
                 // (column, k 0-1) and (column, k 2-3) as 16-bit pairs.
                 let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, nib));
                 let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                for (r, a) in acc.iter_mut().enumerate() {
+                for (r, a) in acc2.iter_mut().enumerate() {
                     let xp = q.xq.as_ptr().add((r0 + r) * k + kq * KQ) as *const i32;
-                    *a = _mm512_dpwssd_epi32(*a, lo, _mm512_set1_epi32(xp.read_unaligned()));
-                    *a = _mm512_dpwssd_epi32(*a, hi, _mm512_set1_epi32(xp.add(1).read_unaligned()));
+                    a[0] = _mm512_dpwssd_epi32(a[0], lo, _mm512_set1_epi32(xp.read_unaligned()));
+                    a[1] = _mm512_dpwssd_epi32(
+                        a[1],
+                        hi,
+                        _mm512_set1_epi32(xp.add(1).read_unaligned()),
+                    );
                 }
+            }
+            let mut acc = [_mm512_setzero_si512(); R];
+            for (a, pair) in acc.iter_mut().zip(&acc2) {
+                *a = _mm512_add_epi32(pair[0], pair[1]);
             }
             let at = g * n + cb * CB;
             let z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
