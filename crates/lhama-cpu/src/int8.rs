@@ -134,9 +134,7 @@ fn quantize(x: &[f32], m: usize, k: usize, group: usize) -> QuantRows {
             let dst = &mut q.xq[r * k + g * group..][..group];
             let mut sum = 0i32;
             for (d, v) in dst.iter_mut().zip(xs) {
-                // Ties to even: one instruction (vroundps), where round()
-                // (ties away) was a libm call per value.
-                let v = (v * inv).round_ties_even().clamp(-XQ_MAX, XQ_MAX) as i16;
+                let v = (v * inv).round().clamp(-XQ_MAX, XQ_MAX) as i16;
                 sum += i32::from(v);
                 *d = v;
             }
