@@ -16,9 +16,8 @@
 // work         [T, H, P_max, D + 2] f32
 // out          [T, H * D] f32
 // D % 32 == 0, D <= 128 (checked on the host).
-#define ATTN_WARPS 8
-#define ATTN_PER_WARP 8
-#define ATTN_PART (ATTN_WARPS * ATTN_PER_WARP)
+// ATTN_WARPS, ATTN_PART (and ATTN_TILE below): defined by the host (kernels::shared_defines).
+#define ATTN_PER_WARP (ATTN_PART / ATTN_WARPS)
 #define ATTN_MAX_DIMS_PER_LANE 4
 
 extern "C" __global__ void paged_attention_combine_f32(
@@ -410,7 +409,6 @@ LHAMA_DECODE_KERNEL(paged_attention_decode1_f16kv_d128, __half, 128, false)
 // Grid: (num_tiles, H, P_max), block 256 = 8 warps, 2 query tokens a warp.
 // Keys sit transposed in shared memory (lanes read consecutive keys) and
 // values row-major (lanes read consecutive dimensions): no bank conflicts.
-#define ATTN_TILE 16
 #define ATTN_SLICE 32
 
 template <typename KV>

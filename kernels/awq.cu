@@ -22,8 +22,7 @@
 // One instantiation per batch-row count M (1, 2, 4, 8): with M fixed at compile
 // time no work is spent on absent rows, and small M get more, shorter warps
 // (more warps in flight hide more memory latency).
-#define AWQ_MAX_M 8
-#define AWQ_ROWS_PER_BLOCK 128
+// AWQ_MAX_M, AWQ_ROWS_PER_BLOCK: defined by the host (kernels::shared_defines).
 
 // Bit shift of column 8c + j inside word c (compile-time after unrolling).
 #define AWQ_SHIFT(j) (4 * ((j) % 2 == 0 ? (j) / 2 : 4 + (j) / 2))

@@ -23,9 +23,7 @@
 // awq_reduce_partials_f32 adds the splits up in order (deterministic).
 // Host guarantees: K % 32 == 0, k_per_split % 32 == 0 (and % group for AWQ),
 // N % 8 == 0, group % 32 == 0.
-#define MMA_BM 64
-#define MMA_BN 64
-#define MMA_BK 32
+// MMA_BM, MMA_BN, MMA_BK: defined by the host (kernels::shared_defines).
 #define MMA_THREADS 128
 // Shared rows in 32-bit words (a word holds two consecutive k as f16):
 // x tiles [64 rows][16 words + 4 pad], B tile [16 k-pairs][64 columns + 8 pad];

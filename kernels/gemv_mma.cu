@@ -24,8 +24,7 @@
 //
 // SILU: x is [m_valid, 2K] gate | up and the product's input silu(gate) * up
 // (silu_mul_f32's expression), computed as it is read.
-#define GEMV_MMA_WARPS 4
-#define GEMV_MMA_K 256
+// GEMV_MMA_WARPS, GEMV_MMA_K: defined by the host (kernels::shared_defines).
 
 template <bool SILU>
 __device__ __forceinline__ void awq_gemv_mma(

@@ -15,7 +15,7 @@
 // params   [R] SampleParams; mode SAMPLE_LOGITS rows are left alone
 // tokens   [R] u32 out
 // Grid: (R), block: SAMPLE_THREADS.
-#define SAMPLE_THREADS 512
+// SAMPLE_THREADS: defined by the host (kernels::shared_defines).
 #define SAMPLE_LOGITS 0
 #define SAMPLE_GREEDY 1
 #define SAMPLE_DRAW 2

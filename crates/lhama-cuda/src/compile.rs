@@ -71,7 +71,12 @@ pub const KERNELS: &[&str] = &[
 /// The whole program: common helpers, then each family with a line marker so
 /// compiler messages name the original file.
 pub fn program_source() -> String {
-    let mut src = String::from(COMMON);
+    let mut src = String::from("// Shared with the host (lhama_cuda::kernels::shared_defines).\n");
+    for (name, value) in crate::kernels::shared_defines() {
+        src.push_str(&format!("#define {name} {value}\n"));
+    }
+    src.push_str("#line 1 \"common.cuh\"\n");
+    src.push_str(COMMON);
     for (name, body) in SOURCES {
         src.push_str(&format!("\n#line 1 \"{name}\"\n"));
         src.push_str(body);
@@ -124,4 +129,37 @@ pub fn compile(arch: &'static str) -> Result<Ptx, CudaError> {
         ..CompileOptions::default()
     };
     compile_ptx_with_opts(program_source(), opts).map_err(|e| CudaError::Compile(format!("{e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shared constant is defined once, by the host, and no kernel
+    /// file defines (or overrides) one of them itself.
+    #[test]
+    fn shared_constants_come_from_the_host_only() {
+        let files = SOURCES
+            .iter()
+            .copied()
+            .chain(std::iter::once(("common.cuh", COMMON)));
+        for (file, body) in files {
+            for (name, _) in crate::kernels::shared_defines() {
+                assert!(
+                    !body.contains(&format!("#define {name} "))
+                        && !body.contains(&format!("#undef {name}")),
+                    "{file} defines {name}, which the host provides"
+                );
+            }
+        }
+        let src = program_source();
+        for (name, value) in crate::kernels::shared_defines() {
+            assert_eq!(
+                src.matches(&format!("#define {name} ")).count(),
+                1,
+                "{name}"
+            );
+            assert!(src.contains(&format!("#define {name} {value}\n")));
+        }
+    }
 }

@@ -37,8 +37,8 @@ pub fn counters_len(n: usize) -> usize {
 
 /// Columns one block of the tensor-core GEMV covers (GEMV_MMA_WARPS × 16 in
 /// gemv_mma.cu), and the K one split of it takes (GEMV_MMA_K).
-const GEMV_MMA_COLS: usize = 64;
-const GEMV_MMA_K: usize = 256;
+pub(crate) const GEMV_MMA_COLS: usize = 64;
+pub(crate) const GEMV_MMA_K: usize = 256;
 
 /// Whether the tensor-core GEMV takes a product of this shape (N % 16,
 /// K % 256, G % 64: its tiles, splits and groups).
@@ -79,6 +79,26 @@ pub fn fragment_order(qweight: &[u32], k: usize, n: usize) -> Vec<u32> {
     }
     out
 }
+/// Constants the host and the kernels share, defined once here: the
+/// kernels' source gets them as `#define`s (`compile::program_source`), and
+/// no kernel file defines them itself (a unit test), so the two sides
+/// cannot drift apart.
+pub(crate) fn shared_defines() -> [(&'static str, usize); 11] {
+    [
+        ("AWQ_MAX_M", AWQ_MAX_M),
+        ("AWQ_ROWS_PER_BLOCK", AWQ_ROWS_PER_BLOCK),
+        ("GEMV_MMA_WARPS", GEMV_MMA_COLS / 16),
+        ("GEMV_MMA_K", GEMV_MMA_K),
+        ("MMA_BM", MMA_TILE),
+        ("MMA_BN", MMA_TILE),
+        ("MMA_BK", MMA_BK),
+        ("ATTN_WARPS", ATTENTION_WARPS),
+        ("ATTN_PART", ATTENTION_PART),
+        ("ATTN_TILE", ATTENTION_TILE),
+        ("SAMPLE_THREADS", SAMPLE_THREADS as usize),
+    ]
+}
+
 /// Warps per attention block (ATTN_WARPS in attention.cu).
 pub const ATTENTION_WARPS: usize = 8;
 /// Context positions one attention block handles (ATTN_PART in attention.cu).
@@ -335,8 +355,8 @@ pub struct KernelTime {
 /// H200, docs/BENCHMARKS.md).
 pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 /// Tile of the tensor-core GEMM (MMA_BM, MMA_BN in gemm_mma.cu) and its k step.
-const MMA_TILE: usize = 64;
-const MMA_BK: usize = 32;
+pub(crate) const MMA_TILE: usize = 64;
+pub(crate) const MMA_BK: usize = 32;
 
 /// A grid of `blocks` blocks of `threads` threads, both along x.
 fn cfg_1d(blocks: u32, threads: u32) -> LaunchConfig {
@@ -364,7 +384,7 @@ fn i32_of(v: usize) -> i32 {
 }
 
 /// Threads of a sampling block (SAMPLE_THREADS in sampling.cu).
-const SAMPLE_THREADS: u32 = 512;
+pub(crate) const SAMPLE_THREADS: u32 = 512;
 /// 32-bit words of one row's sampling parameters (SampleParams in sampling.cu).
 pub const SAMPLE_PARAM_WORDS: usize = 6;
 
