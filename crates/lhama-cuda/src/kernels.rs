@@ -40,6 +40,14 @@ pub fn counters_len(n: usize) -> usize {
 pub(crate) const GEMV_MMA_COLS: usize = 64;
 pub(crate) const GEMV_MMA_K: usize = 256;
 
+/// The GEMV's launches over M rows: (first row, rows) in chunks of up to
+/// AWQ_MAX_M.
+fn row_chunks(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..m)
+        .step_by(AWQ_MAX_M)
+        .map(move |row| (row, (m - row).min(AWQ_MAX_M)))
+}
+
 /// Whether the tensor-core GEMV takes a product of this shape (N % 16,
 /// K % 256, G % 64: its tiles, splits and groups).
 pub fn gemv_mma_fits(k: usize, n: usize, group: usize) -> bool {
@@ -872,12 +880,10 @@ impl Kernels {
         };
         let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
-        let mut row = 0;
-        while row < m {
+        for (row, rows) in row_chunks(m) {
             // Chunks of 8 rows; the rest in one launch of the smallest
             // variant (1, 2, 4 or 8 rows) that takes it, with rows to spare
             // (3 rows in the 4-row kernel: one launch instead of 2 + 1).
-            let rows = (m - row).min(AWQ_MAX_M);
             let (warps, func) = variants
                 .iter()
                 .find(|(v, _, _)| *v >= rows)
@@ -915,7 +921,6 @@ impl Kernels {
             if fused == 0 {
                 self.reduce_partials(s, partial, &mut ys, splits, rows, w.n)?;
             }
-            row += rows;
         }
         Ok(())
     }
@@ -950,9 +955,7 @@ impl Kernels {
             block_dim: ((GEMV_MMA_COLS / 16 * 32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut row = 0;
-        while row < m {
-            let rows = (m - row).min(AWQ_MAX_M);
+        for (row, rows) in row_chunks(m) {
             let xs = x.slice(row * x_row..(row + rows) * x_row);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             // xs holds rows * K (2K with silu), frag K * N/8, zeros/scales
@@ -976,7 +979,6 @@ impl Kernels {
                     .i32(g)
                     .i32(i32_of(rows)),
             )?;
-            row += rows;
         }
         Ok(())
     }
@@ -1479,6 +1481,16 @@ mod tests {
     /// 8 (r / 2)), with A = W^T of the tile, give back every q[k][n] of the
     /// AWQ matrix: the nibble of register r sits at bits 4r (low half) and
     /// 16 + 4r (high half), as the kernel's bit trick takes it.
+    #[test]
+    fn gemv_launches_cover_the_rows_in_chunks_of_eight() {
+        assert_eq!(
+            row_chunks(19).collect::<Vec<_>>(),
+            [(0, 8), (8, 8), (16, 3)]
+        );
+        assert_eq!(row_chunks(8).collect::<Vec<_>>(), [(0, 8)]);
+        assert_eq!(row_chunks(0).count(), 0);
+    }
+
     #[test]
     fn fragment_order_gives_each_lane_its_mma_fragments() {
         let (k, n) = (256, 48);

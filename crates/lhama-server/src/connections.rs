@@ -559,6 +559,9 @@ mod tests {
             let mut raw = Vec::new();
             let mut buf = [0u8; 1024];
             loop {
+                // The slowness is what is under test, not a wait: 1 KB per
+                // half millisecond keeps the server's socket full, so hyper
+                // still holds the response's tail when its body ends.
                 std::thread::sleep(Duration::from_micros(500));
                 match s.read(&mut buf) {
                     Ok(0) | Err(_) => return raw,
@@ -579,6 +582,8 @@ mod tests {
             closing_rx,
         ));
         let in_flight = state.0.in_flight.clone();
+        // Two conditions the test waits on, polled every millisecond until a
+        // deadline (nothing signals them: InFlight notifies only the drain).
         let deadline = Instant::now() + Duration::from_secs(10);
         while in_flight.get() == 0 {
             assert!(Instant::now() < deadline, "the request never began");
