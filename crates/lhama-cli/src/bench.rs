@@ -42,6 +42,15 @@ pub struct BenchArgs {
     /// and print the per-kernel table.
     #[arg(long)]
     profile: bool,
+    /// Also time the prefill of this many prompts, packed into forward
+    /// passes of up to `--prefill-tokens` tokens (whole prompts), as the
+    /// scheduler packs a burst of arrivals; with `--profile`, the kernels of
+    /// one such pass.
+    #[arg(long, default_value_t = 0)]
+    prefill_seqs: usize,
+    /// Tokens per packed prefill pass (`--prefill-seqs`).
+    #[arg(long, default_value_t = 8192)]
+    prefill_tokens: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -50,44 +59,70 @@ pub enum BenchSampling {
     Draw,
 }
 
-/// Prefills `n` sequences of `len` tokens (one forward pass each) and returns
-/// their block tables.
+/// Prefills `n` sequences of `len` tokens, `pack` whole prompts a forward
+/// pass (the last pass takes the rest), and returns the seconds it took;
+/// `tables` gets their block tables. With `profile`, the first pass's
+/// kernels are timed and returned.
 fn prefill(
     backend: &mut dyn Backend,
     n: usize,
     len: usize,
     steps: usize,
+    pack: usize,
+    profile: bool,
     tables: &mut Vec<Vec<u32>>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Vec<(&'static str, f64)>, f64)> {
     let bs = backend.kv_geometry().block_size;
     let per_seq = (len + steps + 1).div_ceil(bs);
     tables.clear();
+    tables.extend(
+        (0..n).map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect::<Vec<u32>>()),
+    );
     let vocab = backend.config().vocab_size as u32;
     let mut logits = Vec::new();
+    let mut times = Vec::new();
+    let mut timed_us = 0.0;
     let start = Instant::now();
-    for s in 0..n {
-        let table: Vec<u32> = ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect();
-        let tokens: Vec<u32> = (0..len as u32)
-            .map(|i| 3 + (i * 7919 + s as u32) % (vocab - 3))
-            .collect();
-        let positions: Vec<u32> = (0..len as u32).collect();
-        let seqs = [SeqSlice {
-            token_start: 0,
-            num_tokens: len,
-            block_table: &table,
-        }];
+    for (pass, first) in (0..n).step_by(pack.max(1)).enumerate() {
+        let group = first..(first + pack.max(1)).min(n);
+        let mut tokens = Vec::with_capacity(group.len() * len);
+        let mut seqs = Vec::with_capacity(group.len());
+        let mut rows = Vec::with_capacity(group.len());
+        for s in group.clone() {
+            seqs.push(SeqSlice {
+                token_start: tokens.len(),
+                num_tokens: len,
+                block_table: &tables[s],
+            });
+            tokens.extend((0..len as u32).map(|i| 3 + (i * 7919 + s as u32) % (vocab - 3)));
+            rows.push(tokens.len() as u32 - 1);
+        }
+        let positions: Vec<u32> = (0..group.len()).flat_map(|_| 0..len as u32).collect();
+        let timed = profile && pass == 0;
+        if timed {
+            anyhow::ensure!(
+                backend.set_profiling(true),
+                "--profile: the {} backend has no kernel profile",
+                backend.name()
+            );
+        }
+        let t0 = Instant::now();
         backend.forward(
             &ForwardBatch {
                 tokens: &tokens,
                 positions: &positions,
                 seqs: &seqs,
-                logit_rows: &[len as u32 - 1],
+                logit_rows: &rows,
             },
             &mut logits,
         )?;
-        tables.push(table);
+        if timed {
+            timed_us = t0.elapsed().as_secs_f64() * 1e6;
+            times = backend.take_profile()?;
+            backend.set_profiling(false);
+        }
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok((start.elapsed().as_secs_f64(), times, timed_us))
 }
 
 /// `--gemm`: the AWQ products against cuBLAS on the model's shapes.
@@ -152,9 +187,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         per_seq <= config.max_position_embeddings,
         "--prompt-len + --decode-steps is over the context"
     );
+    anyhow::ensure!(
+        args.prefill_seqs == 0 || args.prefill_tokens >= args.prompt_len,
+        "--prefill-tokens must hold at least one prompt (--prompt-len)"
+    );
+    let pack = if args.prefill_seqs > 0 {
+        (args.prefill_tokens / args.prompt_len).min(args.prefill_seqs)
+    } else {
+        1
+    };
     let limits = BackendLimits {
-        kv_cache_tokens: Some(max_batch * (per_seq + 16)),
-        max_batch_tokens: args.prompt_len.max(max_batch),
+        kv_cache_tokens: Some(max_batch.max(args.prefill_seqs) * (per_seq + 16)),
+        max_batch_tokens: (pack * args.prompt_len).max(max_batch),
         max_seqs: max_batch,
         gpu_memory_utilization: 0.9,
         precision: args.precision,
@@ -169,17 +213,68 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.decode_steps
     );
     let mut tables = Vec::new();
-    let secs = prefill(backend, 1, args.prompt_len, args.decode_steps, &mut tables)?;
+    let (secs, _, _) = prefill(
+        backend,
+        1,
+        args.prompt_len,
+        args.decode_steps,
+        1,
+        false,
+        &mut tables,
+    )?;
     println!(
         "prefill: {} tokens in {:.3} s = {:.1} tok/s",
         args.prompt_len,
         secs,
         args.prompt_len as f64 / secs
     );
+    if args.prefill_seqs > 0 {
+        let n = args.prefill_seqs;
+        // Once to warm up (the first pass of a new size allocates), then timed.
+        prefill(
+            backend,
+            n,
+            args.prompt_len,
+            args.decode_steps,
+            pack,
+            false,
+            &mut tables,
+        )?;
+        let (secs, times, wall) = prefill(
+            backend,
+            n,
+            args.prompt_len,
+            args.decode_steps,
+            pack,
+            args.profile,
+            &mut tables,
+        )?;
+        println!(
+            "prefill: {n} prompts of {} tokens, {pack} a pass, in {:.3} s = {:.1} tok/s",
+            args.prompt_len,
+            secs,
+            (n * args.prompt_len) as f64 / secs
+        );
+        if args.profile {
+            print_profile(
+                &format!("prefill pass of {} tokens", pack * args.prompt_len),
+                wall,
+                &times,
+            );
+        }
+    }
     println!("{:>6} {:>12} {:>12}", "batch", "ms/step", "tok/s");
     let mut out = SampledStep::default();
     for &b in &args.batch {
-        prefill(backend, b, args.prompt_len, args.decode_steps, &mut tables)?;
+        prefill(
+            backend,
+            b,
+            args.prompt_len,
+            args.decode_steps,
+            1,
+            false,
+            &mut tables,
+        )?;
         let seqs: Vec<SeqSlice<'_>> = tables
             .iter()
             .enumerate()
@@ -245,14 +340,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let wall = t0.elapsed().as_secs_f64() * 1e6;
             let times = backend.take_profile()?;
             backend.set_profiling(false);
-            print_profile(b, wall, &times);
+            print_profile(&format!("batch {b}"), wall, &times);
         }
     }
     Ok(())
 }
 
 /// One decode step's kernels, summed by name, largest first.
-fn print_profile(batch: usize, wall_us: f64, times: &[(&'static str, f64)]) {
+fn print_profile(what: &str, wall_us: f64, times: &[(&'static str, f64)]) {
     let mut by_name: Vec<(&str, usize, f64)> = Vec::new();
     for &(name, us) in times {
         match by_name.iter_mut().find(|e| e.0 == name) {
@@ -266,7 +361,7 @@ fn print_profile(batch: usize, wall_us: f64, times: &[(&'static str, f64)]) {
     by_name.sort_by(|a, b| b.2.total_cmp(&a.2));
     let total: f64 = times.iter().map(|t| t.1).sum();
     println!(
-        "profile, batch {batch}: {} launches, {total:.1} us of kernel time, {wall_us:.1} us wall (timed launches)",
+        "profile, {what}: {} launches, {total:.1} us of kernel time, {wall_us:.1} us wall (timed launches)",
         times.len()
     );
     println!(

@@ -227,7 +227,7 @@ impl CudaBackend {
 
         // Budget: weights + workspace + KV must fit in utilization * total.
         let (free, total) = ctx.mem_get_info()?;
-        let fragments = opts.precision == Precision::Fast && k.gemv_mma_on;
+        let fragments = opts.precision == Precision::Fast && (k.gemv_mma_on || k.gemm_frag_on);
         let qweight_copies = if fragments { 2 } else { 1 };
         let weight_bytes: usize = weights.embed_tokens.len() * 2
             + weights.lm_head.as_ref().map_or(0, |l| l.len() * 2)

@@ -26,6 +26,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("lm_head.cu", include_str!("../../../kernels/lm_head.cu")),
     ("gemm_mma.cu", include_str!("../../../kernels/gemm_mma.cu")),
     ("gemv_mma.cu", include_str!("../../../kernels/gemv_mma.cu")),
+    (
+        "gemm_frag.cu",
+        include_str!("../../../kernels/gemm_frag.cu"),
+    ),
     ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
 ];
 
@@ -64,6 +68,8 @@ pub const KERNELS: &[&str] = &[
     "lm_head_mma_f16_f32",
     "awq_gemv_mma_f16x",
     "awq_gemv_mma_silu_f16x",
+    "awq_gemm_frag64_f16x",
+    "awq_gemm_frag128_f16x",
     "sample_rows_f32",
     "apply_token_masks",
 ];

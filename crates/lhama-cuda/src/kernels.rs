@@ -48,6 +48,17 @@ fn row_chunks(m: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |row| (row, (m - row).min(AWQ_MAX_M)))
 }
 
+/// The fragment GEMM's K splits for a grid of `tiles` blocks a split:
+/// (splits, k per split), enough to reach `target_blocks`, each split a
+/// multiple of 64 k and at least GEMM_FRAG_MIN_SPLIT_K (or all of K), at
+/// most `max_splits` (what the partial buffer holds). K % 64 == 0.
+fn frag_splits(k: usize, tiles: usize, target_blocks: usize, max_splits: usize) -> (usize, usize) {
+    let most = (k / GEMM_FRAG_MIN_SPLIT_K).max(1).min(max_splits.max(1));
+    let wanted = target_blocks.div_ceil(tiles.max(1)).clamp(1, most);
+    let k_per_split = (k / GEMM_FRAG_BK).div_ceil(wanted) * GEMM_FRAG_BK;
+    (k.div_ceil(k_per_split), k_per_split)
+}
+
 /// Whether the tensor-core GEMV takes a product of this shape (N % 16,
 /// K % 256, G % 64: its tiles, splits and groups).
 pub fn gemv_mma_fits(k: usize, n: usize, group: usize) -> bool {
@@ -306,6 +317,9 @@ pub struct Kernels {
     /// The tensor-core AWQ GEMM: exact (x split in two f16 halves), fast (f16 x).
     awq_mma: CudaFunction,
     awq_mma_fast: CudaFunction,
+    /// The fast path's AWQ GEMM on fragment-ordered weights (gemm_frag.cu):
+    /// 64-row and 128-row block tiles.
+    gemm_frag: (CudaFunction, CudaFunction),
     /// Kernels touching the KV cache: (f32 cache, f16 cache).
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
@@ -324,10 +338,21 @@ pub struct Kernels {
     /// AWQ products of at least this many rows use the tensor-core GEMM;
     /// fewer rows use the GEMV kernels.
     pub mma_min_rows: usize,
-    /// Fast-path products of 1-8 rows use the tensor-core GEMV where the
-    /// layer has fragment-ordered weights. Off unless LHAMA_GEMV_MMA=1: it
-    /// has not yet run on a GPU (its tests are in tests/gpu.rs).
+    /// Fast-path products of `gemv_mma_min_rows` to 8 rows use the
+    /// tensor-core GEMV where the layer has fragment-ordered weights
+    /// (LHAMA_GEMV_MMA=0: the f32 GEMV, for comparisons).
     pub gemv_mma_on: bool,
+    /// Fewer rows keep the f32 GEMV (faster at 1 and 2 rows on an H200,
+    /// where the tensor-core GEMV's B operand is mostly padding and its
+    /// SiLU cannot be fused; docs/BENCHMARKS.md).
+    pub gemv_mma_min_rows: usize,
+    /// Fast-path products of `mma_min_rows` rows and more use the GEMM on
+    /// fragment-ordered weights (gemm_frag.cu) where the layer has them
+    /// (LHAMA_GEMM_FRAG=0: the f32-staged tensor-core GEMM, for comparisons).
+    pub gemm_frag_on: bool,
+    /// From this many rows the fragment GEMM takes 128-row block tiles
+    /// (fewer: 64-row tiles).
+    pub gemm_frag_tall_rows: usize,
     /// lm_head over at least this many rows uses the tensor-core GEMM.
     pub lm_head_mma_min_rows: usize,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
@@ -362,6 +387,16 @@ pub struct KernelTime {
 /// Rows from which the tensor cores beat looping the GEMV (measured on an
 /// H200, docs/BENCHMARKS.md).
 pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
+/// Rows from which the fast path's GEMV runs on the tensor cores.
+pub const DEFAULT_GEMV_MMA_MIN_ROWS: usize = 3;
+/// Rows from which the fragment GEMM takes 128-row tiles.
+pub const DEFAULT_GEMM_FRAG_TALL_ROWS: usize = 512;
+/// Columns of one fragment-GEMM block (gemm_frag.cu), its k chunk, and the
+/// least k a split of it takes.
+pub(crate) const GEMM_FRAG_COLS: usize = 128;
+pub(crate) const GEMM_FRAG_BK: usize = 64;
+const GEMM_FRAG_MIN_SPLIT_K: usize = 128;
+
 /// Tile of the tensor-core GEMM (MMA_BM, MMA_BN in gemm_mma.cu) and its k step.
 pub(crate) const MMA_TILE: usize = 64;
 pub(crate) const MMA_BK: usize = 32;
@@ -527,6 +562,7 @@ impl Kernels {
             gemv_mma: (f("awq_gemv_mma_f16x")?, f("awq_gemv_mma_silu_f16x")?),
             awq_mma: f("awq_gemm_mma_f32")?,
             awq_mma_fast: f("awq_gemm_mma_f16x")?,
+            gemm_frag: (f("awq_gemm_frag64_f16x")?, f("awq_gemm_frag128_f16x")?),
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -545,7 +581,12 @@ impl Kernels {
             _module: module,
             pdl: major >= 9 && std::env::var("LHAMA_CUDA_PDL").map_or(true, |v| v != "0"),
             mma_min_rows: env_rows("LHAMA_MMA_MIN_ROWS")?.unwrap_or(DEFAULT_MMA_MIN_ROWS),
-            gemv_mma_on: std::env::var("LHAMA_GEMV_MMA").is_ok_and(|v| v == "1"),
+            gemv_mma_on: std::env::var("LHAMA_GEMV_MMA").map_or(true, |v| v != "0"),
+            gemv_mma_min_rows: env_rows("LHAMA_GEMV_MMA_MIN_ROWS")?
+                .unwrap_or(DEFAULT_GEMV_MMA_MIN_ROWS),
+            gemm_frag_on: std::env::var("LHAMA_GEMM_FRAG").map_or(true, |v| v != "0"),
+            gemm_frag_tall_rows: env_rows("LHAMA_GEMM_FRAG_TALL_ROWS")?
+                .unwrap_or(DEFAULT_GEMM_FRAG_TALL_ROWS),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             // Kernel-level tests compare with the f32 reference; the backend
@@ -869,6 +910,7 @@ impl Kernels {
         if let Some(frag) = w.frag.as_ref().filter(|_| {
             self.precision == Precision::Fast
                 && self.gemv_mma_on
+                && m >= self.gemv_mma_min_rows
                 && gemv_mma_fits(w.k, w.n, w.group)
         }) {
             return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu);
@@ -1025,6 +1067,13 @@ impl Kernels {
         y: &mut CudaViewMut<'_, f32>,
         defer: bool,
     ) -> Result<usize, CudaError> {
+        if let Some(frag) = w.frag.as_ref().filter(|_| {
+            self.precision == Precision::Fast
+                && self.gemm_frag_on
+                && gemv_mma_fits(w.k, w.n, w.group)
+        }) {
+            return self.awq_gemm_frag(s, x, m, w, frag, partial, y, defer);
+        }
         let groups = w.k / w.group;
         let tiles = w.n.div_ceil(MMA_TILE) * m.div_ceil(MMA_TILE);
         let mut splits = self.mma_split_blocks.div_ceil(tiles).clamp(1, groups);
@@ -1058,6 +1107,63 @@ impl Kernels {
             Precision::Fast => &self.awq_mma_fast,
         };
         self.launch(s, gemm, cfg, &mut a)?;
+        if splits > 1 && !defer {
+            self.reduce_partials(s, partial, y, splits, m, w.n)?;
+            return Ok(1);
+        }
+        Ok(splits)
+    }
+
+    /// The fast path's GEMM on fragment-ordered weights (gemm_frag.cu; sizes
+    /// checked by `awq_matmul_impl`, the shape by `gemv_mma_fits`, which
+    /// implies the kernel's N % 16, K % 64, G % 64). K is split in multiples
+    /// of 64 (at least `GEMM_FRAG_MIN_SPLIT_K` a split) until the grid has
+    /// `mma_split_blocks` blocks, as far as `partial` holds the splits.
+    #[allow(clippy::too_many_arguments)]
+    fn awq_gemm_frag(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        frag: &CudaSlice<u32>,
+        partial: &mut CudaSlice<f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        defer: bool,
+    ) -> Result<usize, CudaError> {
+        check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
+        let (func, bm) = if m >= self.gemm_frag_tall_rows {
+            (&self.gemm_frag.1, 128)
+        } else {
+            (&self.gemm_frag.0, 64)
+        };
+        let (splits, k_per_split) = frag_splits(
+            w.k,
+            w.n.div_ceil(GEMM_FRAG_COLS) * m.div_ceil(bm),
+            self.mma_split_blocks,
+            partial.len() / (m * w.n).max(1),
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (grid(w.n, GEMM_FRAG_COLS), grid(m, bm), splits as u32),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut a = Args::new(s);
+        a.buf(x).buf(frag).buf(&w.zeros).buf(&w.scales);
+        if splits == 1 {
+            a.buf_mut(y);
+        } else {
+            a.buf_mut(partial);
+        }
+        // x holds m * K, frag K * N/8, zeros/scales K/G * N, the output (y,
+        // or partial holding splits * m * N as frag_splits ensures) m * N per
+        // split; k_per_split is a multiple of 64.
+        a.i32(i32_of(m))
+            .i32(i32_of(w.k))
+            .i32(i32_of(w.n))
+            .i32(i32_of(w.group))
+            .i32(i32_of(k_per_split));
+        self.launch(s, func, cfg, &mut a)?;
         if splits > 1 && !defer {
             self.reduce_partials(s, partial, y, splits, m, w.n)?;
             return Ok(1);
@@ -1475,12 +1581,6 @@ mod tests {
     use super::*;
     use lhama_model::{DrawParams, RowSampling, SeqSlice};
 
-    /// Each lane's words, read as mma.sync m16n8k16's A fragments by the
-    /// PTX ISA's rule (register r of lane L holds A[row][col], A[row][col + 1]
-    /// at its low and high 16 bits, row = L / 4 + 8 (r % 2), col = 2 (L % 4) +
-    /// 8 (r / 2)), with A = W^T of the tile, give back every q[k][n] of the
-    /// AWQ matrix: the nibble of register r sits at bits 4r (low half) and
-    /// 16 + 4r (high half), as the kernel's bit trick takes it.
     #[test]
     fn gemv_launches_cover_the_rows_in_chunks_of_eight() {
         assert_eq!(
@@ -1491,6 +1591,39 @@ mod tests {
         assert_eq!(row_chunks(0).count(), 0);
     }
 
+    /// The fragment GEMM's splits: multiples of 64 k covering K exactly,
+    /// no split under 128 k, no more splits than the partial buffer holds,
+    /// and one split when the tiles alone fill the target.
+    #[test]
+    fn fragment_gemm_splits_cover_k_in_multiples_of_64() {
+        for &(k, tiles, target, most) in &[
+            (1024usize, 16usize, 264usize, 100usize),
+            (4096, 8, 264, 100),
+            (1024, 300, 264, 100),
+            (1024, 16, 264, 3),
+            (192, 1, 264, 100),
+            (64, 1, 264, 100),
+            (4096, 1, 264, 0),
+        ] {
+            let (splits, per) = frag_splits(k, tiles, target, most);
+            assert!(per % 64 == 0 && per > 0, "{k} {tiles}: {per}");
+            assert_eq!(splits, k.div_ceil(per), "{k} {tiles}");
+            assert!(splits <= most.max(1), "{k} {tiles}: {splits} > {most}");
+            assert!(splits == 1 || per >= 128, "{k} {tiles}: {per}");
+            if tiles >= target {
+                assert_eq!(splits, 1);
+            }
+        }
+        assert_eq!(frag_splits(1024, 16, 264, 100), (8, 128));
+        assert_eq!(frag_splits(4096, 64, 264, 100), (5, 832));
+    }
+
+    /// Each lane's words, read as mma.sync m16n8k16's A fragments by the
+    /// PTX ISA's rule (register r of lane L holds A[row][col], A[row][col + 1]
+    /// at its low and high 16 bits, row = L / 4 + 8 (r % 2), col = 2 (L % 4) +
+    /// 8 (r / 2)), with A = W^T of the tile, give back every q[k][n] of the
+    /// AWQ matrix: the nibble of register r sits at bits 4r (low half) and
+    /// 16 + 4r (high half), as the kernel's bit trick takes it.
     #[test]
     fn fragment_order_gives_each_lane_its_mma_fragments() {
         let (k, n) = (256, 48);

@@ -70,6 +70,34 @@ fn f16_rounded(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&a| f16::from_f32(a).to_f32()).collect()
 }
 
+/// x[M, K] times the AWQ matrix with every weight (q - zero) * scale
+/// rounded to f16, summed in f64: the fragment GEMM's reference.
+fn f16_product(x: &[f32], m: usize, f: &FusedAwq) -> Vec<f32> {
+    let (k, n) = (f.k, f.n);
+    let mut w = vec![0f64; k * n];
+    for kk in 0..k {
+        let g = (kk / f.group) * n;
+        for c in 0..n {
+            let q = awq::unpack(f.qweight[kk * (n / 8) + c / 8], c % 8) as f32;
+            w[kk * n + c] = f16::from_f32((q - f.zeros[g + c]) * f.scales[g + c]).to_f64();
+        }
+    }
+    let mut y = vec![0f32; m * n];
+    for r in 0..m {
+        let mut row = vec![0f64; n];
+        for kk in 0..k {
+            let xv = x[r * k + kk] as f64;
+            for (acc, wv) in row.iter_mut().zip(&w[kk * n..(kk + 1) * n]) {
+                *acc += xv * wv;
+            }
+        }
+        for (o, v) in y[r * n..(r + 1) * n].iter_mut().zip(row) {
+            *o = v as f32;
+        }
+    }
+    y
+}
+
 fn random_awq(g: &mut SplitMix64, k: usize, n: usize, group: usize) -> AwqWeights {
     let w = randn(g, k * n);
     let q = awq::quantize(&w, k, n, group);
@@ -120,6 +148,9 @@ fn awq_matmul_matches_cpu() {
         // same product of the rounded x (everything else stays exact).
         let mut want_f16x = vec![0f32; m * n];
         cpu::awq_matmul(&f16_rounded(&x), m, &cpu_m, &mut want_f16x);
+        // The fragment GEMM rounds each weight (q - zero) * scale to f16
+        // too: its reference is the product of the rounded x and weights.
+        let want_frag = f16_product(&f16_rounded(&x), m, &f);
         let w = GpuAwq::upload(&s, &f).unwrap();
         let xd = s.clone_htod(&x).unwrap();
         let mut partial = s.alloc_zeros::<f32>(w.partial_len()).unwrap();
@@ -132,30 +163,45 @@ fn awq_matmul_matches_cpu() {
         // At fast precision the GEMV rows go through the tensor-core GEMV
         // where the layer has fragment-ordered weights, else (and with
         // gemv_mma_on off) through the f32 GEMV.
-        for (mma_min, precision, gemv_mma) in [
+        // The fragment GEMM (gemm_frag_on) in its 64-row tiles
+        // (tall rows usize::MAX) and its 128-row tiles (tall rows 1).
+        for (mma_min, precision, gemv_mma, frag_gemm, tall) in [
             (
                 lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS,
                 Precision::Exact,
                 true,
+                false,
+                usize::MAX,
             ),
-            (1, Precision::Exact, true),
-            (1, Precision::Fast, true),
-            (usize::MAX, Precision::Fast, true),
-            (usize::MAX, Precision::Fast, false),
+            (1, Precision::Exact, true, false, usize::MAX),
+            (1, Precision::Fast, true, false, usize::MAX),
+            (usize::MAX, Precision::Fast, true, false, usize::MAX),
+            (usize::MAX, Precision::Fast, false, false, usize::MAX),
+            (1, Precision::Fast, true, true, usize::MAX),
+            (1, Precision::Fast, true, true, 1),
         ] {
             k.mma_min_rows = mma_min;
             k.precision = precision;
             k.gemv_mma_on = gemv_mma;
+            // Every row count through the tensor-core GEMV when it is on.
+            k.gemv_mma_min_rows = 1;
+            k.gemm_frag_on = frag_gemm;
+            k.gemm_frag_tall_rows = tall;
             let mma = m >= mma_min;
             let fast = precision == Precision::Fast;
             let tc_gemv = !mma && fast && gemv_mma && w.frag.is_some();
+            let tc_frag = mma && fast && frag_gemm && w.frag.is_some();
             let path = match (mma, precision) {
                 (false, _) if tc_gemv => "gemv mma f16 x",
                 (false, _) => "gemv",
                 (true, Precision::Exact) => "mma exact",
+                (true, Precision::Fast) if tc_frag && tall == 1 => "frag gemm 128-row tiles",
+                (true, Precision::Fast) if tc_frag => "frag gemm 64-row tiles",
                 (true, Precision::Fast) => "mma f16 x",
             };
-            let want = if (mma && fast) || tc_gemv {
+            let want = if tc_frag {
+                &want_frag
+            } else if (mma && fast) || tc_gemv {
                 &want_f16x
             } else {
                 &want
@@ -226,8 +272,14 @@ fn split_products_are_added_up_by_their_consumers() {
         let mut counters = s
             .alloc_zeros::<u32>(lhama_cuda::kernels::counters_len(n))
             .unwrap();
-        for precision in [Precision::Exact, Precision::Fast] {
+        // Exact, fast, and fast through the fragment GEMM (gemm_frag.cu).
+        for (precision, frag_gemm) in [
+            (Precision::Exact, false),
+            (Precision::Fast, false),
+            (Precision::Fast, true),
+        ] {
             k.precision = precision;
+            k.gemm_frag_on = frag_gemm;
             let mut y = poisoned(&s, m * n);
             k.awq_matmul(
                 &s,
@@ -251,7 +303,8 @@ fn split_products_are_added_up_by_their_consumers() {
                     &mut y2.slice_mut(..),
                 )
                 .unwrap();
-            let what = format!("m={m} k={kk} n={n} {precision:?}: {splits} splits");
+            let what =
+                format!("m={m} k={kk} n={n} {precision:?} frag {frag_gemm}: {splits} splits");
             if splits > 1 {
                 split_seen += 1;
             }
@@ -295,7 +348,7 @@ fn split_products_are_added_up_by_their_consumers() {
             assert_eq!(acts[0], acts[1], "{what}: silu_mul");
         }
     }
-    assert!(split_seen >= 4, "only {split_seen} products were split");
+    assert!(split_seen >= 6, "only {split_seen} products were split");
 }
 
 /// The GEMV that reads silu(gate) * up from a gate_up product gives what
@@ -322,6 +375,7 @@ fn the_down_gemv_takes_silu_of_gate_up() {
     ] {
         k.precision = precision;
         k.gemv_mma_on = true;
+        k.gemv_mma_min_rows = 1;
         let a = random_awq(&mut g, kk, n, group);
         let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
         let gu: Vec<f32> = randn(&mut g, m * 2 * kk).iter().map(|v| v * 3.0).collect();

@@ -1,0 +1,222 @@
+// AWQ int4 GEMM for many rows on the fast path (f16 x and weights, f32
+// accumulation), on the weights in the tensor-core GEMV's fragment order
+// (gemv_mma.cu: frag [N/16][K/64][32 lanes] uint4; one 16-byte load gives a
+// lane its A fragments of a 16-column tile for 64 consecutive k).
+//
+// As in the GEMV, the weights are the mma's A operand and the rows its B
+// operand: D[16 columns, 8 rows] += W^T[16 columns, 16 k] · x^T[16 k, 8 rows].
+// The A fragments are dequantized in registers: 0x6400 | q is the f16
+// 1024 + q, minus 1024 + zero is q - zero exactly, times the group's f16
+// scale is the weight rounded once to f16 (what an fp16 dequantization of the
+// checkpoint gives). The B fragments come from x staged in shared memory as
+// f16 through ldmatrix.
+//
+// Block: 256 threads = 8 warps, 4 across the columns and 2 down the rows.
+// A warp takes 2 column tiles (32 columns) and RT row tiles of 8, so a block
+// covers 128 columns and BM = 16 RT rows. k goes in chunks of 64: the next
+// chunk's x (f32, converted to f16 as it is staged), weights, zeros and
+// scales are loaded into registers while the tensor cores work on this one;
+// x sits double-buffered in shared memory.
+// Grid: (ceil(N / 128), ceil(M / BM), splits). Split z covers k in
+// [z * k_per_split, min(K, (z + 1) * k_per_split)) and writes
+// out[z, M, N] (with one split, y itself); its consumer or
+// awq_reduce_partials_f32 adds the splits up in order (deterministic).
+// Host guarantees: N % 16 == 0, K % 64 == 0, k_per_split % 64 == 0,
+// group % 64 == 0.
+#define FRAG_THREADS 256
+// Shared x rows in halves: 64 k + 8 pad (144 bytes, so the eight 16-byte
+// rows of an ldmatrix phase fall in distinct banks).
+#define FRAG_XS 72
+
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const __half* p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+template <int RT>
+__device__ __forceinline__ void awq_gemm_frag(
+    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
+    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
+    constexpr int BM = 16 * RT;
+    // float4 of x per thread per chunk: BM rows x 16 float4.
+    constexpr int XV = BM * 16 / FRAG_THREADS;
+    __shared__ __align__(16) __half xs[2][BM * FRAG_XS];
+
+    const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
+    const int gid = lane / 4, tig = lane % 4;
+    const int wc = warp % 4, wr = warp / 4;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * 128;
+    const int kb = blockIdx.z * k_per_split;
+    const int ke = min(k, kb + k_per_split);
+    const int chunks = (ke - kb) / 64;
+    const int quads = k / 64;
+    const int nt0 = n0 / 16 + wc * 2;  // this warp's first column tile
+    bool ct_ok[2];
+    int col[2][2];  // [tile][a-row half]: gid and gid + 8
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        ct_ok[j] = nt0 + j < n / 16;
+        col[j][0] = (nt0 + j) * 16 + gid;
+        col[j][1] = col[j][0] + 8;
+    }
+
+    // Staging: float4 e = i * 256 + tid of the chunk is row e / 16, k 4 (e % 16).
+    const float* xrow[XV];
+#pragma unroll
+    for (int i = 0; i < XV; ++i) {
+        const int r = m0 + (i * FRAG_THREADS + tid) / 16;
+        xrow[i] = r < m ? x + (size_t)r * k : nullptr;
+    }
+    const int xk = (tid % 16) * 4;
+
+    float4 xv[XV];
+    uint4 wv[2];
+    float zf[2][2], sf[2][2];
+    auto fetch_weights = [&](int k0) {
+        const int kq = k0 / 64;
+        const size_t g = (size_t)(k0 / group) * n;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            if (ct_ok[j]) {
+                wv[j] = frag[((size_t)(nt0 + j) * quads + kq) * LHAMA_WARP + lane];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    zf[j][h] = zeros[g + col[j][h]];
+                    sf[j][h] = scales[g + col[j][h]];
+                }
+            } else {
+                wv[j] = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) zf[j][h] = sf[j][h] = 0.0f;
+            }
+        }
+    };
+    auto fetch_x = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < XV; ++i)
+            xv[i] = xrow[i] ? *reinterpret_cast<const float4*>(xrow[i] + k0 + xk) : make_float4(0.f, 0.f, 0.f, 0.f);
+    };
+    auto stage_x = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < XV; ++i) {
+            const int r = (i * FRAG_THREADS + tid) / 16;
+            const __half2 h01 = __floats2half2_rn(xv[i].x, xv[i].y);
+            const __half2 h23 = __floats2half2_rn(xv[i].z, xv[i].w);
+            *reinterpret_cast<uint2*>(&xs[buf][r * FRAG_XS + xk]) = make_uint2(half2_bits(h01), half2_bits(h23));
+        }
+    };
+    // The chunk the tensor cores work on: its weight words, 1024 + zero and
+    // the scale as half2 per (tile, a-row half).
+    unsigned wcur[2][4], zb[2][2], sb[2][2];
+    auto take_weights = [&]() {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            wcur[j][0] = wv[j].x;
+            wcur[j][1] = wv[j].y;
+            wcur[j][2] = wv[j].z;
+            wcur[j][3] = wv[j].w;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                zb[j][h] = half2_bits(__float2half2_rn(1024.0f + zf[j][h]));
+                sb[j][h] = half2_bits(__float2half2_rn(sf[j][h]));
+            }
+        }
+    };
+
+    float acc[2][RT][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < RT; ++r)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.0f;
+
+    // Weights, zeros and scales are constant: the first chunk's are in
+    // flight before the wait on the previous kernel (which writes x).
+    if (chunks > 0) fetch_weights(kb);
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
+    if (chunks > 0) {
+        fetch_x(kb);
+        stage_x(0);
+        take_weights();
+    }
+    __syncthreads();
+    // ldmatrix.x4 addresses: lanes 0-7 rows 0-7 at k 0, 8-15 rows 0-7 at k 8,
+    // 16-23 rows 8-15 at k 0, 24-31 rows 8-15 at k 8 (of a pair of row tiles):
+    // registers b0, b1 of the first row tile, then of the second.
+    const int ld_row = wr * RT * 8 + (lane / 16) * 8 + lane % 8;
+    const int ld_k = ((lane / 8) % 2) * 8;
+    for (int c = 0; c < chunks; ++c) {
+        const int buf = c & 1;
+        const int k0 = kb + c * 64;
+        if (c + 1 < chunks) {
+            fetch_weights(k0 + 64);
+            fetch_x(k0 + 64);
+        }
+        const __half* xb = &xs[buf][ld_row * FRAG_XS + ld_k];
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {  // k16 steps of the chunk
+            unsigned a[2][4];
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const unsigned biased = ((wcur[j][t] >> (4 * i)) & 0x000F000Fu) | 0x64006400u;
+                    const __half2 q = __hsub2(*reinterpret_cast<const __half2*>(&biased),
+                                              *reinterpret_cast<const __half2*>(&zb[j][i % 2]));
+                    a[j][i] = half2_bits(__hmul2(q, *reinterpret_cast<const __half2*>(&sb[j][i % 2])));
+                }
+#pragma unroll
+            for (int rp = 0; rp < RT / 2; ++rp) {
+                unsigned b[4];
+                ldsm_x4(b, xb + rp * 16 * FRAG_XS + t * 16);
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    mma_16816(acc[j][2 * rp], a[j], b[0], b[1]);
+                    mma_16816(acc[j][2 * rp + 1], a[j], b[2], b[3]);
+                }
+            }
+        }
+        if (c + 1 < chunks) {
+            stage_x(buf ^ 1);
+            take_weights();
+        }
+        __syncthreads();
+    }
+
+    // D[column, row]: c0 (col gid, row 2 tig), c1 (row 2 tig + 1), c2, c3 the
+    // same at column gid + 8.
+    float* dst = out + (size_t)blockIdx.z * m * n;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        if (!ct_ok[j]) continue;
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+            const int row = m0 + wr * RT * 8 + r * 8 + 2 * tig;
+            if (row < m) {
+                dst[(size_t)row * n + col[j][0]] = acc[j][r][0];
+                dst[(size_t)row * n + col[j][1]] = acc[j][r][2];
+            }
+            if (row + 1 < m) {
+                dst[(size_t)(row + 1) * n + col[j][0]] = acc[j][r][1];
+                dst[(size_t)(row + 1) * n + col[j][1]] = acc[j][r][3];
+            }
+        }
+    }
+}
+
+// BM = 64 rows (4 row tiles a warp) and 128 rows (8).
+extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 2) awq_gemm_frag64_f16x(
+    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
+    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
+    awq_gemm_frag<4>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(FRAG_THREADS) awq_gemm_frag128_f16x(
+    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
+    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
+    awq_gemm_frag<8>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);
+}
