@@ -59,6 +59,14 @@ pub enum BenchSampling {
     Draw,
 }
 
+/// What `prefill` measured: its seconds, and with `profile` the first
+/// pass's kernel times and wall microseconds.
+struct PrefillRun {
+    secs: f64,
+    kernels: Vec<(&'static str, f64)>,
+    profiled_us: f64,
+}
+
 /// Prefills `n` sequences of `len` tokens, `pack` whole prompts a forward
 /// pass (the last pass takes the rest), and returns the seconds it took;
 /// `tables` gets their block tables. With `profile`, the first pass's
@@ -71,7 +79,7 @@ fn prefill(
     pack: usize,
     profile: bool,
     tables: &mut Vec<Vec<u32>>,
-) -> anyhow::Result<(f64, Vec<(&'static str, f64)>, f64)> {
+) -> anyhow::Result<PrefillRun> {
     let bs = backend.kv_geometry().block_size;
     let per_seq = (len + steps + 1).div_ceil(bs);
     tables.clear();
@@ -122,7 +130,11 @@ fn prefill(
             backend.set_profiling(false);
         }
     }
-    Ok((start.elapsed().as_secs_f64(), times, timed_us))
+    Ok(PrefillRun {
+        secs: start.elapsed().as_secs_f64(),
+        kernels: times,
+        profiled_us: timed_us,
+    })
 }
 
 /// `--gemm`: the AWQ products against cuBLAS on the model's shapes.
@@ -199,7 +211,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let limits = BackendLimits {
         kv_cache_tokens: Some(max_batch.max(args.prefill_seqs) * (per_seq + 16)),
         max_batch_tokens: (pack * args.prompt_len).max(max_batch),
-        max_seqs: max_batch,
+        max_seqs: max_batch.max(pack),
         gpu_memory_utilization: 0.9,
         precision: args.precision,
     };
@@ -213,7 +225,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.decode_steps
     );
     let mut tables = Vec::new();
-    let (secs, _, _) = prefill(
+    let secs = prefill(
         backend,
         1,
         args.prompt_len,
@@ -221,7 +233,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         1,
         false,
         &mut tables,
-    )?;
+    )?
+    .secs;
     println!(
         "prefill: {} tokens in {:.3} s = {:.1} tok/s",
         args.prompt_len,
@@ -240,7 +253,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             false,
             &mut tables,
         )?;
-        let (secs, times, wall) = prefill(
+        let run = prefill(
             backend,
             n,
             args.prompt_len,
@@ -252,14 +265,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!(
             "prefill: {n} prompts of {} tokens, {pack} a pass, in {:.3} s = {:.1} tok/s",
             args.prompt_len,
-            secs,
-            (n * args.prompt_len) as f64 / secs
+            run.secs,
+            (n * args.prompt_len) as f64 / run.secs
         );
         if args.profile {
             print_profile(
                 &format!("prefill pass of {} tokens", pack * args.prompt_len),
-                wall,
-                &times,
+                run.profiled_us,
+                &run.kernels,
             );
         }
     }

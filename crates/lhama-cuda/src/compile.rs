@@ -44,6 +44,10 @@ pub const KERNELS: &[&str] = &[
     "awq_gemv_partial_m2_f32",
     "awq_gemv_partial_m4_f32",
     "awq_gemv_partial_m8_f32",
+    "awq_gemv_silu_m1_f32",
+    "awq_gemv_silu_m2_f32",
+    "awq_gemv_silu_m4_f32",
+    "awq_gemv_silu_m8_f32",
     "awq_reduce_partials_f32",
     "rope_kv_write_f32",
     "rope_kv_write_f16kv",
@@ -167,5 +171,22 @@ mod tests {
             );
             assert!(src.contains(&format!("#define {name} {value}\n")));
         }
+    }
+
+    /// Every kernel the launchers load by a literal name is in KERNELS (the
+    /// profile's names come from it: a missing one shows as "?").
+    #[test]
+    fn every_loaded_kernel_is_named() {
+        let launchers = include_str!("kernels.rs");
+        let mut seen = 0;
+        for piece in launchers.split("f(\"").skip(1) {
+            let name = &piece[..piece.find('"').expect("a closing quote")];
+            assert!(
+                KERNELS.contains(&name),
+                "{name} is loaded but not in KERNELS"
+            );
+            seen += 1;
+        }
+        assert!(seen > 20, "only {seen} literal loads found");
     }
 }
