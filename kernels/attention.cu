@@ -381,21 +381,29 @@ __device__ __forceinline__ void paged_attention_decode(
 // One kernel per cache type and head size: registers sized for the head,
 // not for the largest one; and each in two forms: partitions of one chunk
 // (decode1: no registers for a next chunk's loads) and of several (decode).
+// The f16-cache kernels of D <= 64 are held to 4 blocks an SM (64
+// registers, 50% occupancy; at 80 registers they ran 3 blocks an SM and
+// streamed the cache at 1.8 TB/s, latency-bound); the others keep the
+// registers they need.
 #define LHAMA_DECODE_KERNEL(NAME, KV, D, MULTI)                                                     \
     extern "C" __global__ void __launch_bounds__(ATTN_WARPS * LHAMA_WARP) NAME(LHAMA_DECODE_PARAMS(KV)) { \
         paged_attention_decode<KV, D, MULTI>(LHAMA_DECODE_ARGS);                                     \
     }
+#define LHAMA_DECODE_KERNEL_4(NAME, KV, D, MULTI)                                                       \
+    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * LHAMA_WARP, 4) NAME(LHAMA_DECODE_PARAMS(KV)) { \
+        paged_attention_decode<KV, D, MULTI>(LHAMA_DECODE_ARGS);                                        \
+    }
 LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d32, float, 32, true)
 LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d64, float, 64, true)
 LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d128, float, 128, true)
-LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d32, __half, 32, true)
-LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d64, __half, 64, true)
+LHAMA_DECODE_KERNEL_4(paged_attention_decode_f16kv_d32, __half, 32, true)
+LHAMA_DECODE_KERNEL_4(paged_attention_decode_f16kv_d64, __half, 64, true)
 LHAMA_DECODE_KERNEL(paged_attention_decode_f16kv_d128, __half, 128, true)
 LHAMA_DECODE_KERNEL(paged_attention_decode1_f32_d32, float, 32, false)
 LHAMA_DECODE_KERNEL(paged_attention_decode1_f32_d64, float, 64, false)
 LHAMA_DECODE_KERNEL(paged_attention_decode1_f32_d128, float, 128, false)
-LHAMA_DECODE_KERNEL(paged_attention_decode1_f16kv_d32, __half, 32, false)
-LHAMA_DECODE_KERNEL(paged_attention_decode1_f16kv_d64, __half, 64, false)
+LHAMA_DECODE_KERNEL_4(paged_attention_decode1_f16kv_d32, __half, 32, false)
+LHAMA_DECODE_KERNEL_4(paged_attention_decode1_f16kv_d64, __half, 64, false)
 LHAMA_DECODE_KERNEL(paged_attention_decode1_f16kv_d128, __half, 128, false)
 
 // Steps with prompt tokens: the partition partials, combined by

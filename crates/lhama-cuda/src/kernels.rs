@@ -362,6 +362,9 @@ pub struct Kernels {
     /// (LHAMA_DEFER_SPLITS=0 reduces them in a launch of their own, for
     /// comparisons).
     pub defer_splits: bool,
+    /// Products of up to this many rows defer their splits
+    /// (LHAMA_DEFER_MAX_ROWS; default DEFER_MAX_ROWS).
+    pub defer_max_rows: usize,
     /// Which tensor-core AWQ GEMM runs (the KV cache's type picks the
     /// attention kernels).
     pub precision: Precision,
@@ -595,6 +598,7 @@ impl Kernels {
             mma_split_blocks: env_rows("LHAMA_MMA_SPLIT_BLOCKS")?
                 .unwrap_or(2 * usize::try_from(sm_count).unwrap_or(1).max(1)),
             defer_splits: std::env::var("LHAMA_DEFER_SPLITS").map_or(true, |v| v != "0"),
+            defer_max_rows: env_rows("LHAMA_DEFER_MAX_ROWS")?.unwrap_or(DEFER_MAX_ROWS),
             attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
                 .unwrap_or(sm_count_blocks(sm_count)),
             names,
@@ -843,7 +847,7 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<usize, CudaError> {
-        let defer = self.defer_splits && m <= DEFER_MAX_ROWS;
+        let defer = self.defer_splits && m <= self.defer_max_rows;
         self.awq_matmul_impl(s, x, m, w, partial, counters, y, defer)
     }
 
