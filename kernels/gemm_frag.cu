@@ -220,3 +220,4 @@ extern "C" __global__ void __launch_bounds__(FRAG_THREADS) awq_gemm_frag128_f16x
     const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
     awq_gemm_frag<8>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);
 }
+

@@ -30,6 +30,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "gemm_frag.cu",
         include_str!("../../../kernels/gemm_frag.cu"),
     ),
+    (
+        "attention_mma.cu",
+        include_str!("../../../kernels/attention_mma.cu"),
+    ),
     ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
 ];
 
@@ -74,6 +78,12 @@ pub const KERNELS: &[&str] = &[
     "awq_gemv_mma_silu_f16x",
     "awq_gemm_frag64_f16x",
     "awq_gemm_frag128_f16x",
+    "paged_attention_prefill_mma_f16kv_d32",
+    "paged_attention_prefill_mma_f16kv_d64",
+    "paged_attention_prefill_mma_f16kv_d128",
+    "paged_attention_prefill_mma_f16kv_d32",
+    "paged_attention_prefill_mma_f16kv_d64",
+    "paged_attention_prefill_mma_f16kv_d128",
     "sample_rows_f32",
     "apply_token_masks",
 ];

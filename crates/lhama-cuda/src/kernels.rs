@@ -328,6 +328,8 @@ pub struct Kernels {
     /// f16 cache][head_dim 32, 64, 128].
     attention_decode: [[[CudaFunction; 3]; 2]; 2],
     attention_prefill: (CudaFunction, CudaFunction),
+    /// Prefill attention on the tensor cores (f16 cache), head_dim 32, 64, 128.
+    attention_prefill_mma: [CudaFunction; 3],
     lm_head: CudaFunction,
     lm_head_mma: CudaFunction,
     sample: CudaFunction,
@@ -353,6 +355,10 @@ pub struct Kernels {
     /// From this many rows the fragment GEMM takes 128-row block tiles
     /// (fewer: 64-row tiles).
     pub gemm_frag_tall_rows: usize,
+    /// Steps with prompt tokens on the f16 cache attend on the tensor cores
+    /// (attention_mma.cu) where head_dim is 32, 64 or 128
+    /// (LHAMA_PREFILL_MMA=0: the f32-accumulating kernel, for comparisons).
+    pub prefill_mma_on: bool,
     /// lm_head over at least this many rows uses the tensor-core GEMM.
     pub lm_head_mma_min_rows: usize,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
@@ -577,6 +583,11 @@ impl Kernels {
                 f("paged_attention_prefill_f32")?,
                 f("paged_attention_prefill_f16kv")?,
             ),
+            attention_prefill_mma: [
+                f("paged_attention_prefill_mma_f16kv_d32")?,
+                f("paged_attention_prefill_mma_f16kv_d64")?,
+                f("paged_attention_prefill_mma_f16kv_d128")?,
+            ],
             lm_head: f("lm_head_f16_f32")?,
             lm_head_mma: f("lm_head_mma_f16_f32")?,
             sample: f("sample_rows_f32")?,
@@ -588,6 +599,7 @@ impl Kernels {
             gemv_mma_min_rows: env_rows("LHAMA_GEMV_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_GEMV_MMA_MIN_ROWS),
             gemm_frag_on: std::env::var("LHAMA_GEMM_FRAG").map_or(true, |v| v != "0"),
+            prefill_mma_on: std::env::var("LHAMA_PREFILL_MMA").map_or(true, |v| v != "0"),
             gemm_frag_tall_rows: env_rows("LHAMA_GEMM_FRAG_TALL_ROWS")?
                 .unwrap_or(DEFAULT_GEMM_FRAG_TALL_ROWS),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
@@ -1282,9 +1294,25 @@ impl Kernels {
         )?;
         let scale = 1.0f32 / (hd as f32).sqrt();
         let blocks = tiles.len() / 2;
+        // The tensor-core kernel (one warp a block) on the f16 cache where
+        // the head size has one; the same grid and partials either way.
+        let mma = match (&*cache, hd) {
+            (KvCache::F16 { .. }, 32 | 64 | 128) if self.prefill_mma_on => {
+                Some(&self.attention_prefill_mma[hd.trailing_zeros() as usize - 5])
+            }
+            _ => None,
+        };
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, heads as u32, launched as u32),
-            block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
+            block_dim: (
+                if mma.is_some() {
+                    32
+                } else {
+                    32 * ATTENTION_WARPS as u32
+                },
+                1,
+                1,
+            ),
             shared_mem_bytes: 0,
         };
         // Every table entry < blocks, every seq_of < rows of block_tables and
@@ -1295,9 +1323,10 @@ impl Kernels {
         // positions of one sequence (attention_tiles); sizes checked above.
         self.launch(
             s,
-            match cache {
-                KvCache::F32 { .. } => &self.attention_prefill.0,
-                KvCache::F16 { .. } => &self.attention_prefill.1,
+            match (mma, &*cache) {
+                (Some(f), _) => f,
+                (None, KvCache::F32 { .. }) => &self.attention_prefill.0,
+                (None, KvCache::F16 { .. }) => &self.attention_prefill.1,
             },
             cfg,
             Args::new(s)
