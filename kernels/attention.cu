@@ -7,8 +7,9 @@
 // exp(score - m) and its unnormalized output acc[D] = sum exp(score - m) * v
 // into work[t, h, z, 0..D+2], and the partitions are combined:
 //
-// paged_attention_combine_f32: grid (T, H), block D threads: rescales the
-//   partitions to a common max and normalizes, in partition order.
+// paged_attention_combine_f32: grid (T), block 256 threads over the
+//   token's H * D outputs: rescales the partitions to a common max and
+//   normalizes, in partition order.
 //
 // q            [T, H * D] f32 (rotated)
 // k_cache, v_cache [blocks * block_size, KVH, D] f32, or f16 (the _f16kv kernels)
@@ -25,19 +26,22 @@ extern "C" __global__ void paged_attention_combine_f32(
     int head_dim, int max_parts) {
     LHAMA_GRID_WAIT();
     LHAMA_GRID_LAUNCH_DEPENDENTS();
-    const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+    const int t = blockIdx.x;
     const int parts = ((int)positions[t] + ATTN_PART) / ATTN_PART;  // ceil((pos + 1) / PART)
-    const float* src = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);
-    float m = LHAMA_NEG_INF;
-    for (int z = 0; z < parts; ++z) m = fmaxf(m, src[z * (head_dim + 2) + head_dim]);
-    float l = 0.0f, v = 0.0f;
-    for (int z = 0; z < parts; ++z) {
-        const float* p = src + z * (head_dim + 2);
-        const float c = expf(p[head_dim] - m);
-        l += p[head_dim + 1] * c;
-        if (d < head_dim) v += p[d] * c;
+    for (int e = threadIdx.x; e < heads * head_dim; e += blockDim.x) {
+        const int h = e / head_dim, d = e % head_dim;
+        const float* src = work + ((size_t)t * heads + h) * max_parts * (head_dim + 2);
+        float m = LHAMA_NEG_INF;
+        for (int z = 0; z < parts; ++z) m = fmaxf(m, src[z * (head_dim + 2) + head_dim]);
+        float l = 0.0f, v = 0.0f;
+        for (int z = 0; z < parts; ++z) {
+            const float* p = src + z * (head_dim + 2);
+            const float c = expf(p[head_dim] - m);
+            l += p[head_dim + 1] * c;
+            v += p[d] * c;
+        }
+        out[(size_t)t * heads * head_dim + e] = v / l;
     }
-    if (d < head_dim) out[(size_t)t * heads * head_dim + h * head_dim + d] = v / l;
 }
 
 // Decode steps (one new token per sequence): rotary embedding, the K/V write,

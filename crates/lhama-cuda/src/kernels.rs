@@ -1345,11 +1345,7 @@ impl Kernels {
                 .i32(i32_of(parts))
                 .f32(scale),
         )?;
-        let cfg = LaunchConfig {
-            grid_dim: (t as u32, heads as u32, 1),
-            block_dim: (hd as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = cfg_1d(t as u32, 256);
         // The partitions a token has were written above; out holds t * heads * hd.
         self.launch(
             s,
