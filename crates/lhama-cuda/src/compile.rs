@@ -39,53 +39,198 @@ pub const SOURCES: &[(&str, &str)] = &[
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
-/// Names of every `extern "C"` kernel the backend loads.
-pub const KERNELS: &[&str] = &[
-    "embedding_gather_f16_f32",
-    "add_rmsnorm_f32",
-    "silu_mul_f32",
-    "awq_gemv_partial_m1_f32",
-    "awq_gemv_partial_m2_f32",
-    "awq_gemv_partial_m4_f32",
-    "awq_gemv_partial_m8_f32",
-    "awq_gemv_silu_m1_f32",
-    "awq_gemv_silu_m2_f32",
-    "awq_gemv_silu_m4_f32",
-    "awq_gemv_silu_m8_f32",
-    "awq_reduce_partials_f32",
-    "rope_kv_write_f32",
-    "rope_kv_write_f16kv",
-    "paged_attention_combine_f32",
-    "paged_attention_decode_f32_d32",
-    "paged_attention_decode_f32_d64",
-    "paged_attention_decode_f32_d128",
-    "paged_attention_decode_f16kv_d32",
-    "paged_attention_decode_f16kv_d64",
-    "paged_attention_decode_f16kv_d128",
-    "paged_attention_decode1_f32_d32",
-    "paged_attention_decode1_f32_d64",
-    "paged_attention_decode1_f32_d128",
-    "paged_attention_decode1_f16kv_d32",
-    "paged_attention_decode1_f16kv_d64",
-    "paged_attention_decode1_f16kv_d128",
-    "paged_attention_prefill_f32",
-    "paged_attention_prefill_f16kv",
-    "lm_head_f16_f32",
-    "awq_gemm_mma_f32",
-    "awq_gemm_mma_f16x",
-    "lm_head_mma_f16_f32",
-    "awq_gemv_mma_f16x",
-    "awq_gemv_mma_silu_f16x",
-    "awq_gemm_frag64_f16x",
-    "awq_gemm_frag128_f16x",
-    "paged_attention_prefill_mma_f16kv_d32",
-    "paged_attention_prefill_mma_f16kv_d64",
-    "paged_attention_prefill_mma_f16kv_d128",
-    "paged_attention_prefill_mma_f16kv_d32",
-    "paged_attention_prefill_mma_f16kv_d64",
-    "paged_attention_prefill_mma_f16kv_d128",
-    "sample_rows_f32",
-    "apply_token_masks",
+/// One kernel: its name and its parameters' C types, in order.
+pub struct Kernel {
+    pub name: &'static str,
+    pub params: &'static [&'static str],
+}
+
+// Parameter types, as the kernels declare them.
+const F: &str = "const float*";
+const FM: &str = "float*";
+const U: &str = "const unsigned*";
+const UM: &str = "unsigned*";
+const H: &str = "const __half*";
+const HM: &str = "__half*";
+const U4: &str = "const uint4*";
+const SP: &str = "const SampleParams*";
+const I: &str = "int";
+const R: &str = "float";
+
+/// Every `extern "C"` kernel the backend loads, with its parameters: the one
+/// table of kernel names and argument lists. The NVRTC source declares each
+/// as a prototype from it (`prototypes`), so a kernel whose definition
+/// differs fails to compile, and every launch is checked against it
+/// (`kernels::Args`: the count, and pointer / int / float at each place).
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "embedding_gather_f16_f32",
+        params: &[H, U, FM, I],
+    },
+    Kernel {
+        name: "add_rmsnorm_f32",
+        params: &[FM, F, I, F, FM, I, R],
+    },
+    Kernel {
+        name: "silu_mul_f32",
+        params: &[F, I, FM, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_partial_m1_f32",
+        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_partial_m2_f32",
+        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_partial_m4_f32",
+        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_partial_m8_f32",
+        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_silu_m1_f32",
+        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_silu_m2_f32",
+        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_silu_m4_f32",
+        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_silu_m8_f32",
+        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_reduce_partials_f32",
+        params: &[F, FM, I, I, I],
+    },
+    Kernel {
+        name: "rope_kv_write_f32",
+        params: &[F, U, F, F, U, FM, FM, FM, I, I, I],
+    },
+    Kernel {
+        name: "rope_kv_write_f16kv",
+        params: &[F, U, F, F, U, FM, HM, HM, I, I, I],
+    },
+    Kernel {
+        name: "paged_attention_combine_f32",
+        params: &[F, U, FM, I, I, I],
+    },
+    Kernel {
+        name: "paged_attention_decode_f32_d32",
+        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode_f32_d64",
+        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode_f32_d128",
+        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode_f16kv_d32",
+        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode_f16kv_d64",
+        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode_f16kv_d128",
+        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode1_f32_d32",
+        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode1_f32_d64",
+        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode1_f32_d128",
+        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode1_f16kv_d32",
+        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode1_f16kv_d64",
+        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_decode1_f16kv_d128",
+        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_prefill_f32",
+        params: &[F, F, F, U, U, U, U, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_prefill_f16kv",
+        params: &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "lm_head_f16_f32",
+        params: &[F, U, H, FM, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemm_mma_f32",
+        params: &[F, U, F, F, FM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemm_mma_f16x",
+        params: &[F, U, F, F, FM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "lm_head_mma_f16_f32",
+        params: &[F, U, H, FM, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_mma_f16x",
+        params: &[F, U4, F, F, FM, FM, UM, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemv_mma_silu_f16x",
+        params: &[F, U4, F, F, FM, FM, UM, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemm_frag64_f16x",
+        params: &[F, U4, F, F, FM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "awq_gemm_frag128_f16x",
+        params: &[F, U4, F, F, FM, I, I, I, I, I],
+    },
+    Kernel {
+        name: "paged_attention_prefill_mma_f16kv_d32",
+        params: &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_prefill_mma_f16kv_d64",
+        params: &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "paged_attention_prefill_mma_f16kv_d128",
+        params: &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R],
+    },
+    Kernel {
+        name: "sample_rows_f32",
+        params: &[F, SP, UM, I],
+    },
+    Kernel {
+        name: "apply_token_masks",
+        params: &[FM, U, I, I],
+    },
 ];
 
 /// The whole program: common helpers, then each family with a line marker so
@@ -97,9 +242,26 @@ pub fn program_source() -> String {
     }
     src.push_str("#line 1 \"common.cuh\"\n");
     src.push_str(COMMON);
+    src.push_str(&prototypes());
     for (name, body) in SOURCES {
         src.push_str(&format!("\n#line 1 \"{name}\"\n"));
         src.push_str(body);
+    }
+    src
+}
+
+/// The prototype of every kernel in KERNELS, for the NVRTC source (after
+/// common.cuh, before the kernel files).
+pub fn prototypes() -> String {
+    let mut src = String::from(
+        "\n// Generated from lhama_cuda::compile::KERNELS: each definition must match.\nstruct SampleParams;\n",
+    );
+    for k in KERNELS {
+        src.push_str(&format!(
+            "extern \"C\" __global__ void {}({});\n",
+            k.name,
+            k.params.join(", ")
+        ));
     }
     src
 }
@@ -138,6 +300,11 @@ pub fn nvrtc_available() -> bool {
 
 /// Compiles every kernel for `arch` (e.g. "compute_90a").
 pub fn compile(arch: &'static str) -> Result<Ptx, CudaError> {
+    compile_source(arch, program_source())
+}
+
+/// Compiles `src` (a variant of `program_source`, for tests) for `arch`.
+pub fn compile_source(arch: &'static str, src: String) -> Result<Ptx, CudaError> {
     if !nvrtc_available() {
         return Err(CudaError::NoNvrtc);
     }
@@ -148,7 +315,7 @@ pub fn compile(arch: &'static str) -> Result<Ptx, CudaError> {
         name: Some("lhama_kernels.cu".into()),
         ..CompileOptions::default()
     };
-    compile_ptx_with_opts(program_source(), opts).map_err(|e| CudaError::Compile(format!("{e:?}")))
+    compile_ptx_with_opts(src, opts).map_err(|e| CudaError::Compile(format!("{e:?}")))
 }
 
 #[cfg(test)]
@@ -183,6 +350,30 @@ mod tests {
         }
     }
 
+    /// The source declares every kernel once from the table, before the
+    /// kernel files define it, and defines each exactly once.
+    #[test]
+    fn every_kernel_is_declared_from_the_table() {
+        let src = program_source();
+        let protos = src
+            .find("Generated from lhama_cuda::compile::KERNELS")
+            .expect("prototypes");
+        let first_file = src.find("#line 1 \"embedding.cu\"").expect("kernel files");
+        assert!(protos < first_file);
+        for k in KERNELS {
+            let decl = format!(
+                "extern \"C\" __global__ void {}({});",
+                k.name,
+                k.params.join(", ")
+            );
+            assert_eq!(src.matches(&decl).count(), 1, "{}", k.name);
+        }
+        let mut names: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KERNELS.len(), "a kernel is in the table twice");
+    }
+
     /// Every kernel the launchers load by a literal name is in KERNELS (the
     /// profile's names come from it: a missing one shows as "?").
     #[test]
@@ -192,7 +383,7 @@ mod tests {
         for piece in launchers.split("f(\"").skip(1) {
             let name = &piece[..piece.find('"').expect("a closing quote")];
             assert!(
-                KERNELS.contains(&name),
+                KERNELS.iter().any(|k| k.name == name),
                 "{name} is loaded but not in KERNELS"
             );
             seen += 1;

@@ -380,8 +380,9 @@ pub struct Kernels {
     /// (so long contexts at large batches stream through few blocks, and
     /// small batches still fill the GPU).
     pub attention_min_blocks: usize,
-    /// Kernel names by function handle, for the profile.
-    names: std::collections::HashMap<usize, &'static str>,
+    /// Table entries (names and parameters) by function handle: the
+    /// profile's names and every launch's argument check.
+    table: std::collections::HashMap<usize, &'static compile::Kernel>,
     /// While profiling: each launch's kernel and the events around it.
     profile: std::sync::Mutex<Option<Vec<(usize, CudaEvent, CudaEvent)>>>,
 }
@@ -482,7 +483,41 @@ const MAX_ARGS: usize = 24;
 struct Args<'s> {
     s: &'s CudaStream,
     vals: [u64; MAX_ARGS],
+    /// What each value is, for the check against the kernel table.
+    kinds: [ArgKind; MAX_ARGS],
     n: usize,
+}
+
+/// An argument as the launch passes it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ArgKind {
+    Pointer,
+    Int,
+    Float,
+}
+
+impl ArgKind {
+    /// The kind a parameter of this C type (compile::KERNELS) takes.
+    fn of(c_type: &str) -> Self {
+        match c_type {
+            "int" => Self::Int,
+            "float" => Self::Float,
+            _ => Self::Pointer,
+        }
+    }
+}
+
+/// Whether `args` are what the table says `kernel` takes: as many, each a
+/// pointer, an int or a float where its parameter is.
+fn check_args(kernel: &compile::Kernel, kinds: &[ArgKind]) -> Result<(), CudaError> {
+    let want = kernel.params.iter().map(|t| ArgKind::of(t));
+    if kinds.len() != kernel.params.len() || !want.eq(kinds.iter().copied()) {
+        return Err(CudaError::Driver(format!(
+            "kernel {}: launched with {kinds:?}, its table entry takes {:?}",
+            kernel.name, kernel.params
+        )));
+    }
+    Ok(())
 }
 
 impl<'s> Args<'s> {
@@ -490,22 +525,24 @@ impl<'s> Args<'s> {
         Self {
             s,
             vals: [0; MAX_ARGS],
+            kinds: [ArgKind::Int; MAX_ARGS],
             n: 0,
         }
     }
-    fn push(&mut self, v: u64) -> &mut Self {
+    fn push(&mut self, v: u64, kind: ArgKind) -> &mut Self {
         assert!(self.n < MAX_ARGS, "more kernel arguments than MAX_ARGS");
         self.vals[self.n] = v;
+        self.kinds[self.n] = kind;
         self.n += 1;
         self
     }
     fn buf<T>(&mut self, p: &impl DevicePtr<T>) -> &mut Self {
         let (ptr, _sync) = p.device_ptr(self.s);
-        self.push(ptr)
+        self.push(ptr, ArgKind::Pointer)
     }
     fn buf_mut<T>(&mut self, p: &mut impl DevicePtrMut<T>) -> &mut Self {
         let (ptr, _sync) = p.device_ptr_mut(self.s);
-        self.push(ptr)
+        self.push(ptr, ArgKind::Pointer)
     }
     /// The K and V caches, in that order.
     fn kv(&mut self, cache: &mut KvCache) -> &mut Self {
@@ -515,13 +552,13 @@ impl<'s> Args<'s> {
         }
     }
     fn null(&mut self) -> &mut Self {
-        self.push(0)
+        self.push(0, ArgKind::Pointer)
     }
     fn i32(&mut self, v: i32) -> &mut Self {
-        self.push(u64::from(v as u32))
+        self.push(u64::from(v as u32), ArgKind::Int)
     }
     fn f32(&mut self, v: f32) -> &mut Self {
-        self.push(u64::from(v.to_bits()))
+        self.push(u64::from(v.to_bits()), ArgKind::Float)
     }
 }
 
@@ -540,9 +577,9 @@ impl Kernels {
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
         let f = |name: &str| module.load_function(name);
-        let names = compile::KERNELS
+        let table = compile::KERNELS
             .iter()
-            .map(|&name| Ok((f(name)?.cu_function() as usize, name)))
+            .map(|k| Ok((f(k.name)?.cu_function() as usize, k)))
             .collect::<Result<_, cudarc::driver::DriverError>>()?;
         // The decode attention kernels of one form and cache type, by head size.
         let decode = |form: &str, kv: &str| -> Result<[CudaFunction; 3], _> {
@@ -613,7 +650,7 @@ impl Kernels {
             defer_max_rows: env_rows("LHAMA_DEFER_MAX_ROWS")?.unwrap_or(DEFER_MAX_ROWS),
             attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
                 .unwrap_or(sm_count_blocks(sm_count)),
-            names,
+            table,
             profile: std::sync::Mutex::new(None),
         })
     }
@@ -643,7 +680,7 @@ impl Kernels {
             .map(|(f, start, end)| {
                 end.synchronize()?;
                 Ok(KernelTime {
-                    name: self.names.get(&f).copied().unwrap_or("?"),
+                    name: self.table.get(&f).map_or("?", |k| k.name),
                     micros: f64::from(start.elapsed_ms(&end)?) * 1e3,
                 })
             })
@@ -684,6 +721,11 @@ impl Kernels {
         args: &mut Args<'_>,
     ) -> Result<(), CudaError> {
         use cudarc::driver::sys;
+        let kernel = self
+            .table
+            .get(&(f.cu_function() as usize))
+            .ok_or_else(|| CudaError::Driver("launch of a kernel not in the table".into()))?;
+        check_args(kernel, &args.kinds[..args.n])?;
         let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
         for (p, v) in params.iter_mut().zip(args.vals.iter_mut()).take(args.n) {
             *p = (v as *mut u64).cast::<c_void>();
@@ -1609,6 +1651,31 @@ impl Kernels {
 mod tests {
     use super::*;
     use lhama_model::{DrawParams, RowSampling, SeqSlice};
+
+    /// A launch must pass what the kernel table says, place by place.
+    #[test]
+    fn launch_arguments_are_checked_against_the_table() {
+        use ArgKind::{Float, Int, Pointer};
+        let silu = compile::KERNELS
+            .iter()
+            .find(|k| k.name == "silu_mul_f32")
+            .expect("silu_mul_f32 in the table");
+        assert!(check_args(silu, &[Pointer, Int, Pointer, Int, Int]).is_ok());
+        assert!(check_args(silu, &[Pointer, Int, Pointer, Int]).is_err());
+        assert!(check_args(silu, &[Pointer, Float, Pointer, Int, Int]).is_err());
+        assert!(check_args(silu, &[Pointer, Int, Int, Int, Int]).is_err());
+        let rmsnorm = compile::KERNELS
+            .iter()
+            .find(|k| k.name == "add_rmsnorm_f32")
+            .expect("add_rmsnorm_f32 in the table");
+        assert!(
+            check_args(
+                rmsnorm,
+                &[Pointer, Pointer, Int, Pointer, Pointer, Int, Float]
+            )
+            .is_ok()
+        );
+    }
 
     #[test]
     fn gemv_launches_cover_the_rows_in_chunks_of_eight() {

@@ -3,7 +3,7 @@
 //! CUDA 13.0 series, the one the device's driver accepts) and points
 //! LD_LIBRARY_PATH and LHAMA_CUDA_INCLUDE at them.
 
-use lhama_cuda::compile::{KERNELS, compile, nvrtc_available};
+use lhama_cuda::compile::{KERNELS, compile, compile_source, nvrtc_available, program_source};
 
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90a() {
@@ -18,11 +18,34 @@ fn every_kernel_compiles_for_sm80_and_sm90a() {
             text.contains(&format!(".target {}", arch.replace("compute", "sm"))),
             "{arch}: wrong target"
         );
-        for name in KERNELS {
+        for k in KERNELS {
             assert!(
-                text.contains(&format!(".entry {name}(")),
-                "{arch}: kernel {name} missing from the PTX"
+                text.contains(&format!(".entry {}(", k.name)),
+                "{arch}: kernel {} missing from the PTX",
+                k.name
             );
         }
     }
+}
+
+/// A kernel whose definition differs from its table entry does not compile:
+/// the same source with one prototype changed (silu_mul_f32's `int splits`
+/// declared a float) is refused by NVRTC.
+#[test]
+fn a_definition_that_differs_from_the_table_is_refused() {
+    assert!(
+        nvrtc_available(),
+        "NVRTC (libnvrtc.so.13) is not loadable: run ./scripts/test.sh, which installs it from PyPI"
+    );
+    let src = program_source();
+    let decl = "extern \"C\" __global__ void silu_mul_f32(const float*, int, float*, int, int);";
+    assert!(src.contains(decl), "the prototype as the table writes it");
+    let wrong = src.replacen(
+        decl,
+        "extern \"C\" __global__ void silu_mul_f32(const float*, float, float*, int, int);",
+        1,
+    );
+    let err =
+        compile_source("compute_90a", wrong).expect_err("a mismatched definition must not compile");
+    assert!(err.to_string().contains("silu_mul_f32"), "{err}");
 }
