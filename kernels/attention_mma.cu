@@ -15,12 +15,6 @@
 #define PREFILL_KS(D) ((D) + 8)
 
 // (mma_16816 and ldsm_x4: gemm_mma.cu, gemm_frag.cu.)
-__device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const __half* p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
 
 template <int D>
 __device__ __forceinline__ void paged_attention_prefill_mma(
@@ -149,7 +143,7 @@ __device__ __forceinline__ void paged_attention_prefill_mma(
 #pragma unroll
         for (int dp = 0; dp < DT / 2; ++dp) {
             unsigned b[4];
-            ldsm_x4_trans(b, &vs[(kk * 16 + tv_row) * PREFILL_KS(D) + dp * 16 + tv_col]);
+            ldsm_x4<true>(b, &vs[(kk * 16 + tv_row) * PREFILL_KS(D) + dp * 16 + tv_col]);
             mma_16816(o[2 * dp], pa[kk], b[0], b[1]);
             mma_16816(o[2 * dp + 1], pa[kk], b[2], b[3]);
         }

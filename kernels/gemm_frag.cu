@@ -28,11 +28,20 @@
 // rows of an ldmatrix phase fall in distinct banks).
 #define FRAG_XS 72
 
+// Four 8x8 f16 matrices from shared memory (ldmatrix .x4; TRANS: each
+// transposed), lane L giving the address of row L % 8 of matrix L / 8.
+template <bool TRANS = false>
 __device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const __half* p) {
     const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
+    if constexpr (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    }
 }
 
 template <int RT>

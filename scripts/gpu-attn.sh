@@ -5,15 +5,7 @@
 # GEMM's 64-row tiles at every M (LHAMA_GEMM_FRAG_TALL_ROWS) and the server
 # over HTTP. Logs in $OUT/logs.tgz.
 set -u
-export LHAMA_CUDA_INCLUDE=${LHAMA_CUDA_INCLUDE:-/usr/local/cuda/include}
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-out=${OUT:-gpu-logs}
-logs=$out/logs
-mkdir -p "$logs"
-B=.carry/lhama
-t0=$SECONDS
-say() { echo "[$((SECONDS - t0)) s] $*"; }
-pack() { tar czf "$out/logs.tgz" -C "$out" logs; }
+source "$(dirname "$0")/gpu-lib.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
 python3 tests/reference/make_goldens.py --model /tmp/ttl --out /tmp/ttl.json >"$logs/golden.log" 2>&1
@@ -51,13 +43,5 @@ paste <(awk '{print $1, $2, $4}' "$logs/gemm-tall512.log") <(awk '{print $4, $5}
 pack
 timeout 100 $B verify --backend cuda --model /tmp/ttl --golden /tmp/ttl.json --precision fast >"$logs/verify.log" 2>&1
 say "verify ttl fast rc $?: $(grep -E 'max_abs_logit_diff|max_top5|verify:' "$logs/verify.log" | tr -s ' ' | tr '\n' ' ')"
-$B serve --backend cuda --model /tmp/ttl --served-model-name ttl --port 8000 --max-num-seqs 256 >"$logs/serve.log" 2>&1 &
-srv=$!
-for _ in $(seq 120); do curl -sf localhost:8000/health >/dev/null 2>&1 && break; sleep 0.5; done
-for i in 1 2 3 4; do
-  python3 bench/serve_bench.py --concurrency 64 --requests 256 --prompt-words 100 --max-tokens 128 >"$logs/http-$i.log" 2>&1 &
-done
-wait $(jobs -p | grep -v "^$srv$") 2>/dev/null
-kill $srv; wait $srv 2>/dev/null
-grep -h "wall\|ITL" "$logs"/http-*.log
+http_load $B new
 pack

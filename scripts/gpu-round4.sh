@@ -6,16 +6,8 @@
 #   run(command="bash scripts/gpu-round4.sh", carry=[".carry"])  (.carry: lhama, gpu)
 # Everything under $OUT ends up in $OUT/logs.tgz (one file comes back).
 set -u
-export LHAMA_CUDA_INCLUDE=${LHAMA_CUDA_INCLUDE:-/usr/local/cuda/include}
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-out=${OUT:-gpu-logs}
-logs=$out/logs
-mkdir -p "$logs"
-B=.carry/lhama
+source "$(dirname "$0")/gpu-lib.sh"
 OFF="LHAMA_GEMV_MMA=0 LHAMA_GEMM_FRAG=0"
-t0=$SECONDS
-say() { echo "[$((SECONDS - t0)) s] $*"; }
-pack() { tar czf "$out/logs.tgz" -C "$out" logs; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
 $B synth --preset tiny --seed 0 --out /tmp/tiny >/dev/null
@@ -79,33 +71,8 @@ for b in sorted(tab):
     print(f"{b:>5} " + " | ".join(tab[b].get(l, "-") for l in labels))
 PY
 # Over HTTP: 4 client processes x 64 streams, 256 requests each, 128+128.
-for v in "new:" "off:$OFF"; do
-  label=${v%%:*}
-  env ${v#*:} $B serve --backend cuda --model /tmp/ttl --served-model-name ttl --port 8000 --max-num-seqs 256 \
-    >"$logs/serve-$label.log" 2>&1 &
-  srv=$!
-  for _ in $(seq 120); do curl -sf localhost:8000/health >/dev/null 2>&1 && break; sleep 0.5; done
-  for i in 1 2 3 4; do
-    python3 bench/serve_bench.py --concurrency 64 --requests 256 --prompt-words 100 --max-tokens 128 \
-      >"$logs/http-$label-$i.log" 2>&1 &
-  done
-  wait $(jobs -p | grep -v "^$srv$") 2>/dev/null
-  kill $srv; wait $srv 2>/dev/null
-  python3 - "$logs" "$label" <<'PY'
-import glob, re, sys
-logs, label = sys.argv[1:]
-tok, walls, itl, ttft = 0.0, [], [], []
-for p in sorted(glob.glob(f"{logs}/http-{label}-*.log")):
-    t = open(p).read()
-    m = re.search(r"wall ([\d.]+) s: ([\d.]+) output tok/s", t)
-    if not m:
-        print(label, p, "no result:", t[-300:]); continue
-    walls.append(float(m.group(1))); tok += float(m.group(1)) * float(m.group(2))
-    itl.append(re.search(r"ITL +ms:.*?p50 +([\d.]+)", t).group(1))
-    ttft.append(re.search(r"TTFT +ms:.*?p50 +([\d.]+)", t).group(1))
-if walls:
-    print(f"http {label}: {tok / max(walls):.0f} output tok/s over {max(walls):.2f} s, ITL p50 {itl} ms, TTFT p50 {ttft} ms")
-PY
-done
+http_load $B new
+# shellcheck disable=SC2086
+http_load $B off $OFF
 pack
 for f in "$logs"/prefill-new.log "$logs"/profile-new.log; do echo "== $f"; grep -vE "INFO" "$f" | head -80; done

@@ -4,14 +4,7 @@
 # one, and the engine paths the tests do not drive (bench decode with and
 # without graphs, packed prefill, the server over HTTP briefly).
 set -u
-export LHAMA_CUDA_INCLUDE=${LHAMA_CUDA_INCLUDE:-/usr/local/cuda/include}
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-out=${OUT:-gpu-logs}
-logs=$out/logs
-mkdir -p "$logs"
-B=.carry/lhama
-t0=$SECONDS
-say() { echo "[$((SECONDS - t0)) s] $*"; }
+source "$(dirname "$0")/gpu-lib.sh"
 $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
 timeout 150 .carry/gpu --ignored --nocapture --test-threads 1 --skip ttl460m >"$logs/gpu.log" 2>&1
 say "gpu tests rc $?: $(grep 'test result' "$logs/gpu.log")"
@@ -31,4 +24,4 @@ python3 bench/serve_bench.py --concurrency 8 --requests 16 --prompt-words 20 --m
   --extra-json '{"guided_regex": "[a-z ]+", "logprobs": 2}' 2>&1 | head -2
 kill $srv; wait $srv 2>/dev/null
 grep -ci "error" "$logs/serve.log"
-tar czf "$out/logs.tgz" -C "$out" logs
+pack

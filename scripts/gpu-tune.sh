@@ -10,15 +10,7 @@
 #      launch at batch 256, and one GEMM launch of a packed prefill pass.
 # Everything lands in $OUT/logs.tgz.
 set -u
-export LHAMA_CUDA_INCLUDE=${LHAMA_CUDA_INCLUDE:-/usr/local/cuda/include}
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-out=${OUT:-gpu-logs}
-logs=$out/logs
-mkdir -p "$logs"
-B=.carry/lhama
-t0=$SECONDS
-say() { echo "[$((SECONDS - t0)) s] $*"; }
-pack() { tar czf "$out/logs.tgz" -C "$out" logs; }
+source "$(dirname "$0")/gpu-lib.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
 for p in 64 16; do

@@ -488,6 +488,15 @@ struct Args<'s> {
     n: usize,
 }
 
+/// How a tensor-core GEMM launch splits K: into `splits` of `k_per_split`,
+/// left in the scratch for the consumer when `defer`.
+#[derive(Clone, Copy)]
+struct SplitGemm {
+    splits: usize,
+    k_per_split: usize,
+    defer: bool,
+}
+
 /// An argument as the launch passes it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ArgKind {
@@ -1145,31 +1154,58 @@ impl Kernels {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut a = Args::new(s);
-        a.buf(x).buf(&w.qweight).buf(&w.zeros).buf(&w.scales);
-        if splits == 1 {
-            a.buf_mut(y);
-        } else {
-            a.buf_mut(partial);
-        }
-        // x holds m * K, the weights K x N, the output (y, or partial holding
-        // splits * m * N as ensured above) m * N per split; k_per_split is a
-        // multiple of the group (itself of 32).
-        a.i32(i32_of(m))
-            .i32(i32_of(w.k))
-            .i32(i32_of(w.n))
-            .i32(i32_of(w.group))
-            .i32(i32_of(k_per_split));
         let gemm = match self.precision {
             Precision::Exact => &self.awq_mma,
             Precision::Fast => &self.awq_mma_fast,
         };
-        self.launch(s, gemm, cfg, &mut a)?;
-        if splits > 1 && !defer {
-            self.reduce_partials(s, partial, y, splits, m, w.n)?;
+        // x holds m * K, the weights K x N, partial splits * m * N as
+        // ensured above; k_per_split is a multiple of the group (itself of 32).
+        let split = SplitGemm {
+            splits,
+            k_per_split,
+            defer,
+        };
+        self.launch_split_gemm(s, gemm, cfg, x, &w.qweight, w, m, partial, y, split)
+    }
+
+    /// Launches a tensor-core AWQ GEMM (gemm_mma.cu's or gemm_frag.cu's
+    /// parameters: x, weights, zeros, scales, out, m, k, n, group,
+    /// k_per_split) writing y itself or, split, `partial`; then adds the
+    /// splits up unless they are left to the consumer. Returns the splits
+    /// left in `partial` (1: the product is in `y`). The callers check the
+    /// sizes.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_split_gemm(
+        &self,
+        s: &CudaStream,
+        func: &CudaFunction,
+        cfg: LaunchConfig,
+        x: &CudaView<'_, f32>,
+        weights: &CudaSlice<u32>,
+        w: &GpuAwq,
+        m: usize,
+        partial: &mut CudaSlice<f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        split: SplitGemm,
+    ) -> Result<usize, CudaError> {
+        let mut a = Args::new(s);
+        a.buf(x).buf(weights).buf(&w.zeros).buf(&w.scales);
+        if split.splits == 1 {
+            a.buf_mut(y);
+        } else {
+            a.buf_mut(partial);
+        }
+        a.i32(i32_of(m))
+            .i32(i32_of(w.k))
+            .i32(i32_of(w.n))
+            .i32(i32_of(w.group))
+            .i32(i32_of(split.k_per_split));
+        self.launch(s, func, cfg, &mut a)?;
+        if split.splits > 1 && !split.defer {
+            self.reduce_partials(s, partial, y, split.splits, m, w.n)?;
             return Ok(1);
         }
-        Ok(splits)
+        Ok(split.splits)
     }
 
     /// The fast path's GEMM on fragment-ordered weights (gemm_frag.cu; sizes
@@ -1206,27 +1242,15 @@ impl Kernels {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut a = Args::new(s);
-        a.buf(x).buf(frag).buf(&w.zeros).buf(&w.scales);
-        if splits == 1 {
-            a.buf_mut(y);
-        } else {
-            a.buf_mut(partial);
-        }
-        // x holds m * K, frag K * N/8, zeros/scales K/G * N, the output (y,
-        // or partial holding splits * m * N as frag_splits ensures) m * N per
-        // split; k_per_split is a multiple of 64.
-        a.i32(i32_of(m))
-            .i32(i32_of(w.k))
-            .i32(i32_of(w.n))
-            .i32(i32_of(w.group))
-            .i32(i32_of(k_per_split));
-        self.launch(s, func, cfg, &mut a)?;
-        if splits > 1 && !defer {
-            self.reduce_partials(s, partial, y, splits, m, w.n)?;
-            return Ok(1);
-        }
-        Ok(splits)
+        // x holds m * K, frag K * N/8, zeros/scales K/G * N, partial
+        // splits * m * N as frag_splits ensures; k_per_split is a multiple
+        // of 64.
+        let split = SplitGemm {
+            splits,
+            k_per_split,
+            defer,
+        };
+        self.launch_split_gemm(s, func, cfg, x, frag, w, m, partial, y, split)
     }
 
     /// Rotates q and k of every token and writes k, v into their slots.

@@ -1,0 +1,35 @@
+# Sourced by the device scripts of scripts/: the CUDA paths, the log folder
+# ($OUT/logs, packed into $OUT/logs.tgz by `pack`: one file comes back
+# whatever the count), the lhama binary carried in .carry/, and helpers.
+export LHAMA_CUDA_INCLUDE=${LHAMA_CUDA_INCLUDE:-/usr/local/cuda/include}
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+out=${OUT:-gpu-logs}
+logs=$out/logs
+mkdir -p "$logs"
+B=.carry/lhama
+t0=$SECONDS
+# A line of the run's summary, with the seconds since the start.
+say() { echo "[$((SECONDS - t0)) s] $*"; }
+pack() { tar czf "$out/logs.tgz" -C "$out" logs; }
+# The "batch:tok/s" pairs of a `lhama bench` log.
+rows() { grep -E '^ +[0-9]+ +[0-9.]+ +[0-9.]+$' "$1" | awk '{printf "%s:%s ", $1, $3}'; }
+# HTTP load: BIN serve (with the VAR=value words given after the label) on
+# ttl-460m, 4 serve_bench.py processes x 64 streams x 256 requests of 128
+# new tokens, then the aggregate (bench/http_aggregate.py).
+http_load() {
+  local bin=$1 label=$2
+  shift 2
+  env "$@" "$bin" serve --backend cuda --model /tmp/ttl --served-model-name ttl --port 8000 --max-num-seqs 256 \
+    >"$logs/serve-$label.log" 2>&1 &
+  local srv=$! clients=() i
+  for _ in $(seq 120); do curl -sf localhost:8000/health >/dev/null 2>&1 && break; sleep 0.5; done
+  for i in 1 2 3 4; do
+    python3 bench/serve_bench.py --concurrency 64 --requests 256 --prompt-words 100 --max-tokens 128 \
+      >"$logs/http-$label-$i.log" 2>&1 &
+    clients+=($!)
+  done
+  wait "${clients[@]}"
+  kill $srv
+  wait $srv 2>/dev/null
+  python3 bench/http_aggregate.py "$logs" "$label"
+}
