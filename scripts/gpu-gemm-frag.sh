@@ -2,10 +2,10 @@
 # The checks the fast path's fragment-order kernels need before they can be
 # its default, on the device machine, with .carry/ from scripts/carry-gpu.sh:
 #   run(command="bash scripts/gpu-gemm-frag.sh", carry=[".carry"])
-# The two switches: LHAMA_GEMV_MMA=1 (tensor-core GEMV, 1-8 rows,
-# kernels/gemv_mma.cu) and LHAMA_GEMM_FRAG=1 (GEMM from 9 rows,
-# kernels/gemm_frag.cu). Configurations: off (today's default), gemv
-# (LHAMA_GEMV_MMA=1), both.
+# The two switches, set explicitly in every configuration: LHAMA_GEMV_MMA
+# (tensor-core GEMV, kernels/gemv_mma.cu) and LHAMA_GEMM_FRAG (GEMM from 9
+# rows, kernels/gemm_frag.cu). Configurations: off (the default when this
+# ran, round 4's call 1; both are on by default since), gemv, both.
 #   1. the AWQ kernel tests (every path, ragged shapes, both tile heights);
 #   2. verify on ttl-460m against a transformers golden made here, per
 #      configuration;
