@@ -45,6 +45,12 @@ pub struct Kernel {
     pub params: &'static [&'static str],
 }
 
+impl Kernel {
+    const fn new(name: &'static str, params: &'static [&'static str]) -> Self {
+        Self { name, params }
+    }
+}
+
 // Parameter types, as the kernels declare them.
 const F: &str = "const float*";
 const FM: &str = "float*";
@@ -57,180 +63,74 @@ const SP: &str = "const SampleParams*";
 const I: &str = "int";
 const R: &str = "float";
 
+/// Parameters of the f32 GEMV (awq.cu), plain and SiLU.
+const GEMV: &[&str] = &[F, U, F, F, FM, FM, UM, I, I, I, I, I];
+/// Parameters of the tensor-core GEMV (gemv_mma.cu).
+const GEMV_MMA: &[&str] = &[F, U4, F, F, FM, FM, UM, I, I, I, I];
+/// Parameters of the f32-staged tensor-core GEMM (gemm_mma.cu).
+const GEMM: &[&str] = &[F, U, F, F, FM, I, I, I, I, I];
+/// Parameters of the fragment GEMM (gemm_frag.cu).
+const GEMM_FRAG: &[&str] = &[F, U4, F, F, FM, I, I, I, I, I];
+/// Parameters of decode attention on the f32 cache (LHAMA_DECODE_PARAMS(float)).
+const DECODE_F32: &[&str] = &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R];
+/// Parameters of decode attention on the f16 cache (LHAMA_DECODE_PARAMS(__half)).
+const DECODE_F16: &[&str] = &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R];
+/// Parameters of prompt-step attention on the f32 cache (LHAMA_PREFILL_PARAMS(float)).
+const PREFILL_F32: &[&str] = &[F, F, F, U, U, U, U, FM, I, I, I, I, I, I, R];
+/// Parameters of prompt-step attention on the f16 cache (LHAMA_PREFILL_PARAMS(__half);
+/// attention_mma.cu's kernels take the same).
+const PREFILL_F16: &[&str] = &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R];
+/// Parameters of the lm_head, warp per row and tensor-core.
+const LM_HEAD: &[&str] = &[F, U, H, FM, I, I, I];
+
 /// Every `extern "C"` kernel the backend loads, with its parameters: the one
 /// table of kernel names and argument lists. The NVRTC source declares each
 /// as a prototype from it (`prototypes`), so a kernel whose definition
 /// differs fails to compile, and every launch is checked against it
 /// (`kernels::Args`: the count, and pointer / int / float at each place).
 pub const KERNELS: &[Kernel] = &[
-    Kernel {
-        name: "embedding_gather_f16_f32",
-        params: &[H, U, FM, I],
-    },
-    Kernel {
-        name: "add_rmsnorm_f32",
-        params: &[FM, F, I, F, FM, I, R],
-    },
-    Kernel {
-        name: "silu_mul_f32",
-        params: &[F, I, FM, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_partial_m1_f32",
-        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_partial_m2_f32",
-        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_partial_m4_f32",
-        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_partial_m8_f32",
-        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_silu_m1_f32",
-        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_silu_m2_f32",
-        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_silu_m4_f32",
-        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_silu_m8_f32",
-        params: &[F, U, F, F, FM, FM, UM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_reduce_partials_f32",
-        params: &[F, FM, I, I, I],
-    },
-    Kernel {
-        name: "rope_kv_write_f32",
-        params: &[F, U, F, F, U, FM, FM, FM, I, I, I],
-    },
-    Kernel {
-        name: "rope_kv_write_f16kv",
-        params: &[F, U, F, F, U, FM, HM, HM, I, I, I],
-    },
-    Kernel {
-        name: "paged_attention_combine_f32",
-        params: &[F, U, FM, I, I, I],
-    },
-    Kernel {
-        name: "paged_attention_decode_f32_d32",
-        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode_f32_d64",
-        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode_f32_d128",
-        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode_f16kv_d32",
-        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode_f16kv_d64",
-        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode_f16kv_d128",
-        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode1_f32_d32",
-        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode1_f32_d64",
-        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode1_f32_d128",
-        params: &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode1_f16kv_d32",
-        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode1_f16kv_d64",
-        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_decode1_f16kv_d128",
-        params: &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_prefill_f32",
-        params: &[F, F, F, U, U, U, U, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_prefill_f16kv",
-        params: &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "lm_head_f16_f32",
-        params: &[F, U, H, FM, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemm_mma_f32",
-        params: &[F, U, F, F, FM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemm_mma_f16x",
-        params: &[F, U, F, F, FM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "lm_head_mma_f16_f32",
-        params: &[F, U, H, FM, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_mma_f16x",
-        params: &[F, U4, F, F, FM, FM, UM, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemv_mma_silu_f16x",
-        params: &[F, U4, F, F, FM, FM, UM, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemm_frag64_f16x",
-        params: &[F, U4, F, F, FM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "awq_gemm_frag128_f16x",
-        params: &[F, U4, F, F, FM, I, I, I, I, I],
-    },
-    Kernel {
-        name: "paged_attention_prefill_mma_f16kv_d32",
-        params: &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_prefill_mma_f16kv_d64",
-        params: &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "paged_attention_prefill_mma_f16kv_d128",
-        params: &[F, H, H, U, U, U, U, FM, I, I, I, I, I, I, R],
-    },
-    Kernel {
-        name: "sample_rows_f32",
-        params: &[F, SP, UM, I],
-    },
-    Kernel {
-        name: "apply_token_masks",
-        params: &[FM, U, I, I],
-    },
+    Kernel::new("embedding_gather_f16_f32", &[H, U, FM, I]),
+    Kernel::new("add_rmsnorm_f32", &[FM, F, I, F, FM, I, R]),
+    Kernel::new("silu_mul_f32", &[F, I, FM, I, I]),
+    Kernel::new("awq_gemv_partial_m1_f32", GEMV),
+    Kernel::new("awq_gemv_partial_m2_f32", GEMV),
+    Kernel::new("awq_gemv_partial_m4_f32", GEMV),
+    Kernel::new("awq_gemv_partial_m8_f32", GEMV),
+    Kernel::new("awq_gemv_silu_m1_f32", GEMV),
+    Kernel::new("awq_gemv_silu_m2_f32", GEMV),
+    Kernel::new("awq_gemv_silu_m4_f32", GEMV),
+    Kernel::new("awq_gemv_silu_m8_f32", GEMV),
+    Kernel::new("awq_reduce_partials_f32", &[F, FM, I, I, I]),
+    Kernel::new("rope_kv_write_f32", &[F, U, F, F, U, FM, FM, FM, I, I, I]),
+    Kernel::new("rope_kv_write_f16kv", &[F, U, F, F, U, FM, HM, HM, I, I, I]),
+    Kernel::new("paged_attention_combine_f32", &[F, U, FM, I, I, I]),
+    Kernel::new("paged_attention_decode_f32_d32", DECODE_F32),
+    Kernel::new("paged_attention_decode_f32_d64", DECODE_F32),
+    Kernel::new("paged_attention_decode_f32_d128", DECODE_F32),
+    Kernel::new("paged_attention_decode_f16kv_d32", DECODE_F16),
+    Kernel::new("paged_attention_decode_f16kv_d64", DECODE_F16),
+    Kernel::new("paged_attention_decode_f16kv_d128", DECODE_F16),
+    Kernel::new("paged_attention_decode1_f32_d32", DECODE_F32),
+    Kernel::new("paged_attention_decode1_f32_d64", DECODE_F32),
+    Kernel::new("paged_attention_decode1_f32_d128", DECODE_F32),
+    Kernel::new("paged_attention_decode1_f16kv_d32", DECODE_F16),
+    Kernel::new("paged_attention_decode1_f16kv_d64", DECODE_F16),
+    Kernel::new("paged_attention_decode1_f16kv_d128", DECODE_F16),
+    Kernel::new("paged_attention_prefill_f32", PREFILL_F32),
+    Kernel::new("paged_attention_prefill_f16kv", PREFILL_F16),
+    Kernel::new("lm_head_f16_f32", LM_HEAD),
+    Kernel::new("awq_gemm_mma_f32", GEMM),
+    Kernel::new("awq_gemm_mma_f16x", GEMM),
+    Kernel::new("lm_head_mma_f16_f32", LM_HEAD),
+    Kernel::new("awq_gemv_mma_f16x", GEMV_MMA),
+    Kernel::new("awq_gemv_mma_silu_f16x", GEMV_MMA),
+    Kernel::new("awq_gemm_frag64_f16x", GEMM_FRAG),
+    Kernel::new("awq_gemm_frag128_f16x", GEMM_FRAG),
+    Kernel::new("paged_attention_prefill_mma_f16kv_d32", PREFILL_F16),
+    Kernel::new("paged_attention_prefill_mma_f16kv_d64", PREFILL_F16),
+    Kernel::new("paged_attention_prefill_mma_f16kv_d128", PREFILL_F16),
+    Kernel::new("sample_rows_f32", &[F, SP, UM, I]),
+    Kernel::new("apply_token_masks", &[FM, U, I, I]),
 ];
 
 /// The whole program: common helpers, then each family with a line marker so
