@@ -6,9 +6,7 @@
 set -u
 source "$(dirname "$0")/gpu-lib.sh"
 $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
-timeout 150 .carry/gpu --ignored --nocapture --test-threads 1 --skip ttl460m >"$logs/gpu.log" 2>&1
-say "gpu tests rc $?: $(grep 'test result' "$logs/gpu.log")"
-grep -E "panicked" -A4 "$logs/gpu.log" | head
+gpu_tests --skip ttl460m
 for r in 1 2; do
   for b in new:$B base:.carry/lhama-base; do
     timeout 60 ${b#*:} bench --backend cuda --model /tmp/ttl --prompt-len 128 --decode-steps 4 --batch 1 \

@@ -62,20 +62,6 @@ for r in 1 2; do
     say "decode $label run $r rc $?"
   done
 done
-python3 - "$out" <<'PY'
-import glob, re, sys, collections
-out = sys.argv[1]
-tab = collections.defaultdict(dict)
-for p in sorted(glob.glob(f"{out}/bench-*.log")):
-    label = p.split("bench-")[1][:-4]
-    for line in open(p):
-        m = re.match(r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", line)
-        if m:
-            tab[int(m.group(1))][label] = float(m.group(3))
-labels = sorted({l for r in tab.values() for l in r})
-print("decode tok/s  " + " ".join(f"{l:>10}" for l in labels))
-for b in sorted(tab):
-    print(f"{b:>12}  " + " ".join(f"{tab[b].get(l, 0):>10.0f}" for l in labels))
-PY
+python3 bench/decode_table.py "$out"
 for f in "$out"/gemm-*.log; do echo "== $f"; grep -vE "^backend|^$" "$f" | tail -40; done
 for c in off both; do echo "== prefill profile $c"; grep -A14 "profile, prefill" "$out/prefill-$c.log"; done

@@ -13,6 +13,13 @@ say() { echo "[$((SECONDS - t0)) s] $*"; }
 pack() { tar czf "$out/logs.tgz" -C "$out" logs; }
 # The "batch:tok/s" pairs of a `lhama bench` log.
 rows() { grep -E '^ +[0-9]+ +[0-9.]+ +[0-9.]+$' "$1" | awk '{printf "%s:%s ", $1, $3}'; }
+# The GPU tests (.carry/gpu, the ignored ones) with these cargo-test
+# arguments, into $logs/gpu.log: the result line and any panic.
+gpu_tests() {
+  timeout 200 .carry/gpu --ignored --nocapture --test-threads 1 "$@" >"$logs/gpu.log" 2>&1
+  say "gpu tests rc $?: $(grep 'test result' "$logs/gpu.log")"
+  grep -E "panicked" -A4 "$logs/gpu.log" | head
+}
 # HTTP load: BIN serve (with the VAR=value words given after the label) on
 # ttl-460m, 4 serve_bench.py processes x 64 streams x 256 requests of 128
 # new tokens, then the aggregate (bench/http_aggregate.py).

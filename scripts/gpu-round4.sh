@@ -55,21 +55,7 @@ env LHAMA_GEMV_MMA_MIN_ROWS=1 timeout 120 $B bench --backend cuda --model /tmp/t
   --batch 1,2,3 >"$logs/bench-gemv-all-rows.log" 2>&1
 $B bench --backend cuda --model /tmp/ttl --prompt-len 128 --decode-steps 16 --batch 1,8,64,256 --profile >"$logs/profile-new.log" 2>&1
 pack
-python3 - "$logs" <<'PY'
-import glob, re, sys, collections
-logs = sys.argv[1]
-tab = collections.defaultdict(dict)
-for p in sorted(glob.glob(f"{logs}/bench-*.log")):
-    label = p.split("bench-")[1][:-4]
-    for line in open(p):
-        m = re.match(r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", line)
-        if m:
-            tab[int(m.group(1))][label] = f"{float(m.group(3)):.0f} ({m.group(2)})"
-labels = sorted({l for r in tab.values() for l in r})
-print("decode tok/s (ms/step) " + " | ".join(labels))
-for b in sorted(tab):
-    print(f"{b:>5} " + " | ".join(tab[b].get(l, "-") for l in labels))
-PY
+python3 bench/decode_table.py "$logs"
 # Over HTTP: 4 client processes x 64 streams, 256 requests each, 128+128.
 http_load $B new
 # shellcheck disable=SC2086

@@ -6,9 +6,7 @@
 set -u
 source "$(dirname "$0")/gpu-lib.sh"
 $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
-timeout 150 .carry/gpu --ignored --nocapture --test-threads 1 --skip ttl460m >"$logs/gpu.log" 2>&1
-say "gpu tests rc $?: $(grep 'test result' "$logs/gpu.log")"
-grep -E "panicked|table entry" -A3 "$logs/gpu.log" | head
+gpu_tests --skip ttl460m
 timeout 60 $B bench --backend cuda --model /tmp/ttl --prompt-len 128 --decode-steps 32 --batch 1,3,8,64,256 \
   --prefill-seqs 64 --prefill-tokens 2048 >"$logs/bench.log" 2>&1
 say "bench rc $?: $(grep -E 'prompts of|^ +[0-9]+ +[0-9.]+ +[0-9.]+$' "$logs/bench.log" | tr -s ' ' | tr '\n' ';')"
