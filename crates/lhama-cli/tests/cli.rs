@@ -115,6 +115,36 @@ fn bench_prints_prefill_and_decode_figures() {
         .filter(|l| l.trim_start().starts_with(['1', '3']))
         .collect();
     assert_eq!(rows.len(), 2, "{stdout}");
+    // Packed prefill: 7 prompts of 8 tokens, 3 a pass (24 tokens), the last
+    // pass taking the one left; a pass must hold a whole prompt.
+    let out = bench(&[
+        "--batch",
+        "1",
+        "--prefill-seqs",
+        "7",
+        "--prefill-tokens",
+        "24",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("prefill: 7 prompts of 8 tokens, 3 a pass, in "),
+        "{stdout}"
+    );
+    let out = bench(&[
+        "--batch",
+        "1",
+        "--prefill-seqs",
+        "2",
+        "--prefill-tokens",
+        "4",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--prefill-tokens must hold at least one prompt"),
+        "{}",
+        text(&out.stderr)
+    );
     // The per-kernel profile is CUDA's: on the CPU a clear error, after the
     // figures it could measure.
     let out = bench(&["--batch", "1", "--profile"]);
