@@ -126,6 +126,14 @@ async fn tokenize_detokenize_version_and_metrics() {
     ] {
         assert!(text.contains(name), "missing {name:?} in\n{text}");
     }
+    // The engine's time split: forward passes against its own loop.
+    for name in [
+        "lhama_engine_forward_seconds_total",
+        "lhama_engine_host_seconds_total",
+    ] {
+        let seconds = common::metric_in(&text, name);
+        assert!(seconds > 0.0 && seconds < 60.0, "{name} = {seconds}");
+    }
     assert!(common::metric(&server, "process_resident_memory_bytes").await > 1e6);
     assert!(common::metric(&server, "process_open_fds").await > 0.0);
     let usage = common::metric(&server, "lhama_kv_cache_usage_perc").await;

@@ -12,12 +12,11 @@ use lhama_model::{
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::detok::IncrementalDecoder;
 use crate::guided::{self, Guide};
+use crate::output::{self, Out};
 use crate::params::{RequestParams, logprobs, process_logits};
 use crate::sampling::Sampler;
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
-use crate::stop::{StopOutcome, StopText};
 use llguidance::toktrie::SimpleVob;
 
 #[derive(Debug, Clone)]
@@ -91,6 +90,12 @@ pub struct EngineStats {
     pub prefix_queried_tokens: AtomicU64,
     pub prefix_hit_tokens: AtomicU64,
     pub prefix_evicted_blocks: AtomicU64,
+    /// Nanoseconds in the backend's forward passes.
+    pub forward_ns: AtomicU64,
+    /// Nanoseconds of the engine loop's own work while it has work (planning,
+    /// building batches, sampling on the host, handing results on): the
+    /// time the device waits for the host.
+    pub host_ns: AtomicU64,
 }
 
 enum Command {
@@ -205,14 +210,17 @@ pub fn spawn(
     let stats = Arc::new(EngineStats::default());
     stats.alive.store(true, Ordering::SeqCst);
     let config = Arc::new(config);
+    let (output, ended) = output::spawn(tokenizer, stats.clone());
     let engine = Engine {
         scheduler: Scheduler::new(config.scheduler),
         backend,
-        tokenizer,
         config: config.clone(),
         stats: stats.clone(),
         active: HashMap::new(),
         out: SampledStep::default(),
+        outbox: Vec::new(),
+        output,
+        ended,
     };
     let thread_stats = stats.clone();
     std::thread::Builder::new()
@@ -243,8 +251,8 @@ struct Active {
     tokens: Vec<u32>,
     params: RequestParams,
     sampler: Sampler,
-    decoder: IncrementalDecoder,
-    stop: StopText,
+    /// Kept to see a cancellation (the receiver dropped); events go
+    /// through the output thread.
     events: UnboundedSender<Event>,
     prompt_logprobs: Vec<Option<TokenLogprob>>,
     prompt_logprobs_sent: bool,
@@ -261,12 +269,16 @@ impl Active {
 struct Engine {
     scheduler: Scheduler,
     backend: Box<dyn Backend>,
-    tokenizer: Arc<Tokenizer>,
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
     active: HashMap<SeqId, Active>,
     /// The backend's answer to a step, reused.
     out: SampledStep,
+    /// This step's messages for the output thread, sent together.
+    outbox: Vec<Out>,
+    output: mpsc::Sender<Vec<Out>>,
+    /// Sequences the output thread ended (stop strings), to drop.
+    ended: mpsc::Receiver<SeqId>,
 }
 
 impl Engine {
@@ -283,6 +295,8 @@ impl Engine {
                     Err(_) => return,
                 }
             }
+            let start = std::time::Instant::now();
+            let forward_before = self.stats.forward_ns.load(Ordering::Relaxed);
             loop {
                 match commands.try_recv() {
                     Ok(c) => self.accept(c),
@@ -294,6 +308,7 @@ impl Engine {
                 }
             }
             self.drop_cancelled();
+            self.drop_ended();
             let plan = self.scheduler.schedule();
             if !plan.is_empty() {
                 let _span = tracing::debug_span!(
@@ -303,12 +318,33 @@ impl Engine {
                 )
                 .entered();
                 self.step(&plan);
-                if let Some(d) = self.config.step_delay {
-                    std::thread::sleep(d);
-                }
             }
             self.publish_stats();
+            self.flush_outbox();
+            let forward = self.stats.forward_ns.load(Ordering::Relaxed) - forward_before;
+            let busy = start.elapsed().as_nanos() as u64;
+            self.stats
+                .host_ns
+                .fetch_add(busy.saturating_sub(forward), Ordering::Relaxed);
+            if !plan.is_empty()
+                && let Some(d) = self.config.step_delay
+            {
+                std::thread::sleep(d);
+            }
         }
+    }
+
+    /// Hands this step's messages to the output thread in one send.
+    fn flush_outbox(&mut self) {
+        if !self.outbox.is_empty() {
+            // The output thread ends only when this sender is dropped.
+            let _ = self.output.send(std::mem::take(&mut self.outbox));
+        }
+    }
+
+    /// An event of the engine's own, in order with the sequence's tokens.
+    fn send(&mut self, id: SeqId, event: Event) {
+        self.outbox.push(Out::Event { id, event });
     }
 
     fn accept(&mut self, command: Command) {
@@ -321,12 +357,17 @@ impl Engine {
         self.stats
             .prompt_tokens
             .fetch_add(prompt.len() as u64, Ordering::Relaxed);
+        self.outbox.push(Out::Open {
+            id,
+            events: events.clone(),
+            skip_special_tokens: params.skip_special_tokens,
+            stop: params.stop.clone(),
+            prompt_tokens: prompt.len(),
+        });
         let active = Active {
             prompt_len: prompt.len(),
             tokens: prompt.clone(),
             sampler: Sampler::new(params.sampling.clone()),
-            decoder: IncrementalDecoder::new(params.skip_special_tokens),
-            stop: StopText::new(params.stop.clone()),
             params,
             events,
             prompt_logprobs: vec![None],
@@ -356,9 +397,21 @@ impl Engine {
         }
     }
 
+    /// Drops the sequences whose text reached a stop string: their last
+    /// events are sent; tokens of steps already run for them are discarded.
+    fn drop_ended(&mut self) {
+        while let Ok(id) = self.ended.try_recv() {
+            if self.active.contains_key(&id) {
+                self.finish(id);
+            }
+        }
+    }
+
     fn finish(&mut self, id: SeqId) {
         self.scheduler.remove(id);
-        self.active.remove(&id);
+        if self.active.remove(&id).is_some() {
+            self.outbox.push(Out::Close { id });
+        }
     }
 
     fn publish_stats(&self) {
@@ -477,7 +530,10 @@ impl Engine {
             {
                 a.admitted = true;
                 let cached_tokens = self.scheduler.cached_tokens(s.id).unwrap_or(0);
-                let _ = a.events.send(Event::Admitted { cached_tokens });
+                self.outbox.push(Out::Event {
+                    id: s.id,
+                    event: Event::Admitted { cached_tokens },
+                });
             }
             let base = tokens.len() as u32;
             tokens.extend_from_slice(&s.tokens);
@@ -537,6 +593,7 @@ impl Engine {
         };
         let mut out = std::mem::take(&mut self.out);
         let mut masks = HashMap::new();
+        let forward_start = std::time::Instant::now();
         let result = if guided {
             // Called by the backend once the forward pass is under way: every
             // guided row's mask, handing back those of the rows the backend
@@ -557,6 +614,9 @@ impl Engine {
         } else {
             self.backend.forward_sample(&batch, &sampling, &mut out)
         };
+        self.stats
+            .forward_ns
+            .fetch_add(forward_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         // A backend that never asked for the masks would leave guided rows
         // unconstrained.
         let result = result.and_then(|()| {
@@ -571,8 +631,8 @@ impl Engine {
         if let Err(e) = result {
             tracing::error!(error = %e, "forward step failed");
             for s in &plan.seqs {
-                if let Some(a) = self.active.get(&s.id) {
-                    let _ = a.events.send(Event::Error(e.to_string()));
+                if self.active.contains_key(&s.id) {
+                    self.send(s.id, Event::Error(e.to_string()));
                 }
                 self.finish(s.id);
             }
@@ -618,13 +678,19 @@ impl Engine {
             if a.params.prompt_logprobs.is_some() && !a.prompt_logprobs_sent {
                 a.prompt_logprobs_sent = true;
                 let lps = std::mem::take(&mut a.prompt_logprobs);
-                let _ = a.events.send(Event::PromptLogprobs(lps));
+                self.outbox.push(Out::Event {
+                    id: s.id,
+                    event: Event::PromptLogprobs(lps),
+                });
             }
             if a.params.max_tokens == 0 {
-                let _ = a.events.send(Event::Done {
-                    reason: FinishReason::Length,
-                    prompt_tokens: a.prompt_len,
-                    completion_tokens: 0,
+                self.outbox.push(Out::Event {
+                    id: s.id,
+                    event: Event::Done {
+                        reason: FinishReason::Length,
+                        prompt_tokens: a.prompt_len,
+                        completion_tokens: 0,
+                    },
                 });
                 finished.push(s.id);
                 continue;
@@ -635,24 +701,33 @@ impl Engine {
             let masked_row = match masks.remove(&s.id) {
                 None => None,
                 Some(Ok(m)) if on_device && m.is_zero() => {
-                    let _ = a.events.send(Event::Error(
-                        "structured output: no token the grammar allows is possible".into(),
-                    ));
+                    self.outbox.push(Out::Event {
+                        id: s.id,
+                        event: Event::Error(
+                            "structured output: no token the grammar allows is possible".into(),
+                        ),
+                    });
                     finished.push(s.id);
                     continue;
                 }
                 Some(Ok(_)) if on_device => None,
                 Some(Err(e)) => {
-                    let _ = a.events.send(Event::Error(e));
+                    self.outbox.push(Out::Event {
+                        id: s.id,
+                        event: Event::Error(e),
+                    });
                     finished.push(s.id);
                     continue;
                 }
                 Some(Ok(mask)) => {
                     let mut r = logits[row * vocab..][..vocab].to_vec();
                     if !guided::apply_mask(&mut r, &mask) {
-                        let _ = a.events.send(Event::Error(
-                            "structured output: no token the grammar allows is possible".into(),
-                        ));
+                        self.outbox.push(Out::Event {
+                            id: s.id,
+                            event: Event::Error(
+                                "structured output: no token the grammar allows is possible".into(),
+                            ),
+                        });
                         finished.push(s.id);
                         continue;
                     }
@@ -703,20 +778,16 @@ impl Engine {
             if let Some(g) = a.params.guide.as_mut()
                 && let Err(e) = g.accept(token)
             {
-                let _ = a.events.send(Event::Error(e));
+                self.outbox.push(Out::Event {
+                    id: s.id,
+                    event: Event::Error(e),
+                });
                 finished.push(s.id);
                 continue;
             }
             a.tokens.push(token);
             sampled.push((s.id, token));
-            self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            if let Some(reason) = self.emit(s.id, token, logprob) {
-                let a = &self.active[&s.id];
-                let _ = a.events.send(Event::Done {
-                    reason,
-                    prompt_tokens: a.prompt_len,
-                    completion_tokens: a.tokens.len() - a.prompt_len,
-                });
+            if self.emit(s.id, token, logprob) {
                 finished.push(s.id);
             }
         }
@@ -727,75 +798,33 @@ impl Engine {
         }
     }
 
-    /// Sends the token's event; returns why the sequence ends, if it does.
-    fn emit(
-        &mut self,
-        id: SeqId,
-        token: u32,
-        logprob: Option<TokenLogprob>,
-    ) -> Option<FinishReason> {
+    /// Hands the token to the output thread with the end the ids show (a
+    /// stop token, max_tokens, the context, a finished grammar); returns
+    /// whether the sequence ends here. A stop string is found there.
+    fn emit(&mut self, id: SeqId, token: u32, logprob: Option<TokenLogprob>) -> bool {
         let eos = &self.config.eos_ids;
-        let a = self.active.get_mut(&id)?;
-        let is_stop_token = a.params.stop_token_ids.contains(&token)
+        let Some(a) = self.active.get(&id) else {
+            return false;
+        };
+        let stop_token = a.params.stop_token_ids.contains(&token)
             || (!a.params.ignore_eos && eos.contains(&token));
-        let mut reason = None;
-        let mut text = String::new();
-        let mut matched_stop_string = false;
-        if is_stop_token {
-            reason = Some(FinishReason::Stop);
-        } else {
-            let delta = match a.decoder.push(&self.tokenizer, token) {
-                Ok(d) => d.unwrap_or_default(),
-                Err(e) => {
-                    let _ = a.events.send(Event::Error(format!("detokenizing: {e}")));
-                    return Some(FinishReason::Stop);
-                }
-            };
-            match a.stop.push(&delta) {
-                StopOutcome::Continue(t) => text = t,
-                StopOutcome::Stopped(t) => {
-                    text = t;
-                    reason = Some(FinishReason::Stop);
-                    matched_stop_string = true;
-                }
-            }
-        }
-        if reason.is_none() && a.params.guide.as_ref().is_some_and(Guide::is_finished) {
-            // The grammar is complete and allows nothing more.
-            reason = Some(FinishReason::Stop);
-        }
         let generated = a.tokens.len() - a.prompt_len;
-        if reason.is_none()
-            && (generated >= a.params.max_tokens || a.tokens.len() >= self.config.max_model_len)
-        {
-            reason = Some(FinishReason::Length);
-        }
-        let _ = a.events.send(Event::Token {
-            id: token,
-            text,
+        let end = if stop_token || a.params.guide.as_ref().is_some_and(Guide::is_finished) {
+            // A stop token, or a complete grammar that allows nothing more.
+            Some(FinishReason::Stop)
+        } else if generated >= a.params.max_tokens || a.tokens.len() >= self.config.max_model_len {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        self.outbox.push(Out::Token {
+            id,
+            token,
             logprob,
+            stop_token,
+            end,
         });
-        if reason.is_some() && !matched_stop_string {
-            // Release what the decoder and the stop matcher still hold; a stop
-            // string may still complete inside it.
-            let tail = a
-                .decoder
-                .finish(&self.tokenizer)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let tail = match a.stop.push(&tail) {
-                StopOutcome::Continue(t) => t + &a.stop.flush(),
-                StopOutcome::Stopped(t) => {
-                    reason = Some(FinishReason::Stop);
-                    t
-                }
-            };
-            if !tail.is_empty() {
-                let _ = a.events.send(Event::Text(tail));
-            }
-        }
-        reason
+        end.is_some()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod detok;
 pub mod engine;
 pub mod generate;
 pub mod guided;
+mod output;
 pub mod params;
 pub mod sampling;
 pub mod scheduler;

@@ -253,6 +253,61 @@ fn seeds_stop_strings_min_tokens_and_limits() {
 }
 
 #[test]
+fn a_stop_string_found_off_the_engine_thread_ends_the_sequence() {
+    // Stop strings are matched on the output thread; the engine must learn
+    // of the match and stop generating, not run on to max_tokens.
+    let f = fixture();
+    let eng = engine(&f, 64, 128);
+    let (_, full, _) = collect(eng.submit(prompt(6, 10), greedy_params(30)).unwrap());
+    let chars: Vec<char> = full.chars().collect();
+    let stop: String = chars[chars.len() / 3..chars.len() / 3 + 2].iter().collect();
+    let steps_before = eng.stats.steps.load(Ordering::Relaxed);
+    let tokens_before = eng.stats.generated_tokens.load(Ordering::Relaxed);
+    let params = RequestParams {
+        stop: vec![stop.clone()],
+        ..greedy_params(400)
+    };
+    // The stream stays open after Done (dropping it would cancel the
+    // sequence, which ends it another way).
+    let mut stream = eng.submit(prompt(6, 10), params).unwrap();
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    loop {
+        match stream.events.blocking_recv() {
+            Some(Event::Token { id, text: t, .. }) => {
+                ids.push(id);
+                text += &t;
+            }
+            Some(Event::Text(t)) => text += &t,
+            Some(Event::Done { reason, .. }) => {
+                assert_eq!(reason, FinishReason::Stop);
+                break;
+            }
+            Some(Event::Admitted { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(text, full[..full.find(&stop).unwrap()]);
+    wait_until("the stopped sequence to leave", || {
+        eng.stats.running.load(Ordering::Relaxed) == 0
+            && eng.stats.blocks_used.load(Ordering::Relaxed) == 0
+    });
+    // One prefill step, one step per later token, and at most a few steps
+    // run before the engine heard of the match (not 400).
+    let steps = eng.stats.steps.load(Ordering::Relaxed) - steps_before;
+    assert!(
+        steps <= ids.len() as u64 + 3,
+        "{steps} steps for {} tokens",
+        ids.len()
+    );
+    // Tokens generated after the match are not counted as delivered.
+    assert_eq!(
+        eng.stats.generated_tokens.load(Ordering::Relaxed) - tokens_before,
+        ids.len() as u64
+    );
+    drop(stream);
+}
+
+#[test]
 fn prompt_logprobs_with_max_tokens_zero() {
     let f = fixture();
     let eng = engine(&f, 64, 16);

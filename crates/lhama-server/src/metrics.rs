@@ -54,6 +54,21 @@ impl Delta {
     }
 }
 
+/// A [`Delta`] of an engine clock in nanoseconds, exported in seconds.
+#[derive(Default)]
+struct SecondsDelta {
+    counter: Counter<f64, AtomicU64>,
+    seen: AtomicU64,
+}
+
+impl SecondsDelta {
+    fn update(&self, now_ns: u64) {
+        let before = self.seen.swap(now_ns, Ordering::Relaxed);
+        self.counter
+            .inc_by(now_ns.saturating_sub(before) as f64 * 1e-9);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
@@ -73,6 +88,8 @@ pub struct Metrics {
     prompt_tokens: Delta,
     generation_tokens: Delta,
     steps: Delta,
+    forward_seconds: SecondsDelta,
+    host_seconds: SecondsDelta,
     prefix_queries: Delta,
     prefix_hits: Delta,
     prefix_evictions: Delta,
@@ -128,6 +145,8 @@ impl Metrics {
             prompt_tokens: Delta::default(),
             generation_tokens: Delta::default(),
             steps: Delta::default(),
+            forward_seconds: SecondsDelta::default(),
+            host_seconds: SecondsDelta::default(),
             prefix_queries: Delta::default(),
             prefix_hits: Delta::default(),
             prefix_evictions: Delta::default(),
@@ -226,6 +245,16 @@ impl Metrics {
             "lhama_engine_steps",
             "Forward steps run",
             m.steps.counter.clone(),
+        );
+        r.register(
+            "lhama_engine_forward_seconds",
+            "Time in the backend's forward passes",
+            m.forward_seconds.counter.clone(),
+        );
+        r.register(
+            "lhama_engine_host_seconds",
+            "The engine loop's own time between forward passes while it has work (the device waits for it)",
+            m.host_seconds.counter.clone(),
         );
         r.register(
             "lhama_prefix_cache_queries",
@@ -354,6 +383,9 @@ impl Metrics {
             self.generation_tokens
                 .update(s.generated_tokens.load(Ordering::Relaxed));
             self.steps.update(s.steps.load(Ordering::Relaxed));
+            self.forward_seconds
+                .update(s.forward_ns.load(Ordering::Relaxed));
+            self.host_seconds.update(s.host_ns.load(Ordering::Relaxed));
             self.prefix_queries
                 .update(s.prefix_queried_tokens.load(Ordering::Relaxed));
             self.prefix_hits
