@@ -22,7 +22,8 @@ gpu_tests() {
 }
 # HTTP load: BIN serve (with the VAR=value words given after the label) on
 # ttl-460m, 4 serve_bench.py processes x 64 streams x 256 requests of 128
-# new tokens, then the aggregate (bench/http_aggregate.py).
+# new tokens, then the aggregate (bench/http_aggregate.py); /metrics is kept
+# in $logs/metrics-LABEL.txt.
 http_load() {
   local bin=$1 label=$2
   shift 2
@@ -36,6 +37,7 @@ http_load() {
     clients+=($!)
   done
   wait "${clients[@]}"
+  curl -s localhost:8000/metrics >"$logs/metrics-$label.txt"
   kill $srv
   wait $srv 2>/dev/null
   python3 bench/http_aggregate.py "$logs" "$label"
