@@ -1,7 +1,8 @@
-//! Host staging: each step's index arrays and sampling instructions go up
-//! from page-locked memory, and its sampled tokens come back into it, so
-//! that every copy is one DMA the driver enqueues, not a copy through its
-//! own bounce buffer first. The staged arrays sit at fixed places.
+//! Host staging: each step's index arrays and sampling instructions are
+//! written at fixed places of one buffer and copied up from there; its
+//! sampled tokens come back into another. Either may be page-locked
+//! (`LHAMA_PINNED_STAGING`), so that a copy is one DMA the driver enqueues
+//! rather than a copy through its own bounce buffer first.
 
 use std::sync::Arc;
 
@@ -50,12 +51,69 @@ impl Layout {
     }
 }
 
+/// Host memory a step copies from or into: page-locked, or ordinary
+/// (the driver then stages small copies itself).
+enum HostBuf {
+    Pinned(PinnedHostSlice<u32>),
+    Pageable(Vec<u32>),
+}
+
+impl HostBuf {
+    /// `len` zeroed u32s; page-locked when `pinned` (write-combined when
+    /// `write_combined`: for memory the host only writes).
+    fn new(
+        ctx: &Arc<CudaContext>,
+        len: usize,
+        pinned: bool,
+        write_combined: bool,
+    ) -> Result<Self, CudaError> {
+        if !pinned {
+            return Ok(Self::Pageable(vec![0; len]));
+        }
+        let flags = if write_combined {
+            cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED
+        } else {
+            0
+        };
+        // SAFETY: u32 is valid for any bits, and the memory is zeroed here.
+        let mut p = unsafe { ctx.alloc_pinned_with_flags::<u32>(len, flags)? };
+        p.as_mut_slice()?.fill(0);
+        Ok(Self::Pinned(p))
+    }
+
+    fn slice(&mut self) -> Result<&mut [u32], CudaError> {
+        Ok(match self {
+            Self::Pinned(p) => p.as_mut_slice()?,
+            Self::Pageable(v) => v.as_mut_slice(),
+        })
+    }
+
+    /// Page-locked bytes held.
+    fn pinned_bytes(&self) -> usize {
+        match self {
+            Self::Pinned(p) => p.num_bytes(),
+            Self::Pageable(_) => 0,
+        }
+    }
+}
+
+/// Which staging buffers are page-locked: `LHAMA_PINNED_STAGING` = `up`,
+/// `down`, `both` or `none` (default `both`).
+fn pinned_choice() -> (bool, bool) {
+    match std::env::var("LHAMA_PINNED_STAGING").as_deref() {
+        Ok("none") | Ok("0") => (false, false),
+        Ok("up") => (true, false),
+        Ok("down") => (false, true),
+        _ => (true, true),
+    }
+}
+
 pub(super) struct Staging {
-    /// Page-locked and write-combined: written by the host, read by the
-    /// device only.
-    up: PinnedHostSlice<u32>,
-    /// Page-locked: the sampled tokens.
-    down: PinnedHostSlice<u32>,
+    /// Written by the host, read by the device only (write-combined when
+    /// page-locked).
+    up: HostBuf,
+    /// The sampled tokens.
+    down: HostBuf,
     layout: Layout,
     max_blocks: usize,
     block_size: usize,
@@ -77,14 +135,10 @@ impl Staging {
         block_size: usize,
     ) -> Result<Self, CudaError> {
         let layout = Layout::new(t, max_seqs, max_blocks);
-        // SAFETY: u32 is valid for any bits; both buffers are zeroed before use.
-        let mut up = unsafe { ctx.alloc_pinned::<u32>(layout.len)? };
-        let mut down = unsafe { ctx.alloc_pinned_with_flags::<u32>(t, 0)? };
-        up.as_mut_slice()?.fill(0);
-        down.as_mut_slice()?.fill(0);
+        let (pin_up, pin_down) = pinned_choice();
         Ok(Self {
-            up,
-            down,
+            up: HostBuf::new(ctx, layout.len, pin_up, true)?,
+            down: HostBuf::new(ctx, t, pin_down, false)?,
             layout,
             max_blocks,
             block_size,
@@ -97,7 +151,7 @@ impl Staging {
 
     /// Page-locked bytes held.
     pub fn bytes(&self) -> usize {
-        self.up.num_bytes() + self.down.num_bytes()
+        self.up.pinned_bytes() + self.down.pinned_bytes()
     }
 
     /// Stages and uploads the batch's index arrays (tokens, positions, K/V
@@ -118,7 +172,7 @@ impl Staging {
         let (bs, mb, o) = (self.block_size, self.max_blocks, self.layout);
         let t = batch.tokens.len();
         let r = batch.logit_rows.len();
-        let buf = self.up.as_mut_slice()?;
+        let buf = self.up.slice()?;
         buf[o.tokens..o.tokens + t].copy_from_slice(batch.tokens);
         buf[o.positions..o.positions + t].copy_from_slice(batch.positions);
         let mut i = 0;
@@ -214,7 +268,7 @@ impl Staging {
     ) -> Result<(), CudaError> {
         let r = sampling.len();
         let sampled = sampling.iter().any(|s| *s != RowSampling::Logits);
-        let down = self.down.as_mut_slice()?;
+        let down = self.down.slice()?;
         if sampled {
             stream.memcpy_dtoh(&ws.sampled.slice(0..r), &mut down[..r])?;
         }
