@@ -64,9 +64,9 @@ const I: &str = "int";
 const R: &str = "float";
 
 /// Parameters of the f32 GEMV (awq.cu), plain and SiLU.
-const GEMV: &[&str] = &[F, U, F, F, FM, FM, UM, I, I, I, I, I];
+const GEMV: &[&str] = &[F, U, F, F, FM, FM, UM, I, I, I, I, I, FM, F, FM, UM, R];
 /// Parameters of the tensor-core GEMV (gemv_mma.cu).
-const GEMV_MMA: &[&str] = &[F, U4, F, F, FM, FM, UM, I, I, I, I];
+const GEMV_MMA: &[&str] = &[F, U4, F, F, FM, FM, UM, I, I, I, I, FM, F, FM, UM, R];
 /// Parameters of the f32-staged tensor-core GEMM (gemm_mma.cu).
 const GEMM: &[&str] = &[F, U, F, F, FM, I, I, I, I, I];
 /// Parameters of the fragment GEMM (gemm_frag.cu).
@@ -90,7 +90,7 @@ const LM_HEAD: &[&str] = &[F, U, H, FM, I, I, I];
 /// (`kernels::Args`: the count, and pointer / int / float at each place).
 pub const KERNELS: &[Kernel] = &[
     Kernel::new("embedding_gather_f16_f32", &[H, U, FM, I]),
-    Kernel::new("add_rmsnorm_f32", &[FM, F, I, F, FM, I, R]),
+    Kernel::new("add_rmsnorm_f32", &[FM, F, I, F, FM, I, I, R]),
     Kernel::new("silu_mul_f32", &[F, I, FM, I, I]),
     Kernel::new("awq_gemv_partial_m1_f32", GEMV),
     Kernel::new("awq_gemv_partial_m2_f32", GEMV),
@@ -119,6 +119,7 @@ pub const KERNELS: &[Kernel] = &[
     Kernel::new("paged_attention_prefill_f32", PREFILL_F32),
     Kernel::new("paged_attention_prefill_f16kv", PREFILL_F16),
     Kernel::new("lm_head_f16_f32", LM_HEAD),
+    Kernel::new("lm_head_rows_f16_f32", LM_HEAD),
     Kernel::new("awq_gemm_mma_f32", GEMM),
     Kernel::new("awq_gemm_mma_f16x", GEMM),
     Kernel::new("lm_head_mma_f16_f32", LM_HEAD),

@@ -303,6 +303,27 @@ fn check_awq(
     )
 }
 
+/// The residual add and RMSNorm a GEMV of up to 8 rows does after its
+/// product in its last block (`Kernels::awq_matmul_norm`), as
+/// `Kernels::add_rmsnorm` would with the product as its delta, bit for bit:
+/// resid [M, N] += y; out [M, N] = rmsnorm(resid) * weight.
+pub struct NormTail<'a, 'r, 'o> {
+    pub resid: &'a mut CudaViewMut<'r, f32>,
+    pub weight: &'a CudaSlice<f32>,
+    pub out: &'a mut CudaViewMut<'o, f32>,
+    /// One u32, zero between launches (each launch re-arms it).
+    pub counter: &'a mut CudaSlice<u32>,
+    pub eps: f32,
+}
+
+/// Warps (rows) per block of add_rmsnorm_f32.
+const RMS_ROWS_PER_BLOCK: usize = 2;
+
+/// Most rows the register-held lm_head takes (LMH_ROWS in lm_head.cu).
+pub const LM_HEAD_ROWS: usize = 8;
+/// Vocabulary rows one block of it covers (8 warps × LMH_VR).
+const LM_HEAD_ROWS_VOCAB_PER_BLOCK: usize = 32;
+
 pub struct Kernels {
     _module: Arc<CudaModule>,
     embedding: CudaFunction,
@@ -331,6 +352,7 @@ pub struct Kernels {
     /// Prefill attention on the tensor cores (f16 cache), head_dim 32, 64, 128.
     attention_prefill_mma: [CudaFunction; 3],
     lm_head: CudaFunction,
+    lm_head_rows: CudaFunction,
     lm_head_mma: CudaFunction,
     sample: CudaFunction,
     apply_masks: CudaFunction,
@@ -361,6 +383,15 @@ pub struct Kernels {
     pub prefill_mma_on: bool,
     /// lm_head over at least this many rows uses the tensor-core GEMM.
     pub lm_head_mma_min_rows: usize,
+    /// lm_head over fewer rows (at most LM_HEAD_ROWS) holds each warp's
+    /// weights in registers (lm_head_rows_f16_f32; LHAMA_LM_HEAD_ROWS=0:
+    /// the warp-per-row kernel, for comparisons).
+    pub lm_head_rows_on: bool,
+    /// GEMV products of up to 8 rows that add their splits up themselves
+    /// also do the residual add and RMSNorm after them in their last block
+    /// (`awq_matmul_norm`; LHAMA_NORM_TAIL=0: add_rmsnorm_f32 after them,
+    /// for comparisons).
+    pub norm_tail_on: bool,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
     /// (at most one split per group; default twice the SMs).
     pub mma_split_blocks: usize,
@@ -563,6 +594,19 @@ impl<'s> Args<'s> {
     fn null(&mut self) -> &mut Self {
         self.push(0, ArgKind::Pointer)
     }
+    /// A GEMV's norm-tail arguments (resid, norm_w, normed, norm_counter,
+    /// eps): null pointers without one.
+    fn tail(&mut self, tail: Option<&mut NormTail<'_, '_, '_>>) -> &mut Self {
+        match tail {
+            Some(t) => self
+                .buf_mut(t.resid)
+                .buf(t.weight)
+                .buf_mut(t.out)
+                .buf_mut(t.counter)
+                .f32(t.eps),
+            None => self.null().null().null().null().f32(0.0),
+        }
+    }
     fn i32(&mut self, v: i32) -> &mut Self {
         self.push(u64::from(v as u32), ArgKind::Int)
     }
@@ -635,6 +679,7 @@ impl Kernels {
                 f("paged_attention_prefill_mma_f16kv_d128")?,
             ],
             lm_head: f("lm_head_f16_f32")?,
+            lm_head_rows: f("lm_head_rows_f16_f32")?,
             lm_head_mma: f("lm_head_mma_f16_f32")?,
             sample: f("sample_rows_f32")?,
             apply_masks: f("apply_token_masks")?,
@@ -650,6 +695,8 @@ impl Kernels {
                 .unwrap_or(DEFAULT_GEMM_FRAG_TALL_ROWS),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
+            lm_head_rows_on: std::env::var("LHAMA_LM_HEAD_ROWS").map_or(true, |v| v != "0"),
+            norm_tail_on: std::env::var("LHAMA_NORM_TAIL").map_or(true, |v| v != "0"),
             // Kernel-level tests compare with the f32 reference; the backend
             // sets this from its options (fast by default).
             precision: Precision::Exact,
@@ -829,7 +876,10 @@ impl Kernels {
             delta.is_none_or(|(d, splits)| splits >= 1 && d.len() >= splits * rows * hidden),
             "rmsnorm delta size",
         )?;
-        let cfg = cfg_1d(rows as u32, 256);
+        let cfg = cfg_1d(
+            grid(rows, RMS_ROWS_PER_BLOCK),
+            (RMS_ROWS_PER_BLOCK * 32) as u32,
+        );
         let mut a = Args::new(s);
         a.buf_mut(x);
         match delta {
@@ -839,7 +889,11 @@ impl Kernels {
         // x and out hold rows * hidden f32, delta splits * rows * hidden and
         // weight hidden f32 (checked above); a null delta is allowed by the
         // kernel.
-        a.buf(weight).buf_mut(out).i32(i32_of(hidden)).f32(eps);
+        a.buf(weight)
+            .buf_mut(out)
+            .i32(i32_of(rows))
+            .i32(i32_of(hidden))
+            .f32(eps);
         self.launch(s, &self.add_rmsnorm, cfg, &mut a)
     }
 
@@ -931,8 +985,64 @@ impl Kernels {
         if m >= self.mma_min_rows.max(1) {
             return self.awq_mma(s, x, m, w, partial, y, defer);
         }
-        self.awq_gemv(s, x, m, w, partial, counters, y, false)?;
+        self.awq_gemv(s, x, m, w, partial, counters, y, false, None)?;
         Ok(1)
+    }
+
+    /// Whether an M-row product with `w` can end with the norm tail
+    /// (`awq_matmul_norm`): a GEMV of one launch that adds its own splits up.
+    pub fn norm_tail_fits(&self, m: usize, w: &GpuAwq) -> bool {
+        self.norm_tail_on
+            && (1..self.mma_min_rows.max(1)).contains(&m)
+            && m <= AWQ_MAX_M
+            && (self.uses_gemv_mma(m, w) || m <= AWQ_FUSED_MAX_ROWS)
+    }
+
+    /// y[M, N] = x · W (x [M, 2K] gate_up and the input silu(gate) * up
+    /// with `silu`, as `awq_matmul_silu`), then, in the same launch,
+    /// `tail`'s residual add and RMSNorm of y: what `awq_matmul` (or
+    /// `awq_matmul_silu`) then `add_rmsnorm` give, bit for bit, one launch
+    /// fewer. Only where `norm_tail_fits`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn awq_matmul_norm(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+        silu: bool,
+        tail: &mut NormTail<'_, '_, '_>,
+    ) -> Result<(), CudaError> {
+        let x_row = if silu { 2 * w.k } else { w.k };
+        check(
+            x.len() >= m * x_row && y.len() >= m * w.n,
+            "awq norm-tail x/y sizes",
+        )?;
+        check_awq(w, partial, counters)?;
+        check(
+            self.norm_tail_fits(m, w),
+            "awq norm tail: GEMV rows that add their splits up only",
+        )?;
+        check(
+            tail.weight.len() == w.n
+                && tail.resid.len() >= m * w.n
+                && tail.out.len() >= m * w.n
+                && !tail.counter.is_empty(),
+            "awq norm tail sizes",
+        )?;
+        self.awq_gemv(s, x, m, w, partial, counters, y, silu, Some(tail))
+    }
+
+    /// Whether the fast path's tensor-core GEMV takes an M-row product with `w`.
+    fn uses_gemv_mma(&self, m: usize, w: &GpuAwq) -> bool {
+        w.frag.is_some()
+            && self.precision == Precision::Fast
+            && self.gemv_mma_on
+            && m >= self.gemv_mma_min_rows
+            && gemv_mma_fits(w.k, w.n, w.group)
     }
 
     /// The down projection of silu(gate) * up for fewer than `mma_min_rows`
@@ -956,11 +1066,13 @@ impl Kernels {
         )?;
         check_awq(w, partial, counters)?;
         check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
-        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true)
+        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true, None)
     }
 
     /// The GEMV path of the AWQ product (sizes checked by the callers); with
-    /// `silu`, x is [M, 2K] gate_up and the input silu(gate) * up.
+    /// `silu`, x is [M, 2K] gate_up and the input silu(gate) * up; with a
+    /// `tail` (one launch that adds its splits up: `norm_tail_fits`), its
+    /// residual add and RMSNorm in the same launch.
     #[allow(clippy::too_many_arguments)]
     fn awq_gemv(
         &self,
@@ -972,16 +1084,16 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
         silu: bool,
+        mut tail: Option<&mut NormTail<'_, '_, '_>>,
     ) -> Result<(), CudaError> {
         let x_row = if silu { 2 * w.k } else { w.k };
-        if let Some(frag) = w.frag.as_ref().filter(|_| {
-            self.precision == Precision::Fast
-                && self.gemv_mma_on
-                && m >= self.gemv_mma_min_rows
-                && gemv_mma_fits(w.k, w.n, w.group)
-        }) {
-            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu);
+        if let Some(frag) = w.frag.as_ref().filter(|_| self.uses_gemv_mma(m, w)) {
+            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu, tail);
         }
+        check(
+            tail.is_none() || m <= AWQ_FUSED_MAX_ROWS,
+            "awq norm tail: f32 GEMV of at most AWQ_FUSED_MAX_ROWS rows",
+        )?;
         let variants = if silu {
             &self.awq_partial_silu
         } else {
@@ -1025,7 +1137,8 @@ impl Kernels {
                     .i32(n)
                     .i32(g)
                     .i32(fused)
-                    .i32(i32_of(rows)),
+                    .i32(i32_of(rows))
+                    .tail(tail.as_deref_mut()),
             )?;
             if fused == 0 {
                 self.reduce_partials(s, partial, &mut ys, splits, rows, w.n)?;
@@ -1050,8 +1163,13 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
         silu: bool,
+        mut tail: Option<&mut NormTail<'_, '_, '_>>,
     ) -> Result<(), CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
+        check(
+            tail.is_none() || m <= AWQ_MAX_M,
+            "awq norm tail: one launch of at most 8 rows",
+        )?;
         let func = if silu {
             &self.gemv_mma.1
         } else {
@@ -1086,7 +1204,8 @@ impl Kernels {
                     .i32(k)
                     .i32(n)
                     .i32(g)
-                    .i32(i32_of(rows)),
+                    .i32(i32_of(rows))
+                    .tail(tail.as_deref_mut()),
             )?;
         }
         Ok(())
@@ -1586,6 +1705,9 @@ impl Kernels {
                 shared_mem_bytes: 0,
             };
             (&self.lm_head_mma, cfg)
+        } else if self.lm_head_rows_on && (1..=LM_HEAD_ROWS).contains(&r) {
+            let cfg = cfg_1d(grid(vocab, LM_HEAD_ROWS_VOCAB_PER_BLOCK), 256);
+            (&self.lm_head_rows, cfg)
         } else {
             let cfg = cfg_1d(grid(vocab, 8), 256);
             (&self.lm_head, cfg)
@@ -1695,10 +1817,20 @@ mod tests {
         assert!(
             check_args(
                 rmsnorm,
-                &[Pointer, Pointer, Int, Pointer, Pointer, Int, Float]
+                &[Pointer, Pointer, Int, Pointer, Pointer, Int, Int, Float]
             )
             .is_ok()
         );
+        // The GEMVs end with their norm tail's five arguments.
+        let gemv = compile::KERNELS
+            .iter()
+            .find(|k| k.name == "awq_gemv_mma_f16x")
+            .expect("awq_gemv_mma_f16x in the table");
+        let mut kinds = vec![Pointer; 7];
+        kinds.extend([Int; 4]);
+        assert!(check_args(gemv, &kinds).is_err());
+        kinds.extend([Pointer, Pointer, Pointer, Pointer, Float]);
+        assert!(check_args(gemv, &kinds).is_ok());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::f16;
 use lhama_cpu::CpuBackend;
 use lhama_cpu::kernels::{self as cpu, AttnShape, AwqMatrix, RopeTable};
-use lhama_cuda::kernels::{GpuAwq, Kernels, KvCache, Precision};
+use lhama_cuda::kernels::{GpuAwq, Kernels, KvCache, NormTail, Precision};
 use lhama_cuda::{CudaBackend, CudaOptions};
 use lhama_model::awq;
 use lhama_model::golden::{Golden, compare, prompt_logits};
@@ -450,7 +450,7 @@ fn elementwise_kernels_match_cpu() {
     let (s, mut k) = setup();
     let mut g = SplitMix64::new(22);
     // add_rmsnorm, with and without the residual add
-    for &(t, h) in &[(1usize, 128usize), (5, 1024), (37, 96)] {
+    for &(t, h) in &[(1usize, 128usize), (5, 1024), (37, 96), (3, 1312)] {
         let x = randn(&mut g, t * h);
         let delta = randn(&mut g, t * h);
         let w = randn(&mut g, h);
@@ -517,46 +517,233 @@ fn elementwise_kernels_match_cpu() {
         .flat_map(|&t| table[t as usize * h..][..h].iter().map(|v| v.to_f32()))
         .collect();
     assert_eq!(back(&s, &x, tokens.len() * h), want);
-    // lm_head over selected rows: the warp-per-row kernel for few rows, the
-    // tensor cores for many (and, forced, for few).
-    let (t, hidden, v) = (70usize, 128usize, 1001usize);
-    let xn = randn(&mut g, t * hidden);
-    let w: Vec<f16> = randn(&mut g, v * hidden)
-        .into_iter()
-        .map(f16::from_f32)
-        .collect();
-    let (xd, wd) = (s.clone_htod(&xn).unwrap(), s.clone_htod(&w).unwrap());
-    let many: Vec<u32> = (0..40).map(|i| (i * 7 % t) as u32).collect();
-    for (rows, mma_min) in [
-        (vec![5u32, 0, 3], lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS),
-        (vec![5u32, 0, 3], 1),
-        (many, lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS),
-    ] {
-        k.lm_head_mma_min_rows = mma_min;
-        let sel: Vec<f32> = rows
-            .iter()
-            .flat_map(|&r| xn[r as usize * hidden..][..hidden].to_vec())
+    // lm_head over selected rows: the register-held kernel for up to 8 rows
+    // (or, switched off, the warp-per-row kernel), the tensor cores for many
+    // (and, forced, for few); hidden sizes below one 256-wide chunk, of one
+    // 1024-wide register load, and past it; a vocabulary that ends inside a
+    // block.
+    let default_min = lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS;
+    for hidden in [128usize, 1024, 1312] {
+        let (t, v) = (70usize, 1001usize);
+        let xn = randn(&mut g, t * hidden);
+        let w: Vec<f16> = randn(&mut g, v * hidden)
+            .into_iter()
+            .map(f16::from_f32)
             .collect();
-        let mut want = vec![0f32; rows.len() * v];
-        cpu::dense_matmul_f16(&sel, rows.len(), &w, hidden, v, &mut want);
-        let rd = s.clone_htod(&rows).unwrap();
-        let mut logits = poisoned(&s, rows.len() * v);
-        k.lm_head(
+        let (xd, wd) = (s.clone_htod(&xn).unwrap(), s.clone_htod(&w).unwrap());
+        let many: Vec<u32> = (0..40).map(|i| (i * 7 % t) as u32).collect();
+        let eight: Vec<u32> = vec![69, 1, 1, 30, 2, 68, 0, 7];
+        for (rows, mma_min, rows_kernel) in [
+            (vec![5u32], default_min, true),
+            (vec![5u32, 0, 3], default_min, true),
+            (eight.clone(), default_min, true),
+            (vec![5u32, 0, 3], default_min, false),
+            (eight, default_min, false),
+            (vec![5u32, 0, 3], 1, true),
+            (many, default_min, true),
+        ] {
+            k.lm_head_mma_min_rows = mma_min;
+            k.lm_head_rows_on = rows_kernel;
+            let sel: Vec<f32> = rows
+                .iter()
+                .flat_map(|&r| xn[r as usize * hidden..][..hidden].to_vec())
+                .collect();
+            let mut want = vec![0f32; rows.len() * v];
+            cpu::dense_matmul_f16(&sel, rows.len(), &w, hidden, v, &mut want);
+            let rd = s.clone_htod(&rows).unwrap();
+            let mut logits = poisoned(&s, rows.len() * v);
+            k.lm_head(
+                &s,
+                &xd.slice(..),
+                &rd.slice(..),
+                &wd,
+                &mut logits.slice_mut(..),
+                hidden,
+            )
+            .unwrap();
+            let e = rel_err(&back(&s, &logits, rows.len() * v), &want);
+            eprintln!(
+                "lm_head hidden={hidden} rows={} mma_min={mma_min} rows kernel {rows_kernel}: rel err {e:.2e}",
+                rows.len()
+            );
+            assert!(
+                e < 1e-5,
+                "lm_head hidden={hidden} rows={} mma_min={mma_min} rows kernel {rows_kernel}: rel err {e}",
+                rows.len()
+            );
+        }
+    }
+    k.lm_head_mma_min_rows = default_min;
+    k.lm_head_rows_on = true;
+}
+
+/// The GEMV's norm tail (`awq_matmul_norm`): the product, the residual add
+/// and the RMSNorm in one launch give what the product then `add_rmsnorm`
+/// give, bit for bit, and the CPU reference's values; twice in a row (the
+/// launch re-arms its counters).
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
+fn the_gemv_norm_tail_matches_add_rmsnorm() {
+    let (s, mut k) = setup();
+    let mut g = SplitMix64::new(31);
+    k.gemv_mma_on = true;
+    // 1-2 rows: the f32 GEMV (plain and SiLU); 3-8 at fast precision: the
+    // tensor-core GEMV; shapes of the model's o and down and ragged ones.
+    for &(m, kk, n, group, precision, silu) in &[
+        (
+            1usize,
+            1024usize,
+            1024usize,
+            128usize,
+            Precision::Exact,
+            false,
+        ),
+        (2, 4096, 1024, 128, Precision::Exact, true),
+        (1, 256, 1312, 64, Precision::Exact, false),
+        (2, 512, 200, 32, Precision::Fast, false),
+        (1, 4096, 1024, 128, Precision::Fast, true),
+        (3, 1024, 1024, 128, Precision::Fast, false),
+        (8, 4096, 1024, 128, Precision::Fast, false),
+        (5, 1024, 1024, 128, Precision::Fast, true),
+        (8, 512, 1088, 64, Precision::Fast, false),
+    ] {
+        k.precision = precision;
+        let a = random_awq(&mut g, kk, n, group);
+        let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
+        assert!(k.norm_tail_fits(m, &w), "m={m} n={n}: the tail must fit");
+        let x_row = if silu { 2 * kk } else { kk };
+        let x: Vec<f32> = randn(&mut g, m * x_row);
+        let resid = randn(&mut g, m * n);
+        let norm_w = randn(&mut g, n);
+        let xd = s.clone_htod(&x).unwrap();
+        let nd = s.clone_htod(&norm_w).unwrap();
+        let mut partial = s.alloc_zeros::<f32>(w.partial_len()).unwrap();
+        let mut counters = s
+            .alloc_zeros::<u32>(lhama_cuda::kernels::counters_len(n))
+            .unwrap();
+        let mut norm_counter = s.alloc_zeros::<u32>(1).unwrap();
+        // The reference: the product, then add_rmsnorm.
+        let mut y_ref = poisoned(&s, m * n);
+        if silu {
+            k.awq_matmul_silu(
+                &s,
+                &xd.slice(..),
+                m,
+                &w,
+                &mut partial,
+                &mut counters,
+                &mut y_ref.slice_mut(..),
+            )
+            .unwrap();
+        } else {
+            k.awq_matmul(
+                &s,
+                &xd.slice(..),
+                m,
+                &w,
+                &mut partial,
+                &mut counters,
+                &mut y_ref.slice_mut(..),
+            )
+            .unwrap();
+        }
+        let mut resid_ref = s.clone_htod(&resid).unwrap();
+        let mut out_ref = poisoned(&s, m * n);
+        k.add_rmsnorm(
             &s,
-            &xd.slice(..),
-            &rd.slice(..),
-            &wd,
-            &mut logits.slice_mut(..),
-            hidden,
+            &mut resid_ref.slice_mut(..),
+            Some((&y_ref.slice(..), 1)),
+            &nd,
+            &mut out_ref.slice_mut(..),
+            m,
+            1e-5,
         )
         .unwrap();
-        let e = rel_err(&back(&s, &logits, rows.len() * v), &want);
-        eprintln!(
-            "lm_head rows={} mma_min={mma_min}: rel err {e:.2e}",
-            rows.len()
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let y_want = back(&s, &y_ref, m * n);
+        let out_want = back(&s, &out_ref, m * n);
+        let resid_want = back(&s, &resid_ref, m * n);
+        // And against the CPU: x + y, normalized.
+        let summed: Vec<f32> = resid.iter().zip(&y_want).map(|(a, b)| a + b).collect();
+        let mut cpu_out = vec![0f32; m * n];
+        cpu::rms_norm(&summed, &norm_w, 1e-5, &mut cpu_out);
+        assert!(
+            rel_err(&out_want, &cpu_out) < 1e-6,
+            "m={m}: the reference norm"
         );
-        assert!(e < 1e-5, "lm_head rows={}: rel err {e}", rows.len());
+        for round in 0..2 {
+            let mut y = poisoned(&s, m * n);
+            let mut rd = s.clone_htod(&resid).unwrap();
+            let mut out = poisoned(&s, m * n);
+            let (mut rv, mut ov) = (rd.slice_mut(..), out.slice_mut(..));
+            k.awq_matmul_norm(
+                &s,
+                &xd.slice(..),
+                m,
+                &w,
+                &mut partial,
+                &mut counters,
+                &mut y.slice_mut(..),
+                silu,
+                &mut NormTail {
+                    resid: &mut rv,
+                    weight: &nd,
+                    out: &mut ov,
+                    counter: &mut norm_counter,
+                    eps: 1e-5,
+                },
+            )
+            .unwrap();
+            let what = format!("m={m} k={kk} n={n} {precision:?} silu={silu} round {round}");
+            assert_eq!(bits(back(&s, &y, m * n)), bits(y_want.clone()), "{what}: y");
+            assert_eq!(
+                bits(back(&s, &rd, m * n)),
+                bits(resid_want.clone()),
+                "{what}: x += y"
+            );
+            assert_eq!(
+                bits(back(&s, &out, m * n)),
+                bits(out_want.clone()),
+                "{what}: rmsnorm"
+            );
+        }
     }
+    // Tensor-core rows, and the f32 GEMV past its fused rows, are refused.
+    k.precision = Precision::Exact;
+    let a = random_awq(&mut g, 256, 64, 64);
+    let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
+    assert!(!k.norm_tail_fits(lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS, &w));
+    assert!(
+        !k.norm_tail_fits(3, &w),
+        "the exact path's 3-row GEMV reduces in a second launch"
+    );
+    let gud = s.clone_htod(&vec![0f32; 3 * 256]).unwrap();
+    let mut partial = s.alloc_zeros::<f32>(w.partial_len()).unwrap();
+    let mut counters = s.alloc_zeros::<u32>(1).unwrap();
+    let mut norm_counter = s.alloc_zeros::<u32>(1).unwrap();
+    let (mut rd, mut out, nd) = (poisoned(&s, 3 * 64), poisoned(&s, 3 * 64), poisoned(&s, 64));
+    let (mut rv, mut ov) = (rd.slice_mut(..), out.slice_mut(..));
+    let mut y = poisoned(&s, 3 * 64);
+    assert!(
+        k.awq_matmul_norm(
+            &s,
+            &gud.slice(..),
+            3,
+            &w,
+            &mut partial,
+            &mut counters,
+            &mut y.slice_mut(..),
+            false,
+            &mut NormTail {
+                resid: &mut rv,
+                weight: &nd,
+                out: &mut ov,
+                counter: &mut norm_counter,
+                eps: 1e-5,
+            },
+        )
+        .is_err()
+    );
 }
 
 #[test]

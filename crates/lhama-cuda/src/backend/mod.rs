@@ -22,7 +22,7 @@ use lhama_model::{
 };
 
 use crate::CudaError;
-use crate::kernels::{Kernels, KvCache, Precision, SAMPLE_PARAM_WORDS};
+use crate::kernels::{Kernels, KvCache, NormTail, Precision, SAMPLE_PARAM_WORDS};
 use graphs::Graphs;
 use staging::Staging;
 use weights::Weights;
@@ -272,18 +272,32 @@ impl CudaBackend {
         // The splits of the down projection still in `partial` (1: it is
         // in `proj`) for the next residual add; none before the first layer.
         let mut pending_delta: Option<usize> = None;
-        for (layer, kv) in w.layers.iter().zip(self.caches.iter_mut()) {
-            let delta = pending_delta
-                .map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
-            k.add_rmsnorm(
-                s,
-                &mut ws.x.slice_mut(0..t * hidden),
-                delta.as_ref().map(|(d, splits)| (d, *splits)),
-                &layer.input_norm,
-                &mut ws.h.slice_mut(0..t * hidden),
-                t,
-                eps,
-            )?;
+        // The last product's norm tail (Kernels::awq_matmul_norm) already
+        // added it to x and left the next norm's output in h.
+        let mut normed = false;
+        for (index, (layer, kv)) in w.layers.iter().zip(self.caches.iter_mut()).enumerate() {
+            if !normed {
+                let delta = pending_delta
+                    .map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
+                k.add_rmsnorm(
+                    s,
+                    &mut ws.x.slice_mut(0..t * hidden),
+                    delta.as_ref().map(|(d, splits)| (d, *splits)),
+                    &layer.input_norm,
+                    &mut ws.h.slice_mut(0..t * hidden),
+                    t,
+                    eps,
+                )?;
+            }
+            normed = false;
+            // The norm after this layer's MLP: the next layer's input norm,
+            // or the final norm when logits are wanted.
+            let next_norm = match w.layers.get(index + 1) {
+                Some(next) => Some(&next.input_norm),
+                None if r > 0 => Some(&w.norm),
+                None => None,
+            };
+
             k.awq_matmul(
                 s,
                 &ws.h.slice(0..t * hidden),
@@ -342,25 +356,48 @@ impl CudaBackend {
                     batch_context,
                 )?;
             }
-            let splits = k.awq_matmul_split(
-                s,
-                &ws.attn.slice(..),
-                t,
-                &layer.o,
-                &mut ws.partial,
-                &mut ws.counters,
-                &mut ws.proj.slice_mut(..),
-            )?;
-            let (delta, splits) = Self::product(&ws.partial, &ws.proj, splits, t * hidden);
-            k.add_rmsnorm(
-                s,
-                &mut ws.x.slice_mut(0..t * hidden),
-                Some((&delta, splits)),
-                &layer.post_norm,
-                &mut ws.h.slice_mut(0..t * hidden),
-                t,
-                eps,
-            )?;
+            if k.norm_tail_fits(t, &layer.o) {
+                let (mut resid, mut out) =
+                    (ws.x.slice_mut(0..t * hidden), ws.h.slice_mut(0..t * hidden));
+                k.awq_matmul_norm(
+                    s,
+                    &ws.attn.slice(..),
+                    t,
+                    &layer.o,
+                    &mut ws.partial,
+                    &mut ws.counters,
+                    &mut ws.proj.slice_mut(..),
+                    false,
+                    &mut NormTail {
+                        resid: &mut resid,
+                        weight: &layer.post_norm,
+                        out: &mut out,
+                        counter: &mut ws.norm_counter,
+                        eps,
+                    },
+                )?;
+            } else {
+                let splits = k.awq_matmul_split(
+                    s,
+                    &ws.attn.slice(..),
+                    t,
+                    &layer.o,
+                    &mut ws.partial,
+                    &mut ws.counters,
+                    &mut ws.proj.slice_mut(..),
+                )?;
+                let (delta, splits) = Self::product(&ws.partial, &ws.proj, splits, t * hidden);
+                k.add_rmsnorm(
+                    s,
+                    &mut ws.x.slice_mut(0..t * hidden),
+                    Some((&delta, splits)),
+                    &layer.post_norm,
+                    &mut ws.h.slice_mut(0..t * hidden),
+                    t,
+                    eps,
+                )?;
+            }
+            let down_tail = next_norm.filter(|_| k.norm_tail_fits(t, &layer.down));
             let splits = k.awq_matmul_split(
                 s,
                 &ws.h.slice(0..t * hidden),
@@ -379,16 +416,40 @@ impl CudaBackend {
                 // rows: from 4 rows its threads' repeated exponentials cost
                 // more than the launch saved, 1.14 vs 0.99 ms a step at 4
                 // and 2.40 vs 1.50 at 8 on an H200).
-                k.awq_matmul_silu(
-                    s,
-                    &ws.gate_up.slice(0..t * 2 * inter),
-                    t,
-                    &layer.down,
-                    &mut ws.partial,
-                    &mut ws.counters,
-                    &mut ws.proj.slice_mut(..),
-                )?;
-                pending_delta = Some(1);
+                if let Some(norm) = down_tail {
+                    let (mut resid, mut out) =
+                        (ws.x.slice_mut(0..t * hidden), ws.h.slice_mut(0..t * hidden));
+                    k.awq_matmul_norm(
+                        s,
+                        &ws.gate_up.slice(0..t * 2 * inter),
+                        t,
+                        &layer.down,
+                        &mut ws.partial,
+                        &mut ws.counters,
+                        &mut ws.proj.slice_mut(..),
+                        true,
+                        &mut NormTail {
+                            resid: &mut resid,
+                            weight: norm,
+                            out: &mut out,
+                            counter: &mut ws.norm_counter,
+                            eps,
+                        },
+                    )?;
+                    normed = true;
+                    pending_delta = None;
+                } else {
+                    k.awq_matmul_silu(
+                        s,
+                        &ws.gate_up.slice(0..t * 2 * inter),
+                        t,
+                        &layer.down,
+                        &mut ws.partial,
+                        &mut ws.counters,
+                        &mut ws.proj.slice_mut(..),
+                    )?;
+                    pending_delta = Some(1);
+                }
                 continue;
             }
             let gate_up = if splits > 1 {
@@ -397,30 +458,56 @@ impl CudaBackend {
                 ws.gate_up.slice(0..t * 2 * inter)
             };
             k.silu_mul(s, &gate_up, splits, &mut ws.act.slice_mut(..), t, inter)?;
-            pending_delta = Some(k.awq_matmul_split(
-                s,
-                &ws.act.slice(..),
-                t,
-                &layer.down,
-                &mut ws.partial,
-                &mut ws.counters,
-                &mut ws.proj.slice_mut(..),
-            )?);
+            if let Some(norm) = down_tail {
+                let (mut resid, mut out) =
+                    (ws.x.slice_mut(0..t * hidden), ws.h.slice_mut(0..t * hidden));
+                k.awq_matmul_norm(
+                    s,
+                    &ws.act.slice(..),
+                    t,
+                    &layer.down,
+                    &mut ws.partial,
+                    &mut ws.counters,
+                    &mut ws.proj.slice_mut(..),
+                    false,
+                    &mut NormTail {
+                        resid: &mut resid,
+                        weight: norm,
+                        out: &mut out,
+                        counter: &mut ws.norm_counter,
+                        eps,
+                    },
+                )?;
+                normed = true;
+                pending_delta = None;
+            } else {
+                pending_delta = Some(k.awq_matmul_split(
+                    s,
+                    &ws.act.slice(..),
+                    t,
+                    &layer.down,
+                    &mut ws.partial,
+                    &mut ws.counters,
+                    &mut ws.proj.slice_mut(..),
+                )?);
+            }
         }
         if r == 0 {
             return Ok(());
         }
-        let delta =
-            pending_delta.map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
-        k.add_rmsnorm(
-            s,
-            &mut ws.x.slice_mut(0..t * hidden),
-            delta.as_ref().map(|(d, splits)| (d, *splits)),
-            &w.norm,
-            &mut ws.h.slice_mut(0..t * hidden),
-            t,
-            eps,
-        )?;
+        if !normed {
+            let delta = pending_delta
+                .map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
+            k.add_rmsnorm(
+                s,
+                &mut ws.x.slice_mut(0..t * hidden),
+                delta.as_ref().map(|(d, splits)| (d, *splits)),
+                &w.norm,
+                &mut ws.h.slice_mut(0..t * hidden),
+                t,
+                eps,
+            )?;
+        }
         k.lm_head(
             s,
             &ws.h.slice(0..t * hidden),
