@@ -137,7 +137,7 @@ __device__ __forceinline__ void awq_gemv_partial(
         y[(size_t)r * n + c] = v;
     }
     if (tid == 0) counters[blockIdx.x] = 0u;
-    gemv_norm_tail(resid, y, norm_w, normed, norm_counter, m_valid, n, eps, tid, 32 * WARPS);
+    gemv_norm_tail(resid, y, norm_w, normed, norm_counter, m_valid, n, eps, tid);
 }
 
 #define AWQ_GEMV_PARAMS                                                                                       \

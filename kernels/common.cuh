@@ -61,81 +61,79 @@ __device__ __forceinline__ float block_reduce_f32(float v, float* scratch) {
     return r;
 }
 
-// The residual add and RMSNorm of one row by one warp, in the order every
-// kernel that does it uses (add_rmsnorm_f32 and the GEMV tails below), so
-// that they give the same bits: lane l takes elements l, l + 32, ... in
-// order, the lanes' sums of squares are added by warp_sum_f32, and
-// out = v * rsqrt(mean(v^2) + eps) * weight.
-// row [hidden], updated in place: row += delta when drow is not null, drow
-// holding `splits` partial sums split_stride apart, added in split order and
-// read through L2 (other blocks of the same launch may have written them).
-// Up to REGS values a lane stay in registers between the passes (32: hidden
-// <= 1024); the rest is read back (this lane's own writes: the same values).
-template <int REGS>
-__device__ __forceinline__ void add_rmsnorm_warp(
-    float* row, const float* drow, int splits, size_t split_stride, const float* __restrict__ weight,
-    float* orow, int hidden, float eps, int lane) {
-    auto value = [&](int i) {
-        float v = row[i];
-        if (drow) {
-            float d;
-            if (splits <= 1) {
-                d = __ldcg(drow + i);
-            } else {
-                d = 0.0f;
-#pragma unroll 8
-                for (int z = 0; z < splits; ++z) d += __ldcg(drow + (size_t)z * split_stride + i);
-            }
-            v += d;
-            row[i] = v;
-        }
-        return v;
-    };
-    float xv[REGS > 0 ? REGS : 1];
-    float sum_sq = 0.0f;
-#pragma unroll
-    for (int j = 0; j < REGS; ++j) {
-        const int i = lane + j * LHAMA_WARP;
-        const float v = i < hidden ? value(i) : 0.0f;
-        xv[j] = v;
-        sum_sq += v * v;
-    }
-    for (int i = lane + REGS * LHAMA_WARP; i < hidden; i += LHAMA_WARP) {
-        const float v = value(i);
-        sum_sq += v * v;
-    }
-    const float inv = rsqrtf(warp_sum_f32(sum_sq) / (float)hidden + eps);
-#pragma unroll
-    for (int j = 0; j < REGS; ++j) {
-        const int i = lane + j * LHAMA_WARP;
-        if (i < hidden) orow[i] = xv[j] * inv * weight[i];
-    }
-    for (int i = lane + REGS * LHAMA_WARP; i < hidden; i += LHAMA_WARP) orow[i] = row[i] * inv * weight[i];
-}
-
-// The norm tail of a GEMV launch over rows [m_valid, n] whose column tiles
-// (gridDim.x of them) each had one block write its part of y: the last of
-// those blocks to get here (an atomic counter, re-armed after use) adds y to
-// the residual stream and normalizes it, a warp a row, as add_rmsnorm_f32
-// would in a launch of its own: resid += y; normed = rmsnorm(resid) * norm_w
-// (holding nothing in registers between the passes, so that the GEMV's
-// register count, which the tail would otherwise raise, stays as it was).
-// Every thread of such a block calls it after its tile's y is written
-// (tid: its index in the block, of nthreads). Nothing when norm_w is null.
+// The norm tail of an f32 GEMV launch over rows [m_valid, n] whose column
+// tiles (gridDim.x of them) each had one block write its part of y: the last
+// of those blocks to get here (an atomic counter, re-armed after use) adds y
+// to the residual stream and normalizes it, resid += y; normed =
+// rmsnorm(resid) * norm_w, each row by 256 of the block's threads in
+// add_rmsnorm_f32's order (rmsnorm.cu: RMS_REGS elements a thread strided by
+// 256, warp sums, then the 8 warps' sums in order), so that it gives that
+// kernel's bits one launch fewer. Every thread of such a block calls it after
+// its tile's y is written (tid: its index in the block, of nthreads >= 256 *
+// m_valid, checked on the host; m_valid <= GEMV_TAIL_ROWS). Nothing when
+// norm_w is null.
+#define GEMV_TAIL_ROWS 2
+#define GEMV_TAIL_THREADS 256
+#define GEMV_TAIL_REGS 8
 __device__ __forceinline__ void gemv_norm_tail(
-    float* resid, const float* y, const float* __restrict__ norm_w, float* normed, unsigned* counter,
-    int m_valid, int n, float eps, int tid, int nthreads) {
+    float* __restrict__ resid, const float* __restrict__ y, const float* __restrict__ norm_w,
+    float* __restrict__ normed, unsigned* counter, int m_valid, int n, float eps, int tid) {
     if (norm_w == nullptr) return;
     __shared__ bool last_tile;
+    __shared__ float scratch[GEMV_TAIL_ROWS][GEMV_TAIL_THREADS / LHAMA_WARP];
     __threadfence();
     __syncthreads();
     if (tid == 0) last_tile = atomicAdd(counter, 1u) == gridDim.x - 1;
     __syncthreads();
     if (!last_tile) return;
     __threadfence();
-    const int lane = tid % LHAMA_WARP;
-    for (int r = tid / LHAMA_WARP; r < m_valid; r += nthreads / LHAMA_WARP) {
-        add_rmsnorm_warp<0>(resid + (size_t)r * n, y + (size_t)r * n, 1, 0, norm_w, normed + (size_t)r * n, n, eps, lane);
+    const int r = tid / GEMV_TAIL_THREADS, t = tid % GEMV_TAIL_THREADS;
+    const bool on = r < m_valid && r < GEMV_TAIL_ROWS;
+    float* row = resid + (size_t)r * n;
+    const float* drow = y + (size_t)r * n;
+    float* orow = normed + (size_t)r * n;
+    float wv[GEMV_TAIL_REGS], xv[GEMV_TAIL_REGS];
+#pragma unroll
+    for (int j = 0; j < GEMV_TAIL_REGS; ++j) {
+        const int i = t + j * GEMV_TAIL_THREADS;
+        wv[j] = on && i < n ? norm_w[i] : 0.0f;
+    }
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < GEMV_TAIL_REGS; ++j) {
+        const int i = t + j * GEMV_TAIL_THREADS;
+        float v = 0.0f;
+        if (on && i < n) {
+            v = row[i] + __ldcg(drow + i);
+            row[i] = v;
+        }
+        xv[j] = v;
+        sum_sq += v * v;
+    }
+    if (on) {
+        for (int i = t + GEMV_TAIL_REGS * GEMV_TAIL_THREADS; i < n; i += GEMV_TAIL_THREADS) {
+            const float v = row[i] + __ldcg(drow + i);
+            row[i] = v;
+            sum_sq += v * v;
+        }
+    }
+    // block_reduce_f32's order over the row's 256 threads.
+    sum_sq = warp_sum_f32(sum_sq);
+    __syncthreads();
+    if (on && tid % LHAMA_WARP == 0) scratch[r][t / LHAMA_WARP] = sum_sq;
+    __syncthreads();
+    if (on) {
+        float total = 0.0f;
+        for (int w = 0; w < GEMV_TAIL_THREADS / LHAMA_WARP; ++w) total += scratch[r][w];
+        const float inv = rsqrtf(total / (float)n + eps);
+#pragma unroll
+        for (int j = 0; j < GEMV_TAIL_REGS; ++j) {
+            const int i = t + j * GEMV_TAIL_THREADS;
+            if (i < n) orow[i] = xv[j] * inv * wv[j];
+        }
+        for (int i = t + GEMV_TAIL_REGS * GEMV_TAIL_THREADS; i < n; i += GEMV_TAIL_THREADS) {
+            orow[i] = row[i] * inv * norm_w[i];
+        }
     }
     if (tid == 0) *counter = 0u;
 }

@@ -1,20 +1,70 @@
-// Fused residual add + RMSNorm, a warp a row (add_rmsnorm_warp in
-// common.cuh: the order the GEMV norm tails use too).
-// x      [rows, hidden] f32 residual stream, updated in place: x += delta (when delta != 0)
-// delta  [rows, hidden] f32 or null; with delta_splits > 1, [delta_splits, rows, hidden]: the
+// Fused residual add + RMSNorm. (gemv_norm_tail in common.cuh does the same
+// in this order, bit for bit, at the end of the f32 GEMV.)
+// x      [T, hidden] f32 residual stream, updated in place: x += delta (when delta != 0)
+// delta  [T, hidden] f32 or null; with delta_splits > 1, [delta_splits, T, hidden]: the
 //        split-K partial sums of the product that made it, added up here in split order
-//        instead of in a launch of their own
+//        (as awq_reduce_partials_f32 would, bit for bit) instead of in a launch of their own
 // weight [hidden] f32
-// out    [rows, hidden] f32 = x * rsqrt(mean(x^2) + eps) * weight
-// Grid: (ceil(rows / (block / 32))), block: a multiple of 32 threads.
+// out    [T, hidden] f32 = x * rsqrt(mean(x^2) + eps) * weight
+// Grid: (T), block: 256 threads (shared scratch for 32 warps).
+// Up to RMS_REGS elements per thread stay in registers between the two
+// passes (hidden <= 2048 with 256 threads); the rest is read again.
+#define RMS_REGS 8
 extern "C" __global__ void add_rmsnorm_f32(
     float* __restrict__ x, const float* __restrict__ delta, int delta_splits, const float* __restrict__ weight,
-    float* __restrict__ out, int rows, int hidden, float eps) {
+    float* __restrict__ out, int hidden, float eps) {
+    __shared__ float scratch[32];
+    const int step = blockDim.x;
+    // The weights are constant: fetched before waiting for the previous kernel.
+    float wv[RMS_REGS], xv[RMS_REGS];
+#pragma unroll
+    for (int j = 0; j < RMS_REGS; ++j) {
+        const int i = threadIdx.x + j * step;
+        wv[j] = i < hidden ? weight[i] : 0.0f;
+    }
     LHAMA_GRID_WAIT();
     LHAMA_GRID_LAUNCH_DEPENDENTS();
-    const int r = blockIdx.x * (blockDim.x / LHAMA_WARP) + threadIdx.x / LHAMA_WARP;
-    if (r >= rows) return;
-    const size_t at = (size_t)r * hidden;
-    add_rmsnorm_warp<32>(x + at, delta ? delta + at : nullptr, delta_splits, (size_t)rows * hidden, weight, out + at,
-                     hidden, eps, threadIdx.x % LHAMA_WARP);
+    float* row = x + (size_t)blockIdx.x * hidden;
+    const float* drow = delta ? delta + (size_t)blockIdx.x * hidden : nullptr;
+    const size_t split_stride = (size_t)gridDim.x * hidden;
+    // The delta of element i: one value, or its splits summed in order.
+    auto delta_at = [&](int i) {
+        if (delta_splits <= 1) return drow[i];
+        float d = 0.0f;
+#pragma unroll 8
+        for (int z = 0; z < delta_splits; ++z) d += drow[(size_t)z * split_stride + i];
+        return d;
+    };
+    float* orow = out + (size_t)blockIdx.x * hidden;
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < RMS_REGS; ++j) {
+        const int i = threadIdx.x + j * step;
+        float v = 0.0f;
+        if (i < hidden) {
+            v = row[i];
+            if (drow) {
+                v += delta_at(i);
+                row[i] = v;
+            }
+        }
+        xv[j] = v;
+        sum_sq += v * v;
+    }
+    for (int i = threadIdx.x + RMS_REGS * step; i < hidden; i += step) {
+        float v = row[i];
+        if (drow) {
+            v += delta_at(i);
+            row[i] = v;
+        }
+        sum_sq += v * v;
+    }
+    const float total = block_reduce_f32<false>(sum_sq, scratch);
+    const float inv = rsqrtf(total / (float)hidden + eps);
+#pragma unroll
+    for (int j = 0; j < RMS_REGS; ++j) {
+        const int i = threadIdx.x + j * step;
+        if (i < hidden) orow[i] = xv[j] * inv * wv[j];
+    }
+    for (int i = threadIdx.x + RMS_REGS * step; i < hidden; i += step) orow[i] = row[i] * inv * weight[i];
 }

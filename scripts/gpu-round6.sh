@@ -33,6 +33,7 @@ for round in 1 2; do
   bench base
   bench no-tail LHAMA_NORM_TAIL=0
   bench no-lmh LHAMA_LM_HEAD_ROWS=0
+  bench no-silu-mma LHAMA_CUDA_FUSED_SILU_MMA=0
 done
 pack
 for v in "new:$B" "base:$BASE"; do

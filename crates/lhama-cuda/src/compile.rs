@@ -66,7 +66,7 @@ const R: &str = "float";
 /// Parameters of the f32 GEMV (awq.cu), plain and SiLU.
 const GEMV: &[&str] = &[F, U, F, F, FM, FM, UM, I, I, I, I, I, FM, F, FM, UM, R];
 /// Parameters of the tensor-core GEMV (gemv_mma.cu).
-const GEMV_MMA: &[&str] = &[F, U4, F, F, FM, FM, UM, I, I, I, I, FM, F, FM, UM, R];
+const GEMV_MMA: &[&str] = &[F, U4, F, F, FM, FM, UM, I, I, I, I];
 /// Parameters of the f32-staged tensor-core GEMM (gemm_mma.cu).
 const GEMM: &[&str] = &[F, U, F, F, FM, I, I, I, I, I];
 /// Parameters of the fragment GEMM (gemm_frag.cu).
@@ -90,7 +90,7 @@ const LM_HEAD: &[&str] = &[F, U, H, FM, I, I, I];
 /// (`kernels::Args`: the count, and pointer / int / float at each place).
 pub const KERNELS: &[Kernel] = &[
     Kernel::new("embedding_gather_f16_f32", &[H, U, FM, I]),
-    Kernel::new("add_rmsnorm_f32", &[FM, F, I, F, FM, I, I, R]),
+    Kernel::new("add_rmsnorm_f32", &[FM, F, I, F, FM, I, R]),
     Kernel::new("silu_mul_f32", &[F, I, FM, I, I]),
     Kernel::new("awq_gemv_partial_m1_f32", GEMV),
     Kernel::new("awq_gemv_partial_m2_f32", GEMV),

@@ -303,8 +303,8 @@ fn check_awq(
     )
 }
 
-/// The residual add and RMSNorm a GEMV of up to 8 rows does after its
-/// product in its last block (`Kernels::awq_matmul_norm`), as
+/// The residual add and RMSNorm an f32 GEMV of up to AWQ_FUSED_MAX_ROWS
+/// rows does after its product in its last block (`Kernels::awq_matmul_norm`), as
 /// `Kernels::add_rmsnorm` would with the product as its delta, bit for bit:
 /// resid [M, N] += y; out [M, N] = rmsnorm(resid) * weight.
 pub struct NormTail<'a, 'r, 'o> {
@@ -315,9 +315,6 @@ pub struct NormTail<'a, 'r, 'o> {
     pub counter: &'a mut CudaSlice<u32>,
     pub eps: f32,
 }
-
-/// Warps (rows) per block of add_rmsnorm_f32.
-const RMS_ROWS_PER_BLOCK: usize = 2;
 
 /// Most rows the register-held lm_head takes (LMH_ROWS in lm_head.cu).
 pub const LM_HEAD_ROWS: usize = 8;
@@ -387,10 +384,10 @@ pub struct Kernels {
     /// weights in registers (lm_head_rows_f16_f32; LHAMA_LM_HEAD_ROWS=0:
     /// the warp-per-row kernel, for comparisons).
     pub lm_head_rows_on: bool,
-    /// GEMV products of up to 8 rows that add their splits up themselves
-    /// also do the residual add and RMSNorm after them in their last block
-    /// (`awq_matmul_norm`; LHAMA_NORM_TAIL=0: add_rmsnorm_f32 after them,
-    /// for comparisons).
+    /// f32 GEMV products of up to AWQ_FUSED_MAX_ROWS rows (which add their
+    /// splits up themselves) also do the residual add and RMSNorm after
+    /// them in their last block (`awq_matmul_norm`; LHAMA_NORM_TAIL=0:
+    /// add_rmsnorm_f32 after them, for comparisons).
     pub norm_tail_on: bool,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
     /// (at most one split per group; default twice the SMs).
@@ -876,10 +873,7 @@ impl Kernels {
             delta.is_none_or(|(d, splits)| splits >= 1 && d.len() >= splits * rows * hidden),
             "rmsnorm delta size",
         )?;
-        let cfg = cfg_1d(
-            grid(rows, RMS_ROWS_PER_BLOCK),
-            (RMS_ROWS_PER_BLOCK * 32) as u32,
-        );
+        let cfg = cfg_1d(rows as u32, 256);
         let mut a = Args::new(s);
         a.buf_mut(x);
         match delta {
@@ -889,11 +883,7 @@ impl Kernels {
         // x and out hold rows * hidden f32, delta splits * rows * hidden and
         // weight hidden f32 (checked above); a null delta is allowed by the
         // kernel.
-        a.buf(weight)
-            .buf_mut(out)
-            .i32(i32_of(rows))
-            .i32(i32_of(hidden))
-            .f32(eps);
+        a.buf(weight).buf_mut(out).i32(i32_of(hidden)).f32(eps);
         self.launch(s, &self.add_rmsnorm, cfg, &mut a)
     }
 
@@ -990,12 +980,15 @@ impl Kernels {
     }
 
     /// Whether an M-row product with `w` can end with the norm tail
-    /// (`awq_matmul_norm`): a GEMV of one launch that adds its own splits up.
+    /// (`awq_matmul_norm`): one f32 GEMV launch that adds its own splits up
+    /// (1 or 2 rows, where its blocks have 512 threads: 256 a row, as
+    /// add_rmsnorm_f32 takes). The tensor-core GEMV's 128-thread blocks
+    /// would have to take its 3 to 8 rows one after another.
     pub fn norm_tail_fits(&self, m: usize, w: &GpuAwq) -> bool {
         self.norm_tail_on
             && (1..self.mma_min_rows.max(1)).contains(&m)
-            && m <= AWQ_MAX_M
-            && (self.uses_gemv_mma(m, w) || m <= AWQ_FUSED_MAX_ROWS)
+            && m <= AWQ_FUSED_MAX_ROWS
+            && !self.uses_gemv_mma(m, w)
     }
 
     /// y[M, N] = x · W (x [M, 2K] gate_up and the input silu(gate) * up
@@ -1037,7 +1030,7 @@ impl Kernels {
     }
 
     /// Whether the fast path's tensor-core GEMV takes an M-row product with `w`.
-    fn uses_gemv_mma(&self, m: usize, w: &GpuAwq) -> bool {
+    pub fn uses_gemv_mma(&self, m: usize, w: &GpuAwq) -> bool {
         w.frag.is_some()
             && self.precision == Precision::Fast
             && self.gemv_mma_on
@@ -1088,7 +1081,8 @@ impl Kernels {
     ) -> Result<(), CudaError> {
         let x_row = if silu { 2 * w.k } else { w.k };
         if let Some(frag) = w.frag.as_ref().filter(|_| self.uses_gemv_mma(m, w)) {
-            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu, tail);
+            check(tail.is_none(), "awq norm tail: f32 GEMV only")?;
+            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu);
         }
         check(
             tail.is_none() || m <= AWQ_FUSED_MAX_ROWS,
@@ -1113,6 +1107,11 @@ impl Kernels {
             let xs = x.slice(row * x_row..(row + rows) * x_row);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             let fused = i32::from(rows <= AWQ_FUSED_MAX_ROWS);
+            // The norm tail takes 256 threads a row (gemv_norm_tail).
+            check(
+                tail.is_none() || (fused == 1 && warps * 32 >= 256 * rows),
+                "awq norm tail: 256 threads a row",
+            )?;
             let cfg = LaunchConfig {
                 grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
                 block_dim: (32, warps as u32, 1),
@@ -1163,13 +1162,8 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
         silu: bool,
-        mut tail: Option<&mut NormTail<'_, '_, '_>>,
     ) -> Result<(), CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
-        check(
-            tail.is_none() || m <= AWQ_MAX_M,
-            "awq norm tail: one launch of at most 8 rows",
-        )?;
         let func = if silu {
             &self.gemv_mma.1
         } else {
@@ -1204,8 +1198,7 @@ impl Kernels {
                     .i32(k)
                     .i32(n)
                     .i32(g)
-                    .i32(i32_of(rows))
-                    .tail(tail.as_deref_mut()),
+                    .i32(i32_of(rows)),
             )?;
         }
         Ok(())
@@ -1817,17 +1810,17 @@ mod tests {
         assert!(
             check_args(
                 rmsnorm,
-                &[Pointer, Pointer, Int, Pointer, Pointer, Int, Int, Float]
+                &[Pointer, Pointer, Int, Pointer, Pointer, Int, Float]
             )
             .is_ok()
         );
         // The GEMVs end with their norm tail's five arguments.
         let gemv = compile::KERNELS
             .iter()
-            .find(|k| k.name == "awq_gemv_mma_f16x")
-            .expect("awq_gemv_mma_f16x in the table");
+            .find(|k| k.name == "awq_gemv_partial_m1_f32")
+            .expect("awq_gemv_partial_m1_f32 in the table");
         let mut kinds = vec![Pointer; 7];
-        kinds.extend([Int; 4]);
+        kinds.extend([Int; 5]);
         assert!(check_args(gemv, &kinds).is_err());
         kinds.extend([Pointer, Pointer, Pointer, Pointer, Float]);
         assert!(check_args(gemv, &kinds).is_ok());

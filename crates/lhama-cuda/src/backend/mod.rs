@@ -78,6 +78,9 @@ pub struct CudaBackend {
     /// GEMV directly (LHAMA_CUDA_FUSED_SILU=0 launches silu_mul first, for
     /// comparisons).
     fused_silu: bool,
+    /// Steps of 3-8 tokens on the tensor-core GEMV do the same
+    /// (LHAMA_CUDA_FUSED_SILU_MMA=0 launches silu_mul first).
+    fused_silu_mma: bool,
     /// Decode attention fuses rotary embedding and the K/V write
     /// (LHAMA_CUDA_FUSED_DECODE=0 turns it off, for comparisons).
     fused_decode: bool,
@@ -185,6 +188,7 @@ impl CudaBackend {
             max_blocks,
             fused_decode: std::env::var("LHAMA_CUDA_FUSED_DECODE").map_or(true, |v| v != "0"),
             fused_silu: std::env::var("LHAMA_CUDA_FUSED_SILU").map_or(true, |v| v != "0"),
+            fused_silu_mma: std::env::var("LHAMA_CUDA_FUSED_SILU_MMA").map_or(true, |v| v != "0"),
             pending_masks: Vec::new(),
             all_logits: vec![RowSampling::Logits; t],
         };
@@ -407,15 +411,18 @@ impl CudaBackend {
                 &mut ws.counters,
                 &mut ws.gate_up.slice_mut(..),
             )?;
+            let f32_silu = t <= crate::kernels::AWQ_FUSED_MAX_ROWS;
             if self.fused_silu
                 && splits == 1
-                && t <= crate::kernels::AWQ_FUSED_MAX_ROWS
                 && t < k.mma_min_rows
+                && (f32_silu || (self.fused_silu_mma && k.uses_gemv_mma(t, &layer.down)))
             {
-                // The GEMV takes silu(gate) * up as it reads gate_up (1-2
-                // rows: from 4 rows its threads' repeated exponentials cost
-                // more than the launch saved, 1.14 vs 0.99 ms a step at 4
-                // and 2.40 vs 1.50 at 8 on an H200).
+                // The GEMV takes silu(gate) * up as it reads gate_up: the f32
+                // GEMV at 1-2 rows (from 4 rows its threads' repeated
+                // exponentials cost more than the launch saved, 1.14 vs 0.99
+                // ms a step at 4 and 2.40 vs 1.50 at 8 on an H200), the
+                // tensor-core GEMV at 3-8 (a lane converts only its own
+                // B-fragment values).
                 if let Some(norm) = down_tail {
                     let (mut resid, mut out) =
                         (ws.x.slice_mut(0..t * hidden), ws.h.slice_mut(0..t * hidden));
