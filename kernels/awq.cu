@@ -26,7 +26,7 @@
 // One instantiation per batch-row count M (1, 2, 4, 8): with M fixed at compile
 // time no work is spent on absent rows, and small M get more, shorter warps
 // (more warps in flight hide more memory latency).
-// AWQ_MAX_M, AWQ_ROWS_PER_BLOCK: defined by the host (kernels::shared_defines).
+// AWQ_MAX_M, AWQ_ROWS_PER_BLOCK, AWQ_FUSED_MAX_ROWS: defined by the host (kernels::shared_defines).
 
 // Bit shift of column 8c + j inside word c (compile-time after unrolling).
 #define AWQ_SHIFT(j) (4 * ((j) % 2 == 0 ? (j) / 2 : 4 + (j) / 2))
@@ -137,7 +137,10 @@ __device__ __forceinline__ void awq_gemv_partial(
         y[(size_t)r * n + c] = v;
     }
     if (tid == 0) counters[blockIdx.x] = 0u;
-    gemv_norm_tail(resid, y, norm_w, normed, norm_counter, m_valid, n, eps, tid);
+    // (Only the variants that add their splits up have one.)
+    if constexpr (M <= AWQ_FUSED_MAX_ROWS) {
+        gemv_norm_tail<32 * WARPS, M>(resid, y, norm_w, normed, norm_counter, m_valid, n, eps, tid);
+    }
 }
 
 #define AWQ_GEMV_PARAMS                                                                                       \

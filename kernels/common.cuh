@@ -61,75 +61,89 @@ __device__ __forceinline__ float block_reduce_f32(float v, float* scratch) {
     return r;
 }
 
-// The norm tail of an f32 GEMV launch over rows [m_valid, n] whose column
-// tiles (gridDim.x of them) each had one block write its part of y: the last
-// of those blocks to get here (an atomic counter, re-armed after use) adds y
-// to the residual stream and normalizes it, resid += y; normed =
-// rmsnorm(resid) * norm_w, each row by 256 of the block's threads in
-// add_rmsnorm_f32's order (rmsnorm.cu: RMS_REGS elements a thread strided by
-// 256, warp sums, then the 8 warps' sums in order), so that it gives that
-// kernel's bits one launch fewer. Every thread of such a block calls it after
-// its tile's y is written (tid: its index in the block, of nthreads >= 256 *
-// m_valid, checked on the host; m_valid <= GEMV_TAIL_ROWS). Nothing when
-// norm_w is null.
-#define GEMV_TAIL_ROWS 2
+// The norm tail of a GEMV launch over rows [m_valid, n] whose column tiles
+// (gridDim.x of them) each had one block write its part of y: the last of
+// those blocks to get here (an atomic counter, re-armed after use) adds y to
+// the residual stream and normalizes it, resid += y; normed =
+// rmsnorm(resid) * norm_w, in add_rmsnorm_f32's order (rmsnorm.cu: each of
+// 256 threads a row sums the squares of elements t, t + 256, ... in order,
+// then the warps' sums, then the 8 warps' in order), so that it gives that
+// kernel's bits one launch fewer. The block's NT threads play the 256 of
+// every row at once: thread tid takes the (row, t) items tid + NT * p.
+// Every thread of such a block calls it after its tile's y is written (tid:
+// its index in the block; m_valid <= ROWS <= GEMV_TAIL_ROWS, checked on the
+// host).
+// Up to GEMV_TAIL_REGS elements an item stay in registers between the
+// passes (n <= 1024); the rest is read back. Nothing when norm_w is null.
+#define GEMV_TAIL_ROWS 8
 #define GEMV_TAIL_THREADS 256
-#define GEMV_TAIL_REGS 8
+#define GEMV_TAIL_REGS 4
+template <int NT, int ROWS>
 __device__ __forceinline__ void gemv_norm_tail(
     float* __restrict__ resid, const float* __restrict__ y, const float* __restrict__ norm_w,
     float* __restrict__ normed, unsigned* counter, int m_valid, int n, float eps, int tid) {
+    static_assert(NT % LHAMA_WARP == 0 && ROWS <= GEMV_TAIL_ROWS, "whole warps, at most 8 rows");
+    constexpr int P = (ROWS * GEMV_TAIL_THREADS + NT - 1) / NT;
+    constexpr int WARPS = GEMV_TAIL_THREADS / LHAMA_WARP;
     if (norm_w == nullptr) return;
     __shared__ bool last_tile;
-    __shared__ float scratch[GEMV_TAIL_ROWS][GEMV_TAIL_THREADS / LHAMA_WARP];
+    __shared__ float scratch[ROWS][WARPS];
     __threadfence();
     __syncthreads();
     if (tid == 0) last_tile = atomicAdd(counter, 1u) == gridDim.x - 1;
     __syncthreads();
     if (!last_tile) return;
     __threadfence();
-    const int r = tid / GEMV_TAIL_THREADS, t = tid % GEMV_TAIL_THREADS;
-    const bool on = r < m_valid && r < GEMV_TAIL_ROWS;
-    float* row = resid + (size_t)r * n;
-    const float* drow = y + (size_t)r * n;
-    float* orow = normed + (size_t)r * n;
-    float wv[GEMV_TAIL_REGS], xv[GEMV_TAIL_REGS];
+    const int items = m_valid * GEMV_TAIL_THREADS;
+    float xv[P][GEMV_TAIL_REGS], sum_sq[P];
 #pragma unroll
-    for (int j = 0; j < GEMV_TAIL_REGS; ++j) {
-        const int i = t + j * GEMV_TAIL_THREADS;
-        wv[j] = on && i < n ? norm_w[i] : 0.0f;
-    }
-    float sum_sq = 0.0f;
+    for (int p = 0; p < P; ++p) {
+        const int e = tid + NT * p, r = e / GEMV_TAIL_THREADS, t = e % GEMV_TAIL_THREADS;
+        sum_sq[p] = 0.0f;
+        if (e < items) {
+            float* row = resid + (size_t)r * n;
+            const float* drow = y + (size_t)r * n;
 #pragma unroll
-    for (int j = 0; j < GEMV_TAIL_REGS; ++j) {
-        const int i = t + j * GEMV_TAIL_THREADS;
-        float v = 0.0f;
-        if (on && i < n) {
-            v = row[i] + __ldcg(drow + i);
-            row[i] = v;
-        }
-        xv[j] = v;
-        sum_sq += v * v;
-    }
-    if (on) {
-        for (int i = t + GEMV_TAIL_REGS * GEMV_TAIL_THREADS; i < n; i += GEMV_TAIL_THREADS) {
-            const float v = row[i] + __ldcg(drow + i);
-            row[i] = v;
-            sum_sq += v * v;
+            for (int j = 0; j < GEMV_TAIL_REGS; ++j) {
+                const int i = t + j * GEMV_TAIL_THREADS;
+                float v = 0.0f;
+                if (i < n) {
+                    v = row[i] + __ldcg(drow + i);
+                    row[i] = v;
+                }
+                xv[p][j] = v;
+                sum_sq[p] += v * v;
+            }
+            for (int i = t + GEMV_TAIL_REGS * GEMV_TAIL_THREADS; i < n; i += GEMV_TAIL_THREADS) {
+                const float v = row[i] + __ldcg(drow + i);
+                row[i] = v;
+                sum_sq[p] += v * v;
+            }
         }
     }
-    // block_reduce_f32's order over the row's 256 threads.
-    sum_sq = warp_sum_f32(sum_sq);
+    // The 32 items of a warp are 32 consecutive threads of one row.
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int e = tid + NT * p;
+        const float w = warp_sum_f32(sum_sq[p]);
+        if (e < items && tid % LHAMA_WARP == 0) {
+            scratch[e / GEMV_TAIL_THREADS][e % GEMV_TAIL_THREADS / LHAMA_WARP] = w;
+        }
+    }
     __syncthreads();
-    if (on && tid % LHAMA_WARP == 0) scratch[r][t / LHAMA_WARP] = sum_sq;
-    __syncthreads();
-    if (on) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int e = tid + NT * p, r = e / GEMV_TAIL_THREADS, t = e % GEMV_TAIL_THREADS;
+        if (e >= items) continue;
         float total = 0.0f;
-        for (int w = 0; w < GEMV_TAIL_THREADS / LHAMA_WARP; ++w) total += scratch[r][w];
+        for (int w = 0; w < WARPS; ++w) total += scratch[r][w];
         const float inv = rsqrtf(total / (float)n + eps);
+        const float* row = resid + (size_t)r * n;
+        float* orow = normed + (size_t)r * n;
 #pragma unroll
         for (int j = 0; j < GEMV_TAIL_REGS; ++j) {
             const int i = t + j * GEMV_TAIL_THREADS;
-            if (i < n) orow[i] = xv[j] * inv * wv[j];
+            if (i < n) orow[i] = xv[p][j] * inv * norm_w[i];
         }
         for (int i = t + GEMV_TAIL_REGS * GEMV_TAIL_THREADS; i < n; i += GEMV_TAIL_THREADS) {
             orow[i] = row[i] * inv * norm_w[i];

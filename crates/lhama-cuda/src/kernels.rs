@@ -102,9 +102,10 @@ pub fn fragment_order(qweight: &[u32], k: usize, n: usize) -> Vec<u32> {
 /// kernels' source gets them as `#define`s (`compile::program_source`), and
 /// no kernel file defines them itself (a unit test), so the two sides
 /// cannot drift apart.
-pub(crate) fn shared_defines() -> [(&'static str, usize); 11] {
+pub(crate) fn shared_defines() -> [(&'static str, usize); 12] {
     [
         ("AWQ_MAX_M", AWQ_MAX_M),
+        ("AWQ_FUSED_MAX_ROWS", AWQ_FUSED_MAX_ROWS),
         ("AWQ_ROWS_PER_BLOCK", AWQ_ROWS_PER_BLOCK),
         ("GEMV_MMA_WARPS", GEMV_MMA_COLS / 16),
         ("GEMV_MMA_K", GEMV_MMA_K),
@@ -303,8 +304,8 @@ fn check_awq(
     )
 }
 
-/// The residual add and RMSNorm an f32 GEMV of up to AWQ_FUSED_MAX_ROWS
-/// rows does after its product in its last block (`Kernels::awq_matmul_norm`), as
+/// The residual add and RMSNorm a GEMV of up to 8 rows that adds its own
+/// splits up does after its product in its last block (`Kernels::awq_matmul_norm`), as
 /// `Kernels::add_rmsnorm` would with the product as its delta, bit for bit:
 /// resid [M, N] += y; out [M, N] = rmsnorm(resid) * weight.
 pub struct NormTail<'a, 'r, 'o> {
@@ -384,10 +385,11 @@ pub struct Kernels {
     /// weights in registers (lm_head_rows_f16_f32; LHAMA_LM_HEAD_ROWS=0:
     /// the warp-per-row kernel, for comparisons).
     pub lm_head_rows_on: bool,
-    /// f32 GEMV products of up to AWQ_FUSED_MAX_ROWS rows (which add their
-    /// splits up themselves) also do the residual add and RMSNorm after
-    /// them in their last block (`awq_matmul_norm`; LHAMA_NORM_TAIL=0:
-    /// add_rmsnorm_f32 after them, for comparisons).
+    /// GEMV products of up to 8 rows that add their splits up themselves
+    /// (the tensor-core GEMV; the f32 GEMV at 1-2 rows) also do the
+    /// residual add and RMSNorm after them in their last block
+    /// (`awq_matmul_norm`; LHAMA_NORM_TAIL=0: add_rmsnorm_f32 after them,
+    /// for comparisons).
     pub norm_tail_on: bool,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
     /// (at most one split per group; default twice the SMs).
@@ -980,15 +982,13 @@ impl Kernels {
     }
 
     /// Whether an M-row product with `w` can end with the norm tail
-    /// (`awq_matmul_norm`): one f32 GEMV launch that adds its own splits up
-    /// (1 or 2 rows, where its blocks have 512 threads: 256 a row, as
-    /// add_rmsnorm_f32 takes). The tensor-core GEMV's 128-thread blocks
-    /// would have to take its 3 to 8 rows one after another.
+    /// (`awq_matmul_norm`): one GEMV launch that adds its own splits up
+    /// (the tensor-core GEMV's up to 8 rows, the f32 GEMV's 1 or 2).
     pub fn norm_tail_fits(&self, m: usize, w: &GpuAwq) -> bool {
         self.norm_tail_on
             && (1..self.mma_min_rows.max(1)).contains(&m)
-            && m <= AWQ_FUSED_MAX_ROWS
-            && !self.uses_gemv_mma(m, w)
+            && m <= AWQ_MAX_M
+            && (self.uses_gemv_mma(m, w) || m <= AWQ_FUSED_MAX_ROWS)
     }
 
     /// y[M, N] = x · W (x [M, 2K] gate_up and the input silu(gate) * up
@@ -1081,8 +1081,11 @@ impl Kernels {
     ) -> Result<(), CudaError> {
         let x_row = if silu { 2 * w.k } else { w.k };
         if let Some(frag) = w.frag.as_ref().filter(|_| self.uses_gemv_mma(m, w)) {
-            check(tail.is_none(), "awq norm tail: f32 GEMV only")?;
-            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu);
+            check(
+                tail.is_none() || m <= AWQ_MAX_M,
+                "awq norm tail: one launch of at most 8 rows",
+            )?;
+            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu, tail);
         }
         check(
             tail.is_none() || m <= AWQ_FUSED_MAX_ROWS,
@@ -1107,10 +1110,9 @@ impl Kernels {
             let xs = x.slice(row * x_row..(row + rows) * x_row);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             let fused = i32::from(rows <= AWQ_FUSED_MAX_ROWS);
-            // The norm tail takes 256 threads a row (gemv_norm_tail).
             check(
-                tail.is_none() || (fused == 1 && warps * 32 >= 256 * rows),
-                "awq norm tail: 256 threads a row",
+                tail.is_none() || (fused == 1 && row == 0 && rows == m),
+                "awq norm tail: one launch that adds its splits up",
             )?;
             let cfg = LaunchConfig {
                 grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
@@ -1162,6 +1164,7 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
         silu: bool,
+        mut tail: Option<&mut NormTail<'_, '_, '_>>,
     ) -> Result<(), CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
         let func = if silu {
@@ -1198,7 +1201,8 @@ impl Kernels {
                     .i32(k)
                     .i32(n)
                     .i32(g)
-                    .i32(i32_of(rows)),
+                    .i32(i32_of(rows))
+                    .tail(tail.as_deref_mut()),
             )?;
         }
         Ok(())

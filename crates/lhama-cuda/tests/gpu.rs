@@ -587,10 +587,16 @@ fn the_gemv_norm_tail_matches_add_rmsnorm() {
     let (s, mut k) = setup();
     let mut g = SplitMix64::new(31);
     k.gemv_mma_on = true;
-    // 1-2 rows in the f32 GEMV (plain and SiLU), at both precisions; the
-    // model's o and down shapes and ragged ones (n past 1024 = 4 x 256: a
-    // thread's elements past its registers).
+    // 1-2 rows in the f32 GEMV (plain and SiLU), at both precisions; 3-8
+    // rows at fast precision in the tensor-core GEMV; the model's o and
+    // down shapes and ragged ones (n past 1024 = 4 x 256: an item's
+    // elements past its registers).
     for &(m, kk, n, group, precision, silu) in &[
+        (3, 1024, 1024, 128, Precision::Fast, false),
+        (8, 4096, 1024, 128, Precision::Fast, true),
+        (5, 1024, 1024, 128, Precision::Fast, true),
+        (8, 512, 2064, 64, Precision::Fast, false),
+        (4, 256, 80, 64, Precision::Fast, false),
         (
             1usize,
             1024usize,
@@ -707,12 +713,12 @@ fn the_gemv_norm_tail_matches_add_rmsnorm() {
             );
         }
     }
-    // The tensor-core GEMV's rows, the GEMM's, and the f32 GEMV's past its
-    // fused rows are refused.
+    // The GEMM's rows and the f32 GEMV's past its fused rows are refused.
     let a = random_awq(&mut g, 256, 64, 64);
     let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
     k.precision = Precision::Fast;
-    assert!(!k.norm_tail_fits(3, &w), "the tensor-core GEMV has no tail");
+    assert!(k.norm_tail_fits(8, &w), "the tensor-core GEMV's tail");
+    assert!(!k.norm_tail_fits(lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS, &w));
     k.precision = Precision::Exact;
     assert!(!k.norm_tail_fits(lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS, &w));
     assert!(
