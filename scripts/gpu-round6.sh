@@ -32,6 +32,7 @@ for round in 1 2; do
   bench new
   bench base
   bench no-tail LHAMA_NORM_TAIL=0
+  bench f32-tail LHAMA_NORM_TAIL=f32
   bench no-lmh LHAMA_LM_HEAD_ROWS=0
   bench no-silu-mma LHAMA_CUDA_FUSED_SILU_MMA=0
 done

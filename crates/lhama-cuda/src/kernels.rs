@@ -389,8 +389,10 @@ pub struct Kernels {
     /// (the tensor-core GEMV; the f32 GEMV at 1-2 rows) also do the
     /// residual add and RMSNorm after them in their last block
     /// (`awq_matmul_norm`; LHAMA_NORM_TAIL=0: add_rmsnorm_f32 after them,
-    /// for comparisons).
+    /// LHAMA_NORM_TAIL=f32: after the tensor-core GEMV's, for comparisons).
     pub norm_tail_on: bool,
+    /// The tensor-core GEMV's products have the tail too.
+    pub norm_tail_mma: bool,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
     /// (at most one split per group; default twice the SMs).
     pub mma_split_blocks: usize,
@@ -696,6 +698,8 @@ impl Kernels {
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_rows_on: std::env::var("LHAMA_LM_HEAD_ROWS").map_or(true, |v| v != "0"),
             norm_tail_on: std::env::var("LHAMA_NORM_TAIL").map_or(true, |v| v != "0"),
+            norm_tail_mma: std::env::var("LHAMA_NORM_TAIL")
+                .map_or(true, |v| v != "0" && v != "f32"),
             // Kernel-level tests compare with the f32 reference; the backend
             // sets this from its options (fast by default).
             precision: Precision::Exact,
@@ -988,7 +992,11 @@ impl Kernels {
         self.norm_tail_on
             && (1..self.mma_min_rows.max(1)).contains(&m)
             && m <= AWQ_MAX_M
-            && (self.uses_gemv_mma(m, w) || m <= AWQ_FUSED_MAX_ROWS)
+            && if self.uses_gemv_mma(m, w) {
+                self.norm_tail_mma
+            } else {
+                m <= AWQ_FUSED_MAX_ROWS
+            }
     }
 
     /// y[M, N] = x · W (x [M, 2K] gate_up and the input silu(gate) * up
