@@ -13,10 +13,6 @@
 //   partial  [K / AWQ_ROWS_PER_BLOCK, m_valid, N] f32 scratch
 //   y        [m_valid, N] f32
 //   counters [ceil(N / 256)] u32, zero between launches (each launch re-arms them)
-//   resid, norm_w, normed, norm_counter, eps: with `fused` and a norm_w, the
-//            norm tail (gemv_norm_tail in common.cuh): resid [m_valid, N] += y,
-//            normed = rmsnorm(resid) * norm_w; norm_counter one u32, zero
-//            between launches. norm_w null: no tail.
 // W[k, n] = (q[k, n] - zeros[k / G, n]) * scales[k / G, n]; y = x · W.
 //
 // Partial kernels: grid (ceil((N/8) / 32), K / AWQ_ROWS_PER_BLOCK), block (32, WARPS).
@@ -26,7 +22,7 @@
 // One instantiation per batch-row count M (1, 2, 4, 8): with M fixed at compile
 // time no work is spent on absent rows, and small M get more, shorter warps
 // (more warps in flight hide more memory latency).
-// AWQ_MAX_M, AWQ_ROWS_PER_BLOCK, AWQ_FUSED_MAX_ROWS: defined by the host (kernels::shared_defines).
+// AWQ_MAX_M, AWQ_ROWS_PER_BLOCK: defined by the host (kernels::shared_defines).
 
 // Bit shift of column 8c + j inside word c (compile-time after unrolling).
 #define AWQ_SHIFT(j) (4 * ((j) % 2 == 0 ? (j) / 2 : 4 + (j) / 2))
@@ -39,8 +35,7 @@ template <int M, int ROWS, int WARPS, bool SILU>
 __device__ __forceinline__ void awq_gemv_partial(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
-    unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid, float* resid,
-    const float* __restrict__ norm_w, float* normed, unsigned* norm_counter, float eps) {
+    unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid) {
     static_assert(ROWS * WARPS == AWQ_ROWS_PER_BLOCK, "a block covers 128 rows");
     __shared__ float sums[WARPS][M * 8][32];
     const int lane = threadIdx.x;
@@ -137,25 +132,22 @@ __device__ __forceinline__ void awq_gemv_partial(
         y[(size_t)r * n + c] = v;
     }
     if (tid == 0) counters[blockIdx.x] = 0u;
-    // (Only the variants that add their splits up have one.)
-    if constexpr (M <= AWQ_FUSED_MAX_ROWS) {
-        gemv_norm_tail<32 * WARPS, M>(resid, y, norm_w, normed, norm_counter, m_valid, n, eps, tid);
-    }
 }
 
-#define AWQ_GEMV_PARAMS                                                                                       \
-    const float *__restrict__ x, const unsigned *__restrict__ qweight, const float *__restrict__ zeros,        \
-        const float *__restrict__ scales, float *__restrict__ partial, float *__restrict__ y,                   \
-        unsigned *__restrict__ counters, int k, int n, int group, int fused, int m_valid, float *resid,         \
-        const float *__restrict__ norm_w, float *normed, unsigned *norm_counter, float eps
-#define AWQ_GEMV_ARGS \
-    x, qweight, zeros, scales, partial, y, counters, k, n, group, fused, m_valid, resid, norm_w, normed, norm_counter, eps
-#define AWQ_GEMV_KERNEL(M, ROWS, WARPS)                                                    \
-    extern "C" __global__ void awq_gemv_partial_m##M##_f32(AWQ_GEMV_PARAMS) {              \
-        awq_gemv_partial<M, ROWS, WARPS, false>(AWQ_GEMV_ARGS);                            \
-    }                                                                                      \
-    extern "C" __global__ void awq_gemv_silu_m##M##_f32(AWQ_GEMV_PARAMS) {                 \
-        awq_gemv_partial<M, ROWS, WARPS, true>(AWQ_GEMV_ARGS);                             \
+#define AWQ_GEMV_KERNEL(M, ROWS, WARPS)                                                                        \
+    extern "C" __global__ void awq_gemv_partial_m##M##_f32(                                                   \
+        const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
+        const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
+        unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid) {                   \
+        awq_gemv_partial<M, ROWS, WARPS, false>(x, qweight, zeros, scales, partial, y, counters, k, n, group,  \
+                                                fused, m_valid);                                               \
+    }                                                                                                          \
+    extern "C" __global__ void awq_gemv_silu_m##M##_f32(                                                      \
+        const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
+        const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
+        unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid) {                   \
+        awq_gemv_partial<M, ROWS, WARPS, true>(x, qweight, zeros, scales, partial, y, counters, k, n, group,   \
+                                               fused, m_valid);                                                \
     }
 
 AWQ_GEMV_KERNEL(1, 8, 16)

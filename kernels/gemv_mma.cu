@@ -24,16 +24,13 @@
 //
 // SILU: x is [m_valid, 2K] gate | up and the product's input silu(gate) * up
 // (silu_mul_f32's expression), computed as it is read.
-// resid, norm_w, normed, norm_counter, eps: the norm tail (gemv_norm_tail
-// in common.cuh) when norm_w is not null.
 // GEMV_MMA_WARPS, GEMV_MMA_K: defined by the host (kernels::shared_defines).
 
 template <bool SILU>
 __device__ __forceinline__ void awq_gemv_mma(
     const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
-    unsigned* __restrict__ counters, int k, int n, int group, int m_valid, float* resid,
-    const float* __restrict__ norm_w, float* normed, unsigned* norm_counter, float eps) {
+    unsigned* __restrict__ counters, int k, int n, int group, int m_valid) {
     const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
     const int gid = lane / 4, tig = lane % 4;
     const int nt = blockIdx.x * GEMV_MMA_WARPS + warp;
@@ -129,21 +126,18 @@ __device__ __forceinline__ void awq_gemv_mma(
         y[(size_t)r * n + c] = v;
     }
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
-    gemv_norm_tail<GEMV_MMA_WARPS * LHAMA_WARP, GEMV_TAIL_ROWS>(resid, y, norm_w, normed, norm_counter, m_valid, n, eps, threadIdx.x);
 }
 
-#define GEMV_MMA_PARAMS                                                                                \
-    const float *__restrict__ x, const uint4 *__restrict__ frag, const float *__restrict__ zeros,       \
-        const float *__restrict__ scales, float *__restrict__ partial, float *__restrict__ y,            \
-        unsigned *__restrict__ counters, int k, int n, int group, int m_valid, float *resid,             \
-        const float *__restrict__ norm_w, float *normed, unsigned *norm_counter, float eps
-#define GEMV_MMA_ARGS \
-    x, frag, zeros, scales, partial, y, counters, k, n, group, m_valid, resid, norm_w, normed, norm_counter, eps
-
-extern "C" __global__ void __launch_bounds__(GEMV_MMA_WARPS * LHAMA_WARP) awq_gemv_mma_f16x(GEMV_MMA_PARAMS) {
-    awq_gemv_mma<false>(GEMV_MMA_ARGS);
+extern "C" __global__ void __launch_bounds__(GEMV_MMA_WARPS * LHAMA_WARP) awq_gemv_mma_f16x(
+    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
+    const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
+    unsigned* __restrict__ counters, int k, int n, int group, int m_valid) {
+    awq_gemv_mma<false>(x, frag, zeros, scales, partial, y, counters, k, n, group, m_valid);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_MMA_WARPS * LHAMA_WARP) awq_gemv_mma_silu_f16x(GEMV_MMA_PARAMS) {
-    awq_gemv_mma<true>(GEMV_MMA_ARGS);
+extern "C" __global__ void __launch_bounds__(GEMV_MMA_WARPS * LHAMA_WARP) awq_gemv_mma_silu_f16x(
+    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
+    const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
+    unsigned* __restrict__ counters, int k, int n, int group, int m_valid) {
+    awq_gemv_mma<true>(x, frag, zeros, scales, partial, y, counters, k, n, group, m_valid);
 }

@@ -1,5 +1,4 @@
-// Fused residual add + RMSNorm. (gemv_norm_tail in common.cuh does the same
-// in this order, bit for bit, at the end of the f32 GEMV.)
+// Fused residual add + RMSNorm.
 // x      [T, hidden] f32 residual stream, updated in place: x += delta (when delta != 0)
 // delta  [T, hidden] f32 or null; with delta_splits > 1, [delta_splits, T, hidden]: the
 //        split-K partial sums of the product that made it, added up here in split order

@@ -5,6 +5,10 @@
 # against the baseline's (.carry/base/lhama) and against itself with each
 # change switched off, alternated, and a per-kernel profile at batch 1 and 8.
 #   run(command="rm -rf .carry && mv .pack .carry && bash scripts/gpu-round6.sh", carry=[".pack"])
+# Run on the H200 at e8b9331 (first call) and a6a004b (second
+# call); LHAMA_NORM_TAIL and LHAMA_CUDA_FUSED_SILU_MMA were removed after it
+# (both measured slower, docs/BENCHMARKS.md "round 6"), so only the
+# baseline and LHAMA_LM_HEAD_ROWS comparisons still apply to later builds.
 set -u
 source "$(dirname "$0")/gpu-lib.sh"
 BASE=.carry/base/lhama

@@ -102,10 +102,9 @@ pub fn fragment_order(qweight: &[u32], k: usize, n: usize) -> Vec<u32> {
 /// kernels' source gets them as `#define`s (`compile::program_source`), and
 /// no kernel file defines them itself (a unit test), so the two sides
 /// cannot drift apart.
-pub(crate) fn shared_defines() -> [(&'static str, usize); 12] {
+pub(crate) fn shared_defines() -> [(&'static str, usize); 11] {
     [
         ("AWQ_MAX_M", AWQ_MAX_M),
-        ("AWQ_FUSED_MAX_ROWS", AWQ_FUSED_MAX_ROWS),
         ("AWQ_ROWS_PER_BLOCK", AWQ_ROWS_PER_BLOCK),
         ("GEMV_MMA_WARPS", GEMV_MMA_COLS / 16),
         ("GEMV_MMA_K", GEMV_MMA_K),
@@ -304,19 +303,6 @@ fn check_awq(
     )
 }
 
-/// The residual add and RMSNorm a GEMV of up to 8 rows that adds its own
-/// splits up does after its product in its last block (`Kernels::awq_matmul_norm`), as
-/// `Kernels::add_rmsnorm` would with the product as its delta, bit for bit:
-/// resid [M, N] += y; out [M, N] = rmsnorm(resid) * weight.
-pub struct NormTail<'a, 'r, 'o> {
-    pub resid: &'a mut CudaViewMut<'r, f32>,
-    pub weight: &'a CudaSlice<f32>,
-    pub out: &'a mut CudaViewMut<'o, f32>,
-    /// One u32, zero between launches (each launch re-arms it).
-    pub counter: &'a mut CudaSlice<u32>,
-    pub eps: f32,
-}
-
 /// Most rows the register-held lm_head takes (LMH_ROWS in lm_head.cu).
 pub const LM_HEAD_ROWS: usize = 8;
 /// Vocabulary rows one block of it covers (8 warps × LMH_VR).
@@ -385,14 +371,6 @@ pub struct Kernels {
     /// weights in registers (lm_head_rows_f16_f32; LHAMA_LM_HEAD_ROWS=0:
     /// the warp-per-row kernel, for comparisons).
     pub lm_head_rows_on: bool,
-    /// GEMV products of up to 8 rows that add their splits up themselves
-    /// (the tensor-core GEMV; the f32 GEMV at 1-2 rows) also do the
-    /// residual add and RMSNorm after them in their last block
-    /// (`awq_matmul_norm`; LHAMA_NORM_TAIL=0: add_rmsnorm_f32 after them,
-    /// LHAMA_NORM_TAIL=f32: after the tensor-core GEMV's, for comparisons).
-    pub norm_tail_on: bool,
-    /// The tensor-core GEMV's products have the tail too.
-    pub norm_tail_mma: bool,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
     /// (at most one split per group; default twice the SMs).
     pub mma_split_blocks: usize,
@@ -595,19 +573,6 @@ impl<'s> Args<'s> {
     fn null(&mut self) -> &mut Self {
         self.push(0, ArgKind::Pointer)
     }
-    /// A GEMV's norm-tail arguments (resid, norm_w, normed, norm_counter,
-    /// eps): null pointers without one.
-    fn tail(&mut self, tail: Option<&mut NormTail<'_, '_, '_>>) -> &mut Self {
-        match tail {
-            Some(t) => self
-                .buf_mut(t.resid)
-                .buf(t.weight)
-                .buf_mut(t.out)
-                .buf_mut(t.counter)
-                .f32(t.eps),
-            None => self.null().null().null().null().f32(0.0),
-        }
-    }
     fn i32(&mut self, v: i32) -> &mut Self {
         self.push(u64::from(v as u32), ArgKind::Int)
     }
@@ -697,9 +662,6 @@ impl Kernels {
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_rows_on: std::env::var("LHAMA_LM_HEAD_ROWS").map_or(true, |v| v != "0"),
-            norm_tail_on: std::env::var("LHAMA_NORM_TAIL").map_or(true, |v| v != "0"),
-            norm_tail_mma: std::env::var("LHAMA_NORM_TAIL")
-                .map_or(true, |v| v != "0" && v != "f32"),
             // Kernel-level tests compare with the f32 reference; the backend
             // sets this from its options (fast by default).
             precision: Precision::Exact,
@@ -981,69 +943,8 @@ impl Kernels {
         if m >= self.mma_min_rows.max(1) {
             return self.awq_mma(s, x, m, w, partial, y, defer);
         }
-        self.awq_gemv(s, x, m, w, partial, counters, y, false, None)?;
+        self.awq_gemv(s, x, m, w, partial, counters, y, false)?;
         Ok(1)
-    }
-
-    /// Whether an M-row product with `w` can end with the norm tail
-    /// (`awq_matmul_norm`): one GEMV launch that adds its own splits up
-    /// (the tensor-core GEMV's up to 8 rows, the f32 GEMV's 1 or 2).
-    pub fn norm_tail_fits(&self, m: usize, w: &GpuAwq) -> bool {
-        self.norm_tail_on
-            && (1..self.mma_min_rows.max(1)).contains(&m)
-            && m <= AWQ_MAX_M
-            && if self.uses_gemv_mma(m, w) {
-                self.norm_tail_mma
-            } else {
-                m <= AWQ_FUSED_MAX_ROWS
-            }
-    }
-
-    /// y[M, N] = x · W (x [M, 2K] gate_up and the input silu(gate) * up
-    /// with `silu`, as `awq_matmul_silu`), then, in the same launch,
-    /// `tail`'s residual add and RMSNorm of y: what `awq_matmul` (or
-    /// `awq_matmul_silu`) then `add_rmsnorm` give, bit for bit, one launch
-    /// fewer. Only where `norm_tail_fits`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn awq_matmul_norm(
-        &self,
-        s: &CudaStream,
-        x: &CudaView<'_, f32>,
-        m: usize,
-        w: &GpuAwq,
-        partial: &mut CudaSlice<f32>,
-        counters: &mut CudaSlice<u32>,
-        y: &mut CudaViewMut<'_, f32>,
-        silu: bool,
-        tail: &mut NormTail<'_, '_, '_>,
-    ) -> Result<(), CudaError> {
-        let x_row = if silu { 2 * w.k } else { w.k };
-        check(
-            x.len() >= m * x_row && y.len() >= m * w.n,
-            "awq norm-tail x/y sizes",
-        )?;
-        check_awq(w, partial, counters)?;
-        check(
-            self.norm_tail_fits(m, w),
-            "awq norm tail: GEMV rows that add their splits up only",
-        )?;
-        check(
-            tail.weight.len() == w.n
-                && tail.resid.len() >= m * w.n
-                && tail.out.len() >= m * w.n
-                && !tail.counter.is_empty(),
-            "awq norm tail sizes",
-        )?;
-        self.awq_gemv(s, x, m, w, partial, counters, y, silu, Some(tail))
-    }
-
-    /// Whether the fast path's tensor-core GEMV takes an M-row product with `w`.
-    pub fn uses_gemv_mma(&self, m: usize, w: &GpuAwq) -> bool {
-        w.frag.is_some()
-            && self.precision == Precision::Fast
-            && self.gemv_mma_on
-            && m >= self.gemv_mma_min_rows
-            && gemv_mma_fits(w.k, w.n, w.group)
     }
 
     /// The down projection of silu(gate) * up for fewer than `mma_min_rows`
@@ -1067,13 +968,11 @@ impl Kernels {
         )?;
         check_awq(w, partial, counters)?;
         check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
-        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true, None)
+        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true)
     }
 
     /// The GEMV path of the AWQ product (sizes checked by the callers); with
-    /// `silu`, x is [M, 2K] gate_up and the input silu(gate) * up; with a
-    /// `tail` (one launch that adds its splits up: `norm_tail_fits`), its
-    /// residual add and RMSNorm in the same launch.
+    /// `silu`, x is [M, 2K] gate_up and the input silu(gate) * up.
     #[allow(clippy::too_many_arguments)]
     fn awq_gemv(
         &self,
@@ -1085,20 +984,16 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
         silu: bool,
-        mut tail: Option<&mut NormTail<'_, '_, '_>>,
     ) -> Result<(), CudaError> {
         let x_row = if silu { 2 * w.k } else { w.k };
-        if let Some(frag) = w.frag.as_ref().filter(|_| self.uses_gemv_mma(m, w)) {
-            check(
-                tail.is_none() || m <= AWQ_MAX_M,
-                "awq norm tail: one launch of at most 8 rows",
-            )?;
-            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu, tail);
+        if let Some(frag) = w.frag.as_ref().filter(|_| {
+            self.precision == Precision::Fast
+                && self.gemv_mma_on
+                && m >= self.gemv_mma_min_rows
+                && gemv_mma_fits(w.k, w.n, w.group)
+        }) {
+            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu);
         }
-        check(
-            tail.is_none() || m <= AWQ_FUSED_MAX_ROWS,
-            "awq norm tail: f32 GEMV of at most AWQ_FUSED_MAX_ROWS rows",
-        )?;
         let variants = if silu {
             &self.awq_partial_silu
         } else {
@@ -1118,10 +1013,6 @@ impl Kernels {
             let xs = x.slice(row * x_row..(row + rows) * x_row);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
             let fused = i32::from(rows <= AWQ_FUSED_MAX_ROWS);
-            check(
-                tail.is_none() || (fused == 1 && row == 0 && rows == m),
-                "awq norm tail: one launch that adds its splits up",
-            )?;
             let cfg = LaunchConfig {
                 grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
                 block_dim: (32, warps as u32, 1),
@@ -1146,8 +1037,7 @@ impl Kernels {
                     .i32(n)
                     .i32(g)
                     .i32(fused)
-                    .i32(i32_of(rows))
-                    .tail(tail.as_deref_mut()),
+                    .i32(i32_of(rows)),
             )?;
             if fused == 0 {
                 self.reduce_partials(s, partial, &mut ys, splits, rows, w.n)?;
@@ -1172,7 +1062,6 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
         silu: bool,
-        mut tail: Option<&mut NormTail<'_, '_, '_>>,
     ) -> Result<(), CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
         let func = if silu {
@@ -1209,8 +1098,7 @@ impl Kernels {
                     .i32(k)
                     .i32(n)
                     .i32(g)
-                    .i32(i32_of(rows))
-                    .tail(tail.as_deref_mut()),
+                    .i32(i32_of(rows)),
             )?;
         }
         Ok(())
@@ -1684,8 +1572,9 @@ impl Kernels {
         )
     }
 
-    /// logits[R, vocab] for the rows `rows` of xn[T, hidden]: a warp per
-    /// vocabulary row for few rows, the tensor-core GEMM for many.
+    /// logits[R, vocab] for the rows `rows` of xn[T, hidden]: up to 8 rows
+    /// with the weights of 4 vocabulary rows a warp in registers (else a
+    /// warp per vocabulary row), the tensor-core GEMM for many.
     pub fn lm_head(
         &self,
         s: &CudaStream,
@@ -1826,16 +1715,6 @@ mod tests {
             )
             .is_ok()
         );
-        // The GEMVs end with their norm tail's five arguments.
-        let gemv = compile::KERNELS
-            .iter()
-            .find(|k| k.name == "awq_gemv_partial_m1_f32")
-            .expect("awq_gemv_partial_m1_f32 in the table");
-        let mut kinds = vec![Pointer; 7];
-        kinds.extend([Int; 5]);
-        assert!(check_args(gemv, &kinds).is_err());
-        kinds.extend([Pointer, Pointer, Pointer, Pointer, Float]);
-        assert!(check_args(gemv, &kinds).is_ok());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use lhama_model::{
 };
 
 use crate::CudaError;
-use crate::kernels::{Kernels, KvCache, NormTail, Precision, SAMPLE_PARAM_WORDS};
+use crate::kernels::{Kernels, KvCache, Precision, SAMPLE_PARAM_WORDS};
 use graphs::Graphs;
 use staging::Staging;
 use weights::Weights;
@@ -78,9 +78,6 @@ pub struct CudaBackend {
     /// GEMV directly (LHAMA_CUDA_FUSED_SILU=0 launches silu_mul first, for
     /// comparisons).
     fused_silu: bool,
-    /// Steps of 3-8 tokens on the tensor-core GEMV do the same
-    /// (LHAMA_CUDA_FUSED_SILU_MMA=0 launches silu_mul first).
-    fused_silu_mma: bool,
     /// Decode attention fuses rotary embedding and the K/V write
     /// (LHAMA_CUDA_FUSED_DECODE=0 turns it off, for comparisons).
     fused_decode: bool,
@@ -188,7 +185,6 @@ impl CudaBackend {
             max_blocks,
             fused_decode: std::env::var("LHAMA_CUDA_FUSED_DECODE").map_or(true, |v| v != "0"),
             fused_silu: std::env::var("LHAMA_CUDA_FUSED_SILU").map_or(true, |v| v != "0"),
-            fused_silu_mma: std::env::var("LHAMA_CUDA_FUSED_SILU_MMA").map_or(true, |v| v != "0"),
             pending_masks: Vec::new(),
             all_logits: vec![RowSampling::Logits; t],
         };
@@ -276,32 +272,18 @@ impl CudaBackend {
         // The splits of the down projection still in `partial` (1: it is
         // in `proj`) for the next residual add; none before the first layer.
         let mut pending_delta: Option<usize> = None;
-        // The last product's norm tail (Kernels::awq_matmul_norm) already
-        // added it to x and left the next norm's output in h.
-        let mut normed = false;
-        for (index, (layer, kv)) in w.layers.iter().zip(self.caches.iter_mut()).enumerate() {
-            if !normed {
-                let delta = pending_delta
-                    .map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
-                k.add_rmsnorm(
-                    s,
-                    &mut ws.x.slice_mut(0..t * hidden),
-                    delta.as_ref().map(|(d, splits)| (d, *splits)),
-                    &layer.input_norm,
-                    &mut ws.h.slice_mut(0..t * hidden),
-                    t,
-                    eps,
-                )?;
-            }
-            normed = false;
-            // The norm after this layer's MLP: the next layer's input norm,
-            // or the final norm when logits are wanted.
-            let next_norm = match w.layers.get(index + 1) {
-                Some(next) => Some(&next.input_norm),
-                None if r > 0 => Some(&w.norm),
-                None => None,
-            };
-
+        for (layer, kv) in w.layers.iter().zip(self.caches.iter_mut()) {
+            let delta = pending_delta
+                .map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
+            k.add_rmsnorm(
+                s,
+                &mut ws.x.slice_mut(0..t * hidden),
+                delta.as_ref().map(|(d, splits)| (d, *splits)),
+                &layer.input_norm,
+                &mut ws.h.slice_mut(0..t * hidden),
+                t,
+                eps,
+            )?;
             k.awq_matmul(
                 s,
                 &ws.h.slice(0..t * hidden),
@@ -360,48 +342,25 @@ impl CudaBackend {
                     batch_context,
                 )?;
             }
-            if k.norm_tail_fits(t, &layer.o) {
-                let (mut resid, mut out) =
-                    (ws.x.slice_mut(0..t * hidden), ws.h.slice_mut(0..t * hidden));
-                k.awq_matmul_norm(
-                    s,
-                    &ws.attn.slice(..),
-                    t,
-                    &layer.o,
-                    &mut ws.partial,
-                    &mut ws.counters,
-                    &mut ws.proj.slice_mut(..),
-                    false,
-                    &mut NormTail {
-                        resid: &mut resid,
-                        weight: &layer.post_norm,
-                        out: &mut out,
-                        counter: &mut ws.norm_counter,
-                        eps,
-                    },
-                )?;
-            } else {
-                let splits = k.awq_matmul_split(
-                    s,
-                    &ws.attn.slice(..),
-                    t,
-                    &layer.o,
-                    &mut ws.partial,
-                    &mut ws.counters,
-                    &mut ws.proj.slice_mut(..),
-                )?;
-                let (delta, splits) = Self::product(&ws.partial, &ws.proj, splits, t * hidden);
-                k.add_rmsnorm(
-                    s,
-                    &mut ws.x.slice_mut(0..t * hidden),
-                    Some((&delta, splits)),
-                    &layer.post_norm,
-                    &mut ws.h.slice_mut(0..t * hidden),
-                    t,
-                    eps,
-                )?;
-            }
-            let down_tail = next_norm.filter(|_| k.norm_tail_fits(t, &layer.down));
+            let splits = k.awq_matmul_split(
+                s,
+                &ws.attn.slice(..),
+                t,
+                &layer.o,
+                &mut ws.partial,
+                &mut ws.counters,
+                &mut ws.proj.slice_mut(..),
+            )?;
+            let (delta, splits) = Self::product(&ws.partial, &ws.proj, splits, t * hidden);
+            k.add_rmsnorm(
+                s,
+                &mut ws.x.slice_mut(0..t * hidden),
+                Some((&delta, splits)),
+                &layer.post_norm,
+                &mut ws.h.slice_mut(0..t * hidden),
+                t,
+                eps,
+            )?;
             let splits = k.awq_matmul_split(
                 s,
                 &ws.h.slice(0..t * hidden),
@@ -411,52 +370,25 @@ impl CudaBackend {
                 &mut ws.counters,
                 &mut ws.gate_up.slice_mut(..),
             )?;
-            let f32_silu = t <= crate::kernels::AWQ_FUSED_MAX_ROWS;
             if self.fused_silu
                 && splits == 1
+                && t <= crate::kernels::AWQ_FUSED_MAX_ROWS
                 && t < k.mma_min_rows
-                && (f32_silu || (self.fused_silu_mma && k.uses_gemv_mma(t, &layer.down)))
             {
-                // The GEMV takes silu(gate) * up as it reads gate_up: the f32
-                // GEMV at 1-2 rows (from 4 rows its threads' repeated
-                // exponentials cost more than the launch saved, 1.14 vs 0.99
-                // ms a step at 4 and 2.40 vs 1.50 at 8 on an H200), the
-                // tensor-core GEMV at 3-8 (a lane converts only its own
-                // B-fragment values).
-                if let Some(norm) = down_tail {
-                    let (mut resid, mut out) =
-                        (ws.x.slice_mut(0..t * hidden), ws.h.slice_mut(0..t * hidden));
-                    k.awq_matmul_norm(
-                        s,
-                        &ws.gate_up.slice(0..t * 2 * inter),
-                        t,
-                        &layer.down,
-                        &mut ws.partial,
-                        &mut ws.counters,
-                        &mut ws.proj.slice_mut(..),
-                        true,
-                        &mut NormTail {
-                            resid: &mut resid,
-                            weight: norm,
-                            out: &mut out,
-                            counter: &mut ws.norm_counter,
-                            eps,
-                        },
-                    )?;
-                    normed = true;
-                    pending_delta = None;
-                } else {
-                    k.awq_matmul_silu(
-                        s,
-                        &ws.gate_up.slice(0..t * 2 * inter),
-                        t,
-                        &layer.down,
-                        &mut ws.partial,
-                        &mut ws.counters,
-                        &mut ws.proj.slice_mut(..),
-                    )?;
-                    pending_delta = Some(1);
-                }
+                // The GEMV takes silu(gate) * up as it reads gate_up (1-2
+                // rows: from 4 rows its threads' repeated exponentials cost
+                // more than the launch saved, 1.14 vs 0.99 ms a step at 4
+                // and 2.40 vs 1.50 at 8 on an H200).
+                k.awq_matmul_silu(
+                    s,
+                    &ws.gate_up.slice(0..t * 2 * inter),
+                    t,
+                    &layer.down,
+                    &mut ws.partial,
+                    &mut ws.counters,
+                    &mut ws.proj.slice_mut(..),
+                )?;
+                pending_delta = Some(1);
                 continue;
             }
             let gate_up = if splits > 1 {
@@ -465,56 +397,30 @@ impl CudaBackend {
                 ws.gate_up.slice(0..t * 2 * inter)
             };
             k.silu_mul(s, &gate_up, splits, &mut ws.act.slice_mut(..), t, inter)?;
-            if let Some(norm) = down_tail {
-                let (mut resid, mut out) =
-                    (ws.x.slice_mut(0..t * hidden), ws.h.slice_mut(0..t * hidden));
-                k.awq_matmul_norm(
-                    s,
-                    &ws.act.slice(..),
-                    t,
-                    &layer.down,
-                    &mut ws.partial,
-                    &mut ws.counters,
-                    &mut ws.proj.slice_mut(..),
-                    false,
-                    &mut NormTail {
-                        resid: &mut resid,
-                        weight: norm,
-                        out: &mut out,
-                        counter: &mut ws.norm_counter,
-                        eps,
-                    },
-                )?;
-                normed = true;
-                pending_delta = None;
-            } else {
-                pending_delta = Some(k.awq_matmul_split(
-                    s,
-                    &ws.act.slice(..),
-                    t,
-                    &layer.down,
-                    &mut ws.partial,
-                    &mut ws.counters,
-                    &mut ws.proj.slice_mut(..),
-                )?);
-            }
+            pending_delta = Some(k.awq_matmul_split(
+                s,
+                &ws.act.slice(..),
+                t,
+                &layer.down,
+                &mut ws.partial,
+                &mut ws.counters,
+                &mut ws.proj.slice_mut(..),
+            )?);
         }
         if r == 0 {
             return Ok(());
         }
-        if !normed {
-            let delta = pending_delta
-                .map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
-            k.add_rmsnorm(
-                s,
-                &mut ws.x.slice_mut(0..t * hidden),
-                delta.as_ref().map(|(d, splits)| (d, *splits)),
-                &w.norm,
-                &mut ws.h.slice_mut(0..t * hidden),
-                t,
-                eps,
-            )?;
-        }
+        let delta =
+            pending_delta.map(|splits| Self::product(&ws.partial, &ws.proj, splits, t * hidden));
+        k.add_rmsnorm(
+            s,
+            &mut ws.x.slice_mut(0..t * hidden),
+            delta.as_ref().map(|(d, splits)| (d, *splits)),
+            &w.norm,
+            &mut ws.h.slice_mut(0..t * hidden),
+            t,
+            eps,
+        )?;
         k.lm_head(
             s,
             &ws.h.slice(0..t * hidden),

@@ -28,8 +28,6 @@ pub(super) struct Workspace {
     pub partial: CudaSlice<f32>,
     /// GEMV tile counters (zero between launches)
     pub counters: CudaSlice<u32>,
-    /// The GEMV norm tail's counter (one, zero between launches)
-    pub norm_counter: CudaSlice<u32>,
     /// [T, heads, context partitions, head_dim + 2]
     pub attn_work: CudaSlice<f32>,
     /// [T, heads] decode attention's partition counters (zero between launches)
@@ -134,7 +132,6 @@ impl Workspace {
             partial: stream.alloc_zeros(scratch.partial)?,
             attn_work: stream.alloc_zeros(scratch.attn_work)?,
             attn_counters: stream.alloc_zeros(t * config.num_heads)?,
-            norm_counter: stream.alloc_zeros(1)?,
             counters: stream.alloc_zeros(kernels::counters_len(
                 (2 * inter).max(q_dim + 2 * kv_dim).max(hidden),
             ))?,
