@@ -22,6 +22,9 @@
 // block finished last. Host guarantees: N % 16 == 0, K % 256 == 0,
 // G % 64 == 0, 1 <= m_valid <= 8.
 //
+// fused = 0: the splits stay in partial for the consumer to add up in split
+// order (add_rmsnorm_f32's delta), and no block reduces them here.
+//
 // SILU: x is [m_valid, 2K] gate | up and the product's input silu(gate) * up
 // (silu_mul_f32's expression), computed as it is read.
 // GEMV_MMA_WARPS, GEMV_MMA_K: defined by the host (kernels::shared_defines).
@@ -30,7 +33,7 @@ template <bool SILU>
 __device__ __forceinline__ void awq_gemv_mma(
     const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
-    unsigned* __restrict__ counters, int k, int n, int group, int m_valid) {
+    unsigned* __restrict__ counters, int k, int n, int group, int m_valid, int fused) {
     const int lane = threadIdx.x % LHAMA_WARP, warp = threadIdx.x / LHAMA_WARP;
     const int gid = lane / 4, tig = lane % 4;
     const int nt = blockIdx.x * GEMV_MMA_WARPS + warp;
@@ -109,6 +112,7 @@ __device__ __forceinline__ void awq_gemv_mma(
             dst[(size_t)r1 * n + col1] = acc[3];
         }
     }
+    if (!fused) return;
     __shared__ bool last;
     __threadfence();
     __syncthreads();
@@ -131,13 +135,13 @@ __device__ __forceinline__ void awq_gemv_mma(
 extern "C" __global__ void __launch_bounds__(GEMV_MMA_WARPS * LHAMA_WARP) awq_gemv_mma_f16x(
     const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
-    unsigned* __restrict__ counters, int k, int n, int group, int m_valid) {
-    awq_gemv_mma<false>(x, frag, zeros, scales, partial, y, counters, k, n, group, m_valid);
+    unsigned* __restrict__ counters, int k, int n, int group, int m_valid, int fused) {
+    awq_gemv_mma<false>(x, frag, zeros, scales, partial, y, counters, k, n, group, m_valid, fused);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_MMA_WARPS * LHAMA_WARP) awq_gemv_mma_silu_f16x(
     const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
-    unsigned* __restrict__ counters, int k, int n, int group, int m_valid) {
-    awq_gemv_mma<true>(x, frag, zeros, scales, partial, y, counters, k, n, group, m_valid);
+    unsigned* __restrict__ counters, int k, int n, int group, int m_valid, int fused) {
+    awq_gemv_mma<true>(x, frag, zeros, scales, partial, y, counters, k, n, group, m_valid, fused);
 }

@@ -66,7 +66,7 @@ const R: &str = "float";
 /// Parameters of the f32 GEMV (awq.cu), plain and SiLU.
 const GEMV: &[&str] = &[F, U, F, F, FM, FM, UM, I, I, I, I, I];
 /// Parameters of the tensor-core GEMV (gemv_mma.cu).
-const GEMV_MMA: &[&str] = &[F, U4, F, F, FM, FM, UM, I, I, I, I];
+const GEMV_MMA: &[&str] = &[F, U4, F, F, FM, FM, UM, I, I, I, I, I];
 /// Parameters of the f32-staged tensor-core GEMM (gemm_mma.cu).
 const GEMM: &[&str] = &[F, U, F, F, FM, I, I, I, I, I];
 /// Parameters of the fragment GEMM (gemm_frag.cu).

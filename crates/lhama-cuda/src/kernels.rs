@@ -381,6 +381,9 @@ pub struct Kernels {
     /// Products of up to this many rows defer their splits
     /// (LHAMA_DEFER_MAX_ROWS; default DEFER_MAX_ROWS).
     pub defer_max_rows: usize,
+    /// The GEMVs (up to 8 rows) defer theirs too: no block of theirs adds
+    /// the splits up (LHAMA_GEMV_DEFER=0: they do, for comparisons).
+    pub gemv_defer: bool,
     /// Which tensor-core AWQ GEMM runs (the KV cache's type picks the
     /// attention kernels).
     pub precision: Precision,
@@ -669,6 +672,7 @@ impl Kernels {
                 .unwrap_or(2 * usize::try_from(sm_count).unwrap_or(1).max(1)),
             defer_splits: std::env::var("LHAMA_DEFER_SPLITS").map_or(true, |v| v != "0"),
             defer_max_rows: env_rows("LHAMA_DEFER_MAX_ROWS")?.unwrap_or(DEFER_MAX_ROWS),
+            gemv_defer: std::env::var("LHAMA_GEMV_DEFER").map_or(true, |v| v != "0"),
             attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
                 .unwrap_or(sm_count_blocks(sm_count)),
             table,
@@ -943,8 +947,7 @@ impl Kernels {
         if m >= self.mma_min_rows.max(1) {
             return self.awq_mma(s, x, m, w, partial, y, defer);
         }
-        self.awq_gemv(s, x, m, w, partial, counters, y, false)?;
-        Ok(1)
+        self.awq_gemv(s, x, m, w, partial, counters, y, false, defer)
     }
 
     /// The down projection of silu(gate) * up for fewer than `mma_min_rows`
@@ -968,11 +971,40 @@ impl Kernels {
         )?;
         check_awq(w, partial, counters)?;
         check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
-        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true)
+        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true, false)
+            .map(|_| ())
+    }
+
+    /// `awq_matmul_silu`, except that its splits stay in `partial` as
+    /// [splits, M, N] for the next kernel to add up (add_rmsnorm's delta),
+    /// as `awq_matmul_split` leaves them. Returns the number of splits
+    /// there; 1: the product is in `y`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn awq_matmul_silu_split(
+        &self,
+        s: &CudaStream,
+        gate_up: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<usize, CudaError> {
+        check(
+            gate_up.len() >= m * 2 * w.k && y.len() >= m * w.n,
+            "awq silu x/y sizes",
+        )?;
+        check_awq(w, partial, counters)?;
+        check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
+        let defer = self.defer_splits && m <= self.defer_max_rows;
+        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true, defer)
     }
 
     /// The GEMV path of the AWQ product (sizes checked by the callers); with
-    /// `silu`, x is [M, 2K] gate_up and the input silu(gate) * up.
+    /// `silu`, x is [M, 2K] gate_up and the input silu(gate) * up. With
+    /// `defer` (and `gemv_defer`, and one launch: at most 8 rows) the splits
+    /// stay in `partial` as [splits, M, N] for the consumer. Returns the
+    /// number of splits there; 1: the product is in `y`.
     #[allow(clippy::too_many_arguments)]
     fn awq_gemv(
         &self,
@@ -984,7 +1016,9 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
         silu: bool,
-    ) -> Result<(), CudaError> {
+        defer: bool,
+    ) -> Result<usize, CudaError> {
+        let defer = defer && self.gemv_defer && m <= AWQ_MAX_M;
         let x_row = if silu { 2 * w.k } else { w.k };
         if let Some(frag) = w.frag.as_ref().filter(|_| {
             self.precision == Precision::Fast
@@ -992,7 +1026,8 @@ impl Kernels {
                 && m >= self.gemv_mma_min_rows
                 && gemv_mma_fits(w.k, w.n, w.group)
         }) {
-            return self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu);
+            self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu, defer)?;
+            return Ok(if defer { w.k / GEMV_MMA_K } else { 1 });
         }
         let variants = if silu {
             &self.awq_partial_silu
@@ -1012,7 +1047,7 @@ impl Kernels {
                 .expect("the 8-row variant takes any chunk");
             let xs = x.slice(row * x_row..(row + rows) * x_row);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
-            let fused = i32::from(rows <= AWQ_FUSED_MAX_ROWS);
+            let fused = i32::from(!defer && rows <= AWQ_FUSED_MAX_ROWS);
             let cfg = LaunchConfig {
                 grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
                 block_dim: (32, warps as u32, 1),
@@ -1039,11 +1074,11 @@ impl Kernels {
                     .i32(fused)
                     .i32(i32_of(rows)),
             )?;
-            if fused == 0 {
+            if fused == 0 && !defer {
                 self.reduce_partials(s, partial, &mut ys, splits, rows, w.n)?;
             }
         }
-        Ok(())
+        Ok(if defer { splits } else { 1 })
     }
 
     /// The tensor-core GEMV (gemv_mma.cu) in chunks of up to 8 rows; each
@@ -1062,8 +1097,13 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
         silu: bool,
+        defer: bool,
     ) -> Result<(), CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
+        check(
+            !defer || m <= AWQ_MAX_M,
+            "awq GEMV: deferred splits of one launch",
+        )?;
         let func = if silu {
             &self.gemv_mma.1
         } else {
@@ -1098,7 +1138,8 @@ impl Kernels {
                     .i32(k)
                     .i32(n)
                     .i32(g)
-                    .i32(i32_of(rows)),
+                    .i32(i32_of(rows))
+                    .i32(i32::from(!defer)),
             )?;
         }
         Ok(())

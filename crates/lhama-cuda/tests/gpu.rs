@@ -237,8 +237,9 @@ fn awq_matmul_matches_cpu() {
 
 /// A product whose K splits are left in the scratch (`awq_matmul_split`)
 /// and added up by its consumer (the residual add of add_rmsnorm, silu_mul)
-/// gives what the reduced product gives, bit for bit, at both precisions
-/// (the GEMV's row counts and 256 rows reduce as before).
+/// gives what the reduced product gives, bit for bit, at both precisions:
+/// the GEMVs' row counts (1-2 and 3-8 rows, f32 and tensor-core) and the
+/// GEMM's (256 rows reduce as before).
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn split_products_are_added_up_by_their_consumers() {
@@ -247,7 +248,10 @@ fn split_products_are_added_up_by_their_consumers() {
     let mut split_seen = 0;
     // (rows, K, N): residual-sized products (o, down) and a gate_up.
     for &(m, kk, n) in &[
-        (3usize, 128usize, 256usize),
+        (1usize, 1024usize, 1024usize),
+        (2, 4096, 1024),
+        (1, 1024, 2 * 1536),
+        (3, 128, 256),
         (16, 128, 256),
         (3, 1024, 1024),
         (8, 4096, 1024),
@@ -417,8 +421,51 @@ fn the_down_gemv_takes_silu_of_gate_up() {
         );
         assert_eq!(
             bits(back(&s, &got, m * n)),
-            bits(want),
+            bits(want.clone()),
             "m={m} k={kk} n={n} {precision:?}: fused silu GEMV vs silu_mul + GEMV"
+        );
+        // Its splits left for add_rmsnorm give the same residual and norm.
+        let mut y3 = poisoned(&s, m * n);
+        let splits = k
+            .awq_matmul_silu_split(
+                &s,
+                &gud.slice(..),
+                m,
+                &w,
+                &mut partial,
+                &mut counters,
+                &mut y3.slice_mut(..),
+            )
+            .unwrap();
+        let wd = s.clone_htod(&want).unwrap();
+        let resid = randn(&mut g, m * n);
+        let nd = s.clone_htod(&randn(&mut g, n)).unwrap();
+        let mut normed = Vec::new();
+        for (delta, sp) in [
+            (wd.slice(0..m * n), 1),
+            if splits > 1 {
+                (partial.slice(0..splits * m * n), splits)
+            } else {
+                (y3.slice(0..m * n), 1)
+            },
+        ] {
+            let mut xr = s.clone_htod(&resid).unwrap();
+            let mut out = poisoned(&s, m * n);
+            k.add_rmsnorm(
+                &s,
+                &mut xr.slice_mut(..),
+                Some((&delta, sp)),
+                &nd,
+                &mut out.slice_mut(..),
+                m,
+                1e-5,
+            )
+            .unwrap();
+            normed.push((bits(back(&s, &xr, m * n)), bits(back(&s, &out, m * n))));
+        }
+        assert_eq!(
+            normed[0], normed[1],
+            "m={m} k={kk} n={n} {precision:?}: {splits} deferred splits of the silu GEMV"
         );
     }
     k.precision = Precision::Exact;

@@ -361,25 +361,38 @@ impl CudaBackend {
                 t,
                 eps,
             )?;
-            let splits = k.awq_matmul_split(
-                s,
-                &ws.h.slice(0..t * hidden),
-                t,
-                &layer.gate_up,
-                &mut ws.partial,
-                &mut ws.counters,
-                &mut ws.gate_up.slice_mut(..),
-            )?;
-            if self.fused_silu
-                && splits == 1
-                && t <= crate::kernels::AWQ_FUSED_MAX_ROWS
-                && t < k.mma_min_rows
-            {
+            // At 1-2 rows the down GEMV reads gate_up itself (below), so
+            // gate_up's splits are added up where it is made.
+            let silu_in_down =
+                self.fused_silu && t <= crate::kernels::AWQ_FUSED_MAX_ROWS && t < k.mma_min_rows;
+            let splits = if silu_in_down {
+                k.awq_matmul(
+                    s,
+                    &ws.h.slice(0..t * hidden),
+                    t,
+                    &layer.gate_up,
+                    &mut ws.partial,
+                    &mut ws.counters,
+                    &mut ws.gate_up.slice_mut(..),
+                )?;
+                1
+            } else {
+                k.awq_matmul_split(
+                    s,
+                    &ws.h.slice(0..t * hidden),
+                    t,
+                    &layer.gate_up,
+                    &mut ws.partial,
+                    &mut ws.counters,
+                    &mut ws.gate_up.slice_mut(..),
+                )?
+            };
+            if silu_in_down && splits == 1 {
                 // The GEMV takes silu(gate) * up as it reads gate_up (1-2
                 // rows: from 4 rows its threads' repeated exponentials cost
                 // more than the launch saved, 1.14 vs 0.99 ms a step at 4
                 // and 2.40 vs 1.50 at 8 on an H200).
-                k.awq_matmul_silu(
+                pending_delta = Some(k.awq_matmul_silu_split(
                     s,
                     &ws.gate_up.slice(0..t * 2 * inter),
                     t,
@@ -387,8 +400,7 @@ impl CudaBackend {
                     &mut ws.partial,
                     &mut ws.counters,
                     &mut ws.proj.slice_mut(..),
-                )?;
-                pending_delta = Some(1);
+                )?);
                 continue;
             }
             let gate_up = if splits > 1 {
