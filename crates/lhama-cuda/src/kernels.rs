@@ -1018,6 +1018,8 @@ impl Kernels {
         silu: bool,
         defer: bool,
     ) -> Result<usize, CudaError> {
+        // Deferred only where there is more than one split to add up (one
+        // split: its block writes y itself).
         let defer = defer && self.gemv_defer && m <= AWQ_MAX_M;
         let x_row = if silu { 2 * w.k } else { w.k };
         if let Some(frag) = w.frag.as_ref().filter(|_| {
@@ -1026,8 +1028,10 @@ impl Kernels {
                 && m >= self.gemv_mma_min_rows
                 && gemv_mma_fits(w.k, w.n, w.group)
         }) {
+            let splits = w.k / GEMV_MMA_K;
+            let defer = defer && splits > 1;
             self.awq_gemv_mma(s, x, x_row, m, w, frag, partial, counters, y, silu, defer)?;
-            return Ok(if defer { w.k / GEMV_MMA_K } else { 1 });
+            return Ok(if defer { splits } else { 1 });
         }
         let variants = if silu {
             &self.awq_partial_silu
@@ -1035,6 +1039,7 @@ impl Kernels {
             &self.awq_partial
         };
         let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
+        let defer = defer && splits > 1;
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
         for (row, rows) in row_chunks(m) {
             // Chunks of 8 rows; the rest in one launch of the smallest
