@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The last device call of round 6: the register-held lm_head alone (the norm
+# Round 6, call 3: the register-held lm_head alone (the norm
 # tail and the tensor-core GEMV's fused SiLU reverted): every GPU test with
 # the ttl-460m golden made here, verify on both presets, the engine
 # benchmark against the baseline (.carry/base/lhama) and against

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The last device call of round 6: the GEMVs leaving their splits to add_rmsnorm and silu_mul (LHAMA_GEMV_DEFER), with the register-held lm_head (the norm
+# Round 6, calls 4 and 5: the GEMVs leaving their splits to add_rmsnorm and silu_mul (LHAMA_GEMV_DEFER), with the register-held lm_head (the norm
 # tail and the tensor-core GEMV's fused SiLU reverted): every GPU test with
 # the ttl-460m golden made here, verify on both presets, the engine
 # benchmark against the baseline (.carry/base/lhama) and against
