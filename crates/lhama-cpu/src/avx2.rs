@@ -117,3 +117,70 @@ pub unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
         total
     }
 }
+
+/// `dot_f16` for two rows of f32 (`a0`, `a1`, each at least `b.len()`
+/// long) against one f16 vector: each 8 weights widened once for both rows,
+/// each row's sum formed exactly as `dot_f16` forms it (four 8-lane partial
+/// sums over steps of 32, the same final tree, then the tail one by one), so
+/// a row's result does not depend on the row computed with it.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_x2(a0: &[f32], a1: &[f32], b: &[f16]) -> [f32; 2] {
+    // SAFETY: the function's contract (see # Safety) covers every access below.
+    unsafe {
+        let n = b.len().min(a0.len()).min(a1.len());
+        let (p0, p1, pb) = (a0.as_ptr(), a1.as_ptr(), b.as_ptr() as *const u16);
+        let mut acc0 = [_mm256_setzero_ps(); 4];
+        let mut acc1 = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for j in 0..4 {
+                // SAFETY: i + 8 * j + 8 <= n elements of all three slices.
+                let bv = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i + 8 * j) as *const __m128i));
+                acc0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(p0.add(i + 8 * j)), bv, acc0[j]);
+                acc1[j] = _mm256_fmadd_ps(_mm256_loadu_ps(p1.add(i + 8 * j)), bv, acc1[j]);
+            }
+            i += 32;
+        }
+        let mut out = [0f32; 2];
+        for (o, (acc, a)) in out.iter_mut().zip([(acc0, a0), (acc1, a1)]) {
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+            let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            for j in i..n {
+                total += a[j] * b[j].to_f32();
+            }
+            *o = total;
+        }
+        out
+    }
+}
+
+/// `dst[i] = src[i]` widened from f16, 8 at a time by F16C (exact, as
+/// `f16::to_f32`), the tail one by one.
+///
+/// # Safety
+/// The CPU must support F16C and AVX; `dst.len() >= src.len()`.
+#[target_feature(enable = "avx,f16c")]
+pub unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
+    // SAFETY: i + 8 <= src.len() <= dst.len() in the loop.
+    unsafe {
+        let n = src.len().min(dst.len());
+        let (ps, pd) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(
+                pd.add(i),
+                _mm256_cvtph_ps(_mm_loadu_si128(ps.add(i) as *const __m128i)),
+            );
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = src[j].to_f32();
+        }
+    }
+}

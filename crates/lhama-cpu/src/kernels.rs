@@ -273,16 +273,24 @@ pub fn dense_matmul_f16(x: &[f32], m: usize, w: &[f16], k: usize, n: usize, y: &
                     row_f32.clear();
                     row_f32.extend(wr.iter().map(|v| v.to_f32()));
                 }
-                for row in 0..m {
+                let mut row = 0;
+                while row < m {
                     let xr = &x[row * k..][..k];
-                    let v = if fast {
-                        dot_f16(xr, wr)
+                    // With F16C, rows two at a time: each weight widened once
+                    // for both, each row's sum formed as dot_f16 forms it.
+                    let (vals, rows) = if fast && row + 1 < m {
+                        (dot_f16_x2(xr, &x[(row + 1) * k..][..k], wr), 2)
+                    } else if fast {
+                        ([dot_f16(xr, wr), 0.0], 1)
                     } else {
-                        dot(xr, row_f32)
+                        ([dot(xr, row_f32), 0.0], 1)
                     };
-                    // SAFETY: row < m and col < n, so the index is inside y's m * n
-                    // elements; column `col` belongs to this task alone.
-                    unsafe { *out.ptr().add(row * n + col) = v };
+                    for (r, &v) in vals[..rows].iter().enumerate() {
+                        // SAFETY: row + r < m and col < n, so the index is inside y's
+                        // m * n elements; column `col` belongs to this task alone.
+                        unsafe { *out.ptr().add((row + r) * n + col) = v };
+                    }
+                    row += rows;
                 }
             }
         },
@@ -352,6 +360,19 @@ fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
     #[cfg(not(target_arch = "x86_64"))]
     {
         a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+    }
+}
+
+/// `dot_f16` of two rows; only called where `f16c_available()`.
+fn dot_f16_x2(a0: &[f32], a1: &[f32], b: &[f16]) -> [f32; 2] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: callers check f16c_available() (AVX2, FMA and F16C).
+        unsafe { super::avx2::dot_f16_x2(a0, a1, b) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        [dot_f16(a0, b), dot_f16(a1, b)]
     }
 }
 
@@ -448,6 +469,12 @@ impl KvElem for f32 {
 
 impl KvElem for half::f16 {
     fn as_f32<'a>(src: &'a [half::f16], buf: &'a mut [f32]) -> &'a [f32] {
+        #[cfg(target_arch = "x86_64")]
+        if f16c_available() && buf.len() >= src.len() {
+            // SAFETY: F16C (and AVX) present; buf holds src.len() floats.
+            unsafe { super::avx2::widen_f16(src, buf) };
+            return &buf[..src.len()];
+        }
         for (d, s) in buf.iter_mut().zip(src) {
             *d = s.to_f32();
         }
@@ -558,6 +585,32 @@ mod tests {
                     "m={m} row {r} alone vs batched"
                 );
             }
+        }
+    }
+
+    /// The AVX2 lm_head's two-row dot gives each row dot_f16's bits (so a
+    /// logit does not depend on the row paired with it), and the F16C
+    /// widening of the K/V cache gives `f16::to_f32`'s values; lengths with
+    /// tails past the 32- and 8-element steps.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f16c_pair_dot_and_widening_match_the_one_row_forms() {
+        assert!(
+            f16c_available(),
+            "this x86-64 CPU lacks AVX2/FMA/F16C: the lm_head's fast form cannot be tested"
+        );
+        let mut g = SplitMix64::new(45);
+        for k in [1usize, 7, 8, 31, 32, 33, 100, 1024, 1056] {
+            let a0 = randn(&mut g, k);
+            let a1 = randn(&mut g, k);
+            let b: Vec<f16> = randn(&mut g, k).iter().map(|&v| f16::from_f32(v)).collect();
+            let pair = dot_f16_x2(&a0, &a1, &b);
+            assert_eq!(pair[0].to_bits(), dot_f16(&a0, &b).to_bits(), "k={k} row 0");
+            assert_eq!(pair[1].to_bits(), dot_f16(&a1, &b).to_bits(), "k={k} row 1");
+            let mut buf = vec![f32::NAN; k];
+            let wide = <f16 as KvElem>::as_f32(&b, &mut buf);
+            let want: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+            assert_eq!(wide, &want[..], "k={k}: widened");
         }
     }
 
