@@ -910,10 +910,11 @@ impl Kernels {
             .map(|_| ())
     }
 
-    /// `awq_matmul`, except that a tensor-core product of up to
-    /// `DEFER_MAX_ROWS` rows split over K leaves its splits in `partial` as
-    /// [splits, M, N] for the next kernel to add up (add_rmsnorm's delta,
-    /// silu_mul), saving the reduction's launch.
+    /// `awq_matmul`, except that a product of up to `DEFER_MAX_ROWS` rows
+    /// split over K (the tensor-core GEMM's, and the GEMVs' of one launch)
+    /// leaves its splits in `partial` as [splits, M, N] for the next kernel
+    /// to add up (add_rmsnorm's delta, silu_mul), saving the reduction's
+    /// launch or the GEMV's last-block reduction.
     /// Returns the number of splits there; 1: the product is in `y`.
     #[allow(clippy::too_many_arguments)]
     pub fn awq_matmul_split(
@@ -965,13 +966,7 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<(), CudaError> {
-        check(
-            gate_up.len() >= m * 2 * w.k && y.len() >= m * w.n,
-            "awq silu x/y sizes",
-        )?;
-        check_awq(w, partial, counters)?;
-        check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
-        self.awq_gemv(s, gate_up, m, w, partial, counters, y, true, false)
+        self.awq_matmul_silu_impl(s, gate_up, m, w, partial, counters, y, false)
             .map(|_| ())
     }
 
@@ -990,13 +985,28 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<usize, CudaError> {
+        let defer = self.defer_splits && m <= self.defer_max_rows;
+        self.awq_matmul_silu_impl(s, gate_up, m, w, partial, counters, y, defer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn awq_matmul_silu_impl(
+        &self,
+        s: &CudaStream,
+        gate_up: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+        defer: bool,
+    ) -> Result<usize, CudaError> {
         check(
             gate_up.len() >= m * 2 * w.k && y.len() >= m * w.n,
             "awq silu x/y sizes",
         )?;
         check_awq(w, partial, counters)?;
         check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
-        let defer = self.defer_splits && m <= self.defer_max_rows;
         self.awq_gemv(s, gate_up, m, w, partial, counters, y, true, defer)
     }
 
