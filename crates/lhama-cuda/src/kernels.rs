@@ -102,7 +102,7 @@ pub fn fragment_order(qweight: &[u32], k: usize, n: usize) -> Vec<u32> {
 /// kernels' source gets them as `#define`s (`compile::program_source`), and
 /// no kernel file defines them itself (a unit test), so the two sides
 /// cannot drift apart.
-pub(crate) fn shared_defines() -> [(&'static str, usize); 11] {
+pub(crate) fn shared_defines() -> [(&'static str, usize); 13] {
     [
         ("AWQ_MAX_M", AWQ_MAX_M),
         ("AWQ_ROWS_PER_BLOCK", AWQ_ROWS_PER_BLOCK),
@@ -115,6 +115,8 @@ pub(crate) fn shared_defines() -> [(&'static str, usize); 11] {
         ("ATTN_PART", ATTENTION_PART),
         ("ATTN_TILE", ATTENTION_TILE),
         ("SAMPLE_THREADS", SAMPLE_THREADS as usize),
+        ("LM_HEAD_ROWS", LM_HEAD_ROWS),
+        ("LM_HEAD_VR", LM_HEAD_VR),
     ]
 }
 
@@ -303,10 +305,13 @@ fn check_awq(
     )
 }
 
-/// Most rows the register-held lm_head takes (LMH_ROWS in lm_head.cu).
+/// Most rows the register-held lm_head takes (LM_HEAD_ROWS in
+/// lm_head.cu), and the vocabulary rows each of its warps holds
+/// (LM_HEAD_VR; their product is one warp's 32 sums).
 pub const LM_HEAD_ROWS: usize = 8;
-/// Vocabulary rows one block of it covers (8 warps × LMH_VR).
-const LM_HEAD_ROWS_VOCAB_PER_BLOCK: usize = 32;
+const LM_HEAD_VR: usize = 4;
+/// Vocabulary rows one 8-warp block of it covers.
+const LM_HEAD_ROWS_VOCAB_PER_BLOCK: usize = 8 * LM_HEAD_VR;
 
 pub struct Kernels {
     _module: Arc<CudaModule>,
