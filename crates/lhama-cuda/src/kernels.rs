@@ -932,7 +932,29 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<usize, CudaError> {
-        let defer = self.defer_splits && m <= self.defer_max_rows;
+        self.awq_matmul_impl(s, x, m, w, partial, counters, y, self.defers(m))
+    }
+
+    /// Whether an M-row product may leave its splits to its consumer.
+    fn defers(&self, m: usize) -> bool {
+        self.defer_splits && m <= self.defer_max_rows
+    }
+
+    /// `awq_matmul_split` where `defer` allows it (`defers`), else
+    /// `awq_matmul`; returns the splits left in `partial` (1: in `y`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn awq_matmul_split_if(
+        &self,
+        s: &CudaStream,
+        x: &CudaView<'_, f32>,
+        m: usize,
+        w: &GpuAwq,
+        partial: &mut CudaSlice<f32>,
+        counters: &mut CudaSlice<u32>,
+        y: &mut CudaViewMut<'_, f32>,
+        defer: bool,
+    ) -> Result<usize, CudaError> {
+        let defer = defer && self.defers(m);
         self.awq_matmul_impl(s, x, m, w, partial, counters, y, defer)
     }
 
@@ -990,8 +1012,7 @@ impl Kernels {
         counters: &mut CudaSlice<u32>,
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<usize, CudaError> {
-        let defer = self.defer_splits && m <= self.defer_max_rows;
-        self.awq_matmul_silu_impl(s, gate_up, m, w, partial, counters, y, defer)
+        self.awq_matmul_silu_impl(s, gate_up, m, w, partial, counters, y, self.defers(m))
     }
 
     #[allow(clippy::too_many_arguments)]

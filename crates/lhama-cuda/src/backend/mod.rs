@@ -365,29 +365,17 @@ impl CudaBackend {
             // gate_up's splits are added up where it is made.
             let silu_in_down =
                 self.fused_silu && t <= crate::kernels::AWQ_FUSED_MAX_ROWS && t < k.mma_min_rows;
-            let splits = if silu_in_down {
-                k.awq_matmul(
-                    s,
-                    &ws.h.slice(0..t * hidden),
-                    t,
-                    &layer.gate_up,
-                    &mut ws.partial,
-                    &mut ws.counters,
-                    &mut ws.gate_up.slice_mut(..),
-                )?;
-                1
-            } else {
-                k.awq_matmul_split(
-                    s,
-                    &ws.h.slice(0..t * hidden),
-                    t,
-                    &layer.gate_up,
-                    &mut ws.partial,
-                    &mut ws.counters,
-                    &mut ws.gate_up.slice_mut(..),
-                )?
-            };
-            if silu_in_down && splits == 1 {
+            let splits = k.awq_matmul_split_if(
+                s,
+                &ws.h.slice(0..t * hidden),
+                t,
+                &layer.gate_up,
+                &mut ws.partial,
+                &mut ws.counters,
+                &mut ws.gate_up.slice_mut(..),
+                !silu_in_down,
+            )?;
+            if silu_in_down {
                 // The GEMV takes silu(gate) * up as it reads gate_up (1-2
                 // rows: from 4 rows its threads' repeated exponentials cost
                 // more than the launch saved, 1.14 vs 0.99 ms a step at 4
