@@ -235,6 +235,34 @@ fn awq_matmul_matches_cpu() {
     }
 }
 
+/// add_rmsnorm of `resid` [m, n] with `delta` (`splits` partial sums) and
+/// the norm weight `nd`: the bits of the updated residual and of the norm.
+fn add_rmsnorm_bits(
+    s: &Arc<CudaStream>,
+    k: &Kernels,
+    resid: &[f32],
+    delta: &cudarc::driver::CudaView<'_, f32>,
+    splits: usize,
+    nd: &CudaSlice<f32>,
+    m: usize,
+) -> (Vec<u32>, Vec<u32>) {
+    let len = resid.len();
+    let mut xr = s.clone_htod(resid).unwrap();
+    let mut out = poisoned(s, len);
+    k.add_rmsnorm(
+        s,
+        &mut xr.slice_mut(..),
+        Some((delta, splits)),
+        nd,
+        &mut out.slice_mut(..),
+        m,
+        1e-5,
+    )
+    .unwrap();
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect();
+    (bits(back(s, &xr, len)), bits(back(s, &out, len)))
+}
+
 /// A product whose K splits are left in the scratch (`awq_matmul_split`)
 /// and added up by its consumer (the residual add of add_rmsnorm, silu_mul)
 /// gives what the reduced product gives, bit for bit, at both precisions:
@@ -322,24 +350,12 @@ fn split_products_are_added_up_by_their_consumers() {
             // The residual add and norm, from the reduced product and from
             // the splits.
             let mut outs = Vec::new();
-            for delta in [(y.slice(0..m * n), 1), (deferred(), splits)] {
-                let mut xr = s.clone_htod(&resid).unwrap();
-                let mut out = poisoned(&s, m * n);
-                k.add_rmsnorm(
-                    &s,
-                    &mut xr.slice_mut(..),
-                    Some((&delta.0, delta.1)),
-                    &nd,
-                    &mut out.slice_mut(..),
-                    m,
-                    1e-5,
-                )
-                .unwrap();
-                outs.push((back(&s, &xr, m * n), back(&s, &out, m * n)));
+            for (delta, sp) in [(y.slice(0..m * n), 1), (deferred(), splits)] {
+                outs.push(add_rmsnorm_bits(&s, &k, &resid, &delta, sp, &nd, m));
             }
             let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&outs[0].0), bits(&outs[1].0), "{what}: residual");
-            assert_eq!(bits(&outs[0].1), bits(&outs[1].1), "{what}: norm");
+            assert_eq!(outs[0].0, outs[1].0, "{what}: residual");
+            assert_eq!(outs[0].1, outs[1].1, "{what}: norm");
             // SiLU · up, reading the product as [m, 2 * inter].
             let inter = n / 2;
             let mut acts = Vec::new();
@@ -449,19 +465,7 @@ fn the_down_gemv_takes_silu_of_gate_up() {
                 (y3.slice(0..m * n), 1)
             },
         ] {
-            let mut xr = s.clone_htod(&resid).unwrap();
-            let mut out = poisoned(&s, m * n);
-            k.add_rmsnorm(
-                &s,
-                &mut xr.slice_mut(..),
-                Some((&delta, sp)),
-                &nd,
-                &mut out.slice_mut(..),
-                m,
-                1e-5,
-            )
-            .unwrap();
-            normed.push((bits(back(&s, &xr, m * n)), bits(back(&s, &out, m * n))));
+            normed.push(add_rmsnorm_bits(&s, &k, &resid, &delta, sp, &nd, m));
         }
         assert_eq!(
             normed[0], normed[1],
