@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Round 6, calls 4 and 5: the GEMVs leaving their splits to add_rmsnorm and silu_mul (LHAMA_GEMV_DEFER), with the register-held lm_head (the norm
-# tail and the tensor-core GEMV's fused SiLU reverted): every GPU test with
-# the ttl-460m golden made here, verify on both presets, the engine
-# benchmark against the baseline (.carry/base/lhama) and against
-# LHAMA_GEMV_DEFER=0, alternated, and a per-kernel profile at batch 1 and 8.
-#   run(command="rm -rf .carry && mv .pack .carry && bash scripts/gpu-round6c.sh", carry=[".pack"])
+# Round 6, calls 3-5: every GPU test with the ttl-460m golden made here,
+# verify on both presets, the engine benchmark of this binary against the
+# baseline (.carry/base/lhama) and against itself with one switch off,
+# alternated ROUNDS times, and a per-kernel profile at batch 1 and 8.
+#   bash scripts/gpu-round6c.sh LABEL VAR=value ROUNDS
+# Call 3 (the register-held lm_head): no-lmh LHAMA_LM_HEAD_ROWS=0 3;
+# calls 4-5 (the GEMVs' deferred splits): no-defer LHAMA_GEMV_DEFER=0 2.
+#   run(command="rm -rf .carry && mv .pack .carry && bash scripts/gpu-round6c.sh no-defer LHAMA_GEMV_DEFER=0 2", carry=[".pack"])
 set -u
 source "$(dirname "$0")/gpu-lib.sh"
 BASE=.carry/base/lhama
+OFF_LABEL=${1:?label of the switched-off run} OFF_ENV=${2:?VAR=value} ROUNDS=${3:-2}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
 $B synth --preset tiny --seed 0 --out /tmp/tiny >/dev/null
@@ -27,10 +30,10 @@ bench() { # label, env words...
     --batch 1,2,4,8,16,64,256 >"$logs/bench-$label-$round.log" 2>&1
   say "bench $label $round rc $?: $(rows "$logs/bench-$label-$round.log")"
 }
-for round in 1 2; do
+for round in $(seq "$ROUNDS"); do
   bench new
   bench base
-  bench no-defer LHAMA_GEMV_DEFER=0
+  bench "$OFF_LABEL" "$OFF_ENV"
 done
 pack
 for v in "new:$B" "base:$BASE"; do
