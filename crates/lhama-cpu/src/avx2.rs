@@ -105,17 +105,24 @@ pub unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
             }
             i += 32;
         }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-        let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-        while i < n {
-            total += a[i] * b[i].to_f32();
-            i += 1;
-        }
-        total
+        finish_f16_dot(acc, &a[..n], &b[..n], i)
     }
+}
+
+/// The end of `dot_f16` (and of each row of `dot_f16_x2`): the four 8-lane
+/// partial sums added in a fixed tree, then elements `from..` one by one.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn finish_f16_dot(acc: [__m256; 4], a: &[f32], b: &[f16], from: usize) -> f32 {
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds the 8 floats stored.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (x, w) in a[from..].iter().zip(&b[from..]) {
+        total += x * w.to_f32();
+    }
+    total
 }
 
 /// `dot_f16` for two rows of f32 (`a0`, `a1`, each at least `b.len()`
@@ -144,19 +151,10 @@ pub unsafe fn dot_f16_x2(a0: &[f32], a1: &[f32], b: &[f16]) -> [f32; 2] {
             }
             i += 32;
         }
-        let mut out = [0f32; 2];
-        for (o, (acc, a)) in out.iter_mut().zip([(acc0, a0), (acc1, a1)]) {
-            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-            let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-            for j in i..n {
-                total += a[j] * b[j].to_f32();
-            }
-            *o = total;
-        }
-        out
+        [
+            finish_f16_dot(acc0, &a0[..n], &b[..n], i),
+            finish_f16_dot(acc1, &a1[..n], &b[..n], i),
+        ]
     }
 }
 
