@@ -32,7 +32,8 @@ pub fn paged_attention_fast(
         && (shape.head_dim <= 128 || shape.head_dim == MAX_HEAD_DIM)
         && has_avx512()
     {
-        return attention_avx512(q, k_cache, v_cache, seq_of, positions, shape, out);
+        let groups = head_groups(positions.len(), shape.heads, rayon::current_num_threads());
+        return attention_avx512(q, k_cache, v_cache, seq_of, positions, shape, groups, out);
     }
     crate::kernels::paged_attention_over(q, k_cache, v_cache, seq_of, positions, shape, out)
 }
@@ -46,7 +47,21 @@ fn has_avx512() -> bool {
     *HAS.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
 }
 
+/// How many groups a token's heads are split into for `threads` threads:
+/// one, unless there are too few tokens to give every thread two tasks
+/// (then the fewest halvings that do, while they divide the heads).
 #[cfg(target_arch = "x86_64")]
+fn head_groups(tokens: usize, heads: usize, threads: usize) -> usize {
+    let mut groups = 1;
+    while tokens * groups < 2 * threads && heads.is_multiple_of(groups * 2) {
+        groups *= 2;
+    }
+    groups
+}
+
+/// `groups` must divide `shape.heads`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 fn attention_avx512(
     q: &[f32],
     k_cache: &[f16],
@@ -54,6 +69,7 @@ fn attention_avx512(
     seq_of: &[&[u32]],
     positions: &[u32],
     shape: AttnShape,
+    groups: usize,
     out: &mut [f32],
 ) {
     let AttnShape {
@@ -85,106 +101,229 @@ fn attention_avx512(
         }),
         "attention: a block table reaches outside the KV pool"
     );
+    // A task takes a token's heads in groups of nh, position by position,
+    // so that it reads each position's cache row for those heads as one
+    // contiguous run (the whole row, 2 KB for ttl-460m, when nh = heads);
+    // a head at a time read 128 bytes of every 2 KB and streamed 8 of the
+    // 23 GB/s two cores of this project's VM read. The heads are split into
+    // more groups only when there are too few tokens for the threads
+    // (`head_groups`).
+    assert!(
+        heads.is_multiple_of(groups),
+        "attention: {groups} groups of {heads} heads"
+    );
+    let nh = heads / groups;
+    let c = hd / 16;
     out[..t * heads * hd]
-        .par_chunks_mut(hd)
+        .par_chunks_mut(nh * hd)
         .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
-            let (tok, h) = (i / heads, i % heads);
-            let kvh = h / group;
+        .for_each_init(Scratch::default, |sc: &mut Scratch, (i, o)| {
+            let (tok, h0) = (i / groups, i % groups * nh);
             let table = seq_of[tok];
             let ctx = positions[tok] as usize + 1;
-            let slot = |p: usize| ((table[p / bs] as usize * bs + p % bs) * kv_heads + kvh) * hd;
-            scores.clear();
-            scores.resize(ctx.next_multiple_of(16), f32::NEG_INFINITY);
-            let qv = &q[i * hd..][..hd];
-            // SAFETY: AVX-512 F is present (checked by the caller); q's row i
-            // and o hold hd = 16 C floats; every slot(p), p < ctx, starts hd
-            // floats inside both caches (asserted above); scores holds ctx
-            // rounded up to 16.
+            let pad = ctx.next_multiple_of(16);
+            sc.scores.clear();
+            sc.scores.resize(nh * pad, f32::NEG_INFINITY);
+            sc.acc.clear();
+            sc.acc.resize(nh * hd, 0.0);
+            sc.kv.clear();
+            sc.kv.extend((h0..h0 + nh).map(|h| h / group * hd));
+            sc.inv.clear();
+            sc.inv.resize(nh, 0.0);
+            let q = &q[(tok * heads + h0) * hd..][..nh * hd];
+            sc.q.clear();
+            sc.q.extend(q.iter().map(|v| v * scale));
+            let rows = Rows {
+                table,
+                block_size: bs,
+                row: kv_heads * hd,
+                head: 0,
+            };
+            // SAFETY: AVX-512 F is present (checked by the caller); the
+            // scratch holds nh heads' scaled q, sums and padded scores and
+            // o holds nh * hd floats; every row `rows` gives for p < ctx
+            // holds the kv heads' hd values inside both caches (asserted
+            // above), and kv[j] + hd <= kv_heads * hd.
             unsafe {
-                match hd / 16 {
-                    1 => head_avx512::<1>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
-                    2 => head_avx512::<2>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
-                    3 => head_avx512::<3>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
-                    4 => head_avx512::<4>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
-                    5 => head_avx512::<5>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
-                    6 => head_avx512::<6>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
-                    7 => head_avx512::<7>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
-                    8 => head_avx512::<8>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
-                    _ => head_avx512::<16>(qv, k_cache, v_cache, slot, ctx, scale, scores, o),
+                match c {
+                    1 => heads_avx512::<1>(k_cache, v_cache, &rows, ctx, sc, o),
+                    2 => heads_avx512::<2>(k_cache, v_cache, &rows, ctx, sc, o),
+                    3 => heads_avx512::<3>(k_cache, v_cache, &rows, ctx, sc, o),
+                    4 => heads_avx512::<4>(k_cache, v_cache, &rows, ctx, sc, o),
+                    5 => heads_avx512::<5>(k_cache, v_cache, &rows, ctx, sc, o),
+                    6 => heads_avx512::<6>(k_cache, v_cache, &rows, ctx, sc, o),
+                    7 => heads_avx512::<7>(k_cache, v_cache, &rows, ctx, sc, o),
+                    8 => heads_avx512::<8>(k_cache, v_cache, &rows, ctx, sc, o),
+                    _ => heads_avx512::<16>(k_cache, v_cache, &rows, ctx, sc, o),
                 }
             };
         });
 }
 
-/// One (token, head): scores, softmax, weighted sum of the value rows.
-///
-/// # Safety
-/// AVX-512 F present; `qv` and `o` hold 16 C floats; `slot(p) + 16 C` is
-/// inside both caches for p < ctx; `scores` holds at least ctx rounded up
-/// to 16.
+/// A task's buffers, kept between its tasks: the heads' q times the scale,
+/// their scores (each padded to 16 with −∞), their weighted value sums,
+/// each head's kv head offset inside a cache row and the reciprocal of its
+/// softmax sum.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn head_avx512<const C: usize>(
-    qv: &[f32],
-    k_cache: &[f16],
-    v_cache: &[f16],
-    slot: impl Fn(usize) -> usize,
-    ctx: usize,
-    scale: f32,
-    scores: &mut [f32],
-    o: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    // SAFETY: as the function's contract says.
-    unsafe {
-        let qr: [__m512; C] = std::array::from_fn(|c| {
-            _mm512_mul_ps(
-                _mm512_loadu_ps(qv.as_ptr().add(c * 16)),
-                _mm512_set1_ps(scale),
-            )
-        });
-        let mut max = f32::NEG_INFINITY;
-        for (p, s) in scores[..ctx].iter_mut().enumerate() {
-            let kp = k_cache.as_ptr().add(slot(p));
-            let mut acc = _mm512_mul_ps(qr[0], load16(kp));
-            for (c, r) in qr.iter().enumerate().skip(1) {
-                acc = _mm512_fmadd_ps(*r, load16(kp.add(c * 16)), acc);
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+    kv: Vec<usize>,
+    inv: Vec<f32>,
+}
+
+/// Where one (sequence, kv head)'s cache rows are: position p's row starts
+/// at ((table[p / block_size] · block_size + p % block_size) · kv_heads +
+/// kv_head) · head_dim = table[…] · block_size · row + (p % block_size) ·
+/// row + head.
+#[cfg(target_arch = "x86_64")]
+struct Rows<'a> {
+    table: &'a [u32],
+    block_size: usize,
+    row: usize,
+    head: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rows<'_> {
+    /// Calls f(p, offset of position p's row, offset of position p +
+    /// AHEAD's row or None past ctx) for p < ctx in order, a block at a
+    /// time (no division per position: one took as long as the position's
+    /// dot product).
+    #[inline(always)]
+    fn each(&self, ctx: usize, mut f: impl FnMut(usize, usize, Option<usize>)) {
+        let bs = self.block_size;
+        let at = |block: usize, i: usize| {
+            self.table[block] as usize * bs * self.row + self.head + i * self.row
+        };
+        // The lead cursor, AHEAD positions on.
+        let (mut lb, mut li) = (AHEAD / bs, AHEAD % bs);
+        let mut p = 0;
+        for (b, _) in self.table.iter().enumerate() {
+            let n = bs.min(ctx - p);
+            for i in 0..n {
+                let ahead = (p + i + AHEAD < ctx).then(|| at(lb, li));
+                f(p + i, at(b, i), ahead);
+                li += 1;
+                if li == bs {
+                    (lb, li) = (lb + 1, 0);
+                }
             }
-            *s = _mm512_reduce_add_ps(acc);
-            max = max.max(*s);
-        }
-        // exp(s - max), 16 at a time (the padding past ctx is −∞: 0).
-        let mut sum = _mm512_setzero_ps();
-        let mv = _mm512_set1_ps(max);
-        for c in 0..ctx.div_ceil(16) {
-            let e = exp16(_mm512_sub_ps(
-                _mm512_loadu_ps(scores.as_ptr().add(c * 16)),
-                mv,
-            ));
-            _mm512_storeu_ps(scores.as_mut_ptr().add(c * 16), e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        let inv = 1.0 / _mm512_reduce_add_ps(sum);
-        let mut acc = [_mm512_setzero_ps(); C];
-        for (p, &w) in scores[..ctx].iter().enumerate() {
-            let vp = v_cache.as_ptr().add(slot(p));
-            let wv = _mm512_set1_ps(w);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(wv, load16(vp.add(c * 16)), *a);
+            p += n;
+            if p == ctx {
+                break;
             }
-        }
-        let iv = _mm512_set1_ps(inv);
-        for (c, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(o.as_mut_ptr().add(c * 16), _mm512_mul_ps(*a, iv));
         }
     }
 }
 
-/// 16 f16 at `p` widened to f32.
+/// Positions ahead whose cache rows the loops prefetch: the rows of a head
+/// are a row of all kv heads apart (2 KB for ttl-460m), too far apart for
+/// the hardware's page-bound stream prefetcher.
+#[cfg(target_arch = "x86_64")]
+const AHEAD: usize = 8;
+
+/// One token's heads (`sc.kv.len()` of them): scores, softmax, weighted sum
+/// of the value rows, each head's arithmetic as one head alone would do it
+/// (the same operations in the same order).
 ///
 /// # Safety
+/// AVX-512 F present; `sc` as the caller fills it for nh heads of 16 C
+/// values and ctx positions; `o` holds nh · 16 C floats; for every row
+/// `rows` gives for p < ctx, row + kv[j] + 16 C is inside both caches.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn heads_avx512<const C: usize>(
+    k_cache: &[f16],
+    v_cache: &[f16],
+    rows: &Rows,
+    ctx: usize,
+    sc: &mut Scratch,
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = 16 * C;
+    let pad = ctx.next_multiple_of(16);
+    let Scratch {
+        q,
+        scores,
+        acc,
+        kv,
+        inv,
+    } = sc;
+    // SAFETY: as the function's contract says.
+    unsafe {
+        let (qp, sp, ap) = (q.as_ptr(), scores.as_mut_ptr(), acc.as_mut_ptr());
+        rows.each(ctx, |p, at, ahead| {
+            if let Some(a) = ahead {
+                prefetch_row::<C>(k_cache.as_ptr().add(a + kv[0]), kv.len());
+            }
+            for (j, &off) in kv.iter().enumerate() {
+                let kp = k_cache.as_ptr().add(at + off);
+                let qj = qp.add(j * hd);
+                let mut s = _mm512_mul_ps(_mm512_loadu_ps(qj), load16(kp));
+                for c in 1..C {
+                    s = _mm512_fmadd_ps(_mm512_loadu_ps(qj.add(c * 16)), load16(kp.add(c * 16)), s);
+                }
+                *sp.add(j * pad + p) = _mm512_reduce_add_ps(s);
+            }
+        });
+        for (j, inv) in inv.iter_mut().enumerate() {
+            let row = sp.add(j * pad);
+            let max = (0..ctx).fold(f32::NEG_INFINITY, |m, p| m.max(*row.add(p)));
+            // exp(s - max), 16 at a time (the padding past ctx is −∞: 0).
+            let mut sum = _mm512_setzero_ps();
+            let mv = _mm512_set1_ps(max);
+            for c in 0..pad / 16 {
+                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(row.add(c * 16)), mv));
+                _mm512_storeu_ps(row.add(c * 16), e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            *inv = 1.0 / _mm512_reduce_add_ps(sum);
+        }
+        rows.each(ctx, |p, at, ahead| {
+            if let Some(a) = ahead {
+                prefetch_row::<C>(v_cache.as_ptr().add(a + kv[0]), kv.len());
+            }
+            for (j, &off) in kv.iter().enumerate() {
+                let vp = v_cache.as_ptr().add(at + off);
+                let wv = _mm512_set1_ps(*sp.add(j * pad + p));
+                let aj = ap.add(j * hd);
+                for c in 0..C {
+                    let a = _mm512_loadu_ps(aj.add(c * 16));
+                    _mm512_storeu_ps(
+                        aj.add(c * 16),
+                        _mm512_fmadd_ps(wv, load16(vp.add(c * 16)), a),
+                    );
+                }
+            }
+        });
+        for (j, &inv) in inv.iter().enumerate() {
+            let iv = _mm512_set1_ps(inv);
+            for c in 0..C {
+                _mm512_storeu_ps(
+                    o.as_mut_ptr().add(j * hd + c * 16),
+                    _mm512_mul_ps(_mm512_loadu_ps(ap.add(j * hd + c * 16)), iv),
+                );
+            }
+        }
+    }
+}
+
+/// Prefetches the cache row run of `nh` heads of 16 C f16 from `p` (a
+/// hint: reads nothing).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_row<const C: usize>(p: *const f16, nh: usize) {
+    use std::arch::x86_64::*;
+    for line in 0..(nh * C).div_ceil(2) {
+        // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(32 * line) as *const i8) };
+    }
+}
+
 /// AVX-512 F present; 16 f16 readable at `p`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -268,6 +407,19 @@ mod tests {
     /// grouped-query heads, head sizes the vector version takes and one it
     /// does not; the output poisoned first.
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn heads_are_split_only_for_too_few_tokens() {
+        assert_eq!(head_groups(8, 16, 2), 1);
+        assert_eq!(head_groups(4, 16, 2), 1);
+        assert_eq!(head_groups(1, 16, 2), 4);
+        assert_eq!(head_groups(3, 16, 2), 2);
+        assert_eq!(head_groups(1, 16, 16), 16);
+        // Only while the halves divide the heads.
+        assert_eq!(head_groups(1, 12, 16), 4);
+        assert_eq!(head_groups(1, 3, 16), 1);
+    }
+
+    #[test]
     fn fast_attention_matches_the_exact_one() {
         let mut g = SplitMix64::new(41);
         for &(heads, kv_heads, hd) in &[
@@ -275,6 +427,7 @@ mod tests {
             (2, 2, 16),
             (3, 1, 128),
             (2, 1, 24),
+            (8, 2, 32),
         ] {
             let bs = 16;
             let blocks = 12;
@@ -332,6 +485,18 @@ mod tests {
             );
             let mut got = vec![f32::NAN; t * heads * hd];
             paged_attention_fast(&q, &k16, &v16, &seq_of, &positions, shape, &mut got);
+            // Every split of the heads into groups a task takes gives the
+            // same bits (each head's arithmetic is its own).
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512() && hd.is_multiple_of(16) {
+                for groups in (0..4).map(|e| 1 << e).filter(|g| heads % g == 0) {
+                    let mut split = vec![f32::NAN; t * heads * hd];
+                    attention_avx512(
+                        &q, &k16, &v16, &seq_of, &positions, shape, groups, &mut split,
+                    );
+                    assert_eq!(split, got, "heads {heads} hd {hd}: {groups} groups");
+                }
+            }
             let worst = got
                 .iter()
                 .zip(&want)

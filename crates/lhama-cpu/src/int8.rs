@@ -25,6 +25,9 @@
 
 use rayon::prelude::*;
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
+
 use lhama_model::awq::unpack;
 use lhama_model::weights::FusedAwq;
 
@@ -45,8 +48,10 @@ const KQ: usize = 4;
 /// 308-357, qkv 196-223 → 144-170, down 334-403 → 253-362 (512 and 1024
 /// bytes ahead in between, 4096 no better); 1 row unchanged.
 const PREFETCH: usize = 2048;
-/// Largest |xq|.
-const XQ_MAX: f32 = 32767.0;
+/// Largest |xq|: 127 · 256 + 127, so that every xq is 256 · hi + lo with
+/// hi and lo signed bytes, as the AMX version takes them (the 0.4% of int16's
+/// range given up costs nothing measurable in precision).
+const XQ_MAX: f32 = 32639.0;
 
 /// int4 weights re-laid for integer dot products: [N / 16 column blocks]
 /// [K / 4 k quads][32 bytes], with the zeros as bytes and the scales as f16
@@ -124,25 +129,158 @@ fn quantize(x: &[f32], m: usize, k: usize, group: usize) -> QuantRows {
     };
     for r in 0..m {
         for g in 0..groups {
-            let xs = &x[r * k + g * group..][..group];
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let (scale, inv) = if amax > 0.0 && amax.is_finite() {
-                (amax / XQ_MAX, XQ_MAX / amax)
-            } else {
-                (0.0, 0.0)
-            };
-            let dst = &mut q.xq[r * k + g * group..][..group];
-            let mut sum = 0i32;
-            for (d, v) in dst.iter_mut().zip(xs) {
-                let v = (v * inv).round().clamp(-XQ_MAX, XQ_MAX) as i16;
-                sum += i32::from(v);
-                *d = v;
-            }
+            let at = r * k + g * group;
+            let (scale, sum) = quantize_group(&x[at..][..group], &mut q.xq[at..][..group]);
             q.scale[r * groups + g] = scale;
             q.sum[r * groups + g] = sum;
         }
     }
     q
+}
+
+/// One group of activations to int16: returns its scale and the sum of its
+/// values. The vector versions give the same values, bit for bit, as the
+/// scalar one (f32::round's ties away from zero done as trunc plus a
+/// correction; NaN to 0 as `as` does); the libm `roundf` per value took
+/// about as long as the whole 8-row AMX product.
+fn quantize_group(xs: &[f32], dst: &mut [i16]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512_vnni() {
+            // SAFETY: AVX-512 F/BW are present (checked with VNNI).
+            return unsafe { quantize_group_avx512(xs, dst) };
+        }
+        if has_avx2() {
+            // SAFETY: AVX2 is present.
+            return unsafe { quantize_group_avx2(xs, dst) };
+        }
+    }
+    quantize_group_scalar(xs, dst)
+}
+
+/// The scale and its inverse for a group whose largest |x| is `amax`.
+fn group_scale(amax: f32) -> (f32, f32) {
+    if amax > 0.0 && amax.is_finite() {
+        (amax / XQ_MAX, XQ_MAX / amax)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
+fn quantize_group_scalar(xs: &[f32], dst: &mut [i16]) -> (f32, i32) {
+    let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let (scale, inv) = group_scale(amax);
+    let mut sum = 0i32;
+    for (d, v) in dst.iter_mut().zip(xs) {
+        let v = (v * inv).round().clamp(-XQ_MAX, XQ_MAX) as i16;
+        sum += i32::from(v);
+        *d = v;
+    }
+    (scale, sum)
+}
+
+/// 16 values at a time; a tail of fewer takes the scalar steps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_group_avx512(xs: &[f32], dst: &mut [i16]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let n16 = xs.len() / 16 * 16;
+    // SAFETY: every load and store is of 16 values below n16 <= len.
+    unsafe {
+        // vmaxps returns its second operand where the first is NaN: a NaN
+        // x is skipped, as f32::max skips it.
+        let mut m = _mm512_setzero_ps();
+        for i in (0..n16).step_by(16) {
+            m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xs.as_ptr().add(i))), m);
+        }
+        let amax = xs[n16..]
+            .iter()
+            .fold(_mm512_reduce_max_ps(m), |a, v| a.max(v.abs()));
+        let (scale, inv) = group_scale(amax);
+        let (vinv, lim) = (_mm512_set1_ps(inv), _mm512_set1_ps(XQ_MAX));
+        let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
+        let sign = _mm512_set1_ps(-0.0);
+        let mut acc = _mm512_setzero_si512();
+        for i in (0..n16).step_by(16) {
+            let t = _mm512_mul_ps(_mm512_loadu_ps(xs.as_ptr().add(i)), vinv);
+            // NaN (an infinite x) becomes 0, as `NaN as i16` does.
+            let t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(t, t), t);
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
+            let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(t, r)), half);
+            let step = _mm512_or_ps(one, _mm512_and_ps(t, sign));
+            let r = _mm512_mask_add_ps(r, away, r, step);
+            let r = _mm512_min_ps(
+                _mm512_max_ps(r, _mm512_sub_ps(_mm512_setzero_ps(), lim)),
+                lim,
+            );
+            let v = _mm512_cvtps_epi32(r);
+            acc = _mm512_add_epi32(acc, v);
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i) as *mut __m256i,
+                _mm512_cvtepi32_epi16(v),
+            );
+        }
+        let mut sum = _mm512_reduce_add_epi32(acc);
+        for (d, v) in dst[n16..].iter_mut().zip(&xs[n16..]) {
+            let v = (v * inv).round().clamp(-XQ_MAX, XQ_MAX) as i16;
+            sum += i32::from(v);
+            *d = v;
+        }
+        (scale, sum)
+    }
+}
+
+/// As `quantize_group_avx512`, 8 values a vector, 16 a step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_group_avx2(xs: &[f32], dst: &mut [i16]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let n16 = xs.len() / 16 * 16;
+    // SAFETY: every load and store is of 8 or 16 values below n16 <= len.
+    unsafe {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let mut m = _mm256_setzero_ps();
+        for i in (0..n16).step_by(8) {
+            m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xs.as_ptr().add(i)), abs), m);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let amax = lanes
+            .iter()
+            .chain(&xs[n16..])
+            .fold(0f32, |a, v| a.max(v.abs()));
+        let (scale, inv) = group_scale(amax);
+        let (vinv, lim) = (_mm256_set1_ps(inv), _mm256_set1_ps(XQ_MAX));
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let (sign, nlim) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(-XQ_MAX));
+        let quant = |x: __m256| {
+            let t = _mm256_mul_ps(x, vinv);
+            let t = _mm256_and_ps(t, _mm256_cmp_ps::<_CMP_ORD_Q>(t, t));
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
+            let away = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(_mm256_sub_ps(t, r), abs), half);
+            let step = _mm256_and_ps(_mm256_or_ps(one, _mm256_and_ps(t, sign)), away);
+            let r = _mm256_add_ps(r, step);
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, nlim), lim))
+        };
+        let mut acc = _mm256_setzero_si256();
+        for i in (0..n16).step_by(16) {
+            let a = quant(_mm256_loadu_ps(xs.as_ptr().add(i)));
+            let b = quant(_mm256_loadu_ps(xs.as_ptr().add(i + 8)));
+            acc = _mm256_add_epi32(acc, _mm256_add_epi32(a, b));
+            // packs works within 128-bit lanes: [a0-3 b0-3 a4-7 b4-7].
+            let p = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, p);
+        }
+        let mut parts = [0i32; 8];
+        _mm256_storeu_si256(parts.as_mut_ptr() as *mut __m256i, acc);
+        let mut sum: i32 = parts.iter().sum();
+        for (d, v) in dst[n16..].iter_mut().zip(&xs[n16..]) {
+            let v = (v * inv).round().clamp(-XQ_MAX, XQ_MAX) as i16;
+            sum += i32::from(v);
+            *d = v;
+        }
+        (scale, sum)
+    }
 }
 
 /// y[M, N] = x[M, K] · W through `layout`, any M: each task takes a run of
@@ -175,6 +313,10 @@ const PASS_BYTES: usize = 512 * 1024;
 
 fn matmul_run(x: &[f32], m: usize, w: &FusedAwq, layout: &Int8Layout, y: &mut [f32]) {
     let q = quantize(x, m, w.k, w.group);
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if amx::takes(m, w) {
+        return amx::matmul_run(&q, m, w, layout, y);
+    }
     let blocks = w.n / CB;
     let per_task = blocks.div_ceil(rayon::current_num_threads() * 8).max(1);
     let out = crate::kernels::SyncPtr(y.as_mut_ptr());
@@ -540,6 +682,9 @@ mod tests {
             (19, 512, 64, 256),
             (13, 256, 48, 32),
             (2, 1024, 16, 512),
+            (4, 256, 1040, 128),
+            (40, 384, 320, 128),
+            (64, 128, 128, 64),
         ] {
             let w = random_awq(&mut g, k, n, group);
             let layout = Int8Layout::new(&w).unwrap();
@@ -615,6 +760,19 @@ mod tests {
                 }
             }
             assert_eq!(y, scalar, "m={m} k={k} n={n}: matmul vs scalar");
+            // AMX, where the CPU has it, for any row count (matmul itself
+            // takes it from AMX_MIN_ROWS): row chunks, a ragged last one,
+            // passes of fewer than 4 column blocks, B tiles reused.
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            if amx::available() && group % 64 == 0 {
+                let mut got = vec![f32::NAN; m * n];
+                amx::matmul_run(&q, m, &w, &layout, &mut got);
+                assert_eq!(
+                    got, scalar,
+                    "m={m} k={k} n={n} group {group}: amx vs scalar"
+                );
+                eprintln!("amx checked: m={m} k={k} n={n} group {group}");
+            }
             let mut worst = 0f64;
             let mut norm = 0f64;
             for r in 0..m {
@@ -637,6 +795,108 @@ mod tests {
                 worst < 1e-4 * norm.max(1.0),
                 "m={m} k={k} n={n}: error {worst} (max {norm})"
             );
+        }
+    }
+
+    /// Every version of the activations' quantization gives the scalar
+    /// one's values bit for bit: ties (away from zero, as f32::round), the
+    /// clamp, NaN and infinite inputs, zero groups and tails shorter than a
+    /// vector.
+    #[test]
+    fn vector_quantization_matches_the_scalar_one() {
+        let mut g = SplitMix64::new(33);
+        let mut cases: Vec<Vec<f32>> = Vec::new();
+        for len in [4usize, 16, 20, 36, 64, 128, 132] {
+            cases.push((0..len).map(|_| g.next_normal() as f32 * 3.0).collect());
+        }
+        // amax = XQ_MAX makes the inverse scale 1: x * inv is x, so these
+        // are exact ties and near-ties.
+        let mut ties: Vec<f32> = vec![XQ_MAX, -0.5, 0.5, 1.5, -2.5, 2.5, 100.5, -100.5];
+        ties.extend([
+            0.49999997,
+            -0.49999997,
+            3.4999998,
+            -7.5000005,
+            32638.5,
+            -32638.5,
+        ]);
+        ties.extend((0..18).map(|i| i as f32 + 0.5));
+        cases.push(ties);
+        cases.push(vec![0.0; 32]);
+        cases.push(vec![-0.0; 20]);
+        let mut nan: Vec<f32> = (0..48).map(|i| i as f32 - 20.0).collect();
+        nan[3] = f32::NAN;
+        nan[40] = f32::NAN;
+        cases.push(nan);
+        let mut inf: Vec<f32> = (0..40).map(|i| i as f32).collect();
+        inf[17] = f32::INFINITY;
+        inf[38] = f32::NEG_INFINITY;
+        cases.push(inf);
+        let mut tiny: Vec<f32> = (0..24).map(|i| (i as f32 - 12.0) * 1e-30).collect();
+        tiny[5] = f32::MIN_POSITIVE / 4.0;
+        cases.push(tiny);
+        type Version = unsafe fn(&[f32], &mut [i16]) -> (f32, i32);
+        let mut versions: Vec<(&str, Version)> = vec![("dispatch", |x, d| quantize_group(x, d))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2() {
+                versions.push(("avx2", quantize_group_avx2));
+            }
+            if has_avx512_vnni() {
+                versions.push(("avx512", quantize_group_avx512));
+            }
+        }
+        for xs in &cases {
+            let mut want = vec![0i16; xs.len()];
+            let (ws, wsum) = quantize_group_scalar(xs, &mut want);
+            assert!(want.iter().all(|v| v.unsigned_abs() <= XQ_MAX as u16));
+            for (name, f) in &versions {
+                let mut got = vec![i16::MIN; xs.len()];
+                // SAFETY: only versions whose features the CPU has.
+                let (gs, gsum) = unsafe { f(xs, &mut got) };
+                assert_eq!(got, want, "{name}: values of {xs:?}");
+                assert_eq!(
+                    (gs.to_bits(), gsum),
+                    (ws.to_bits(), wsum),
+                    "{name}: scale, sum"
+                );
+            }
+        }
+        // The ties went away from zero.
+        let mut d = vec![0i16; 4];
+        quantize_group_scalar(&[XQ_MAX, -0.5, 2.5, -100.5], &mut d);
+        assert_eq!(d, [XQ_MAX as i16, -1, 3, -101]);
+    }
+
+    /// Every xq the quantization can give (|xq| <= XQ_MAX) is 256 hi + lo
+    /// with both signed bytes, as the AMX version splits it.
+    #[test]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn every_activation_splits_into_two_signed_bytes() {
+        let lim = XQ_MAX as i16;
+        let k = 64;
+        let values: Vec<i16> = (-lim..=lim).collect();
+        for chunk in values.chunks(k * 8) {
+            let m = chunk.len().div_ceil(k);
+            let mut xq = chunk.to_vec();
+            xq.resize(m * k, 0);
+            let q = QuantRows {
+                xq: xq.clone(),
+                scale: vec![1.0; m],
+                sum: vec![0; m],
+            };
+            let a = amx::split_rows(&q, 0, m, k);
+            for r in 0..m {
+                for c in 0..k {
+                    let (hi, lo) = (a[r].0[c], a[m + r].0[c]);
+                    assert_eq!(
+                        i32::from(hi) * 256 + i32::from(lo),
+                        i32::from(xq[r * k + c]),
+                        "split of {}",
+                        xq[r * k + c]
+                    );
+                }
+            }
         }
     }
 

@@ -9,6 +9,7 @@ mod avx2;
 mod avx512;
 pub mod int8;
 pub mod kernels;
+mod mem;
 
 use half::f16;
 
@@ -117,15 +118,20 @@ enum KvStore {
 
 impl KvStore {
     fn new(len: usize, fast: bool) -> Self {
+        fn zeroed<T: Clone + Default>(len: usize) -> Vec<T> {
+            let mut v = vec![T::default(); len];
+            mem::advise_vec(&mut v);
+            v
+        }
         if fast {
             Self::F16 {
-                k: vec![0; len],
-                v: vec![0; len],
+                k: zeroed(len),
+                v: zeroed(len),
             }
         } else {
             Self::F32 {
-                k: vec![0.0; len],
-                v: vec![0.0; len],
+                k: zeroed(len),
+                v: zeroed(len),
             }
         }
     }
