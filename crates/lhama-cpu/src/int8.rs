@@ -170,13 +170,19 @@ fn group_scale(amax: f32) -> (f32, f32) {
 fn quantize_group_scalar(xs: &[f32], dst: &mut [i16]) -> (f32, i32) {
     let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
     let (scale, inv) = group_scale(amax);
+    (scale, quantize_values(xs, dst, inv))
+}
+
+/// xq = round(x · inv) clamped to ±XQ_MAX, into dst; returns Σ xq. The
+/// scalar version's values, and the vector versions' tails.
+fn quantize_values(xs: &[f32], dst: &mut [i16], inv: f32) -> i32 {
     let mut sum = 0i32;
     for (d, v) in dst.iter_mut().zip(xs) {
         let v = (v * inv).round().clamp(-XQ_MAX, XQ_MAX) as i16;
         sum += i32::from(v);
         *d = v;
     }
-    (scale, sum)
+    sum
 }
 
 /// 16 values at a time; a tail of fewer takes the scalar steps.
@@ -220,12 +226,7 @@ unsafe fn quantize_group_avx512(xs: &[f32], dst: &mut [i16]) -> (f32, i32) {
                 _mm512_cvtepi32_epi16(v),
             );
         }
-        let mut sum = _mm512_reduce_add_epi32(acc);
-        for (d, v) in dst[n16..].iter_mut().zip(&xs[n16..]) {
-            let v = (v * inv).round().clamp(-XQ_MAX, XQ_MAX) as i16;
-            sum += i32::from(v);
-            *d = v;
-        }
+        let sum = _mm512_reduce_add_epi32(acc) + quantize_values(&xs[n16..], &mut dst[n16..], inv);
         (scale, sum)
     }
 }
@@ -273,12 +274,7 @@ unsafe fn quantize_group_avx2(xs: &[f32], dst: &mut [i16]) -> (f32, i32) {
         }
         let mut parts = [0i32; 8];
         _mm256_storeu_si256(parts.as_mut_ptr() as *mut __m256i, acc);
-        let mut sum: i32 = parts.iter().sum();
-        for (d, v) in dst[n16..].iter_mut().zip(&xs[n16..]) {
-            let v = (v * inv).round().clamp(-XQ_MAX, XQ_MAX) as i16;
-            sum += i32::from(v);
-            *d = v;
-        }
+        let sum = parts.iter().sum::<i32>() + quantize_values(&xs[n16..], &mut dst[n16..], inv);
         (scale, sum)
     }
 }
