@@ -4,6 +4,9 @@
 //! has its own K/V pool (so, as in a decode step, the rows come from
 //! memory), the sequences' blocks are scattered over it, and the time is the
 //! best of 10 passes over all layers, with the K/V bytes read per second.
+//! `attn_bench prefill [TOKENS] [LAYERS]` (default `1024 24`) times one
+//! prompt of TOKENS attending to itself instead (a prompt's prefill, tiles
+//! of the same sequence), with the (query, position) pairs per second.
 use std::time::Instant;
 
 use half::f16;
@@ -18,7 +21,12 @@ fn main() {
             .and_then(|a| a.parse().ok())
             .unwrap_or(d)
     };
-    let (batch, ctx, layers) = (arg(1, 8), arg(2, 256), arg(3, 24));
+    let prefill = std::env::args().nth(1).as_deref() == Some("prefill");
+    let (batch, ctx, layers) = if prefill {
+        (1, arg(2, 1024), arg(3, 24))
+    } else {
+        (arg(1, 8), arg(2, 256), arg(3, 24))
+    };
     let shape = AttnShape {
         heads: 16,
         kv_heads: 16,
@@ -45,8 +53,15 @@ fn main() {
                 .collect()
         })
         .collect();
-    let seq_of: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
-    let positions = vec![(ctx - 1) as u32; batch];
+    let (seq_of, positions): (Vec<&[u32]>, Vec<u32>) = if prefill {
+        (0..ctx).map(|p| (tables[0].as_slice(), p as u32)).unzip()
+    } else {
+        (
+            tables.iter().map(|t| t.as_slice()).collect(),
+            vec![(ctx - 1) as u32; batch],
+        )
+    };
+    let batch = positions.len();
     let q: Vec<f32> = (0..batch * shape.heads * shape.head_dim)
         .map(|_| g.next_normal() as f32)
         .collect();
@@ -58,6 +73,15 @@ fn main() {
             paged_attention_fast(&q, k, v, &seq_of, &positions, shape, &mut out);
         }
         best = best.min(t.elapsed().as_secs_f64());
+    }
+    if prefill {
+        let pairs = (batch * (batch + 1) / 2 * shape.heads * layers) as f64;
+        println!(
+            "prefill {batch} tokens layers {layers}: {:.2} ms, {:.2} G (query, position, head) pairs/s",
+            best * 1e3,
+            pairs / best / 1e9
+        );
+        return;
     }
     let bytes = (2 * batch * ctx * row * 2 * layers) as f64;
     println!(

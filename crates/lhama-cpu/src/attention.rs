@@ -33,7 +33,9 @@ pub fn paged_attention_fast(
         && has_avx512()
     {
         let groups = head_groups(positions.len(), shape.heads, rayon::current_num_threads());
-        return attention_avx512(q, k_cache, v_cache, seq_of, positions, shape, groups, out);
+        return attention_avx512(
+            q, k_cache, v_cache, seq_of, positions, shape, groups, TILE, out,
+        );
     }
     crate::kernels::paged_attention_over(q, k_cache, v_cache, seq_of, positions, shape, out)
 }
@@ -70,6 +72,7 @@ fn attention_avx512(
     positions: &[u32],
     shape: AttnShape,
     groups: usize,
+    tile: usize,
     out: &mut [f32],
 ) {
     let AttnShape {
@@ -114,50 +117,152 @@ fn attention_avx512(
     );
     let nh = heads / groups;
     let c = hd / 16;
-    out[..t * heads * hd]
-        .par_chunks_mut(nh * hd)
-        .enumerate()
-        .for_each_init(Scratch::default, |sc: &mut Scratch, (i, o)| {
-            let (tok, h0) = (i / groups, i % groups * nh);
-            let table = seq_of[tok];
-            let ctx = positions[tok] as usize + 1;
-            let pad = ctx.next_multiple_of(16);
-            sc.scores.clear();
-            sc.scores.resize(nh * pad, f32::NEG_INFINITY);
-            sc.acc.clear();
-            sc.acc.resize(nh * hd, 0.0);
-            sc.kv.clear();
-            sc.kv.extend((h0..h0 + nh).map(|h| h / group * hd));
-            sc.inv.clear();
-            sc.inv.resize(nh, 0.0);
-            let q = &q[(tok * heads + h0) * hd..][..nh * hd];
-            sc.q.clear();
-            sc.q.extend(q.iter().map(|v| v * scale));
-            let rows = Rows {
-                table,
-                block_size: bs,
-                row: kv_heads * hd,
-                head: 0,
-            };
-            // SAFETY: AVX-512 F is present (checked by the caller); the
-            // scratch holds nh heads' scaled q, sums and padded scores and
-            // o holds nh * hd floats; every row `rows` gives for p < ctx
-            // holds the kv heads' hd values inside both caches (asserted
-            // above), and kv[j] + hd <= kv_heads * hd.
-            unsafe {
-                match c {
-                    1 => heads_avx512::<1>(k_cache, v_cache, &rows, ctx, sc, o),
-                    2 => heads_avx512::<2>(k_cache, v_cache, &rows, ctx, sc, o),
-                    3 => heads_avx512::<3>(k_cache, v_cache, &rows, ctx, sc, o),
-                    4 => heads_avx512::<4>(k_cache, v_cache, &rows, ctx, sc, o),
-                    5 => heads_avx512::<5>(k_cache, v_cache, &rows, ctx, sc, o),
-                    6 => heads_avx512::<6>(k_cache, v_cache, &rows, ctx, sc, o),
-                    7 => heads_avx512::<7>(k_cache, v_cache, &rows, ctx, sc, o),
-                    8 => heads_avx512::<8>(k_cache, v_cache, &rows, ctx, sc, o),
-                    _ => heads_avx512::<16>(k_cache, v_cache, &rows, ctx, sc, o),
+    let tasks = tasks(seq_of, heads, groups, tile);
+    let out = crate::kernels::SyncPtr(out.as_mut_ptr());
+    tasks
+        .par_iter()
+        .for_each_init(Scratch::default, |sc: &mut Scratch, &task| match task {
+            Task::Heads { tok, h0 } => {
+                let table = seq_of[tok];
+                let ctx = positions[tok] as usize + 1;
+                let pad = ctx.next_multiple_of(16);
+                sc.scores.clear();
+                sc.scores.resize(nh * pad, f32::NEG_INFINITY);
+                sc.acc.clear();
+                sc.acc.resize(nh * hd, 0.0);
+                sc.kv.clear();
+                sc.kv.extend((h0..h0 + nh).map(|h| h / group * hd));
+                sc.inv.clear();
+                sc.inv.resize(nh, 0.0);
+                let q = &q[(tok * heads + h0) * hd..][..nh * hd];
+                sc.q.clear();
+                sc.q.extend(q.iter().map(|v| v * scale));
+                let rows = Rows {
+                    table,
+                    block_size: bs,
+                    row: kv_heads * hd,
+                    head: 0,
+                };
+                // SAFETY: this task alone writes the nh heads from h0 of
+                // token tok (`tasks` hands out each (token, head) once), and
+                // out holds t * heads * hd floats (asserted above).
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(out.ptr().add((tok * heads + h0) * hd), nh * hd)
+                };
+                // SAFETY: AVX-512 F is present (checked by the caller); the
+                // scratch holds nh heads' scaled q, sums and padded scores and
+                // o holds nh * hd floats; every row `rows` gives for p < ctx
+                // holds the kv heads' hd values inside both caches (asserted
+                // above), and kv[j] + hd <= kv_heads * hd.
+                unsafe {
+                    match c {
+                        1 => heads_avx512::<1>(k_cache, v_cache, &rows, ctx, sc, o),
+                        2 => heads_avx512::<2>(k_cache, v_cache, &rows, ctx, sc, o),
+                        3 => heads_avx512::<3>(k_cache, v_cache, &rows, ctx, sc, o),
+                        4 => heads_avx512::<4>(k_cache, v_cache, &rows, ctx, sc, o),
+                        5 => heads_avx512::<5>(k_cache, v_cache, &rows, ctx, sc, o),
+                        6 => heads_avx512::<6>(k_cache, v_cache, &rows, ctx, sc, o),
+                        7 => heads_avx512::<7>(k_cache, v_cache, &rows, ctx, sc, o),
+                        8 => heads_avx512::<8>(k_cache, v_cache, &rows, ctx, sc, o),
+                        _ => heads_avx512::<16>(k_cache, v_cache, &rows, ctx, sc, o),
+                    }
+                };
+            }
+            Task::Tile { tok, n, head } => {
+                let mut ctx = [0usize; TILE];
+                for (i, c) in ctx[..n].iter_mut().enumerate() {
+                    *c = positions[tok + i] as usize + 1;
                 }
-            };
+                // The queries' scaled q, a row of hd each; zeros past n.
+                sc.q.clear();
+                sc.q.resize(TILE * hd, 0.0);
+                for i in 0..n {
+                    let src = &q[((tok + i) * heads + head) * hd..][..hd];
+                    for (d, s) in sc.q[i * hd..][..hd].iter_mut().zip(src) {
+                        *d = s * scale;
+                    }
+                }
+                let rows = Rows {
+                    table: seq_of[tok],
+                    block_size: bs,
+                    row: kv_heads * hd,
+                    head: head / group * hd,
+                };
+                // Token tok + i's row of this head: a stride of heads * hd.
+                // SAFETY: tok + n <= t (`tasks`), so every row is inside out.
+                let o = unsafe { out.ptr().add((tok * heads + head) * hd) };
+                let stride = heads * hd;
+                // SAFETY: AVX-512 F is present (checked by the caller); the
+                // tile's tokens share one block table (`tasks`), so every
+                // row `rows` gives for p < max ctx holds the kv head's hd
+                // values inside both caches (asserted above for each token);
+                // this task alone writes head `head` of tokens tok..tok + n.
+                unsafe {
+                    match c {
+                        1 => tile_avx512::<1>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                        2 => tile_avx512::<2>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                        3 => tile_avx512::<3>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                        4 => tile_avx512::<4>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                        5 => tile_avx512::<5>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                        6 => tile_avx512::<6>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                        7 => tile_avx512::<7>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                        8 => tile_avx512::<8>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                        _ => tile_avx512::<16>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
+                    }
+                };
+            }
         });
+}
+
+/// Queries a tile takes at most: one per vector lane.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const TILE: usize = 16;
+
+/// One task of `attention_avx512`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Task {
+    /// Heads h0..h0 + heads / groups of one token.
+    Heads { tok: usize, h0: usize },
+    /// One head of tokens tok..tok + n (2 ≤ n ≤ TILE), which share a block
+    /// table: a prompt chunk's queries, whose cache rows are then read once
+    /// for the n of them.
+    Tile { tok: usize, n: usize, head: usize },
+}
+
+/// The tasks of one attention call: runs of consecutive tokens with one
+/// block table (one sequence's chunk) in tiles of at most `tile` tokens, a
+/// tile per head, head by head (so that the tiles a thread takes in turn
+/// read the same head's cache rows, which then stay in its L2); every other
+/// token alone, in `groups` groups of heads. Each (token, head) is in
+/// exactly one task.
+#[cfg(target_arch = "x86_64")]
+fn tasks(seq_of: &[&[u32]], heads: usize, groups: usize, tile: usize) -> Vec<Task> {
+    let nh = heads / groups;
+    let mut tiles = Vec::new();
+    let mut alone = Vec::new();
+    let mut tok = 0;
+    while tok < seq_of.len() {
+        let mut n = 1;
+        while n < tile.min(TILE)
+            && tok + n < seq_of.len()
+            && std::ptr::eq(seq_of[tok + n], seq_of[tok])
+        {
+            n += 1;
+        }
+        if n >= 2 {
+            tiles.push((tok, n));
+        } else {
+            alone.extend((0..groups).map(|g| Task::Heads { tok, h0: g * nh }));
+        }
+        tok += n;
+    }
+    let mut tasks = Vec::with_capacity(tiles.len() * heads + alone.len());
+    for head in 0..heads {
+        tasks.extend(tiles.iter().map(|&(tok, n)| Task::Tile { tok, n, head }));
+    }
+    tasks.extend(alone);
+    tasks
 }
 
 /// A task's buffers, kept between its tasks: the heads' q times the scale,
@@ -219,6 +324,23 @@ impl Rows<'_> {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Rows<'_> {
+    /// Calls f(p0, len, offset of position p0's row, offset of the next
+    /// block's first row or None) for each cache block of positions p0..p0 +
+    /// len below ctx, in order; position p0 + r's row is at offset + r · row.
+    #[inline(always)]
+    fn blocks(&self, ctx: usize, mut f: impl FnMut(usize, usize, usize, Option<usize>)) {
+        let bs = self.block_size;
+        let at = |block: usize| self.table[block] as usize * bs * self.row + self.head;
+        let n = ctx.div_ceil(bs);
+        for b in 0..n {
+            let p0 = b * bs;
+            f(p0, bs.min(ctx - p0), at(b), (b + 1 < n).then(|| at(b + 1)));
+        }
+    }
+}
+
 /// Positions ahead whose cache rows the loops prefetch: the rows of a head
 /// are a row of all kv heads apart (2 KB for ttl-460m), too far apart for
 /// the hardware's page-bound stream prefetcher.
@@ -267,7 +389,7 @@ unsafe fn heads_avx512<const C: usize>(
                 for c in 1..C {
                     s = _mm512_fmadd_ps(_mm512_loadu_ps(qj.add(c * 16)), load16(kp.add(c * 16)), s);
                 }
-                *sp.add(j * pad + p) = _mm512_reduce_add_ps(s);
+                *sp.add(j * pad + p) = reduce16(s);
             }
         });
         for (j, inv) in inv.iter_mut().enumerate() {
@@ -281,7 +403,7 @@ unsafe fn heads_avx512<const C: usize>(
                 _mm512_storeu_ps(row.add(c * 16), e);
                 sum = _mm512_add_ps(sum, e);
             }
-            *inv = 1.0 / _mm512_reduce_add_ps(sum);
+            *inv = 1.0 / reduce16(sum);
         }
         rows.each(ctx, |p, at, ahead| {
             if let Some(a) = ahead {
@@ -309,6 +431,230 @@ unsafe fn heads_avx512<const C: usize>(
                 );
             }
         }
+    }
+}
+
+/// One head of up to TILE queries that share a block table (`Task::Tile`),
+/// each query's arithmetic exactly what `heads_avx512` does for it alone:
+/// the same score chains and reduction tree, the same exponentials, the
+/// same sums in the same order (`transpose_reduce16` gives every query's
+/// reduction at once), so a token's output has the same bits in a tile or
+/// alone. The scores are held transposed, a vector of the tile's queries
+/// per position, so the softmax runs across queries; each position's cache
+/// rows are read once for all of them.
+///
+/// # Safety
+/// AVX-512 F present; `ctx[..n]` the queries' context lengths (≥ 1), zeros
+/// past n; `sc.q` holds TILE rows of 16 C scaled q (zeros past n); for every
+/// row `rows` gives for p < max ctx, row + 16 C is inside both caches; `o`
+/// plus i · stride + 16 C is writable for i < n.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512<const C: usize>(
+    k_cache: &[f16],
+    v_cache: &[f16],
+    rows: &Rows,
+    ctx: &[usize; TILE],
+    n: usize,
+    sc: &mut Scratch,
+    o: *mut f32,
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let hd = 16 * C;
+    let cmax = ctx[..n].iter().copied().max().unwrap_or(0);
+    let cmin = ctx[..n].iter().copied().min().unwrap_or(0);
+    let pad = cmax.next_multiple_of(16);
+    sc.scores.clear();
+    sc.scores.resize(pad * TILE, f32::NEG_INFINITY);
+    let ctx_v: [f32; TILE] = std::array::from_fn(|i| ctx[i] as f32);
+    // SAFETY: as the function's contract says.
+    unsafe {
+        let (qp, sp) = (sc.q.as_ptr(), sc.scores.as_mut_ptr());
+        let ctx_v = _mm512_loadu_ps(ctx_v.as_ptr());
+        // Scores: lane i of row p is query i's score at position p (−∞
+        // where p is outside its context).
+        rows.each(cmax, |p, at, ahead| {
+            if let Some(a) = ahead {
+                prefetch_row::<C>(k_cache.as_ptr().add(a), 1);
+            }
+            let kp = k_cache.as_ptr().add(at);
+            let k: [__m512; C] = std::array::from_fn(|c| load16(kp.add(c * 16)));
+            // Query i's chain in slot TRANSPOSE[i], so that lane i of the
+            // reduction is query i.
+            // All TILE chains (zero q past n) so that they stay in
+            // registers.
+            let mut chains = [_mm512_setzero_ps(); TILE];
+            for i in 0..TILE {
+                let qi = qp.add(i * hd);
+                let mut s = _mm512_mul_ps(_mm512_loadu_ps(qi), k[0]);
+                for (c, &kc) in k.iter().enumerate().skip(1) {
+                    s = _mm512_fmadd_ps(_mm512_loadu_ps(qi.add(c * 16)), kc, s);
+                }
+                chains[TRANSPOSE[i]] = s;
+            }
+            let mut v = transpose_reduce16(&chains);
+            if p >= cmin {
+                let outside = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(ctx_v, _mm512_set1_ps(p as f32));
+                v = _mm512_mask_blend_ps(outside, v, _mm512_set1_ps(f32::NEG_INFINITY));
+            }
+            _mm512_storeu_ps(sp.add(p * TILE), v);
+        });
+        // Each query's maximum, exp(s − max) in place and the sums, lane l
+        // of each position chunk into sums[l] as `heads_avx512` adds them.
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        for p in 0..cmax {
+            mx = _mm512_max_ps(mx, _mm512_loadu_ps(sp.add(p * TILE)));
+        }
+        let mut sums = [_mm512_setzero_ps(); 16];
+        for p in 0..pad {
+            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(sp.add(p * TILE)), mx));
+            _mm512_storeu_ps(sp.add(p * TILE), e);
+            sums[p % 16] = _mm512_add_ps(sums[p % 16], e);
+        }
+        let inv = _mm512_div_ps(_mm512_set1_ps(1.0), tree16(sums));
+        let mut inv_s = [0f32; TILE];
+        _mm512_storeu_ps(inv_s.as_mut_ptr(), inv);
+        // Weighted value rows, a cache block at a time: its rows stay in L1
+        // while each 16 columns' sums for every query run over them (the
+        // sums kept in `sc.acc` between blocks, each still added position
+        // by position in order).
+        sc.acc.clear();
+        sc.acc.resize(C * TILE * 16, 0.0);
+        let ap = sc.acc.as_mut_ptr();
+        let row = rows.row;
+        rows.blocks(cmax, |p0, len, at, next| {
+            if let Some(nx) = next {
+                for r in 0..len {
+                    prefetch_row::<C>(v_cache.as_ptr().add(nx + r * row), 1);
+                }
+            }
+            for c in 0..C {
+                let sums = ap.add(c * TILE * 16);
+                let mut acc: [__m512; TILE] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(sums.add(i * 16)));
+                for r in 0..len {
+                    let p = p0 + r;
+                    let v = load16(v_cache.as_ptr().add(at + r * row + c * 16));
+                    let w = sp.add(p * TILE);
+                    if p < cmin {
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(i)), v, *a);
+                        }
+                    } else {
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            if p < ctx[i] {
+                                *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(i)), v, *a);
+                            }
+                        }
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(sums.add(i * 16), *a);
+                }
+            }
+        });
+        for c in 0..C {
+            for (i, &inv) in inv_s.iter().enumerate().take(n) {
+                _mm512_storeu_ps(
+                    o.add(i * stride + c * 16),
+                    _mm512_mul_ps(
+                        _mm512_loadu_ps(ap.add((c * TILE + i) * 16)),
+                        _mm512_set1_ps(inv),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The sum of a vector's 16 lanes in a fixed tree: lane l + lane l + 8,
+/// then + 4, + 2, + 1 (what `transpose_reduce16` and `tree16` do for 16 of
+/// them at once, so that a score or a softmax sum has the same bits either
+/// way).
+///
+/// # Safety
+/// AVX-512 F present (inlined into the callers that check it).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn reduce16(x: std::arch::x86_64::__m512) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX-512 F is present (the caller's contract).
+    unsafe {
+        let y = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0xEE>(x, x));
+        let z = _mm512_add_ps(y, _mm512_shuffle_f32x4::<0x55>(y, y));
+        let w = _mm512_add_ps(z, _mm512_permute_ps::<0xEE>(z));
+        let r = _mm512_add_ps(w, _mm512_permute_ps::<0x55>(w));
+        _mm512_cvtss_f32(r)
+    }
+}
+
+/// Lane-wise, the same tree over 16 vectors: x[l] + x[l + 8], then + 4, + 2,
+/// + 1.
+///
+/// # Safety
+/// AVX-512 F present (inlined into the callers that check it).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tree16(x: [std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX-512 F is present (the caller's contract).
+    unsafe {
+        let y: [__m512; 8] = std::array::from_fn(|l| _mm512_add_ps(x[l], x[l + 8]));
+        let z: [__m512; 4] = std::array::from_fn(|l| _mm512_add_ps(y[l], y[l + 4]));
+        let w: [__m512; 2] = std::array::from_fn(|l| _mm512_add_ps(z[l], z[l + 2]));
+        _mm512_add_ps(w[0], w[1])
+    }
+}
+
+/// Where query i's chain goes among `transpose_reduce16`'s inputs so that
+/// its sum lands in lane i (the reduction leaves input 4 m + k in lane
+/// 4 k + m; the map is its own inverse).
+#[cfg(target_arch = "x86_64")]
+const TRANSPOSE: [usize; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+/// `reduce16` of 16 vectors at once: lane 4 k + m of the result is
+/// reduce16(x[4 m + k]), added in the same tree (each step adds the same
+/// pairs of lanes, two inputs per instruction).
+///
+/// # Safety
+/// AVX-512 F present (inlined into the callers that check it).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose_reduce16(x: &[std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX-512 F is present (the caller's contract).
+    unsafe {
+        // l + 8: input 2j's lanes 0-7 then input 2j + 1's.
+        let b: [__m512; 8] = std::array::from_fn(|j| {
+            let (p, q) = (x[2 * j], x[2 * j + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x44>(p, q),
+                _mm512_shuffle_f32x4::<0xEE>(p, q),
+            )
+        });
+        // l + 4: a quarter (4 lanes) per input, inputs 4j..4j + 3 in order.
+        let c: [__m512; 4] = std::array::from_fn(|j| {
+            let (p, q) = (b[2 * j], b[2 * j + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x88>(p, q),
+                _mm512_shuffle_f32x4::<0xDD>(p, q),
+            )
+        });
+        // l + 2: in quarter k, lanes 0-1 input 8j + k, lanes 2-3 input 8j + 4 + k.
+        let d: [__m512; 2] = std::array::from_fn(|j| {
+            let (p, q) = (_mm512_castps_pd(c[2 * j]), _mm512_castps_pd(c[2 * j + 1]));
+            _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(p, q)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)),
+            )
+        });
+        // l + 1: quarter k holds inputs k, 4 + k, 8 + k, 12 + k.
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(d[0], d[1]),
+            _mm512_shuffle_ps::<0xDD>(d[0], d[1]),
+        )
     }
 }
 
@@ -402,10 +748,6 @@ mod tests {
         assert!(got.iter().all(|&v| v == 0.0));
     }
 
-    /// The fast attention against the exact one on fresh random inputs:
-    /// several sequences with ragged, chunked contexts in scattered blocks,
-    /// grouped-query heads, head sizes the vector version takes and one it
-    /// does not; the output poisoned first.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn heads_are_split_only_for_too_few_tokens() {
@@ -419,6 +761,103 @@ mod tests {
         assert_eq!(head_groups(1, 3, 16), 1);
     }
 
+    /// Tiles: runs of tokens with one block table, at most `tile` long;
+    /// every (token, head) in exactly one task.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn tiles_take_runs_of_one_sequence() {
+        let (a, b) = (vec![0u32, 1], vec![2u32]);
+        let seq_of: Vec<&[u32]> = vec![&a, &a, &a, &b, &a, &b, &b];
+        let got = tasks(&seq_of, 2, 2, 2);
+        let want = [
+            Task::Tile {
+                tok: 0,
+                n: 2,
+                head: 0,
+            },
+            Task::Tile {
+                tok: 5,
+                n: 2,
+                head: 0,
+            },
+            Task::Tile {
+                tok: 0,
+                n: 2,
+                head: 1,
+            },
+            Task::Tile {
+                tok: 5,
+                n: 2,
+                head: 1,
+            },
+            Task::Heads { tok: 2, h0: 0 },
+            Task::Heads { tok: 2, h0: 1 },
+            Task::Heads { tok: 3, h0: 0 },
+            Task::Heads { tok: 3, h0: 1 },
+            Task::Heads { tok: 4, h0: 0 },
+            Task::Heads { tok: 4, h0: 1 },
+        ];
+        assert_eq!(got, want);
+        let got = tasks(&seq_of, 2, 1, TILE);
+        assert_eq!(
+            got[0],
+            Task::Tile {
+                tok: 0,
+                n: 3,
+                head: 0
+            }
+        );
+        assert_eq!(
+            got[1],
+            Task::Tile {
+                tok: 5,
+                n: 2,
+                head: 0
+            }
+        );
+        assert_eq!(got.len(), 6);
+    }
+
+    /// The reductions of 16 vectors at once against the one-vector form,
+    /// bit for bit, on values whose sums depend on the order.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transposed_reductions_add_in_the_same_tree() {
+        if !has_avx512() {
+            eprintln!("no AVX-512 on this CPU: the exact attention runs instead");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut g = SplitMix64::new(7);
+        for _ in 0..200 {
+            let vals: Vec<f32> = (0..256)
+                .map(|_| (g.next_normal() * 10f64.powi((g.next_u64() % 9) as i32 - 4)) as f32)
+                .collect();
+            // SAFETY: AVX-512 F is present (checked above); vals holds 256.
+            unsafe {
+                let x: [__m512; 16] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(vals.as_ptr().add(16 * i)));
+                let each: Vec<u32> = (0..16).map(|i| reduce16(x[i]).to_bits()).collect();
+                let placed: [__m512; 16] = std::array::from_fn(|i| x[TRANSPOSE[i]]);
+                let mut got = [0f32; 16];
+                _mm512_storeu_ps(got.as_mut_ptr(), transpose_reduce16(&placed));
+                assert_eq!(got.map(f32::to_bits).to_vec(), each);
+                // tree16 over 16 vectors, lane j: the tree of their lanes j.
+                let mut tree = [0f32; 16];
+                _mm512_storeu_ps(tree.as_mut_ptr(), tree16(x));
+                for (j, &v) in tree.iter().enumerate() {
+                    let lanes: [f32; 16] = std::array::from_fn(|i| vals[16 * i + j]);
+                    let r = reduce16(_mm512_loadu_ps(lanes.as_ptr()));
+                    assert_eq!(v.to_bits(), r.to_bits());
+                }
+            }
+        }
+    }
+
+    /// The fast attention against the exact one on fresh random inputs:
+    /// several sequences with ragged, chunked contexts in scattered blocks,
+    /// grouped-query heads, head sizes the vector version takes and one it
+    /// does not; the output poisoned first.
     #[test]
     fn fast_attention_matches_the_exact_one() {
         let mut g = SplitMix64::new(41);
@@ -430,13 +869,16 @@ mod tests {
             (8, 2, 32),
         ] {
             let bs = 16;
-            let blocks = 12;
+            let blocks = 14;
             let kv_dim = kv_heads * hd;
             let k_cache = randn(&mut g, blocks * bs * kv_dim);
             let v_cache = randn(&mut g, blocks * bs * kv_dim);
             // Sequence A: 5 blocks scattered, a chunk of 7 tokens at 60..67;
-            // sequence B: 1 token at position 0; sequence C: decode at 40.
+            // sequence B: 1 token at position 0; sequence C: decode at 40;
+            // sequence D: a prompt's first 37 tokens (tiles of 16, 16, 5,
+            // the first from position 0); sequence E: a chunk of 2.
             let (ta, tb, tc) = (vec![7u32, 2, 9, 0, 4], vec![11u32], vec![3u32, 5, 8]);
+            let (td, te) = (vec![1u32, 10, 6], vec![12u32, 13]);
             let mut seq_of: Vec<&[u32]> = Vec::new();
             let mut positions = Vec::new();
             for p in 60..67 {
@@ -447,6 +889,14 @@ mod tests {
             positions.push(0);
             seq_of.push(&tc);
             positions.push(40);
+            for p in 0..37 {
+                seq_of.push(&td);
+                positions.push(p);
+            }
+            for p in 17..19 {
+                seq_of.push(&te);
+                positions.push(p);
+            }
             let t = positions.len();
             // Large scores too (a softmax far from uniform).
             let q: Vec<f32> = randn(&mut g, t * heads * hd)
@@ -485,16 +935,23 @@ mod tests {
             );
             let mut got = vec![f32::NAN; t * heads * hd];
             paged_attention_fast(&q, &k16, &v16, &seq_of, &positions, shape, &mut got);
-            // Every split of the heads into groups a task takes gives the
-            // same bits (each head's arithmetic is its own).
+            // Every split of the heads into groups a task takes, and every
+            // tile size (1: each token alone), gives the same bits (each
+            // query's arithmetic is its own).
             #[cfg(target_arch = "x86_64")]
             if has_avx512() && hd.is_multiple_of(16) {
                 for groups in (0..4).map(|e| 1 << e).filter(|g| heads % g == 0) {
-                    let mut split = vec![f32::NAN; t * heads * hd];
-                    attention_avx512(
-                        &q, &k16, &v16, &seq_of, &positions, shape, groups, &mut split,
-                    );
-                    assert_eq!(split, got, "heads {heads} hd {hd}: {groups} groups");
+                    for tile in [1, 3, TILE] {
+                        let mut split = vec![f32::NAN; t * heads * hd];
+                        attention_avx512(
+                            &q, &k16, &v16, &seq_of, &positions, shape, groups, tile, &mut split,
+                        );
+                        assert_eq!(
+                            split.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "heads {heads} hd {hd}: {groups} groups, tiles of {tile}"
+                        );
+                    }
                 }
             }
             let worst = got

@@ -22,6 +22,9 @@ use lhama_model::backend::{
 use lhama_model::config::LlamaConfig;
 use lhama_model::weights::{AwqWeights, FusedAwq, LinearWeights, LlamaWeights};
 
+/// Tokens the layers take at a time in one forward pass (`CpuBackend::run`).
+const STEP_TOKENS: usize = 128;
+
 /// A linear layer as the CPU kernels take it.
 enum CpuLinear {
     Awq(AwqMatrix),
@@ -83,9 +86,9 @@ impl CpuLinear {
         }
     }
 
-    /// y[M, N] = x[M, K] · W
+    /// y[M, N] = x[M, K] · W (every kernel writes all of y, so a buffer
+    /// already of that length is not zeroed first).
     fn forward(&self, x: &[f32], m: usize, y: &mut Vec<f32>) {
-        y.clear();
         y.resize(m * self.out_features(), 0.0);
         match self {
             Self::Awq(a) => kernels::awq_matmul(x, m, a, y),
@@ -168,6 +171,11 @@ pub struct CpuBackend {
     kv: KvGeometry,
     /// Token masks for the next forward_sample (Backend::set_masks).
     masks: Vec<(usize, Vec<u32>)>,
+    /// The step buffers, kept between steps: a long prompt's are tens of
+    /// MB, which freed and allocated again each step came back as fresh
+    /// pages the kernel faulted in and zeroed (a tenth of a 1,024-token
+    /// prefill).
+    scratch: Scratch,
 }
 
 /// Per-step buffers, named by what they hold.
@@ -181,6 +189,7 @@ struct Scratch {
     proj: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
+    k_rows: Vec<f32>,
 }
 
 impl CpuBackend {
@@ -224,6 +233,7 @@ impl CpuBackend {
             lm_head,
             kv,
             masks: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -244,14 +254,10 @@ impl CpuBackend {
 
     fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) {
         let cfg = &self.config;
-        let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
-        let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
-        let inter = cfg.intermediate_size;
+        let hidden = cfg.hidden_size;
         let eps = cfg.rms_norm_eps as f32;
-        let bs = self.kv.block_size;
         let t = batch.tokens.len();
-        let mut s = Scratch::default();
+        let mut s = std::mem::take(&mut self.scratch);
 
         // Block table of each token's sequence: [T]
         let mut seq_of: Vec<&[u32]> = Vec::with_capacity(t);
@@ -259,9 +265,64 @@ impl CpuBackend {
             seq_of.extend(std::iter::repeat_n(seq.block_table, seq.num_tokens));
         }
 
+        // The layers in runs of at most STEP_TOKENS tokens, each run's K/V
+        // written before the next reads them: a long prompt's activations
+        // (about 80 KB a token for ttl-460m) then stay in cache between the
+        // products instead of going out to memory and back. Every row's
+        // numbers are the same whatever the runs (the kernels' batch
+        // invariance).
+        let r = batch.logit_rows.len();
+        let mut rows = vec![0f32; r * hidden];
+        for t0 in (0..t).step_by(STEP_TOKENS) {
+            let t1 = (t0 + STEP_TOKENS).min(t);
+            self.layers_over(
+                &batch.tokens[t0..t1],
+                &batch.positions[t0..t1],
+                &seq_of[t0..t1],
+                &mut s,
+            );
+            for (j, &i) in batch.logit_rows.iter().enumerate() {
+                let i = i as usize;
+                if (t0..t1).contains(&i) {
+                    rows[j * hidden..][..hidden]
+                        .copy_from_slice(&s.x[(i - t0) * hidden..][..hidden]);
+                }
+            }
+        }
+
+        // Final norm and lm_head only for the rows whose logits are wanted.
+        let cfg = &self.config;
+        let mut normed = vec![0f32; r * hidden];
+        kernels::rms_norm(&rows, &self.norm, eps, &mut normed);
+        logits.clear();
+        logits.resize(r * cfg.vocab_size, 0.0);
+        kernels::dense_matmul_f16(&normed, r, &self.lm_head, hidden, cfg.vocab_size, logits);
+        self.scratch = s;
+    }
+
+    /// Every layer over `tokens` (at `positions`, of the sequences whose
+    /// block tables `seq_of` gives), leaving their hidden states in `s.x`
+    /// and their K/V in the caches.
+    fn layers_over(
+        &mut self,
+        tokens: &[u32],
+        positions: &[u32],
+        seq_of: &[&[u32]],
+        s: &mut Scratch,
+    ) {
+        let cfg = &self.config;
+        let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
+        let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
+        let inter = cfg.intermediate_size;
+        let eps = cfg.rms_norm_eps as f32;
+        let bs = self.kv.block_size;
+        let t = tokens.len();
+
         // x: [T, hidden] embedding rows
+        s.x.clear();
         s.x.reserve(t * hidden);
-        for &tok in batch.tokens {
+        for &tok in tokens {
             s.x.extend(
                 self.embed[tok as usize * hidden..][..hidden]
                     .iter()
@@ -277,15 +338,16 @@ impl CpuBackend {
             kernels::rms_norm(&s.x, &layer.input_norm, eps, &mut s.h);
             layer.qkv.forward(&s.h, t, &mut s.qkv); // [T, q_dim + 2 kv_dim]
             // Split q | k | v; rotate q and k; write k and v into their slots.
-            let mut k_rows = vec![0f32; t * kv_dim];
+            let k_rows = &mut s.k_rows;
+            k_rows.resize(t * kv_dim, 0.0);
             for (i, row) in s.qkv.chunks_exact(q_dim + 2 * kv_dim).enumerate() {
                 s.q[i * q_dim..][..q_dim].copy_from_slice(&row[..q_dim]);
                 k_rows[i * kv_dim..][..kv_dim].copy_from_slice(&row[q_dim..q_dim + kv_dim]);
             }
-            self.rope.apply(&mut s.q, batch.positions, heads);
-            self.rope.apply(&mut k_rows, batch.positions, kv_heads);
+            self.rope.apply(&mut s.q, positions, heads);
+            self.rope.apply(k_rows, positions, kv_heads);
             for (i, row) in s.qkv.chunks_exact(q_dim + 2 * kv_dim).enumerate() {
-                let p = batch.positions[i] as usize;
+                let p = positions[i] as usize;
                 let slot = (seq_of[i][p / bs] as usize * bs + p % bs) * kv_dim;
                 layer.kv.write(
                     slot,
@@ -300,21 +362,15 @@ impl CpuBackend {
                 block_size: bs,
             };
             match &layer.kv {
-                KvStore::F32 { k, v } => kernels::paged_attention(
-                    &s.q,
-                    k,
-                    v,
-                    &seq_of,
-                    batch.positions,
-                    shape,
-                    &mut s.attn,
-                ),
+                KvStore::F32 { k, v } => {
+                    kernels::paged_attention(&s.q, k, v, seq_of, positions, shape, &mut s.attn)
+                }
                 KvStore::F16 { k, v } => attention::paged_attention_fast(
                     &s.q,
                     half::slice::HalfBitsSliceExt::reinterpret_cast(k.as_slice()),
                     half::slice::HalfBitsSliceExt::reinterpret_cast(v.as_slice()),
-                    &seq_of,
-                    batch.positions,
+                    seq_of,
+                    positions,
                     shape,
                     &mut s.attn,
                 ),
@@ -328,18 +384,6 @@ impl CpuBackend {
             layer.down.forward(&s.act, t, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);
         }
-
-        // Final norm and lm_head only for the rows whose logits are wanted.
-        let r = batch.logit_rows.len();
-        let mut rows = Vec::with_capacity(r * hidden);
-        for &i in batch.logit_rows {
-            rows.extend_from_slice(&s.x[i as usize * hidden..][..hidden]);
-        }
-        let mut normed = vec![0f32; r * hidden];
-        kernels::rms_norm(&rows, &self.norm, eps, &mut normed);
-        logits.clear();
-        logits.resize(r * cfg.vocab_size, 0.0);
-        kernels::dense_matmul_f16(&normed, r, &self.lm_head, hidden, cfg.vocab_size, logits);
     }
 }
 
@@ -372,7 +416,11 @@ impl Backend for CpuBackend {
             logits.clear();
             return Ok(());
         }
-        self.run(batch, logits);
+        // The whole pass runs on one of the pool's workers: each product's
+        // parallel region then starts from inside the pool instead of being
+        // injected from this thread, which would sleep on a latch and be
+        // woken for every one of the ~120 regions of a step.
+        rayon::scope(|_| self.run(batch, logits));
         Ok(())
     }
 

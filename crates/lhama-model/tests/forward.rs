@@ -1,6 +1,7 @@
 //! Properties of the CPU forward pass that the engine relies on: a sequence's
 //! logits do not depend on what else is in the batch, on which physical KV
-//! blocks it got, or on how its prompt was split into chunks.
+//! blocks it got, or on how its prompt was split into chunks; bit for bit,
+//! on the exact path and on the fast one.
 
 mod common;
 
@@ -15,8 +16,14 @@ fn prompt(len: usize, salt: u32, vocab: u32) -> Vec<u32> {
 
 #[test]
 fn batch_composition_and_block_placement_do_not_change_logits() {
+    for fast in [false, true] {
+        batch_composition_and_block_placement(fast);
+    }
+}
+
+fn batch_composition_and_block_placement(fast: bool) {
     let dir = common::tiny_model();
-    let (files, mut backend) = common::backend(dir.path(), 64);
+    let (files, mut backend) = common::backend_with(dir.path(), 64, fast);
     let vocab = files.config.vocab_size;
     let a = prompt(21, 1, vocab as u32);
     let alone = prompt_logits(&mut backend, &a).expect("alone");
@@ -84,21 +91,34 @@ fn batch_composition_and_block_placement_do_not_change_logits() {
     assert_eq!(logits.len(), alone.len());
     assert!(
         logits == alone,
-        "logits of a prompt changed when batched with others"
+        "logits of a prompt changed when batched with others (fast: {fast})"
     );
 }
 
 #[test]
 fn chunked_prefill_equals_one_pass() {
+    for fast in [false, true] {
+        // 37 tokens; 300, more than the backend takes in one run of its
+        // layers (it splits a long step itself).
+        chunked_prefill(fast, &[(0, 5), (5, 21), (21, 37)]);
+        chunked_prefill(fast, &[(0, 1), (1, 150), (150, 299), (299, 300)]);
+    }
+}
+
+fn chunked_prefill(fast: bool, chunks: &[(usize, usize)]) {
     let dir = common::tiny_model();
-    let (files, mut backend) = common::backend(dir.path(), 64);
-    let p = prompt(37, 4, files.config.vocab_size as u32);
+    let (files, mut backend) = common::backend_with(dir.path(), 64, fast);
+    let len = chunks[chunks.len() - 1].1;
+    let p = prompt(len, 4, files.config.vocab_size as u32);
     let whole = prompt_logits(&mut backend, &p).expect("whole");
     let vocab = files.config.vocab_size;
-    let table: Vec<u32> = vec![9, 2, 30];
+    // Scattered blocks, as many as the prompt needs.
+    let table: Vec<u32> = (0..len.div_ceil(16) as u32)
+        .map(|b| (b * 37 + 9) % 64)
+        .collect();
     let mut got = Vec::new();
     let mut logits = Vec::new();
-    for (start, end) in [(0, 5), (5, 21), (21, 37)] {
+    for &(start, end) in chunks {
         let positions: Vec<u32> = (start as u32..end as u32).collect();
         let rows: Vec<u32> = (0..(end - start) as u32).collect();
         backend
@@ -118,8 +138,11 @@ fn chunked_prefill_equals_one_pass() {
             .expect("chunk");
         got.extend_from_slice(&logits);
     }
-    assert_eq!(got.len(), 37 * vocab);
-    assert!(got == whole, "chunked prefill gave different logits");
+    assert_eq!(got.len(), len * vocab);
+    assert!(
+        got == whole,
+        "chunked prefill gave different logits (fast: {fast}, {len} tokens)"
+    );
 }
 
 #[test]

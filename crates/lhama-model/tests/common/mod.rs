@@ -25,14 +25,20 @@ pub fn golden_path() -> PathBuf {
 
 /// Loads `dir` into a CPU backend with `blocks` KV blocks.
 pub fn backend(dir: &Path, blocks: usize) -> (ModelFiles, CpuBackend) {
+    backend_with(dir, blocks, false)
+}
+
+/// As `backend`, on the fast path (`fast`) or the exact one.
+pub fn backend_with(dir: &Path, blocks: usize, fast: bool) -> (ModelFiles, CpuBackend) {
     let files = ModelFiles::load(dir).expect("load model");
-    let backend = CpuBackend::new(
+    let backend = CpuBackend::with_precision(
         &files.config,
         files.weights.clone(),
         KvGeometry {
             num_blocks: blocks,
             block_size: BLOCK,
         },
+        fast,
     );
     (files, backend)
 }
