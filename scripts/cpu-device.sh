@@ -2,7 +2,8 @@
 # The CPU backend on the device machine's CPU: the ttl-460m golden made by
 # transformers there, `lhama verify` of the CPU fast path against it (AMX
 # where the CPU has it, and switched off), and `lhama bench` of the new
-# binary alternated with a baseline (.carry/base/lhama), all threads and 2.
+# binary alternated with a baseline (.carry/base/lhama), all threads and 2,
+# prompts of 128 and 1,024 tokens.
 #   run(command="rm -rf .carry && mv .pack .carry && bash scripts/cpu-device.sh", carry=[".pack"])
 set -u
 source "$(dirname "$0")/gpu-lib.sh"
@@ -26,6 +27,9 @@ for threads in $(nproc) 2; do
       timeout 120 $b bench --backend cpu --threads "$threads" --model /tmp/ttl --prompt-len 128 --decode-steps 16 --batch 1,8 \
         >"$logs/bench-$label-t$threads-$round.log" 2>&1
       say "bench $label threads $threads round $round rc $?: $(grep prefill "$logs/bench-$label-t$threads-$round.log" | tr -s ' ') $(rows "$logs/bench-$label-t$threads-$round.log")"
+      timeout 120 $b bench --backend cpu --threads "$threads" --model /tmp/ttl --prompt-len 1024 --decode-steps 2 --batch 1 \
+        >"$logs/bench1024-$label-t$threads-$round.log" 2>&1
+      say "bench1024 $label threads $threads round $round rc $?: $(grep prefill "$logs/bench1024-$label-t$threads-$round.log" | tr -s ' ')"
     done
   done
 done
