@@ -61,6 +61,25 @@ fn head_groups(tokens: usize, heads: usize, threads: usize) -> usize {
     groups
 }
 
+/// Calls `$f::<C>(args)` for the head size's 16-float chunks c (1-8, or
+/// 16 for 256), the const generics the vector versions are built for.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_chunks {
+    ($c:expr, $f:ident($($arg:expr),*)) => {
+        match $c {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            _ => $f::<16>($($arg),*),
+        }
+    };
+}
+
 /// `groups` must divide `shape.heads`.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
@@ -154,19 +173,7 @@ fn attention_avx512(
                 // o holds nh * hd floats; every row `rows` gives for p < ctx
                 // holds the kv heads' hd values inside both caches (asserted
                 // above), and kv[j] + hd <= kv_heads * hd.
-                unsafe {
-                    match c {
-                        1 => heads_avx512::<1>(k_cache, v_cache, &rows, ctx, sc, o),
-                        2 => heads_avx512::<2>(k_cache, v_cache, &rows, ctx, sc, o),
-                        3 => heads_avx512::<3>(k_cache, v_cache, &rows, ctx, sc, o),
-                        4 => heads_avx512::<4>(k_cache, v_cache, &rows, ctx, sc, o),
-                        5 => heads_avx512::<5>(k_cache, v_cache, &rows, ctx, sc, o),
-                        6 => heads_avx512::<6>(k_cache, v_cache, &rows, ctx, sc, o),
-                        7 => heads_avx512::<7>(k_cache, v_cache, &rows, ctx, sc, o),
-                        8 => heads_avx512::<8>(k_cache, v_cache, &rows, ctx, sc, o),
-                        _ => heads_avx512::<16>(k_cache, v_cache, &rows, ctx, sc, o),
-                    }
-                };
+                unsafe { by_chunks!(c, heads_avx512(k_cache, v_cache, &rows, ctx, sc, o)) };
             }
             Task::Tile { tok, n, head } => {
                 let mut ctx = [0usize; TILE];
@@ -198,17 +205,10 @@ fn attention_avx512(
                 // values inside both caches (asserted above for each token);
                 // this task alone writes head `head` of tokens tok..tok + n.
                 unsafe {
-                    match c {
-                        1 => tile_avx512::<1>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                        2 => tile_avx512::<2>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                        3 => tile_avx512::<3>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                        4 => tile_avx512::<4>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                        5 => tile_avx512::<5>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                        6 => tile_avx512::<6>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                        7 => tile_avx512::<7>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                        8 => tile_avx512::<8>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                        _ => tile_avx512::<16>(k_cache, v_cache, &rows, &ctx, n, sc, o, stride),
-                    }
+                    by_chunks!(
+                        c,
+                        tile_avx512(k_cache, v_cache, &rows, &ctx, n, sc, o, stride)
+                    )
                 };
             }
         });

@@ -253,9 +253,8 @@ impl CpuBackend {
     }
 
     fn run(&mut self, batch: &ForwardBatch<'_>, logits: &mut Vec<f32>) {
-        let cfg = &self.config;
-        let hidden = cfg.hidden_size;
-        let eps = cfg.rms_norm_eps as f32;
+        let (hidden, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let eps = self.config.rms_norm_eps as f32;
         let t = batch.tokens.len();
         let mut s = std::mem::take(&mut self.scratch);
 
@@ -291,12 +290,11 @@ impl CpuBackend {
         }
 
         // Final norm and lm_head only for the rows whose logits are wanted.
-        let cfg = &self.config;
         let mut normed = vec![0f32; r * hidden];
         kernels::rms_norm(&rows, &self.norm, eps, &mut normed);
         logits.clear();
-        logits.resize(r * cfg.vocab_size, 0.0);
-        kernels::dense_matmul_f16(&normed, r, &self.lm_head, hidden, cfg.vocab_size, logits);
+        logits.resize(r * vocab, 0.0);
+        kernels::dense_matmul_f16(&normed, r, &self.lm_head, hidden, vocab, logits);
         self.scratch = s;
     }
 
