@@ -131,9 +131,19 @@ async fn sixty_four_concurrent_streams_equal_their_solo_runs() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_frees_its_blocks() {
-    let server = common::start(&[]).await;
+    // Steps slowed to 2 ms: 480 tokens take about a second, so the request
+    // is still running when the client leaves however fast the CPU is (the
+    // tiny model alone makes 480 tokens in ~50 ms). EOS is ignored so that
+    // the generation cannot end early on its own.
+    let server = common::start_with_env(
+        common::synth_tiny(),
+        &[],
+        true,
+        &[("LHAMA_TEST_STEP_DELAY_MS", "2")],
+    )
+    .await;
     // Non-streaming: give up on the response after a moment.
-    let body = chat_body("Oi", json!({"max_tokens": 480}));
+    let body = chat_body("Oi", json!({"max_tokens": 480, "ignore_eos": true}));
     let url = format!("{}/v1/chat/completions", server.base);
     let r = reqwest::Client::new()
         .post(&url)
@@ -154,7 +164,10 @@ async fn a_client_that_disconnects_frees_its_blocks() {
     // Streaming: read one chunk, then drop.
     let r = reqwest::Client::new()
         .post(&url)
-        .json(&chat_body("Oi", json!({"max_tokens": 480, "stream": true})))
+        .json(&chat_body(
+            "Oi",
+            json!({"max_tokens": 480, "stream": true, "ignore_eos": true}),
+        ))
         .send()
         .await
         .unwrap();
