@@ -91,6 +91,7 @@ const LM_HEAD: &[&str] = &[F, U, H, FM, I, I, I];
 pub const KERNELS: &[Kernel] = &[
     Kernel::new("embedding_gather_f16_f32", &[H, U, FM, I]),
     Kernel::new("add_rmsnorm_f32", &[FM, F, I, F, FM, I, R]),
+    Kernel::new("add_rmsnorm_wide_f32", &[FM, F, I, F, FM, I, R]),
     Kernel::new("silu_mul_f32", &[F, I, FM, I, I]),
     Kernel::new("awq_gemv_partial_m1_f32", GEMV),
     Kernel::new("awq_gemv_partial_m2_f32", GEMV),

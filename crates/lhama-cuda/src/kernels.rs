@@ -316,7 +316,8 @@ const LM_HEAD_ROWS_VOCAB_PER_BLOCK: usize = 8 * LM_HEAD_VR;
 pub struct Kernels {
     _module: Arc<CudaModule>,
     embedding: CudaFunction,
-    add_rmsnorm: CudaFunction,
+    /// (256 threads a row, a thread per element for a few rows)
+    add_rmsnorm: (CudaFunction, CudaFunction),
     silu_mul: CudaFunction,
     /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
     awq_partial: [(usize, usize, CudaFunction); 4],
@@ -398,9 +399,16 @@ pub struct Kernels {
     /// (so long contexts at large batches stream through few blocks, and
     /// small batches still fill the GPU).
     pub attention_min_blocks: usize,
+    /// add_rmsnorm gives up to this many rows a thread per element
+    /// (`LHAMA_RMSNORM_WIDE_ROWS`, default RMSNORM_WIDE_ROWS).
+    pub rmsnorm_wide_rows: usize,
     /// Table entries (names and parameters) by function handle: the
     /// profile's names and every launch's argument check.
     table: std::collections::HashMap<usize, &'static compile::Kernel>,
+    /// Kernel-name prefixes never launched (`LHAMA_PROFILE_SKIP`, comma
+    /// separated): for measuring what a kernel family costs inside a replayed
+    /// step by leaving it out. The outputs are then wrong; timing only.
+    skip: Vec<String>,
     /// While profiling: each launch's kernel and the events around it.
     profile: std::sync::Mutex<Option<Vec<(usize, CudaEvent, CudaEvent)>>>,
 }
@@ -430,6 +438,11 @@ pub(crate) const MMA_TILE: usize = 64;
 pub(crate) const MMA_BK: usize = 32;
 
 /// A grid of `blocks` blocks of `threads` threads, both along x.
+/// The most rows add_rmsnorm gives a thread per element by default (the
+/// products' deferred splits reach it up to 128 rows);
+/// `LHAMA_RMSNORM_WIDE_ROWS=0` gives every row 256 threads, as before.
+pub const RMSNORM_WIDE_ROWS: usize = 128;
+
 fn cfg_1d(blocks: u32, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -481,6 +494,25 @@ pub fn sample_params(s: &lhama_model::RowSampling) -> [u32; SAMPLE_PARAM_WORDS] 
 /// (docs/BENCHMARKS.md): fewer, longer blocks stream the context faster.
 fn sm_count_blocks(sm_count: i32) -> usize {
     usize::try_from(sm_count).unwrap_or(1).max(1) * 4
+}
+
+/// `LHAMA_PROFILE_SKIP`'s kernel-name prefixes (none when unset), said
+/// loudly: every result computed with them is wrong.
+fn profile_skip() -> Vec<String> {
+    let skip: Vec<String> = std::env::var("LHAMA_PROFILE_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect();
+    if !skip.is_empty() {
+        eprintln!(
+            "warning: LHAMA_PROFILE_SKIP={skip:?}: kernels named so are not launched; \
+             outputs are wrong (for timing only)"
+        );
+    }
+    skip
 }
 
 /// A row-count threshold from the environment (for tuning runs), if set.
@@ -618,7 +650,7 @@ impl Kernels {
         };
         Ok(Self {
             embedding: f("embedding_gather_f16_f32")?,
-            add_rmsnorm: f("add_rmsnorm_f32")?,
+            add_rmsnorm: (f("add_rmsnorm_f32")?, f("add_rmsnorm_wide_f32")?),
             silu_mul: f("silu_mul_f32")?,
             awq_partial: [
                 (1, 16, f("awq_gemv_partial_m1_f32")?),
@@ -678,9 +710,11 @@ impl Kernels {
             defer_splits: std::env::var("LHAMA_DEFER_SPLITS").map_or(true, |v| v != "0"),
             defer_max_rows: env_rows("LHAMA_DEFER_MAX_ROWS")?.unwrap_or(DEFER_MAX_ROWS),
             gemv_defer: std::env::var("LHAMA_GEMV_DEFER").map_or(true, |v| v != "0"),
+            rmsnorm_wide_rows: env_rows("LHAMA_RMSNORM_WIDE_ROWS")?.unwrap_or(RMSNORM_WIDE_ROWS),
             attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
                 .unwrap_or(sm_count_blocks(sm_count)),
             table,
+            skip: profile_skip(),
             profile: std::sync::Mutex::new(None),
         })
     }
@@ -756,6 +790,13 @@ impl Kernels {
             .get(&(f.cu_function() as usize))
             .ok_or_else(|| CudaError::Driver("launch of a kernel not in the table".into()))?;
         check_args(kernel, &args.kinds[..args.n])?;
+        if self
+            .skip
+            .iter()
+            .any(|p| kernel.name.starts_with(p.as_str()))
+        {
+            return Ok(());
+        }
         let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
         for (p, v) in params.iter_mut().zip(args.vals.iter_mut()).take(args.n) {
             *p = (v as *mut u64).cast::<c_void>();
@@ -850,7 +891,15 @@ impl Kernels {
             delta.is_none_or(|(d, splits)| splits >= 1 && d.len() >= splits * rows * hidden),
             "rmsnorm delta size",
         )?;
-        let cfg = cfg_1d(rows as u32, 256);
+        // Up to `rmsnorm_wide_rows` rows, a thread per element (a warp
+        // multiple, at most 1024), so that a row's loads (its delta splits
+        // included) are in flight at once; more rows, 256 threads each.
+        let (f, cfg) = if rows <= self.rmsnorm_wide_rows {
+            let threads = hidden.div_ceil(32).clamp(1, 32) as u32 * 32;
+            (&self.add_rmsnorm.1, cfg_1d(rows as u32, threads))
+        } else {
+            (&self.add_rmsnorm.0, cfg_1d(rows as u32, 256))
+        };
         let mut a = Args::new(s);
         a.buf_mut(x);
         match delta {
@@ -861,7 +910,7 @@ impl Kernels {
         // weight hidden f32 (checked above); a null delta is allowed by the
         // kernel.
         a.buf(weight).buf_mut(out).i32(i32_of(hidden)).f32(eps);
-        self.launch(s, &self.add_rmsnorm, cfg, &mut a)
+        self.launch(s, f, cfg, &mut a)
     }
 
     /// out[T, inter] = silu(gate) * up from gate_up[T, 2 * inter], or from

@@ -15,7 +15,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::f16;
 use lhama_cpu::CpuBackend;
 use lhama_cpu::kernels::{self as cpu, AttnShape, AwqMatrix, RopeTable};
-use lhama_cuda::kernels::{GpuAwq, Kernels, KvCache, Precision};
+use lhama_cuda::kernels::{GpuAwq, Kernels, KvCache, Precision, RMSNORM_WIDE_ROWS};
 use lhama_cuda::{CudaBackend, CudaOptions};
 use lhama_model::awq;
 use lhama_model::golden::{Golden, compare, prompt_logits};
@@ -539,6 +539,43 @@ fn elementwise_kernels_match_cpu() {
         )
         .unwrap();
         assert!(rel_err(&back(&s, &out2, t * h), &want) < 1e-6);
+    }
+    // add_rmsnorm adding up split partial sums: a thread per element (up
+    // to RMSNORM_WIDE_ROWS rows) and 256 threads a row; more splits than
+    // one batch of loads (32). The residual is bit for bit the host's sum
+    // in split order; the norm is within rounding of the CPU's.
+    for &(t, h, splits) in &[
+        (1usize, 1024usize, 32usize),
+        (2, 1024, 40),
+        (3, 1312, 8),
+        (RMSNORM_WIDE_ROWS + 72, 1024, 3),
+    ] {
+        let x = randn(&mut g, t * h);
+        let parts = randn(&mut g, splits * t * h);
+        let w = randn(&mut g, h);
+        let summed: Vec<f32> = (0..t * h)
+            .map(|i| x[i] + (0..splits).fold(0f32, |d, z| d + parts[z * t * h + i]))
+            .collect();
+        let mut want = vec![0f32; t * h];
+        cpu::rms_norm(&summed, &w, 1e-5, &mut want);
+        let pd = s.clone_htod(&parts).unwrap();
+        let wd = s.clone_htod(&w).unwrap();
+        for wide in [RMSNORM_WIDE_ROWS, 0] {
+            k.rmsnorm_wide_rows = wide;
+            let (resid, normed) = add_rmsnorm_bits(&s, &k, &x, &pd.slice(..), splits, &wd, t);
+            let resid: Vec<f32> = resid.into_iter().map(f32::from_bits).collect();
+            assert!(
+                resid
+                    .iter()
+                    .zip(&summed)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "t={t} h={h} splits={splits} wide={wide}: x += splits in order"
+            );
+            let normed: Vec<f32> = normed.into_iter().map(f32::from_bits).collect();
+            let err = rel_err(&normed, &want);
+            assert!(err < 1e-6, "t={t} h={h} splits={splits} wide={wide}: {err}");
+        }
+        k.rmsnorm_wide_rows = RMSNORM_WIDE_ROWS;
     }
     // silu_mul
     for &(t, inter) in &[(1usize, 256usize), (9, 4096)] {
