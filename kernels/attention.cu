@@ -127,17 +127,6 @@ __device__ __forceinline__ void store8(__half* p, const float (&x)[8]) {
     *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// cp.async: 16 bytes from global to shared memory, and its groups.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 // Rotary embedding of a lane's 8 dimensions; `first_half`: s < D / 16.
 template <int PAIR>
 __device__ __forceinline__ void rope8(float (&x)[8], const float (&c)[8], const float (&s)[8], bool first_half) {
@@ -148,14 +137,7 @@ __device__ __forceinline__ void rope8(float (&x)[8], const float (&c)[8], const 
     }
 }
 
-// STAGES > 0 (f16 cache only): a partition's chunks come through a ring of
-// STAGES chunk buffers in dynamic shared memory, copied by cp.async
-// STAGES - 1 chunks ahead of the one computed; each lane reads back only the
-// 16-byte pieces it copied itself, so its own cp.async.wait_group is the only
-// synchronisation (no block barrier). The registers the next chunk's loads
-// would hold are free, so more blocks fit an SM. The arithmetic is the
-// register form's, bit for bit.
-template <typename KV, int D, bool MULTI, int STAGES>
+template <typename KV, int D, bool MULTI>
 __device__ __forceinline__ void paged_attention_decode(
     const float* __restrict__ qkv, const unsigned* __restrict__ positions, const float* __restrict__ cos_table,
     const float* __restrict__ sin_table, const unsigned* __restrict__ slots, KV* __restrict__ k_cache,
@@ -211,37 +193,7 @@ __device__ __forceinline__ void paged_attention_decode(
             }
         }
     };
-    // The ring: [STAGES][K, V][U][threads] 16-byte pieces.
-    extern __shared__ uint4 lhama_kv_ring[];
-    constexpr int NT = ATTN_WARPS * LHAMA_WARP;
-    auto ring = [&](int stage, int kv, int u) -> uint4& {
-        return lhama_kv_ring[((stage * 2 + kv) * U + u) * NT + threadIdx.x];
-    };
-    // The chunk at c0 into ring stage `stage` (nothing past the partition),
-    // then one commit group, empty or not, so that groups count chunks.
-    auto fetch_async = [&](int c0, int stage) {
-        if (c0 < end) {
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int p = c0 + lane_off + u * RPI;
-                if (p < pos) {
-                    const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
-                    cp_async16(&ring(stage, 0, u), &k_cache[slot * kv_dim + col]);
-                    cp_async16(&ring(stage, 1, u), &v_cache[slot * kv_dim + col]);
-                } else {
-                    ring(stage, 0, u) = make_uint4(0u, 0u, 0u, 0u);
-                    ring(stage, 1, u) = make_uint4(0u, 0u, 0u, 0u);
-                }
-            }
-        }
-        cp_async_commit();
-    };
-    if constexpr (STAGES > 0) {
-#pragma unroll
-        for (int i = 0; i + 1 < STAGES; ++i) fetch_async(start + i * ATTN_PART, i);
-    } else {
-        fetch(start, kr, vr);
-    }
+    fetch(start, kr, vr);
     float cv[8], sv[8];
     {
         const int j = (sl * 8) % half;  // 8 consecutive table entries (half % 8 == 0)
@@ -296,18 +248,7 @@ __device__ __forceinline__ void paged_attention_decode(
 #pragma unroll 1
     for (int c0 = start; c0 < end; c0 += ATTN_PART) {
         KvRow8<KV> kx_next[U], vx_next[U];
-        if constexpr (STAGES > 0) {
-            const int i = (c0 - start) / ATTN_PART;
-            fetch_async(c0 + (STAGES - 1) * ATTN_PART, (i + STAGES - 1) % STAGES);
-            cp_async_wait<STAGES - 1>();  // this lane's copies of chunk i have landed
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                kr[u].v = ring(i % STAGES, 0, u);
-                vr[u].v = ring(i % STAGES, 1, u);
-            }
-        } else if (MULTI && c0 + ATTN_PART < end) {
-            fetch(c0 + ATTN_PART, kx_next, vx_next);
-        }
+        if (MULTI && c0 + ATTN_PART < end) fetch(c0 + ATTN_PART, kx_next, vx_next);
         float sc[U];
         float cm = LHAMA_NEG_INF;
 #pragma unroll
@@ -349,9 +290,7 @@ __device__ __forceinline__ void paged_attention_decode(
             }
             m = m_new;
         }
-        if constexpr (STAGES > 0) {
-            // the ring holds the next chunks
-        } else if constexpr (MULTI) {
+        if constexpr (MULTI) {
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 kr[u] = kx_next[u];
@@ -452,19 +391,11 @@ __device__ __forceinline__ void paged_attention_decode(
 // registers they need.
 #define LHAMA_DECODE_KERNEL(NAME, KV, D, MULTI)                                                     \
     extern "C" __global__ void __launch_bounds__(ATTN_WARPS * LHAMA_WARP) NAME(LHAMA_DECODE_PARAMS(KV)) { \
-        paged_attention_decode<KV, D, MULTI, 0>(LHAMA_DECODE_ARGS);                                  \
+        paged_attention_decode<KV, D, MULTI>(LHAMA_DECODE_ARGS);                                     \
     }
 #define LHAMA_DECODE_KERNEL_4(NAME, KV, D, MULTI)                                                       \
     extern "C" __global__ void __launch_bounds__(ATTN_WARPS * LHAMA_WARP, 4) NAME(LHAMA_DECODE_PARAMS(KV)) { \
-        paged_attention_decode<KV, D, MULTI, 0>(LHAMA_DECODE_ARGS);                                     \
-    }
-// The ring forms (f16 cache, D <= 64, partitions of several chunks): STAGES
-// chunk buffers, and as many blocks an SM as their shared memory allows
-// (MIN_BLOCKS, which bounds the registers).
-#define LHAMA_DECODE_RING_KERNEL(STAGES, MIN_BLOCKS, D)                                                   \
-    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * LHAMA_WARP, MIN_BLOCKS)                    \
-        paged_attention_decode_s##STAGES##_f16kv_d##D(LHAMA_DECODE_PARAMS(__half)) {                      \
-        paged_attention_decode<__half, D, true, STAGES>(LHAMA_DECODE_ARGS);                              \
+        paged_attention_decode<KV, D, MULTI>(LHAMA_DECODE_ARGS);                                        \
     }
 LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d32, float, 32, true)
 LHAMA_DECODE_KERNEL(paged_attention_decode_f32_d64, float, 64, true)
@@ -478,12 +409,6 @@ LHAMA_DECODE_KERNEL(paged_attention_decode1_f32_d128, float, 128, false)
 LHAMA_DECODE_KERNEL_4(paged_attention_decode1_f16kv_d32, __half, 32, false)
 LHAMA_DECODE_KERNEL_4(paged_attention_decode1_f16kv_d64, __half, 64, false)
 LHAMA_DECODE_KERNEL(paged_attention_decode1_f16kv_d128, __half, 128, false)
-LHAMA_DECODE_RING_KERNEL(2, 5, 32)
-LHAMA_DECODE_RING_KERNEL(2, 5, 64)
-LHAMA_DECODE_RING_KERNEL(3, 4, 32)
-LHAMA_DECODE_RING_KERNEL(3, 4, 64)
-LHAMA_DECODE_RING_KERNEL(4, 3, 32)
-LHAMA_DECODE_RING_KERNEL(4, 3, 64)
 
 // Steps with prompt tokens: the partition partials, combined by
 // paged_attention_combine_f32. A block takes a tile of up to ATTN_TILE

@@ -338,9 +338,6 @@ pub struct Kernels {
     /// Fused decode attention, [one chunk a partition, several][f32 cache,
     /// f16 cache][head_dim 32, 64, 128].
     attention_decode: [[[CudaFunction; 3]; 2]; 2],
-    /// The ring forms of decode attention (f16 cache, head size 32 / 64,
-    /// partitions of several chunks), by stage count 2, 3, 4.
-    attention_decode_ring: [[CudaFunction; 2]; 3],
     attention_prefill: (CudaFunction, CudaFunction),
     /// Prefill attention on the tensor cores (f16 cache), head_dim 32, 64, 128.
     attention_prefill_mma: [CudaFunction; 3],
@@ -405,11 +402,6 @@ pub struct Kernels {
     /// add_rmsnorm gives up to this many rows a thread per element
     /// (`LHAMA_RMSNORM_WIDE_ROWS`, default RMSNORM_WIDE_ROWS).
     pub rmsnorm_wide_rows: usize,
-    /// Decode attention's ring of chunk buffers in shared memory (2, 3 or
-    /// 4 stages; 0: the next chunk in registers), for the f16 cache of head
-    /// size 32 or 64 when a partition has several chunks
-    /// (`LHAMA_ATTN_STAGES`, default DEFAULT_ATTENTION_STAGES).
-    pub attention_stages: usize,
     /// Table entries (names and parameters) by function handle: the
     /// profile's names and every launch's argument check.
     table: std::collections::HashMap<usize, &'static compile::Kernel>,
@@ -446,19 +438,6 @@ pub(crate) const MMA_TILE: usize = 64;
 pub(crate) const MMA_BK: usize = 32;
 
 /// A grid of `blocks` blocks of `threads` threads, both along x.
-/// Decode attention's ring stages by default (measured on an H200,
-/// docs/BENCHMARKS.md).
-pub const DEFAULT_ATTENTION_STAGES: usize = 0;
-
-/// Dynamic shared memory of a decode-attention ring form: per stage, each
-/// thread's K and V pieces of 16 bytes (ATTN_PART / (ATTENTION_WARPS * rows
-/// a warp load covers) of each).
-pub fn decode_ring_bytes(stages: usize, head_dim: usize) -> usize {
-    let rows_per_load = 32 / (head_dim / 8);
-    let loads = ATTENTION_PART / (ATTENTION_WARPS * rows_per_load);
-    stages * 2 * loads * 32 * ATTENTION_WARPS * 16
-}
-
 /// The most rows add_rmsnorm gives a thread per element by default (the
 /// products' deferred splits reach it up to 128 rows);
 /// `LHAMA_RMSNORM_WIDE_ROWS=0` gives every row 256 threads, as before.
@@ -696,22 +675,6 @@ impl Kernels {
                 [decode("decode1", "f32")?, decode("decode1", "f16kv")?],
                 [decode("decode", "f32")?, decode("decode", "f16kv")?],
             ],
-            attention_decode_ring: {
-                let ring = |stages: usize, hd: usize| -> Result<CudaFunction, CudaError> {
-                    let func = f(&format!("paged_attention_decode_s{stages}_f16kv_d{hd}"))?;
-                    // Past 48 KB of shared memory a block must opt in.
-                    func.set_attribute(
-                        cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        i32::try_from(decode_ring_bytes(stages, hd)).unwrap_or(i32::MAX),
-                    )?;
-                    Ok(func)
-                };
-                [
-                    [ring(2, 32)?, ring(2, 64)?],
-                    [ring(3, 32)?, ring(3, 64)?],
-                    [ring(4, 32)?, ring(4, 64)?],
-                ]
-            },
             attention_prefill: (
                 f("paged_attention_prefill_f32")?,
                 f("paged_attention_prefill_f16kv")?,
@@ -748,15 +711,6 @@ impl Kernels {
             defer_max_rows: env_rows("LHAMA_DEFER_MAX_ROWS")?.unwrap_or(DEFER_MAX_ROWS),
             gemv_defer: std::env::var("LHAMA_GEMV_DEFER").map_or(true, |v| v != "0"),
             rmsnorm_wide_rows: env_rows("LHAMA_RMSNORM_WIDE_ROWS")?.unwrap_or(RMSNORM_WIDE_ROWS),
-            attention_stages: match env_rows("LHAMA_ATTN_STAGES")? {
-                None => DEFAULT_ATTENTION_STAGES,
-                Some(n @ (0 | 2 | 3 | 4)) => n,
-                Some(n) => {
-                    return Err(CudaError::Unsupported(format!(
-                        "LHAMA_ATTN_STAGES={n}: 0 (registers), 2, 3 or 4"
-                    )));
-                }
-            },
             attention_min_blocks: env_rows("LHAMA_ATTN_MIN_BLOCKS")?
                 .unwrap_or(sm_count_blocks(sm_count)),
             table,
@@ -1710,16 +1664,10 @@ impl Kernels {
         // a token's own context return at once, but each still costs a slot.
         let chunks = self.decode_part_chunks(t, heads, batch_context);
         let launched = Self::attention_parts(batch_context).div_ceil(chunks);
-        let stages = self.attention_stages;
-        let ring = chunks > 1 && matches!(cache, KvCache::F16 { .. }) && hd <= 64 && stages >= 2;
         let cfg = LaunchConfig {
             grid_dim: (t as u32, heads as u32, launched as u32),
             block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
-            shared_mem_bytes: if ring {
-                decode_ring_bytes(stages, hd) as u32
-            } else {
-                0
-            },
+            shared_mem_bytes: 0,
         };
         // As paged_attention, plus: slots inside the caches and positions
         // below the rotary tables' length (validated with the batch), and
@@ -1728,15 +1676,10 @@ impl Kernels {
         self.launch(
             s,
             // head_dim is 32, 64 or 128 (checked above): index 0, 1, 2.
-            if ring {
-                // stages is 2, 3 or 4 (checked at start), head_dim 32 or 64.
-                &self.attention_decode_ring[stages - 2][(hd / 32).trailing_zeros() as usize]
-            } else {
-                &self.attention_decode[usize::from(chunks > 1)][match cache {
-                    KvCache::F32 { .. } => 0,
-                    KvCache::F16 { .. } => 1,
-                }][(hd / 32).trailing_zeros() as usize]
-            },
+            &self.attention_decode[usize::from(chunks > 1)][match cache {
+                KvCache::F32 { .. } => 0,
+                KvCache::F16 { .. } => 1,
+            }][(hd / 32).trailing_zeros() as usize],
             cfg,
             Args::new(s)
                 .buf(qkv)
