@@ -11,17 +11,7 @@ set -u
 source "$(dirname "$0")/gpu-lib.sh"
 BASE=.carry/base/lhama
 OFF_LABEL=${1:?label of the switched-off run} OFF_ENV=${2:?VAR=value} ROUNDS=${3:-2}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
-$B synth --preset tiny --seed 0 --out /tmp/tiny >/dev/null
-python3 tests/reference/make_goldens.py --model /tmp/ttl --out /tmp/ttl.json >"$logs/golden.log" 2>&1
-say "ttl golden rc $?: $(tail -1 "$logs/golden.log")"
-LHAMA_TTL_MODEL=/tmp/ttl LHAMA_TTL_GOLDEN=/tmp/ttl.json gpu_tests
-for g in ttl:/tmp/ttl.json tiny:tests/goldens/tiny.json; do
-  timeout 120 $B verify --backend cuda --precision fast --model /tmp/${g%%:*} --golden ${g#*:} >"$logs/verify-${g%%:*}.log" 2>&1
-  say "verify ${g%%:*} rc $?: $(grep -E 'max_abs_logit_diff|max_top5|verify:' "$logs/verify-${g%%:*}.log" | tr -s ' ' | tr '\n' ' ')"
-done
-pack
+check_fidelity
 bench() { # label, env words...
   local label=$1 bin=$B
   shift
