@@ -219,8 +219,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let backend = boxed.as_mut();
     let threads = lhama_cpu::threads();
     println!(
-        "backend: {}, CPU threads: {threads}, prompt length: {}, decode steps: {}",
+        "backend: {}, CPU threads: {threads}, CPU kernels: {}, prompt length: {}, decode steps: {}",
         backend.name(),
+        lhama_cpu::isa::describe(),
         args.prompt_len,
         args.decode_steps
     );

@@ -107,7 +107,7 @@ pub fn make_backend(
                     weights,
                     limits.kv_cache_tokens.unwrap_or(CPU_DEFAULT_KV_TOKENS),
                     limits.precision,
-                )))
+                )?))
             }
         },
         BackendKind::Cpu => Ok(Box::new(cpu_backend(
@@ -115,7 +115,7 @@ pub fn make_backend(
             weights,
             limits.kv_cache_tokens.unwrap_or(CPU_DEFAULT_KV_TOKENS),
             limits.precision,
-        ))),
+        )?)),
     }
 }
 
@@ -126,12 +126,22 @@ pub fn cpu_backend(
     weights: LlamaWeights,
     tokens: usize,
     precision: PrecisionArg,
-) -> CpuBackend {
+) -> anyhow::Result<CpuBackend> {
+    lhama_cpu::isa::check_env().map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        kernels = %lhama_cpu::isa::describe(),
+        "CPU backend"
+    );
     let kv = KvGeometry {
         num_blocks: tokens.div_ceil(BLOCK_SIZE).max(1),
         block_size: BLOCK_SIZE,
     };
-    CpuBackend::with_precision(config, weights, kv, precision == PrecisionArg::Fast)
+    Ok(CpuBackend::with_precision(
+        config,
+        weights,
+        kv,
+        precision == PrecisionArg::Fast,
+    ))
 }
 
 /// Greedy steps of every golden prompt the fast path must reproduce, and its

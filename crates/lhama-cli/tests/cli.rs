@@ -396,6 +396,69 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
 }
 
+/// `LHAMA_CPU_ISA` caps the CPU kernels' instruction set: each level runs
+/// (the bench says which kernels ran) and gives the same sampled text as
+/// the CPU's own best, and a value that is not a level stops the program
+/// with the variable named.
+#[test]
+fn the_cpu_isa_cap_picks_the_kernels_and_keeps_the_text() {
+    let dir = common::synth_tiny();
+    let m = dir.path().to_str().unwrap();
+    let args = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "Qual a capital do Brasil?",
+        "--chat",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "7",
+        "--ignore-eos",
+    ];
+    let native = lhama(&args, &[]);
+    assert!(native.status.success(), "{}", text(&native.stderr));
+    for level in ["scalar", "avx2", "avx512"] {
+        let out = lhama(&args, &[("LHAMA_CPU_ISA", Path::new(level))]);
+        assert!(out.status.success(), "{level}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            text(&native.stdout),
+            "LHAMA_CPU_ISA={level}"
+        );
+    }
+    let out = lhama(
+        &[
+            "bench",
+            "--model",
+            m,
+            "--prompt-len",
+            "4",
+            "--decode-steps",
+            "1",
+            "--batch",
+            "1",
+        ],
+        &[("LHAMA_CPU_ISA", Path::new("scalar"))],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("CPU kernels: scalar (capped by LHAMA_CPU_ISA)"),
+        "{stdout}"
+    );
+    let out = lhama(&args, &[("LHAMA_CPU_ISA", Path::new("avx3"))]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("LHAMA_CPU_ISA=\"avx3\"") && err.contains("scalar, avx2 or avx512"),
+        "{err}"
+    );
+}
+
 /// A bad value from the environment names the variable, not only the flag.
 #[test]
 fn an_invalid_environment_value_names_the_variable() {

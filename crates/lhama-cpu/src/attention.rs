@@ -46,7 +46,9 @@ const MAX_HEAD_DIM: usize = 256;
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
+    *HAS.get_or_init(|| {
+        crate::isa::allows(crate::isa::Isa::Avx512) && std::is_x86_feature_detected!("avx512f")
+    })
 }
 
 /// How many groups a token's heads are split into for `threads` threads:

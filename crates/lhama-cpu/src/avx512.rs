@@ -61,7 +61,8 @@ pub unsafe fn dot_f16_rows<const R: usize>(x: &[f32], k: usize, w: &[f16], out: 
 pub fn available() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
-        std::is_x86_feature_detected!("avx512f")
+        crate::isa::allows(crate::isa::Isa::Avx512)
+            && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
     })

@@ -340,12 +340,25 @@ fn matmul_run(x: &[f32], m: usize, w: &FusedAwq, layout: &Int8Layout, y: &mut [f
         });
 }
 
+/// Whether the integer product runs on AVX-512 VNNI (for logs).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vnni_available() -> bool {
+    has_avx512_vnni()
+}
+
+/// Whether the integer product runs on AMX from `amx::AMX_MIN_ROWS` rows (for logs).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn amx_available() -> bool {
+    amx::available()
+}
+
 /// Whether the CPU has AVX-512 with VNNI (`vpdpwssd`), checked once.
 #[cfg(target_arch = "x86_64")]
 fn has_avx512_vnni() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
-        std::is_x86_feature_detected!("avx512f")
+        crate::isa::allows(crate::isa::Isa::Avx512)
+            && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vnni")
             && std::is_x86_feature_detected!("fma")
@@ -358,7 +371,8 @@ fn has_avx512_vnni() -> bool {
 fn has_avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2")
+        crate::isa::allows(crate::isa::Isa::Avx2)
+            && std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
     })

@@ -27,7 +27,15 @@ impl SyncPtr {
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    crate::isa::allows(crate::isa::Isa::Avx2)
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+}
+
+/// Whether the f32 kernels run their AVX2/FMA versions (for logs).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_available() -> bool {
+    has_avx2_fma()
 }
 
 /// Calls `$generic(args)` or, where the CPU has AVX2 and FMA, `$avx(args)`:

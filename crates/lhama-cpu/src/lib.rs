@@ -8,6 +8,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod int8;
+pub mod isa;
 pub mod kernels;
 mod mem;
 

@@ -59,7 +59,8 @@ pub(super) fn available() -> bool {
         // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
         let leaf7 = __cpuid_count(7, 0);
         let amx = leaf7.edx & (1 << 24) != 0 && leaf7.edx & (1 << 25) != 0;
-        amx && std::is_x86_feature_detected!("avx512f")
+        amx && crate::isa::allows(crate::isa::Isa::Avx512)
+            && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vbmi")
             && std::is_x86_feature_detected!("fma")
