@@ -85,6 +85,16 @@ struct KvRow8<__half> {
     uint4 v;
     __device__ __forceinline__ void load(const __half* p) { v = *reinterpret_cast<const uint4*>(p); }
     __device__ __forceinline__ void zero() { v = make_uint4(0u, 0u, 0u, 0u); }
+    // Values already rounded to f16 (kv_round): held exactly.
+    __device__ __forceinline__ void set(const float* x) {
+        unsigned w[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const __half2 h = __floats2half2_rn(x[2 * i], x[2 * i + 1]);
+            w[i] = *reinterpret_cast<const unsigned*>(&h);
+        }
+        v = make_uint4(w[0], w[1], w[2], w[3]);
+    }
     __device__ __forceinline__ void widen(float (&x)[8]) const {
         const unsigned w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -102,6 +112,10 @@ struct KvRow8<float> {
         b = *reinterpret_cast<const float4*>(p + 4);
     }
     __device__ __forceinline__ void zero() { a = b = make_float4(0.f, 0.f, 0.f, 0.f); }
+    __device__ __forceinline__ void set(const float* x) {
+        a = make_float4(x[0], x[1], x[2], x[3]);
+        b = make_float4(x[4], x[5], x[6], x[7]);
+    }
     __device__ __forceinline__ void widen(float (&x)[8]) const {
         x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
     }
@@ -179,6 +193,10 @@ __device__ __forceinline__ void paged_attention_decode(
     // This lane's positions in the chunk at c0: c0 + lane_off + u * RPI.
     const int lane_off = warp * (U * RPI) + g;
     KvRow8<KV> kr[U], vr[U];
+    // The cache rows of the chunk at c0 (zeros past the context). Position
+    // `pos` is not in the cache yet: its k/v go into the registers of the
+    // lane group that meets it from shared memory (put_newest), so the
+    // loop below reads every position from registers alike.
     auto fetch = [&](int c0, KvRow8<KV>(&kd)[U], KvRow8<KV>(&vd)[U]) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -190,6 +208,20 @@ __device__ __forceinline__ void paged_attention_decode(
             } else {
                 kd[u].zero();
                 vd[u].zero();
+            }
+        }
+    };
+    // After s_kn / s_vn are written: the chunk at c0 held in kd / vd gets
+    // the newest position's k and v where it has it.
+    auto put_newest = [&](int c0, KvRow8<KV>(&kd)[U], KvRow8<KV>(&vd)[U]) {
+        const int u = (pos - c0 - lane_off) / RPI;
+        if (pos >= c0 + lane_off && (pos - c0 - lane_off) % RPI == 0 && u < U) {
+#pragma unroll
+            for (int uu = 0; uu < U; ++uu) {
+                if (uu == u) {
+                    kd[uu].set(&s_kn[sl * 8]);
+                    vd[uu].set(&s_vn[sl * 8]);
+                }
             }
         }
     };
@@ -238,7 +270,10 @@ __device__ __forceinline__ void paged_attention_decode(
             }
         }
     }
-    if (newest_here) __syncthreads();
+    if (newest_here) {
+        __syncthreads();
+        put_newest(start, kr, vr);
+    }
 
     // Each warp's online softmax over the partition's chunks: max m (the
     // same in every lane), and per lane the sum l and output acc over its
@@ -248,7 +283,10 @@ __device__ __forceinline__ void paged_attention_decode(
 #pragma unroll 1
     for (int c0 = start; c0 < end; c0 += ATTN_PART) {
         KvRow8<KV> kx_next[U], vx_next[U];
-        if (MULTI && c0 + ATTN_PART < end) fetch(c0 + ATTN_PART, kx_next, vx_next);
+        if (MULTI && c0 + ATTN_PART < end) {
+            fetch(c0 + ATTN_PART, kx_next, vx_next);
+            if (newest_here) put_newest(c0 + ATTN_PART, kx_next, vx_next);
+        }
         float sc[U];
         float cm = LHAMA_NEG_INF;
 #pragma unroll
@@ -257,10 +295,6 @@ __device__ __forceinline__ void paged_attention_decode(
             float kx[8];
             kr[u].widen(kx);
             float dot = 0.0f;
-            if (p == pos) {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) kx[i] = s_kn[sl * 8 + i];
-            }
 #pragma unroll
             for (int i = 0; i < 8; ++i) dot += qv[i] * kx[i];
 #pragma unroll
@@ -280,13 +314,12 @@ __device__ __forceinline__ void paged_attention_decode(
             for (int i = 0; i < 8; ++i) acc[i] *= corr;
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                const int p = c0 + lane_off + u * RPI;
                 const float e = sc[u] == LHAMA_NEG_INF ? 0.0f : expf(sc[u] - m_new);
                 float vx[8];
                 vr[u].widen(vx);
                 l += e;
 #pragma unroll
-                for (int i = 0; i < 8; ++i) acc[i] += e * (p == pos ? s_vn[sl * 8 + i] : vx[i]);
+                for (int i = 0; i < 8; ++i) acc[i] += e * vx[i];
             }
             m = m_new;
         }
