@@ -30,11 +30,11 @@ pub fn paged_attention_fast(
     #[cfg(target_arch = "x86_64")]
     if shape.head_dim.is_multiple_of(16)
         && (shape.head_dim <= 128 || shape.head_dim == MAX_HEAD_DIM)
-        && has_avx512()
+        && let Some(isa) = vector_isa()
     {
         let groups = head_groups(positions.len(), shape.heads, rayon::current_num_threads());
-        return attention_avx512(
-            q, k_cache, v_cache, seq_of, positions, shape, groups, TILE, out,
+        return attention_vec(
+            q, k_cache, v_cache, seq_of, positions, shape, groups, TILE, isa, out,
         );
     }
     crate::kernels::paged_attention_over(q, k_cache, v_cache, seq_of, positions, shape, out)
@@ -42,6 +42,26 @@ pub fn paged_attention_fast(
 
 /// Largest head size the vector version takes (up to 128, and 256).
 const MAX_HEAD_DIM: usize = 256;
+
+/// The two forms of the vector version (the same bits on both).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum VecIsa {
+    Avx512,
+    Avx2,
+}
+
+/// The vector form this CPU runs, if any.
+#[cfg(target_arch = "x86_64")]
+fn vector_isa() -> Option<VecIsa> {
+    if has_avx512() {
+        Some(VecIsa::Avx512)
+    } else if crate::int8::has_avx2() {
+        Some(VecIsa::Avx2)
+    } else {
+        None
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
@@ -85,7 +105,7 @@ macro_rules! by_chunks {
 /// `groups` must divide `shape.heads`.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-fn attention_avx512(
+fn attention_vec(
     q: &[f32],
     k_cache: &[f16],
     v_cache: &[f16],
@@ -94,6 +114,7 @@ fn attention_avx512(
     shape: AttnShape,
     groups: usize,
     tile: usize,
+    isa: VecIsa,
     out: &mut [f32],
 ) {
     let AttnShape {
@@ -170,12 +191,21 @@ fn attention_avx512(
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(out.ptr().add((tok * heads + h0) * hd), nh * hd)
                 };
-                // SAFETY: AVX-512 F is present (checked by the caller); the
+                // SAFETY: the form `isa` names is present (`vector_isa`); the
                 // scratch holds nh heads' scaled q, sums and padded scores and
                 // o holds nh * hd floats; every row `rows` gives for p < ctx
                 // holds the kv heads' hd values inside both caches (asserted
                 // above), and kv[j] + hd <= kv_heads * hd.
-                unsafe { by_chunks!(c, heads_avx512(k_cache, v_cache, &rows, ctx, sc, o)) };
+                unsafe {
+                    match isa {
+                        VecIsa::Avx512 => {
+                            by_chunks!(c, heads_avx512(k_cache, v_cache, &rows, ctx, sc, o))
+                        }
+                        VecIsa::Avx2 => {
+                            by_chunks!(c, heads_avx2(k_cache, v_cache, &rows, ctx, sc, o))
+                        }
+                    }
+                };
             }
             Task::Tile { tok, n, head } => {
                 let mut ctx = [0usize; TILE];
@@ -201,16 +231,22 @@ fn attention_avx512(
                 // SAFETY: tok + n <= t (`tasks`), so every row is inside out.
                 let o = unsafe { out.ptr().add((tok * heads + head) * hd) };
                 let stride = heads * hd;
-                // SAFETY: AVX-512 F is present (checked by the caller); the
+                // SAFETY: the form `isa` names is present (`vector_isa`); the
                 // tile's tokens share one block table (`tasks`), so every
                 // row `rows` gives for p < max ctx holds the kv head's hd
                 // values inside both caches (asserted above for each token);
                 // this task alone writes head `head` of tokens tok..tok + n.
                 unsafe {
-                    by_chunks!(
-                        c,
-                        tile_avx512(k_cache, v_cache, &rows, &ctx, n, sc, o, stride)
-                    )
+                    match isa {
+                        VecIsa::Avx512 => by_chunks!(
+                            c,
+                            tile_avx512(k_cache, v_cache, &rows, &ctx, n, sc, o, stride)
+                        ),
+                        VecIsa::Avx2 => by_chunks!(
+                            c,
+                            tile_avx2(k_cache, v_cache, &rows, &ctx, n, sc, o, stride)
+                        ),
+                    }
                 };
             }
         });
@@ -349,17 +385,289 @@ impl Rows<'_> {
 #[cfg(target_arch = "x86_64")]
 const AHEAD: usize = 8;
 
+/// 16 f32 lanes: one 512-bit vector (AVX-512, [`Z16`]) or two 256-bit ones
+/// (AVX2 with FMA and F16C, [`Y16`]). Both do the same operation on every
+/// lane and add a vector's lanes up in the same tree, so a kernel written
+/// over `L16` gives the same bits on either.
+///
+/// # Safety
+/// Every method needs its form's instruction set (checked by the caller of
+/// the kernel that uses it); pointers must hold 16 values.
+#[cfg(target_arch = "x86_64")]
+trait L16: Copy {
+    /// Where query i's chain goes among `transpose_reduce`'s inputs so that
+    /// its sum lands in lane i.
+    const SLOT: [usize; 16];
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn load_f16(p: *const f16) -> Self;
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    unsafe fn div(self, o: Self) -> Self;
+    unsafe fn max(self, o: Self) -> Self;
+    /// self · b + c, one rounding.
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self;
+    /// −∞ in the lanes where ctx ≤ p.
+    unsafe fn neg_inf_where_le(self, ctx: Self, p: f32) -> Self;
+    /// e^x, x ≤ 0 (see `exp16`).
+    unsafe fn exp(self) -> Self;
+    /// The sum of the 16 lanes: lane l + lane l + 8, then + 4, + 2, + 1.
+    unsafe fn reduce(self) -> f32;
+    /// Lane-wise, the same tree over 16 vectors.
+    unsafe fn tree(x: [Self; 16]) -> Self;
+    /// `reduce` of 16 vectors at once: lane i is the reduction of x[SLOT[i]].
+    unsafe fn transpose_reduce(x: &[Self; 16]) -> Self;
+}
+
+/// The AVX-512 form of [`L16`].
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Z16(std::arch::x86_64::__m512);
+
+#[cfg(target_arch = "x86_64")]
+impl L16 for Z16 {
+    const SLOT: [usize; 16] = TRANSPOSE;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX-512 F present (the trait's contract), as below.
+        unsafe { Z16(std::arch::x86_64::_mm512_setzero_ps()) }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        unsafe { Z16(std::arch::x86_64::_mm512_set1_ps(x)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { Z16(std::arch::x86_64::_mm512_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { std::arch::x86_64::_mm512_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const f16) -> Self {
+        unsafe { Z16(load16(p)) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        unsafe { Z16(std::arch::x86_64::_mm512_add_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        unsafe { Z16(std::arch::x86_64::_mm512_sub_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        unsafe { Z16(std::arch::x86_64::_mm512_mul_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        unsafe { Z16(std::arch::x86_64::_mm512_div_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        unsafe { Z16(std::arch::x86_64::_mm512_max_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+        unsafe { Z16(std::arch::x86_64::_mm512_fmadd_ps(self.0, b.0, c.0)) }
+    }
+    #[inline(always)]
+    unsafe fn neg_inf_where_le(self, ctx: Self, p: f32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe {
+            let outside = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(ctx.0, _mm512_set1_ps(p));
+            Z16(_mm512_mask_blend_ps(
+                outside,
+                self.0,
+                _mm512_set1_ps(f32::NEG_INFINITY),
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        unsafe { Z16(exp16(self.0)) }
+    }
+    #[inline(always)]
+    unsafe fn reduce(self) -> f32 {
+        unsafe { reduce16(self.0) }
+    }
+    #[inline(always)]
+    unsafe fn tree(x: [Self; 16]) -> Self {
+        unsafe { Z16(tree16(x.map(|v| v.0))) }
+    }
+    #[inline(always)]
+    unsafe fn transpose_reduce(x: &[Self; 16]) -> Self {
+        unsafe { Z16(transpose_reduce16(&x.map(|v| v.0))) }
+    }
+}
+
+/// The AVX2 form of [`L16`]: lanes 0-7 and 8-15 in two 256-bit vectors.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Y16(std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+
+/// Where `Y16::transpose_reduce` leaves input 8 k + j: lane 8 k + PERM8[j]
+/// (the map below is its inverse, applied to the inputs).
+#[cfg(target_arch = "x86_64")]
+const SLOT_Y: [usize; 16] = [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15];
+
+#[cfg(target_arch = "x86_64")]
+impl L16 for Y16 {
+    const SLOT: [usize; 16] = SLOT_Y;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2, FMA and F16C present (the trait's contract), as below.
+        unsafe { Y16(_mm256_setzero_ps(), _mm256_setzero_ps()) }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Y16(_mm256_set1_ps(x), _mm256_set1_ps(x)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Y16(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        use std::arch::x86_64::*;
+        unsafe {
+            _mm256_storeu_ps(p, self.0);
+            _mm256_storeu_ps(p.add(8), self.1);
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const f16) -> Self {
+        use std::arch::x86_64::*;
+        unsafe {
+            Y16(
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(8) as *const __m128i)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Y16(_mm256_add_ps(self.0, o.0), _mm256_add_ps(self.1, o.1)) }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Y16(_mm256_sub_ps(self.0, o.0), _mm256_sub_ps(self.1, o.1)) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Y16(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1)) }
+    }
+    #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Y16(_mm256_div_ps(self.0, o.0), _mm256_div_ps(self.1, o.1)) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Y16(_mm256_max_ps(self.0, o.0), _mm256_max_ps(self.1, o.1)) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe {
+            Y16(
+                _mm256_fmadd_ps(self.0, b.0, c.0),
+                _mm256_fmadd_ps(self.1, b.1, c.1),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn neg_inf_where_le(self, ctx: Self, p: f32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe {
+            let (pv, ninf) = (_mm256_set1_ps(p), _mm256_set1_ps(f32::NEG_INFINITY));
+            Y16(
+                _mm256_blendv_ps(self.0, ninf, _mm256_cmp_ps::<_CMP_LE_OQ>(ctx.0, pv)),
+                _mm256_blendv_ps(self.1, ninf, _mm256_cmp_ps::<_CMP_LE_OQ>(ctx.1, pv)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        // SAFETY: as the trait's contract says.
+        unsafe { Y16(exp8(self.0), exp8(self.1)) }
+    }
+    #[inline(always)]
+    unsafe fn reduce(self) -> f32 {
+        use std::arch::x86_64::*;
+        unsafe {
+            let y = _mm256_add_ps(self.0, self.1);
+            let z = _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps::<1>(y));
+            let w = _mm_add_ps(z, _mm_movehl_ps(z, z));
+            _mm_cvtss_f32(_mm_add_ss(w, _mm_shuffle_ps::<0x55>(w, w)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn tree(x: [Self; 16]) -> Self {
+        unsafe {
+            let y: [Self; 8] = std::array::from_fn(|l| x[l].add(x[l + 8]));
+            let z: [Self; 4] = std::array::from_fn(|l| y[l].add(y[l + 4]));
+            let w: [Self; 2] = std::array::from_fn(|l| z[l].add(z[l + 2]));
+            w[0].add(w[1])
+        }
+    }
+    #[inline(always)]
+    unsafe fn transpose_reduce(x: &[Self; 16]) -> Self {
+        use std::arch::x86_64::*;
+        unsafe {
+            // l + 8: each input's halves.
+            let y: [__m256; 16] = std::array::from_fn(|i| _mm256_add_ps(x[i].0, x[i].1));
+            // l + 4: inputs 2j (lanes 0-3) and 2j + 1 (lanes 4-7).
+            let b: [__m256; 8] = std::array::from_fn(|j| {
+                let (p, q) = (y[2 * j], y[2 * j + 1]);
+                _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(p, q),
+                    _mm256_permute2f128_ps::<0x31>(p, q),
+                )
+            });
+            // l + 2: pairs of lanes of inputs 4m, 4m + 2, 4m + 1, 4m + 3.
+            let d: [__m256; 4] = std::array::from_fn(|m| {
+                let (p, q) = (_mm256_castps_pd(b[2 * m]), _mm256_castps_pd(b[2 * m + 1]));
+                _mm256_add_ps(
+                    _mm256_castpd_ps(_mm256_unpacklo_pd(p, q)),
+                    _mm256_castpd_ps(_mm256_unpackhi_pd(p, q)),
+                )
+            });
+            // l + 1: lanes of inputs 8k, 8k + 2, 8k + 4, 8k + 6, 8k + 1, 8k + 3, 8k + 5, 8k + 7.
+            let f: [__m256; 2] = std::array::from_fn(|k| {
+                let (r, s) = (d[2 * k], d[2 * k + 1]);
+                _mm256_add_ps(
+                    _mm256_shuffle_ps::<0x88>(r, s),
+                    _mm256_shuffle_ps::<0xDD>(r, s),
+                )
+            });
+            Y16(f[0], f[1])
+        }
+    }
+}
+
 /// One token's heads (`sc.kv.len()` of them): scores, softmax, weighted sum
 /// of the value rows, each head's arithmetic as one head alone would do it
 /// (the same operations in the same order).
 ///
 /// # Safety
-/// AVX-512 F present; `sc` as the caller fills it for nh heads of 16 C
-/// values and ctx positions; `o` holds nh · 16 C floats; for every row
-/// `rows` gives for p < ctx, row + kv[j] + 16 C is inside both caches.
+/// V's instruction set present; `sc` as the caller fills it for nh heads
+/// of 16 C values and ctx positions; `o` holds nh · 16 C floats; for every
+/// row `rows` gives for p < ctx, row + kv[j] + 16 C is inside both caches.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn heads_avx512<const C: usize>(
+#[inline(always)]
+unsafe fn heads_vec<V: L16, const C: usize>(
     k_cache: &[f16],
     v_cache: &[f16],
     rows: &Rows,
@@ -367,7 +675,6 @@ unsafe fn heads_avx512<const C: usize>(
     sc: &mut Scratch,
     o: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     let hd = 16 * C;
     let pad = ctx.next_multiple_of(16);
     let Scratch {
@@ -387,25 +694,25 @@ unsafe fn heads_avx512<const C: usize>(
             for (j, &off) in kv.iter().enumerate() {
                 let kp = k_cache.as_ptr().add(at + off);
                 let qj = qp.add(j * hd);
-                let mut s = _mm512_mul_ps(_mm512_loadu_ps(qj), load16(kp));
+                let mut s = V::load(qj).mul(V::load_f16(kp));
                 for c in 1..C {
-                    s = _mm512_fmadd_ps(_mm512_loadu_ps(qj.add(c * 16)), load16(kp.add(c * 16)), s);
+                    s = V::load(qj.add(c * 16)).fmadd(V::load_f16(kp.add(c * 16)), s);
                 }
-                *sp.add(j * pad + p) = reduce16(s);
+                *sp.add(j * pad + p) = s.reduce();
             }
         });
         for (j, inv) in inv.iter_mut().enumerate() {
             let row = sp.add(j * pad);
             let max = (0..ctx).fold(f32::NEG_INFINITY, |m, p| m.max(*row.add(p)));
             // exp(s - max), 16 at a time (the padding past ctx is −∞: 0).
-            let mut sum = _mm512_setzero_ps();
-            let mv = _mm512_set1_ps(max);
+            let mut sum = V::zero();
+            let mv = V::splat(max);
             for c in 0..pad / 16 {
-                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(row.add(c * 16)), mv));
-                _mm512_storeu_ps(row.add(c * 16), e);
-                sum = _mm512_add_ps(sum, e);
+                let e = V::load(row.add(c * 16)).sub(mv).exp();
+                e.store(row.add(c * 16));
+                sum = sum.add(e);
             }
-            *inv = 1.0 / reduce16(sum);
+            *inv = 1.0 / sum.reduce();
         }
         rows.each(ctx, |p, at, ahead| {
             if let Some(a) = ahead {
@@ -413,47 +720,44 @@ unsafe fn heads_avx512<const C: usize>(
             }
             for (j, &off) in kv.iter().enumerate() {
                 let vp = v_cache.as_ptr().add(at + off);
-                let wv = _mm512_set1_ps(*sp.add(j * pad + p));
+                let wv = V::splat(*sp.add(j * pad + p));
                 let aj = ap.add(j * hd);
                 for c in 0..C {
-                    let a = _mm512_loadu_ps(aj.add(c * 16));
-                    _mm512_storeu_ps(
-                        aj.add(c * 16),
-                        _mm512_fmadd_ps(wv, load16(vp.add(c * 16)), a),
-                    );
+                    let a = V::load(aj.add(c * 16));
+                    wv.fmadd(V::load_f16(vp.add(c * 16)), a)
+                        .store(aj.add(c * 16));
                 }
             }
         });
         for (j, &inv) in inv.iter().enumerate() {
-            let iv = _mm512_set1_ps(inv);
+            let iv = V::splat(inv);
             for c in 0..C {
-                _mm512_storeu_ps(
-                    o.as_mut_ptr().add(j * hd + c * 16),
-                    _mm512_mul_ps(_mm512_loadu_ps(ap.add(j * hd + c * 16)), iv),
-                );
+                V::load(ap.add(j * hd + c * 16))
+                    .mul(iv)
+                    .store(o.as_mut_ptr().add(j * hd + c * 16));
             }
         }
     }
 }
 
 /// One head of up to TILE queries that share a block table (`Task::Tile`),
-/// each query's arithmetic exactly what `heads_avx512` does for it alone:
+/// each query's arithmetic exactly what `heads_vec` does for it alone:
 /// the same score chains and reduction tree, the same exponentials, the
-/// same sums in the same order (`transpose_reduce16` gives every query's
+/// same sums in the same order (`transpose_reduce` gives every query's
 /// reduction at once), so a token's output has the same bits in a tile or
 /// alone. The scores are held transposed, a vector of the tile's queries
 /// per position, so the softmax runs across queries; each position's cache
 /// rows are read once for all of them.
 ///
 /// # Safety
-/// AVX-512 F present; `ctx[..n]` the queries' context lengths (≥ 1), zeros
-/// past n; `sc.q` holds TILE rows of 16 C scaled q (zeros past n); for every
-/// row `rows` gives for p < max ctx, row + 16 C is inside both caches; `o`
-/// plus i · stride + 16 C is writable for i < n.
+/// V's instruction set present; `ctx[..n]` the queries' context lengths
+/// (≥ 1), zeros past n; `sc.q` holds TILE rows of 16 C scaled q (zeros past
+/// n); for every row `rows` gives for p < max ctx, row + 16 C is inside both
+/// caches; `o` plus i · stride + 16 C is writable for i < n.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<const C: usize>(
+unsafe fn tile_vec<V: L16, const C: usize>(
     k_cache: &[f16],
     v_cache: &[f16],
     rows: &Rows,
@@ -463,7 +767,6 @@ unsafe fn tile_avx512<const C: usize>(
     o: *mut f32,
     stride: usize,
 ) {
-    use std::arch::x86_64::*;
     let hd = 16 * C;
     let cmax = ctx[..n].iter().copied().max().unwrap_or(0);
     let cmin = ctx[..n].iter().copied().min().unwrap_or(0);
@@ -474,7 +777,7 @@ unsafe fn tile_avx512<const C: usize>(
     // SAFETY: as the function's contract says.
     unsafe {
         let (qp, sp) = (sc.q.as_ptr(), sc.scores.as_mut_ptr());
-        let ctx_v = _mm512_loadu_ps(ctx_v.as_ptr());
+        let ctx_v = V::load(ctx_v.as_ptr());
         // Scores: lane i of row p is query i's score at position p (−∞
         // where p is outside its context).
         rows.each(cmax, |p, at, ahead| {
@@ -482,42 +785,40 @@ unsafe fn tile_avx512<const C: usize>(
                 prefetch_row::<C>(k_cache.as_ptr().add(a), 1);
             }
             let kp = k_cache.as_ptr().add(at);
-            let k: [__m512; C] = std::array::from_fn(|c| load16(kp.add(c * 16)));
-            // Query i's chain in slot TRANSPOSE[i], so that lane i of the
-            // reduction is query i.
-            // All TILE chains (zero q past n) so that they stay in
-            // registers.
-            let mut chains = [_mm512_setzero_ps(); TILE];
+            let k: [V; C] = std::array::from_fn(|c| V::load_f16(kp.add(c * 16)));
+            // Query i's chain in slot V::SLOT[i], so that lane i of the
+            // reduction is query i. All TILE chains (zero q past n) so that
+            // they stay in registers.
+            let mut chains = [V::zero(); TILE];
             for i in 0..TILE {
                 let qi = qp.add(i * hd);
-                let mut s = _mm512_mul_ps(_mm512_loadu_ps(qi), k[0]);
+                let mut s = V::load(qi).mul(k[0]);
                 for (c, &kc) in k.iter().enumerate().skip(1) {
-                    s = _mm512_fmadd_ps(_mm512_loadu_ps(qi.add(c * 16)), kc, s);
+                    s = V::load(qi.add(c * 16)).fmadd(kc, s);
                 }
-                chains[TRANSPOSE[i]] = s;
+                chains[V::SLOT[i]] = s;
             }
-            let mut v = transpose_reduce16(&chains);
+            let mut v = V::transpose_reduce(&chains);
             if p >= cmin {
-                let outside = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(ctx_v, _mm512_set1_ps(p as f32));
-                v = _mm512_mask_blend_ps(outside, v, _mm512_set1_ps(f32::NEG_INFINITY));
+                v = v.neg_inf_where_le(ctx_v, p as f32);
             }
-            _mm512_storeu_ps(sp.add(p * TILE), v);
+            v.store(sp.add(p * TILE));
         });
         // Each query's maximum, exp(s − max) in place and the sums, lane l
-        // of each position chunk into sums[l] as `heads_avx512` adds them.
-        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        // of each position chunk into sums[l] as `heads_vec` adds them.
+        let mut mx = V::splat(f32::NEG_INFINITY);
         for p in 0..cmax {
-            mx = _mm512_max_ps(mx, _mm512_loadu_ps(sp.add(p * TILE)));
+            mx = mx.max(V::load(sp.add(p * TILE)));
         }
-        let mut sums = [_mm512_setzero_ps(); 16];
+        let mut sums = [V::zero(); 16];
         for p in 0..pad {
-            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(sp.add(p * TILE)), mx));
-            _mm512_storeu_ps(sp.add(p * TILE), e);
-            sums[p % 16] = _mm512_add_ps(sums[p % 16], e);
+            let e = V::load(sp.add(p * TILE)).sub(mx).exp();
+            e.store(sp.add(p * TILE));
+            sums[p % 16] = sums[p % 16].add(e);
         }
-        let inv = _mm512_div_ps(_mm512_set1_ps(1.0), tree16(sums));
+        let inv = V::splat(1.0).div(V::tree(sums));
         let mut inv_s = [0f32; TILE];
-        _mm512_storeu_ps(inv_s.as_mut_ptr(), inv);
+        inv.store(inv_s.as_mut_ptr());
         // Weighted value rows, a cache block at a time: its rows stay in L1
         // while each 16 columns' sums for every query run over them (the
         // sums kept in `sc.acc` between blocks, each still added position
@@ -534,41 +835,114 @@ unsafe fn tile_avx512<const C: usize>(
             }
             for c in 0..C {
                 let sums = ap.add(c * TILE * 16);
-                let mut acc: [__m512; TILE] =
-                    std::array::from_fn(|i| _mm512_loadu_ps(sums.add(i * 16)));
+                let mut acc: [V; TILE] = std::array::from_fn(|i| V::load(sums.add(i * 16)));
                 for r in 0..len {
                     let p = p0 + r;
-                    let v = load16(v_cache.as_ptr().add(at + r * row + c * 16));
+                    let v = V::load_f16(v_cache.as_ptr().add(at + r * row + c * 16));
                     let w = sp.add(p * TILE);
                     if p < cmin {
                         for (i, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(i)), v, *a);
+                            *a = V::splat(*w.add(i)).fmadd(v, *a);
                         }
                     } else {
                         for (i, a) in acc.iter_mut().enumerate() {
                             if p < ctx[i] {
-                                *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(i)), v, *a);
+                                *a = V::splat(*w.add(i)).fmadd(v, *a);
                             }
                         }
                     }
                 }
                 for (i, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(sums.add(i * 16), *a);
+                    a.store(sums.add(i * 16));
                 }
             }
         });
         for c in 0..C {
             for (i, &inv) in inv_s.iter().enumerate().take(n) {
-                _mm512_storeu_ps(
-                    o.add(i * stride + c * 16),
-                    _mm512_mul_ps(
-                        _mm512_loadu_ps(ap.add((c * TILE + i) * 16)),
-                        _mm512_set1_ps(inv),
-                    ),
-                );
+                V::load(ap.add((c * TILE + i) * 16))
+                    .mul(V::splat(inv))
+                    .store(o.add(i * stride + c * 16));
             }
         }
     }
+}
+
+/// `heads_vec` on AVX-512.
+///
+/// # Safety
+/// AVX-512 F present; the rest as `heads_vec` says.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn heads_avx512<const C: usize>(
+    k_cache: &[f16],
+    v_cache: &[f16],
+    rows: &Rows,
+    ctx: usize,
+    sc: &mut Scratch,
+    o: &mut [f32],
+) {
+    // SAFETY: as the function's contract says.
+    unsafe { heads_vec::<Z16, C>(k_cache, v_cache, rows, ctx, sc, o) }
+}
+
+/// `heads_vec` on AVX2.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; the rest as `heads_vec` says.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn heads_avx2<const C: usize>(
+    k_cache: &[f16],
+    v_cache: &[f16],
+    rows: &Rows,
+    ctx: usize,
+    sc: &mut Scratch,
+    o: &mut [f32],
+) {
+    // SAFETY: as the function's contract says.
+    unsafe { heads_vec::<Y16, C>(k_cache, v_cache, rows, ctx, sc, o) }
+}
+
+/// `tile_vec` on AVX-512.
+///
+/// # Safety
+/// AVX-512 F present; the rest as `tile_vec` says.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512<const C: usize>(
+    k_cache: &[f16],
+    v_cache: &[f16],
+    rows: &Rows,
+    ctx: &[usize; TILE],
+    n: usize,
+    sc: &mut Scratch,
+    o: *mut f32,
+    stride: usize,
+) {
+    // SAFETY: as the function's contract says.
+    unsafe { tile_vec::<Z16, C>(k_cache, v_cache, rows, ctx, n, sc, o, stride) }
+}
+
+/// `tile_vec` on AVX2.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; the rest as `tile_vec` says.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2<const C: usize>(
+    k_cache: &[f16],
+    v_cache: &[f16],
+    rows: &Rows,
+    ctx: &[usize; TILE],
+    n: usize,
+    sc: &mut Scratch,
+    o: *mut f32,
+    stride: usize,
+) {
+    // SAFETY: as the function's contract says.
+    unsafe { tile_vec::<Y16, C>(k_cache, v_cache, rows, ctx, n, sc, o, stride) }
 }
 
 /// The sum of a vector's 16 lanes in a fixed tree: lane l + lane l + 8,
@@ -709,6 +1083,33 @@ fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     _mm512_mask_blend_ps(tiny, e, _mm512_setzero_ps())
 }
 
+/// `exp16` on 8 lanes with AVX2 and FMA: the same operations lane by lane,
+/// so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    let e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    // Below −87 (and −∞): 0.
+    let tiny = _mm256_cmp_ps::<_CMP_LE_OQ>(x, _mm256_set1_ps(-87.0));
+    _mm256_blendv_ps(e, _mm256_setzero_ps(), tiny)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,6 +1117,97 @@ mod tests {
 
     fn randn(g: &mut SplitMix64, n: usize) -> Vec<f32> {
         (0..n).map(|_| g.next_normal() as f32).collect()
+    }
+
+    /// The vector forms this CPU can run (whatever LHAMA_CPU_ISA says: the
+    /// tests compare every form there is).
+    #[cfg(target_arch = "x86_64")]
+    fn vector_forms() -> Vec<VecIsa> {
+        let mut forms = Vec::new();
+        if std::is_x86_feature_detected!("avx512f") {
+            forms.push(VecIsa::Avx512);
+        }
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            forms.push(VecIsa::Avx2);
+        }
+        forms
+    }
+
+    /// AVX2's 16-lane form against AVX-512's, bit for bit, where the CPU
+    /// has both; else its reductions against a scalar tree and its
+    /// exponential against f64's.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_form_adds_in_the_same_tree() {
+        let forms = vector_forms();
+        if !forms.contains(&VecIsa::Avx2) {
+            eprintln!("no AVX2 on this CPU: the portable attention runs instead");
+            return;
+        }
+        let tree = |x: &[f32]| {
+            let y: Vec<f32> = (0..8).map(|l| x[l] + x[l + 8]).collect();
+            let z: Vec<f32> = (0..4).map(|l| y[l] + y[l + 4]).collect();
+            let w: Vec<f32> = (0..2).map(|l| z[l] + z[l + 2]).collect();
+            w[0] + w[1]
+        };
+        let mut g = SplitMix64::new(9);
+        for _ in 0..200 {
+            let vals: Vec<f32> = (0..256)
+                .map(|_| (g.next_normal() * 10f64.powi((g.next_u64() % 9) as i32 - 4)) as f32)
+                .collect();
+            // SAFETY: AVX2, FMA and F16C are present (checked above); vals
+            // holds 256 floats and the outputs 16 each.
+            unsafe {
+                let x: [Y16; 16] = std::array::from_fn(|i| Y16::load(vals.as_ptr().add(16 * i)));
+                let each: Vec<u32> = (0..16)
+                    .map(|i| {
+                        let r = x[i].reduce();
+                        assert_eq!(r.to_bits(), tree(&vals[16 * i..][..16]).to_bits());
+                        r.to_bits()
+                    })
+                    .collect();
+                let mut placed = [Y16::zero(); 16];
+                for i in 0..16 {
+                    placed[Y16::SLOT[i]] = x[i];
+                }
+                let mut got = [0f32; 16];
+                Y16::transpose_reduce(&placed).store(got.as_mut_ptr());
+                assert_eq!(got.map(f32::to_bits).to_vec(), each);
+                let mut lanes = [0f32; 16];
+                Y16::tree(x).store(lanes.as_mut_ptr());
+                for (j, &v) in lanes.iter().enumerate() {
+                    let col: Vec<f32> = (0..16).map(|i| vals[16 * i + j]).collect();
+                    assert_eq!(v.to_bits(), tree(&col).to_bits());
+                }
+                // The exponential: within exp16's error, and exp16's bits
+                // where AVX-512 is there too.
+                let xs: Vec<f32> = vals.iter().map(|v| -v.abs().min(100.0)).collect();
+                for c in 0..16 {
+                    let mut e = [0f32; 16];
+                    Y16::load(xs.as_ptr().add(16 * c))
+                        .exp()
+                        .store(e.as_mut_ptr());
+                    for (x, y) in xs[16 * c..][..16].iter().zip(e) {
+                        let want = (*x as f64).exp();
+                        if *x > -87.0 {
+                            assert!(((y as f64) - want).abs() / want < 5e-7, "exp({x}) = {y}");
+                        } else {
+                            assert_eq!(y, 0.0, "exp({x})");
+                        }
+                    }
+                    if forms.contains(&VecIsa::Avx512) {
+                        let mut z = [0f32; 16];
+                        Z16::load(xs.as_ptr().add(16 * c))
+                            .exp()
+                            .store(z.as_mut_ptr());
+                        assert_eq!(z.map(f32::to_bits), e.map(f32::to_bits));
+                    }
+                }
+            }
+        }
     }
 
     /// The vector exponential against f64's on [−90, 0] and at −∞.
@@ -940,18 +1432,21 @@ mod tests {
             // Every split of the heads into groups a task takes, and every
             // tile size (1: each token alone), gives the same bits (each
             // query's arithmetic is its own).
+            // Both vector forms the CPU has give those bits too (AVX2's
+            // pairs of 8 lanes add in AVX-512's tree).
             #[cfg(target_arch = "x86_64")]
-            if has_avx512() && hd.is_multiple_of(16) {
+            for isa in vector_forms().into_iter().filter(|_| hd.is_multiple_of(16)) {
                 for groups in (0..4).map(|e| 1 << e).filter(|g| heads % g == 0) {
                     for tile in [1, 3, TILE] {
                         let mut split = vec![f32::NAN; t * heads * hd];
-                        attention_avx512(
-                            &q, &k16, &v16, &seq_of, &positions, shape, groups, tile, &mut split,
+                        attention_vec(
+                            &q, &k16, &v16, &seq_of, &positions, shape, groups, tile, isa,
+                            &mut split,
                         );
                         assert_eq!(
                             split.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                             got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            "heads {heads} hd {hd}: {groups} groups, tiles of {tile}"
+                            "heads {heads} hd {hd}: {isa:?}, {groups} groups, tiles of {tile}"
                         );
                     }
                 }

@@ -366,9 +366,10 @@ fn has_avx512_vnni() -> bool {
     })
 }
 
-/// Whether the CPU has what the AVX2 version uses, checked once.
+/// Whether the CPU has what the AVX2 versions use (AVX2, FMA, F16C) and
+/// LHAMA_CPU_ISA allows them, checked once (also attention's AVX2 form).
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         crate::isa::allows(crate::isa::Isa::Avx2)
