@@ -24,11 +24,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-#[test]
-fn generate_streams_text_and_reports_counts() {
-    let dir = common::synth_tiny();
-    let m = dir.path().to_str().unwrap();
-    let args = [
+/// `generate` of 12 sampled tokens (seed 7) from a chat prompt of model `m`.
+fn sampled_generate(m: &str) -> [&str; 13] {
+    [
         "generate",
         "--model",
         m,
@@ -42,7 +40,14 @@ fn generate_streams_text_and_reports_counts() {
         "--seed",
         "7",
         "--ignore-eos",
-    ];
+    ]
+}
+
+#[test]
+fn generate_streams_text_and_reports_counts() {
+    let dir = common::synth_tiny();
+    let m = dir.path().to_str().unwrap();
+    let args = sampled_generate(m);
     let a = lhama(&args, &[]);
     assert!(a.status.success(), "{}", text(&a.stderr));
     let stderr = text(&a.stderr);
@@ -404,21 +409,7 @@ fn logs_to_a_pipe_have_no_colour_codes() {
 fn the_cpu_isa_cap_picks_the_kernels_and_keeps_the_text() {
     let dir = common::synth_tiny();
     let m = dir.path().to_str().unwrap();
-    let args = [
-        "generate",
-        "--model",
-        m,
-        "--prompt",
-        "Qual a capital do Brasil?",
-        "--chat",
-        "--max-tokens",
-        "12",
-        "--temperature",
-        "0.8",
-        "--seed",
-        "7",
-        "--ignore-eos",
-    ];
+    let args = sampled_generate(m);
     let native = lhama(&args, &[]);
     assert!(native.status.success(), "{}", text(&native.stderr));
     for level in ["scalar", "avx2", "avx512"] {
