@@ -1,6 +1,8 @@
 //! The fast path's attention over f16 K/V caches: `kernels::paged_attention`
-//! with 512-bit vectors where the CPU has AVX-512 and the head size is 16-128
-//! or 256 (else the exact kernel's arithmetic on the widened rows,
+//! in 16-lane vectors where the CPU has AVX-512 (one 512-bit register) or
+//! AVX2 with FMA and F16C (two 256-bit ones, the same operations and
+//! reduction tree: the same bits) and the head size is 16-128 or 256 (else
+//! the exact kernel's arithmetic on the widened rows,
 //! `kernels::paged_attention_over`). The caches are
 //! widened to f32 as they are read. Per (token, head): each score is a dot
 //! product in 16-lane fused multiply-adds reduced once, the exponentials
