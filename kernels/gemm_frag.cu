@@ -13,10 +13,14 @@
 //
 // Block: 256 threads = 8 warps, 4 across the columns and 2 down the rows.
 // A warp takes 2 column tiles (32 columns) and RT row tiles of 8, so a block
-// covers 128 columns and BM = 16 RT rows. k goes in chunks of 64: the next
-// chunk's x (f32, converted to f16 as it is staged), weights, zeros and
-// scales are loaded into registers while the tensor cores work on this one;
-// x sits double-buffered in shared memory.
+// covers 128 columns and BM = 16 RT rows. k goes in chunks of 64. The
+// weights, zeros and scales (constant) come through a ring of STAGES chunks
+// in shared memory, copied by cp.async STAGES - 1 chunks ahead of the tensor
+// cores (the first ones before the wait on the previous kernel); the next
+// chunk's x (f32, converted to f16 as it is staged) is loaded into registers
+// while the tensor cores work on this one and sits double-buffered in shared
+// memory. The stage count changes only when the bytes arrive, never the
+// arithmetic: every form gives the same bits.
 // Grid: (ceil(N / 128), ceil(M / BM), splits). Split z covers k in
 // [z * k_per_split, min(K, (z + 1) * k_per_split)) and writes
 // out[z, M, N] (with one split, y itself); its consumer or
@@ -44,14 +48,37 @@ __device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const __half* p) {
     }
 }
 
-template <int RT>
+// 16 bytes from global to shared memory through L2 (cp.async.cg); with
+// `full` false nothing is read and the 16 bytes are zeroed.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool full) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    const int bytes = full ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's most recent copy groups are pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// One chunk of the weight ring: the block's 8 column tiles' fragments (a
+// 16-byte piece per lane) and its 128 columns' zeros and scales.
+struct FragStage {
+    uint4 w[8][LHAMA_WARP];
+    float zs[2][128];
+};
+
+template <int RT, int STAGES>
 __device__ __forceinline__ void awq_gemm_frag(
     const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
+    static_assert(STAGES >= 2, "the ring holds this chunk and the next");
     constexpr int BM = 16 * RT;
     // float4 of x per thread per chunk: BM rows x 16 float4.
     constexpr int XV = BM * 16 / FRAG_THREADS;
     __shared__ __align__(16) __half xs[2][BM * FRAG_XS];
+    __shared__ __align__(16) FragStage ring[STAGES];
 
     const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
     const int gid = lane / 4, tig = lane % 4;
@@ -80,28 +107,22 @@ __device__ __forceinline__ void awq_gemm_frag(
     }
     const int xk = (tid % 16) * 4;
 
-    float4 xv[XV];
-    uint4 wv[2];
-    float zf[2][2], sf[2][2];
-    auto fetch_weights = [&](int k0) {
-        const int kq = k0 / 64;
-        const size_t g = (size_t)(k0 / group) * n;
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            if (ct_ok[j]) {
-                wv[j] = frag[((size_t)(nt0 + j) * quads + kq) * LHAMA_WARP + lane];
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    zf[j][h] = zeros[g + col[j][h]];
-                    sf[j][h] = scales[g + col[j][h]];
-                }
-            } else {
-                wv[j] = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-                for (int h = 0; h < 2; ++h) zf[j][h] = sf[j][h] = 0.0f;
-            }
+    // The chunk at k0 into ring slot `slot`: thread t copies column tile
+    // t / 32's piece for lane t % 32; threads 0-63 copy the 128 columns'
+    // zeros (0-31) and scales (32-63), 4 columns each. Tiles and columns
+    // past N are zero-filled.
+    auto issue = [&](int k0, int slot) {
+        const int tile = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
+        const int nt = n0 / 16 + tile;
+        const bool ok = nt < n / 16;
+        cp_async16(&ring[slot].w[tile][l], frag + ((size_t)(ok ? nt : 0) * quads + k0 / 64) * LHAMA_WARP + l, ok);
+        if (tid < 64) {
+            const int which = tid / LHAMA_WARP, c = n0 + 4 * l;
+            const float* table = which ? scales : zeros;
+            cp_async16(&ring[slot].zs[which][4 * l], table + (size_t)(k0 / group) * n + (c < n ? c : 0), c < n);
         }
     };
+    float4 xv[XV];
     auto fetch_x = [&](int k0) {
 #pragma unroll
         for (int i = 0; i < XV; ++i)
@@ -116,20 +137,22 @@ __device__ __forceinline__ void awq_gemm_frag(
             *reinterpret_cast<uint2*>(&xs[buf][r * FRAG_XS + xk]) = make_uint2(half2_bits(h01), half2_bits(h23));
         }
     };
-    // The chunk the tensor cores work on: its weight words, 1024 + zero and
-    // the scale as half2 per (tile, a-row half).
+    // The chunk the tensor cores work on, from its ring slot: its weight
+    // words, 1024 + zero and the scale as half2 per (tile, a-row half).
     unsigned wcur[2][4], zb[2][2], sb[2][2];
-    auto take_weights = [&]() {
+    auto take_weights = [&](int slot) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-            wcur[j][0] = wv[j].x;
-            wcur[j][1] = wv[j].y;
-            wcur[j][2] = wv[j].z;
-            wcur[j][3] = wv[j].w;
+            const uint4 v = ring[slot].w[wc * 2 + j][lane];
+            wcur[j][0] = v.x;
+            wcur[j][1] = v.y;
+            wcur[j][2] = v.z;
+            wcur[j][3] = v.w;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                zb[j][h] = half2_bits(__float2half2_rn(1024.0f + zf[j][h]));
-                sb[j][h] = half2_bits(__float2half2_rn(sf[j][h]));
+                const int cl = (wc * 2 + j) * 16 + gid + 8 * h;
+                zb[j][h] = half2_bits(__float2half2_rn(1024.0f + ring[slot].zs[0][cl]));
+                sb[j][h] = half2_bits(__float2half2_rn(ring[slot].zs[1][cl]));
             }
         }
     };
@@ -142,17 +165,20 @@ __device__ __forceinline__ void awq_gemm_frag(
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.0f;
 
-    // Weights, zeros and scales are constant: the first chunk's are in
-    // flight before the wait on the previous kernel (which writes x).
-    if (chunks > 0) fetch_weights(kb);
+    // The first STAGES - 1 chunks' weights are constant: in flight before
+    // the wait on the previous kernel (which writes x). One copy group per
+    // chunk, empty past the split's end, so that group c is chunk c.
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < chunks) issue(kb + 64 * st, st);
+        cp_async_commit();
+    }
     LHAMA_GRID_WAIT();
     LHAMA_GRID_LAUNCH_DEPENDENTS();
     if (chunks > 0) {
         fetch_x(kb);
         stage_x(0);
-        take_weights();
     }
-    __syncthreads();
     // ldmatrix.x4 addresses: lanes 0-7 rows 0-7 at k 0, 8-15 rows 0-7 at k 8,
     // 16-23 rows 8-15 at k 0, 24-31 rows 8-15 at k 8 (of a pair of row tiles):
     // registers b0, b1 of the first row tile, then of the second.
@@ -160,11 +186,16 @@ __device__ __forceinline__ void awq_gemm_frag(
     const int ld_k = ((lane / 8) % 2) * 8;
     for (int c = 0; c < chunks; ++c) {
         const int buf = c & 1;
-        const int k0 = kb + c * 64;
-        if (c + 1 < chunks) {
-            fetch_weights(k0 + 64);
-            fetch_x(k0 + 64);
-        }
+        // Chunk c's copies (this thread's) have landed; the barrier makes
+        // every thread's visible, with x staged in xs[buf], and frees the
+        // slot and the x buffer that chunk c - 1 used.
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int ahead = c + STAGES - 1;
+        if (ahead < chunks) issue(kb + 64 * ahead, ahead % STAGES);
+        cp_async_commit();
+        if (c + 1 < chunks) fetch_x(kb + 64 * (c + 1));
+        take_weights(c % STAGES);
         const __half* xb = &xs[buf][ld_row * FRAG_XS + ld_k];
 #pragma unroll
         for (int t = 0; t < 4; ++t) {  // k16 steps of the chunk
@@ -189,11 +220,7 @@ __device__ __forceinline__ void awq_gemm_frag(
                 }
             }
         }
-        if (c + 1 < chunks) {
-            stage_x(buf ^ 1);
-            take_weights();
-        }
-        __syncthreads();
+        if (c + 1 < chunks) stage_x(buf ^ 1);
     }
 
     // D[column, row]: c0 (col gid, row 2 tig), c1 (row 2 tig + 1), c2, c3 the
@@ -217,16 +244,16 @@ __device__ __forceinline__ void awq_gemm_frag(
     }
 }
 
-// BM = 64 rows (4 row tiles a warp) and 128 rows (8).
-extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 2) awq_gemm_frag64_f16x(
-    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
-    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
-    awq_gemm_frag<4>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);
-}
-
-extern "C" __global__ void __launch_bounds__(FRAG_THREADS) awq_gemm_frag128_f16x(
-    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
-    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
-    awq_gemm_frag<8>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);
-}
-
+// BM = 64 rows (4 row tiles a warp) with a ring of 2, 3 or 4 chunks, and
+// 128 rows (8) with 2 (static shared memory stays under 48 KB: x takes 36 KB
+// there, each ring slot 5 KB).
+#define AWQ_GEMM_FRAG_KERNEL(NAME, RT, STAGES, BOUNDS)                                                             \
+    extern "C" __global__ void BOUNDS NAME(                                                                        \
+        const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,              \
+        const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) { \
+        awq_gemm_frag<RT, STAGES>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);                         \
+    }
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s2_f16x, 4, 2, __launch_bounds__(FRAG_THREADS, 2))
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s3_f16x, 4, 3, __launch_bounds__(FRAG_THREADS, 2))
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s4_f16x, 4, 4, __launch_bounds__(FRAG_THREADS, 2))
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag128_s2_f16x, 8, 2, __launch_bounds__(FRAG_THREADS))

@@ -329,8 +329,9 @@ pub struct Kernels {
     awq_mma: CudaFunction,
     awq_mma_fast: CudaFunction,
     /// The fast path's AWQ GEMM on fragment-ordered weights (gemm_frag.cu):
-    /// 64-row and 128-row block tiles.
-    gemm_frag: (CudaFunction, CudaFunction),
+    /// 64-row block tiles with a weight ring of 2, 3 and 4 chunks, and
+    /// 128-row tiles (a ring of 2).
+    gemm_frag: ([CudaFunction; 3], CudaFunction),
     /// Kernels touching the KV cache: (f32 cache, f16 cache).
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
@@ -367,6 +368,9 @@ pub struct Kernels {
     /// From this many rows the fragment GEMM takes 128-row block tiles
     /// (fewer: 64-row tiles).
     pub gemm_frag_tall_rows: usize,
+    /// Chunks of weights in the 64-row fragment GEMM's cp.async ring, 2 to 4
+    /// (LHAMA_GEMM_FRAG_STAGES; every count gives the same bits).
+    pub gemm_frag_stages: usize,
     /// Steps with prompt tokens on the f16 cache attend on the tensor cores
     /// (attention_mma.cu) where head_dim is 32, 64 or 128
     /// (LHAMA_PREFILL_MMA=0: the f32-accumulating kernel, for comparisons).
@@ -427,6 +431,8 @@ pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 pub const DEFAULT_GEMV_MMA_MIN_ROWS: usize = 3;
 /// Rows from which the fragment GEMM takes 128-row tiles.
 pub const DEFAULT_GEMM_FRAG_TALL_ROWS: usize = 512;
+/// Chunks of weights in flight in the 64-row fragment GEMM's ring.
+pub const DEFAULT_GEMM_FRAG_STAGES: usize = 4;
 /// Columns of one fragment-GEMM block (gemm_frag.cu), its k chunk, and the
 /// least k a split of it takes.
 pub(crate) const GEMM_FRAG_COLS: usize = 128;
@@ -667,7 +673,14 @@ impl Kernels {
             gemv_mma: (f("awq_gemv_mma_f16x")?, f("awq_gemv_mma_silu_f16x")?),
             awq_mma: f("awq_gemm_mma_f32")?,
             awq_mma_fast: f("awq_gemm_mma_f16x")?,
-            gemm_frag: (f("awq_gemm_frag64_f16x")?, f("awq_gemm_frag128_f16x")?),
+            gemm_frag: (
+                [
+                    f("awq_gemm_frag64_s2_f16x")?,
+                    f("awq_gemm_frag64_s3_f16x")?,
+                    f("awq_gemm_frag64_s4_f16x")?,
+                ],
+                f("awq_gemm_frag128_s2_f16x")?,
+            ),
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -699,6 +712,15 @@ impl Kernels {
             prefill_mma_on: std::env::var("LHAMA_PREFILL_MMA").map_or(true, |v| v != "0"),
             gemm_frag_tall_rows: env_rows("LHAMA_GEMM_FRAG_TALL_ROWS")?
                 .unwrap_or(DEFAULT_GEMM_FRAG_TALL_ROWS),
+            gemm_frag_stages: match env_rows("LHAMA_GEMM_FRAG_STAGES")? {
+                None => DEFAULT_GEMM_FRAG_STAGES,
+                Some(n @ 2..=4) => n,
+                Some(n) => {
+                    return Err(CudaError::Unsupported(format!(
+                        "LHAMA_GEMM_FRAG_STAGES={n}: the fragment GEMM's ring takes 2, 3 or 4 chunks"
+                    )));
+                }
+            },
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_rows_on: std::env::var("LHAMA_LM_HEAD_ROWS").map_or(true, |v| v != "0"),
@@ -1372,7 +1394,8 @@ impl Kernels {
         let (func, bm) = if m >= self.gemm_frag_tall_rows {
             (&self.gemm_frag.1, 128)
         } else {
-            (&self.gemm_frag.0, 64)
+            let stages = self.gemm_frag_stages.clamp(2, 4);
+            (&self.gemm_frag.0[stages - 2], 64)
         };
         let (splits, k_per_split) = frag_splits(
             w.k,
