@@ -30,10 +30,7 @@
 #define FRAG_THREADS 256
 // Shared x rows in halves: 64 k + 8 pad (144 bytes, so the eight 16-byte
 // rows of an ldmatrix phase fall in distinct banks).
-#define FRAG_XS GEMM_FRAG_XS
-// GEMM_FRAG_XS, GEMM_FRAG_STAGE_BYTES: defined by the host
-// (kernels::shared_defines), which sizes the dynamic shared memory from them:
-// x double-buffered (2 * BM * FRAG_XS halves), then the ring of STAGES slots.
+#define FRAG_XS 72
 
 // Four 8x8 f16 matrices from shared memory (ldmatrix .x4; TRANS: each
 // transposed), lane L giving the address of row L % 8 of matrix L / 8.
@@ -71,8 +68,6 @@ struct FragStage {
     uint4 w[8][LHAMA_WARP];
     float zs[2][128];
 };
-static_assert(sizeof(FragStage) == GEMM_FRAG_STAGE_BYTES, "the host sizes the ring from GEMM_FRAG_STAGE_BYTES");
-extern __shared__ __align__(16) unsigned char frag_smem[];
 
 template <int RT, int STAGES>
 __device__ __forceinline__ void awq_gemm_frag(
@@ -82,10 +77,8 @@ __device__ __forceinline__ void awq_gemm_frag(
     constexpr int BM = 16 * RT;
     // float4 of x per thread per chunk: BM rows x 16 float4.
     constexpr int XV = BM * 16 / FRAG_THREADS;
-    // Dynamic shared memory (the host passes 2 * BM * FRAG_XS * 2 +
-    // STAGES * GEMM_FRAG_STAGE_BYTES bytes): x, then the ring.
-    auto xs = reinterpret_cast<__half(*)[BM * FRAG_XS]>(frag_smem);
-    FragStage* ring = reinterpret_cast<FragStage*>(frag_smem + 2 * BM * FRAG_XS * sizeof(__half));
+    __shared__ __align__(16) __half xs[2][BM * FRAG_XS];
+    __shared__ __align__(16) FragStage ring[STAGES];
 
     const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
     const int gid = lane / 4, tig = lane % 4;
@@ -251,8 +244,9 @@ __device__ __forceinline__ void awq_gemm_frag(
     }
 }
 
-// BM = 64 rows (4 row tiles a warp) and 128 rows (8), each with a ring of
-// 2, 3 or 4 chunks (28-39 KB and 47-57 KB of shared memory).
+// BM = 64 rows (4 row tiles a warp) with a ring of 2, 3 or 4 chunks, and
+// 128 rows (8) with 2 (static shared memory stays under 48 KB: x takes 36 KB
+// there, each ring slot 5 KB).
 #define AWQ_GEMM_FRAG_KERNEL(NAME, RT, STAGES, BOUNDS)                                                             \
     extern "C" __global__ void BOUNDS NAME(                                                                        \
         const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,              \
@@ -263,5 +257,3 @@ AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s2_f16x, 4, 2, __launch_bounds__(FRAG_THREA
 AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s3_f16x, 4, 3, __launch_bounds__(FRAG_THREADS, 2))
 AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s4_f16x, 4, 4, __launch_bounds__(FRAG_THREADS, 2))
 AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag128_s2_f16x, 8, 2, __launch_bounds__(FRAG_THREADS))
-AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag128_s3_f16x, 8, 3, __launch_bounds__(FRAG_THREADS))
-AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag128_s4_f16x, 8, 4, __launch_bounds__(FRAG_THREADS))

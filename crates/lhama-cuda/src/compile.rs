@@ -130,8 +130,6 @@ pub const KERNELS: &[Kernel] = &[
     Kernel::new("awq_gemm_frag64_s3_f16x", GEMM_FRAG),
     Kernel::new("awq_gemm_frag64_s4_f16x", GEMM_FRAG),
     Kernel::new("awq_gemm_frag128_s2_f16x", GEMM_FRAG),
-    Kernel::new("awq_gemm_frag128_s3_f16x", GEMM_FRAG),
-    Kernel::new("awq_gemm_frag128_s4_f16x", GEMM_FRAG),
     Kernel::new("paged_attention_prefill_mma_f16kv_d32", PREFILL_F16),
     Kernel::new("paged_attention_prefill_mma_f16kv_d64", PREFILL_F16),
     Kernel::new("paged_attention_prefill_mma_f16kv_d128", PREFILL_F16),

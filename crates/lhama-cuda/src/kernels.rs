@@ -102,10 +102,8 @@ pub fn fragment_order(qweight: &[u32], k: usize, n: usize) -> Vec<u32> {
 /// kernels' source gets them as `#define`s (`compile::program_source`), and
 /// no kernel file defines them itself (a unit test), so the two sides
 /// cannot drift apart.
-pub(crate) fn shared_defines() -> [(&'static str, usize); 15] {
+pub(crate) fn shared_defines() -> [(&'static str, usize); 13] {
     [
-        ("GEMM_FRAG_XS", GEMM_FRAG_XS),
-        ("GEMM_FRAG_STAGE_BYTES", GEMM_FRAG_STAGE_BYTES),
         ("AWQ_MAX_M", AWQ_MAX_M),
         ("AWQ_ROWS_PER_BLOCK", AWQ_ROWS_PER_BLOCK),
         ("GEMV_MMA_WARPS", GEMV_MMA_COLS / 16),
@@ -331,9 +329,9 @@ pub struct Kernels {
     awq_mma: CudaFunction,
     awq_mma_fast: CudaFunction,
     /// The fast path's AWQ GEMM on fragment-ordered weights (gemm_frag.cu):
-    /// 64-row and 128-row block tiles, each with a weight ring of 2, 3 and
-    /// 4 chunks.
-    gemm_frag: ([CudaFunction; 3], [CudaFunction; 3]),
+    /// 64-row block tiles with a weight ring of 2, 3 and 4 chunks, and
+    /// 128-row tiles (a ring of 2).
+    gemm_frag: ([CudaFunction; 3], CudaFunction),
     /// Kernels touching the KV cache: (f32 cache, f16 cache).
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
@@ -370,10 +368,9 @@ pub struct Kernels {
     /// From this many rows the fragment GEMM takes 128-row block tiles
     /// (fewer: 64-row tiles).
     pub gemm_frag_tall_rows: usize,
-    /// Chunks of weights in the fragment GEMM's cp.async ring, 2 to 4, for
-    /// its 64-row and its 128-row tiles (LHAMA_GEMM_FRAG_STAGES,
-    /// LHAMA_GEMM_FRAG_TALL_STAGES; every count gives the same bits).
-    pub gemm_frag_stages: (usize, usize),
+    /// Chunks of weights in the 64-row fragment GEMM's cp.async ring, 2 to 4
+    /// (LHAMA_GEMM_FRAG_STAGES; every count gives the same bits).
+    pub gemm_frag_stages: usize,
     /// Steps with prompt tokens on the f16 cache attend on the tensor cores
     /// (attention_mma.cu) where head_dim is 32, 64 or 128
     /// (LHAMA_PREFILL_MMA=0: the f32-accumulating kernel, for comparisons).
@@ -434,24 +431,13 @@ pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 pub const DEFAULT_GEMV_MMA_MIN_ROWS: usize = 3;
 /// Rows from which the fragment GEMM takes 128-row tiles.
 pub const DEFAULT_GEMM_FRAG_TALL_ROWS: usize = 512;
-/// Chunks of weights in the fragment GEMM's ring: 64-row, 128-row tiles.
-pub const DEFAULT_GEMM_FRAG_STAGES: (usize, usize) = (4, 2);
+/// Chunks of weights in flight in the 64-row fragment GEMM's ring.
+pub const DEFAULT_GEMM_FRAG_STAGES: usize = 4;
 /// Columns of one fragment-GEMM block (gemm_frag.cu), its k chunk, and the
 /// least k a split of it takes.
 pub(crate) const GEMM_FRAG_COLS: usize = 128;
 pub(crate) const GEMM_FRAG_BK: usize = 64;
 const GEMM_FRAG_MIN_SPLIT_K: usize = 128;
-/// Halves of one shared x row of the fragment GEMM (64 k + 8 pad), and the
-/// bytes of one slot of its weight ring (8 column tiles' fragments, 128
-/// columns' zeros and scales); GEMM_FRAG_XS, GEMM_FRAG_STAGE_BYTES there.
-const GEMM_FRAG_XS: usize = 72;
-const GEMM_FRAG_STAGE_BYTES: usize = 8 * 32 * 16 + 2 * GEMM_FRAG_COLS * 4;
-
-/// Dynamic shared memory of a fragment GEMM block of `bm` rows with a ring
-/// of `stages` chunks: x double-buffered as f16, then the ring.
-fn frag_smem_bytes(bm: usize, stages: usize) -> usize {
-    2 * bm * GEMM_FRAG_XS * 2 + stages * GEMM_FRAG_STAGE_BYTES
-}
 
 /// Tile of the tensor-core GEMM (MMA_BM, MMA_BN in gemm_mma.cu) and its k step.
 pub(crate) const MMA_TILE: usize = 64;
@@ -543,17 +529,6 @@ fn env_rows(var: &str) -> Result<Option<usize>, CudaError> {
             .map(Some)
             .map_err(|_| CudaError::Unsupported(format!("{var}={v:?} is not a row count"))),
         Err(_) => Ok(None),
-    }
-}
-
-/// A fragment-GEMM ring depth from `var` (2 to 4), else `default`.
-fn frag_stages(var: &str, default: usize) -> Result<usize, CudaError> {
-    match env_rows(var)? {
-        None => Ok(default),
-        Some(n @ 2..=4) => Ok(n),
-        Some(n) => Err(CudaError::Unsupported(format!(
-            "{var}={n}: the fragment GEMM's ring takes 2, 3 or 4 chunks"
-        ))),
     }
 }
 
@@ -671,22 +646,6 @@ impl Kernels {
             .iter()
             .map(|k| Ok((f(k.name)?.cu_function() as usize, k)))
             .collect::<Result<_, cudarc::driver::DriverError>>()?;
-        // The fragment GEMM of `bm`-row tiles at ring depths 2, 3, 4, each
-        // allowed the dynamic shared memory it takes (over 48 KB for
-        // 128-row tiles from 3 chunks).
-        let frag = |bm: usize| -> Result<[CudaFunction; 3], CudaError> {
-            let mut out = Vec::with_capacity(3);
-            for stages in 2..=4 {
-                let func = f(&format!("awq_gemm_frag{bm}_s{stages}_f16x"))?;
-                func.set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    i32::try_from(frag_smem_bytes(bm, stages)).unwrap_or(i32::MAX),
-                )?;
-                out.push(func);
-            }
-            out.try_into()
-                .map_err(|_| CudaError::Unsupported("fragment GEMM kernels".into()))
-        };
         // The decode attention kernels of one form and cache type, by head size.
         let decode = |form: &str, kv: &str| -> Result<[CudaFunction; 3], _> {
             Ok::<_, cudarc::driver::DriverError>([
@@ -714,7 +673,14 @@ impl Kernels {
             gemv_mma: (f("awq_gemv_mma_f16x")?, f("awq_gemv_mma_silu_f16x")?),
             awq_mma: f("awq_gemm_mma_f32")?,
             awq_mma_fast: f("awq_gemm_mma_f16x")?,
-            gemm_frag: (frag(64)?, frag(128)?),
+            gemm_frag: (
+                [
+                    f("awq_gemm_frag64_s2_f16x")?,
+                    f("awq_gemm_frag64_s3_f16x")?,
+                    f("awq_gemm_frag64_s4_f16x")?,
+                ],
+                f("awq_gemm_frag128_s2_f16x")?,
+            ),
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -746,10 +712,15 @@ impl Kernels {
             prefill_mma_on: std::env::var("LHAMA_PREFILL_MMA").map_or(true, |v| v != "0"),
             gemm_frag_tall_rows: env_rows("LHAMA_GEMM_FRAG_TALL_ROWS")?
                 .unwrap_or(DEFAULT_GEMM_FRAG_TALL_ROWS),
-            gemm_frag_stages: (
-                frag_stages("LHAMA_GEMM_FRAG_STAGES", DEFAULT_GEMM_FRAG_STAGES.0)?,
-                frag_stages("LHAMA_GEMM_FRAG_TALL_STAGES", DEFAULT_GEMM_FRAG_STAGES.1)?,
-            ),
+            gemm_frag_stages: match env_rows("LHAMA_GEMM_FRAG_STAGES")? {
+                None => DEFAULT_GEMM_FRAG_STAGES,
+                Some(n @ 2..=4) => n,
+                Some(n) => {
+                    return Err(CudaError::Unsupported(format!(
+                        "LHAMA_GEMM_FRAG_STAGES={n}: the fragment GEMM's ring takes 2, 3 or 4 chunks"
+                    )));
+                }
+            },
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_rows_on: std::env::var("LHAMA_LM_HEAD_ROWS").map_or(true, |v| v != "0"),
@@ -1420,13 +1391,12 @@ impl Kernels {
         defer: bool,
     ) -> Result<usize, CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
-        let (funcs, bm, stages) = if m >= self.gemm_frag_tall_rows {
-            (&self.gemm_frag.1, 128, self.gemm_frag_stages.1)
+        let (func, bm) = if m >= self.gemm_frag_tall_rows {
+            (&self.gemm_frag.1, 128)
         } else {
-            (&self.gemm_frag.0, 64, self.gemm_frag_stages.0)
+            let stages = self.gemm_frag_stages.clamp(2, 4);
+            (&self.gemm_frag.0[stages - 2], 64)
         };
-        let stages = stages.clamp(2, 4);
-        let func = &funcs[stages - 2];
         let (splits, k_per_split) = frag_splits(
             w.k,
             w.n.div_ceil(GEMM_FRAG_COLS) * m.div_ceil(bm),
@@ -1436,8 +1406,7 @@ impl Kernels {
         let cfg = LaunchConfig {
             grid_dim: (grid(w.n, GEMM_FRAG_COLS), grid(m, bm), splits as u32),
             block_dim: (256, 1, 1),
-            // Allowed at load (`frag`).
-            shared_mem_bytes: frag_smem_bytes(bm, stages) as u32,
+            shared_mem_bytes: 0,
         };
         // x holds m * K, frag K * N/8, zeros/scales K/G * N, partial
         // splits * m * N as frag_splits ensures; k_per_split is a multiple
