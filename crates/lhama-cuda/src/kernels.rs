@@ -430,7 +430,10 @@ pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 /// Rows from which the fast path's GEMV runs on the tensor cores.
 pub const DEFAULT_GEMV_MMA_MIN_ROWS: usize = 3;
 /// Rows from which the fragment GEMM takes 128-row tiles.
-pub const DEFAULT_GEMM_FRAG_TALL_ROWS: usize = 512;
+/// (H200, docs/BENCHMARKS.md round 9: from 256 rather than 512, decode at
+/// 256 rows +4% and a 256-token prefill +4-5%; from 128 the 192-row steps
+/// lost 6.5%.)
+pub const DEFAULT_GEMM_FRAG_TALL_ROWS: usize = 256;
 /// Chunks of weights in flight in the 64-row fragment GEMM's ring.
 pub const DEFAULT_GEMM_FRAG_STAGES: usize = 4;
 /// Columns of one fragment-GEMM block (gemm_frag.cu), its k chunk, and the
