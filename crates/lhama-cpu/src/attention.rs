@@ -869,83 +869,39 @@ unsafe fn tile_vec<V: L16, const C: usize>(
     }
 }
 
-/// `heads_vec` on AVX-512.
+/// The AVX-512 and AVX2 forms of a kernel generic over its 16-lane type:
+/// each its own function because `#[target_feature]` turns an instruction
+/// set on for one function, around the one generic body.
 ///
-/// # Safety
-/// AVX-512 F present; the rest as `heads_vec` says.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn heads_avx512<const C: usize>(
-    k_cache: &[f16],
-    v_cache: &[f16],
-    rows: &Rows,
-    ctx: usize,
-    sc: &mut Scratch,
-    o: &mut [f32],
-) {
-    // SAFETY: as the function's contract says.
-    unsafe { heads_vec::<Z16, C>(k_cache, v_cache, rows, ctx, sc, o) }
+/// Safety of each form: its instruction set present (AVX-512 F; AVX2, FMA
+/// and F16C); the rest as the generic kernel says.
+macro_rules! vec_forms {
+    ($kernel:ident => $avx512:ident, $avx2:ident; $($arg:ident: $ty:ty),* $(,)?) => {
+        #[doc = concat!("`", stringify!($kernel), "` on AVX-512 (see `vec_forms`).")]
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx512<const C: usize>($($arg: $ty),*) {
+            // SAFETY: as the function's contract says.
+            unsafe { $kernel::<Z16, C>($($arg),*) }
+        }
+
+        #[doc = concat!("`", stringify!($kernel), "` on AVX2 (see `vec_forms`).")]
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx2<const C: usize>($($arg: $ty),*) {
+            // SAFETY: as the function's contract says.
+            unsafe { $kernel::<Y16, C>($($arg),*) }
+        }
+    };
 }
 
-/// `heads_vec` on AVX2.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; the rest as `heads_vec` says.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn heads_avx2<const C: usize>(
-    k_cache: &[f16],
-    v_cache: &[f16],
-    rows: &Rows,
-    ctx: usize,
-    sc: &mut Scratch,
-    o: &mut [f32],
-) {
-    // SAFETY: as the function's contract says.
-    unsafe { heads_vec::<Y16, C>(k_cache, v_cache, rows, ctx, sc, o) }
-}
-
-/// `tile_vec` on AVX-512.
-///
-/// # Safety
-/// AVX-512 F present; the rest as `tile_vec` says.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<const C: usize>(
-    k_cache: &[f16],
-    v_cache: &[f16],
-    rows: &Rows,
-    ctx: &[usize; TILE],
-    n: usize,
-    sc: &mut Scratch,
-    o: *mut f32,
-    stride: usize,
-) {
-    // SAFETY: as the function's contract says.
-    unsafe { tile_vec::<Z16, C>(k_cache, v_cache, rows, ctx, n, sc, o, stride) }
-}
-
-/// `tile_vec` on AVX2.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; the rest as `tile_vec` says.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2<const C: usize>(
-    k_cache: &[f16],
-    v_cache: &[f16],
-    rows: &Rows,
-    ctx: &[usize; TILE],
-    n: usize,
-    sc: &mut Scratch,
-    o: *mut f32,
-    stride: usize,
-) {
-    // SAFETY: as the function's contract says.
-    unsafe { tile_vec::<Y16, C>(k_cache, v_cache, rows, ctx, n, sc, o, stride) }
-}
+vec_forms!(heads_vec => heads_avx512, heads_avx2;
+    k_cache: &[f16], v_cache: &[f16], rows: &Rows, ctx: usize, sc: &mut Scratch, o: &mut [f32]);
+vec_forms!(tile_vec => tile_avx512, tile_avx2;
+    k_cache: &[f16], v_cache: &[f16], rows: &Rows, ctx: &[usize; TILE], n: usize, sc: &mut Scratch,
+    o: *mut f32, stride: usize);
 
 /// The sum of a vector's 16 lanes in a fixed tree: lane l + lane l + 8,
 /// then + 4, + 2, + 1 (what `transpose_reduce16` and `tree16` do for 16 of
