@@ -31,7 +31,13 @@
 // product's input is silu(gate) * up, computed as the row is read (the same
 // expression as silu_mul_f32, so the same values bit for bit): the down
 // projection without a silu_mul launch before it.
-template <int M, int ROWS, int WARPS, bool SILU>
+// CLUSTER (Hopper, 1-2 rows, at most 8 splits): the launch makes the K
+// splits of a column tile one thread block cluster (1, splits, 1); each block
+// leaves its sums in shared memory and, after a cluster barrier, adds up a
+// share of the tile's columns across the cluster's blocks in split order
+// from 0.0f (the fused path's order: the same bits), through distributed
+// shared memory, and writes y. No partial sums, counters or atomics.
+template <int M, int ROWS, int WARPS, bool SILU, bool CLUSTER = false>
 __device__ __forceinline__ void awq_gemv_partial(
     const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,
@@ -100,6 +106,36 @@ __device__ __forceinline__ void awq_gemv_partial(
     __syncthreads();
     // Every thread of the block adds up some of the (row, column) sums.
     const int tid = warp * 32 + lane;
+    if constexpr (CLUSTER) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        __shared__ float mine[M * 8][32];
+        for (int e = tid; e < m_valid * 8 * 32; e += 32 * WARPS) {
+            const int rj = e / 32, l = e % 32;
+            float v = 0.0f;
+#pragma unroll
+            for (int w2 = 0; w2 < WARPS; ++w2) v += sums[w2][rj][l];
+            mine[rj][l] = v;
+        }
+        cluster_barrier();
+        const int splits = (int)cluster_size(), rank = (int)cluster_rank();
+        const int total = m_valid * 8 * 32, share = (total + splits - 1) / splits;
+        const int e = rank * share + tid;
+        if (tid < share && e < total) {
+            const int rj = e / 32, l = e % 32;
+            const int w = blockIdx.x * 32 + l;
+            if (w < n8) {
+                float v = 0.0f;
+                for (int z = 0; z < splits; ++z) v += ld_cluster_f32(cluster_map(&mine[rj][l], (unsigned)z));
+                y[(size_t)(rj / 8) * n + w * 8 + rj % 8] = v;
+            }
+        }
+        // No block leaves (its shared memory with it) while others read it.
+        cluster_barrier();
+#else
+        __trap();
+#endif
+        return;
+    }
     for (int e = tid; e < m_valid * 8 * 32; e += 32 * WARPS) {
         const int rj = e / 32, l = e % 32;
         const int w = blockIdx.x * 32 + l;
@@ -150,10 +186,23 @@ __device__ __forceinline__ void awq_gemv_partial(
                                                fused, m_valid);                                                \
     }
 
+// The cluster form of the plain GEMV for 1 and 2 rows (`fused` and the
+// counters unused).
+#define AWQ_GEMV_CLUSTER_KERNEL(M, ROWS, WARPS)                                                               \
+    extern "C" __global__ void awq_gemv_cluster_m##M##_f32(                                                   \
+        const float* __restrict__ x, const unsigned* __restrict__ qweight, const float* __restrict__ zeros,   \
+        const float* __restrict__ scales, float* __restrict__ partial, float* __restrict__ y,                 \
+        unsigned* __restrict__ counters, int k, int n, int group, int fused, int m_valid) {                   \
+        awq_gemv_partial<M, ROWS, WARPS, false, true>(x, qweight, zeros, scales, partial, y, counters, k, n,  \
+                                                      group, fused, m_valid);                                  \
+    }
+
 AWQ_GEMV_KERNEL(1, 8, 16)
 AWQ_GEMV_KERNEL(2, 8, 16)
 AWQ_GEMV_KERNEL(4, 16, 8)
 AWQ_GEMV_KERNEL(8, 32, 4)
+AWQ_GEMV_CLUSTER_KERNEL(1, 8, 16)
+AWQ_GEMV_CLUSTER_KERNEL(2, 8, 16)
 
 // y[r, col] = sum over splits s (in order) of partial[s, r, col].
 // Grid: (ceil(m * n / 256)), block: 256.

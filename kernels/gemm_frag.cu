@@ -25,6 +25,13 @@
 // [z * k_per_split, min(K, (z + 1) * k_per_split)) and writes
 // out[z, M, N] (with one split, y itself); its consumer or
 // awq_reduce_partials_f32 adds the splits up in order (deterministic).
+// The cluster form (CLUSTER, Hopper) is launched with the splits of a tile
+// as one thread block cluster (1, 1, splits), at most 8: each block leaves
+// its f32 tile in its own shared memory, and after a cluster barrier block z
+// adds up every z-th strip of it across the cluster's blocks through
+// distributed shared memory, in split order from 0.0f (awq_reduce_partials_f32's
+// order: the same bits), and writes y itself. No partial sums leave the
+// SMs and no second kernel runs.
 // Host guarantees: N % 16 == 0, K % 64 == 0, k_per_split % 64 == 0,
 // group % 64 == 0.
 #define FRAG_THREADS 256
@@ -69,7 +76,19 @@ struct FragStage {
     float zs[2][128];
 };
 
-template <int RT, int STAGES>
+// The f32 tile a cluster block leaves for the reduction: BM rows of 128
+// columns, rows padded by 4 floats (the fragment stores of a warp fall in 32
+// distinct banks; rows stay 16-byte aligned for the float4 reads).
+#define FRAG_TILE_LD 132
+
+template <int RT, int STAGES, bool CLUSTER>
+__host__ __device__ constexpr int frag_smem_bytes() {
+    constexpr int body = (int)(2 * 16 * RT * FRAG_XS * sizeof(__half) + STAGES * sizeof(FragStage));
+    constexpr int tile = CLUSTER ? 16 * RT * FRAG_TILE_LD * (int)sizeof(float) : 0;
+    return body > tile ? body : tile;
+}
+
+template <int RT, int STAGES, bool CLUSTER>
 __device__ __forceinline__ void awq_gemm_frag(
     const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
     const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
@@ -77,8 +96,11 @@ __device__ __forceinline__ void awq_gemm_frag(
     constexpr int BM = 16 * RT;
     // float4 of x per thread per chunk: BM rows x 16 float4.
     constexpr int XV = BM * 16 / FRAG_THREADS;
-    __shared__ __align__(16) __half xs[2][BM * FRAG_XS];
-    __shared__ __align__(16) FragStage ring[STAGES];
+    // x's double buffer, then the ring; the cluster form's f32 tile reuses
+    // the same bytes once the tensor cores are done.
+    __shared__ __align__(16) unsigned char smem[frag_smem_bytes<RT, STAGES, CLUSTER>()];
+    __half(*xs)[BM * FRAG_XS] = reinterpret_cast<__half(*)[BM * FRAG_XS]>(smem);
+    FragStage* ring = reinterpret_cast<FragStage*>(smem + 2 * BM * FRAG_XS * sizeof(__half));
 
     const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
     const int gid = lane / 4, tig = lane % 4;
@@ -225,6 +247,50 @@ __device__ __forceinline__ void awq_gemm_frag(
 
     // D[column, row]: c0 (col gid, row 2 tig), c1 (row 2 tig + 1), c2, c3 the
     // same at column gid + 8.
+    if constexpr (CLUSTER) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // Every copy landed and every warp is past its last reads of x and
+        // the ring before the tile overwrites them.
+        cp_async_wait<0>();
+        __syncthreads();
+        float* tile = reinterpret_cast<float*>(smem);
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int r = 0; r < RT; ++r) {
+                const int row = wr * RT * 8 + r * 8 + 2 * tig;
+                const int c = (wc * 2 + j) * 16 + gid;
+                tile[row * FRAG_TILE_LD + c] = acc[j][r][0];
+                tile[(row + 1) * FRAG_TILE_LD + c] = acc[j][r][1];
+                tile[row * FRAG_TILE_LD + c + 8] = acc[j][r][2];
+                tile[(row + 1) * FRAG_TILE_LD + c + 8] = acc[j][r][3];
+            }
+        cluster_barrier();
+        const unsigned rank = cluster_rank(), splits = cluster_size();
+        // float4 e of the tile: row e / 32, columns 4 (e % 32) onwards;
+        // this block takes every splits-th run of 256 (one a thread).
+        for (int e = (int)rank * FRAG_THREADS + tid; e < BM * 32; e += (int)splits * FRAG_THREADS) {
+            const int row = e / 32, c = 4 * (e % 32);
+            const float* src = tile + row * FRAG_TILE_LD + c;
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (unsigned z = 0; z < splits; ++z) {
+                const float4 p = ld_cluster_f4(cluster_map(src, z));
+                v.x += p.x;
+                v.y += p.y;
+                v.z += p.z;
+                v.w += p.w;
+            }
+            const int gr = m0 + row, gc = n0 + c;
+            // N % 16 == 0: a float4 of columns is all in or all out.
+            if (gr < m && gc < n) *reinterpret_cast<float4*>(out + (size_t)gr * n + gc) = v;
+        }
+        // No block leaves (its shared memory with it) while others read it.
+        cluster_barrier();
+#else
+        __trap();
+#endif
+        return;
+    }
     float* dst = out + (size_t)blockIdx.z * m * n;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -247,13 +313,15 @@ __device__ __forceinline__ void awq_gemm_frag(
 // BM = 64 rows (4 row tiles a warp) with a ring of 2, 3 or 4 chunks, and
 // 128 rows (8) with 2 (static shared memory stays under 48 KB: x takes 36 KB
 // there, each ring slot 5 KB).
-#define AWQ_GEMM_FRAG_KERNEL(NAME, RT, STAGES, BOUNDS)                                                             \
+#define AWQ_GEMM_FRAG_KERNEL(NAME, RT, STAGES, CLUSTER, BOUNDS)                                                    \
     extern "C" __global__ void BOUNDS NAME(                                                                        \
         const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,              \
         const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) { \
-        awq_gemm_frag<RT, STAGES>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);                         \
+        awq_gemm_frag<RT, STAGES, CLUSTER>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);                \
     }
-AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s2_f16x, 4, 2, __launch_bounds__(FRAG_THREADS, 2))
-AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s3_f16x, 4, 3, __launch_bounds__(FRAG_THREADS, 2))
-AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s4_f16x, 4, 4, __launch_bounds__(FRAG_THREADS, 2))
-AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag128_s2_f16x, 8, 2, __launch_bounds__(FRAG_THREADS))
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s2_f16x, 4, 2, false, __launch_bounds__(FRAG_THREADS, 2))
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s3_f16x, 4, 3, false, __launch_bounds__(FRAG_THREADS, 2))
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_s4_f16x, 4, 4, false, __launch_bounds__(FRAG_THREADS, 2))
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag128_s2_f16x, 8, 2, false, __launch_bounds__(FRAG_THREADS))
+// The cluster form (Hopper only: the host launches it there alone), out = y.
+AWQ_GEMM_FRAG_KERNEL(awq_gemm_frag64_cluster_f16x, 4, 4, true, __launch_bounds__(FRAG_THREADS, 2))

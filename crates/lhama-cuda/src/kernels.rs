@@ -321,6 +321,9 @@ pub struct Kernels {
     silu_mul: CudaFunction,
     /// GEMV partial-sum kernels for 1, 2, 4 and 8 rows, with their warps per block.
     awq_partial: [(usize, usize, CudaFunction); 4],
+    /// The plain GEMV for 1 and 2 rows with its K splits added up in a
+    /// thread block cluster (Hopper; awq.cu).
+    awq_partial_cluster: [CudaFunction; 2],
     /// The same GEMV taking silu(gate) * up of a gate_up product as its input.
     awq_partial_silu: [(usize, usize, CudaFunction); 4],
     /// The tensor-core GEMV of 1-8 rows (fast path): (x, silu(gate) * up).
@@ -332,6 +335,9 @@ pub struct Kernels {
     /// 64-row block tiles with a weight ring of 2, 3 and 4 chunks, and
     /// 128-row tiles (a ring of 2).
     gemm_frag: ([CudaFunction; 3], CudaFunction),
+    /// Its 64-row form with the K splits added up in a thread block cluster
+    /// (Hopper; gemm_frag.cu).
+    gemm_frag_cluster: CudaFunction,
     /// Kernels touching the KV cache: (f32 cache, f16 cache).
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
@@ -371,6 +377,10 @@ pub struct Kernels {
     /// Chunks of weights in the 64-row fragment GEMM's cp.async ring, 2 to 4
     /// (LHAMA_GEMM_FRAG_STAGES; every count gives the same bits).
     pub gemm_frag_stages: usize,
+    /// Where the 64-row fragment GEMM and the 1-2 row f32 GEMV add their K
+    /// splits up inside a thread block cluster instead of in a second
+    /// kernel, the last block or the consumer (LHAMA_CLUSTER_SPLITS).
+    pub cluster_mode: ClusterSplits,
     /// Steps with prompt tokens on the f16 cache attend on the tensor cores
     /// (attention_mma.cu) where head_dim is 32, 64 or 128
     /// (LHAMA_PREFILL_MMA=0: the f32-accumulating kernel, for comparisons).
@@ -429,6 +439,24 @@ pub struct KernelTime {
 pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 /// Rows from which the fast path's GEMV runs on the tensor cores.
 pub const DEFAULT_GEMV_MMA_MIN_ROWS: usize = 3;
+/// Where the K splits (2 to CLUSTER_MAX_SPLITS of them) of the 64-row
+/// fragment GEMM and of the 1-2 row f32 GEMV are added up in a thread block
+/// cluster, through distributed shared memory, rather than written out as
+/// partial sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterSplits {
+    /// Never (LHAMA_GEMM_FRAG_CLUSTER=0; also before Hopper).
+    Off,
+    /// Where the splits would otherwise need awq_reduce_partials (the
+    /// default, =1); those left to the consumer stay there.
+    Undeferred,
+    /// Also instead of leaving them to the consumer (=2).
+    Always,
+}
+
+/// The most K splits one cluster reduction takes (the portable cluster size).
+pub(crate) const CLUSTER_MAX_SPLITS: usize = 8;
+
 /// Rows from which the fragment GEMM takes 128-row tiles.
 /// (H200, docs/BENCHMARKS.md round 9: from 256 rather than 512, decode at
 /// 256 rows +4% and a 256-token prefill +4-5%; from 128 the 192-row steps
@@ -667,6 +695,7 @@ impl Kernels {
                 (4, 8, f("awq_gemv_partial_m4_f32")?),
                 (8, 4, f("awq_gemv_partial_m8_f32")?),
             ],
+            awq_partial_cluster: [f("awq_gemv_cluster_m1_f32")?, f("awq_gemv_cluster_m2_f32")?],
             awq_partial_silu: [
                 (1, 16, f("awq_gemv_silu_m1_f32")?),
                 (2, 16, f("awq_gemv_silu_m2_f32")?),
@@ -684,6 +713,7 @@ impl Kernels {
                 ],
                 f("awq_gemm_frag128_s2_f16x")?,
             ),
+            gemm_frag_cluster: f("awq_gemm_frag64_cluster_f16x")?,
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -721,6 +751,17 @@ impl Kernels {
                 Some(n) => {
                     return Err(CudaError::Unsupported(format!(
                         "LHAMA_GEMM_FRAG_STAGES={n}: the fragment GEMM's ring takes 2, 3 or 4 chunks"
+                    )));
+                }
+            },
+            cluster_mode: match std::env::var("LHAMA_CLUSTER_SPLITS").as_deref() {
+                _ if major < 9 => ClusterSplits::Off,
+                Err(_) | Ok("1") => ClusterSplits::Undeferred,
+                Ok("0") => ClusterSplits::Off,
+                Ok("2") => ClusterSplits::Always,
+                Ok(v) => {
+                    return Err(CudaError::Unsupported(format!(
+                        "LHAMA_CLUSTER_SPLITS={v}: 0 (off), 1 (where no consumer adds the splits) or 2 (always)"
                     )));
                 }
             },
@@ -790,7 +831,35 @@ impl Kernels {
             }
             _ => None,
         };
-        self.launch_raw(s, f, cfg, args)?;
+        self.launch_raw(s, f, cfg, args, None)?;
+        if let Some((start, flags)) = timed {
+            let end = s.record_event(flags)?;
+            if let Ok(mut p) = self.profile.lock()
+                && let Some(v) = p.as_mut()
+            {
+                v.push((f.cu_function() as usize, start, end));
+            }
+        }
+        Ok(())
+    }
+
+    /// `launch` with the grid in thread block clusters of `cluster` blocks.
+    fn launch_cluster(
+        &self,
+        s: &CudaStream,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut Args<'_>,
+        cluster: (u32, u32, u32),
+    ) -> Result<(), CudaError> {
+        let timed = match self.profile.lock() {
+            Ok(p) if p.is_some() => {
+                let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+                Some((s.record_event(flags)?, flags))
+            }
+            _ => None,
+        };
+        self.launch_raw(s, f, cfg, args, Some(cluster))?;
         if let Some((start, flags)) = timed {
             let end = s.record_event(flags)?;
             if let Ok(mut p) = self.profile.lock()
@@ -808,6 +877,7 @@ impl Kernels {
         f: &CudaFunction,
         cfg: LaunchConfig,
         args: &mut Args<'_>,
+        cluster: Option<(u32, u32, u32)>,
     ) -> Result<(), CudaError> {
         use cudarc::driver::sys;
         let kernel = self
@@ -829,11 +899,25 @@ impl Kernels {
         // SAFETY: a zeroed launch-attribute value is a valid (empty) union.
         let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
         value.programmaticStreamSerializationAllowed = 1;
-        let mut attr = sys::CUlaunchAttribute {
+        let mut attrs = [sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
             pad: [0; 4],
             value,
-        };
+        }; 2];
+        let mut n_attrs = usize::from(self.pdl);
+        if let Some((x, y, z)) = cluster {
+            // SAFETY: as above.
+            let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+            value.clusterDim.x = x;
+            value.clusterDim.y = y;
+            value.clusterDim.z = z;
+            attrs[n_attrs] = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value,
+            };
+            n_attrs += 1;
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -843,12 +927,12 @@ impl Kernels {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: s.cu_stream(),
-            attrs: if self.pdl {
-                &mut attr
+            attrs: if n_attrs > 0 {
+                attrs.as_mut_ptr()
             } else {
                 std::ptr::null_mut()
             },
-            numAttrs: u32::from(self.pdl),
+            numAttrs: n_attrs as u32,
         };
         s.context().bind_to_thread()?;
         // SAFETY: the caller passes exactly the kernel's parameters, in order,
@@ -1149,8 +1233,39 @@ impl Kernels {
             &self.awq_partial
         };
         let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
-        let defer = defer && splits > 1;
+        let cluster = self.gemv_cluster(m, w.k, silu, defer);
+        let defer = defer && splits > 1 && !cluster;
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
+        if cluster {
+            let cfg = LaunchConfig {
+                grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
+                block_dim: (32, 16, 1),
+                shared_mem_bytes: 0,
+            };
+            // x holds m * K, qweight K * N/8, zeros/scales K/G * N, y m * N
+            // (checked by the callers); one cluster is a column tile's
+            // splits (partial and counters unused).
+            self.launch_cluster(
+                s,
+                &self.awq_partial_cluster[m - 1],
+                cfg,
+                Args::new(s)
+                    .buf(x)
+                    .buf(&w.qweight)
+                    .buf(&w.zeros)
+                    .buf(&w.scales)
+                    .buf_mut(partial)
+                    .buf_mut(y)
+                    .buf_mut(counters)
+                    .i32(k)
+                    .i32(n)
+                    .i32(g)
+                    .i32(0)
+                    .i32(i32_of(m)),
+                (1, splits as u32, 1),
+            )?;
+            return Ok(1);
+        }
         for (row, rows) in row_chunks(m) {
             // Chunks of 8 rows; the rest in one launch of the smallest
             // variant (1, 2, 4 or 8 rows) that takes it, with rows to spare
@@ -1376,6 +1491,48 @@ impl Kernels {
         Ok(split.splits)
     }
 
+    /// Whether a product's K splits are added up in a cluster where they
+    /// fit one; `defer`: the consumer would add them up.
+    fn cluster_splits(&self, defer: bool) -> bool {
+        match self.cluster_mode {
+            ClusterSplits::Off => false,
+            ClusterSplits::Undeferred => !defer,
+            ClusterSplits::Always => true,
+        }
+    }
+
+    /// Whether the f32 GEMV of M rows over K inputs adds its splits up in a
+    /// cluster (`defer`: its consumer could).
+    pub fn gemv_cluster(&self, m: usize, k: usize, silu: bool, defer: bool) -> bool {
+        let splits = k.div_ceil(AWQ_ROWS_PER_BLOCK);
+        !silu
+            && m <= AWQ_FUSED_MAX_ROWS
+            && (2..=CLUSTER_MAX_SPLITS).contains(&splits)
+            && self.cluster_splits(defer && self.gemv_defer && splits > 1)
+    }
+
+    /// The K splits (count, k each) of an M×K×N fragment GEMM added up in a
+    /// thread block cluster (`cluster_mode`), or None where they
+    /// are not: 128-row tiles, one split, more splits than a cluster takes,
+    /// or the consumer adding them (`defer`) in the default mode.
+    pub fn gemm_frag_cluster_split(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        defer: bool,
+    ) -> Option<(usize, usize)> {
+        if !self.cluster_splits(defer) || m >= self.gemm_frag_tall_rows {
+            return None;
+        }
+        // No partial sums: as many splits as the grid wants.
+        let tiles = n.div_ceil(GEMM_FRAG_COLS) * m.div_ceil(64);
+        let (splits, k_per_split) = frag_splits(k, tiles, self.mma_split_blocks, usize::MAX);
+        (2..=CLUSTER_MAX_SPLITS)
+            .contains(&splits)
+            .then_some((splits, k_per_split))
+    }
+
     /// The fast path's GEMM on fragment-ordered weights (gemm_frag.cu; sizes
     /// checked by `awq_matmul_impl`, the shape by `gemv_mma_fits`, which
     /// implies the kernel's N % 16, K % 64, G % 64). K is split in multiples
@@ -1400,9 +1557,38 @@ impl Kernels {
             let stages = self.gemm_frag_stages.clamp(2, 4);
             (&self.gemm_frag.0[stages - 2], 64)
         };
+        let tiles = w.n.div_ceil(GEMM_FRAG_COLS) * m.div_ceil(bm);
+        if let Some((splits, k_per_split)) = self.gemm_frag_cluster_split(m, w.k, w.n, defer) {
+            let cfg = LaunchConfig {
+                grid_dim: (grid(w.n, GEMM_FRAG_COLS), grid(m, bm), splits as u32),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // x holds m * K, frag K * N/8, zeros/scales K/G * N, y m * N
+            // (checked by the callers); one cluster is a tile's splits.
+            let mut a = Args::new(s);
+            a.buf(x)
+                .buf(frag)
+                .buf(&w.zeros)
+                .buf(&w.scales)
+                .buf_mut(y)
+                .i32(i32_of(m))
+                .i32(i32_of(w.k))
+                .i32(i32_of(w.n))
+                .i32(i32_of(w.group))
+                .i32(i32_of(k_per_split));
+            self.launch_cluster(
+                s,
+                &self.gemm_frag_cluster,
+                cfg,
+                &mut a,
+                (1, 1, splits as u32),
+            )?;
+            return Ok(1);
+        }
         let (splits, k_per_split) = frag_splits(
             w.k,
-            w.n.div_ceil(GEMM_FRAG_COLS) * m.div_ceil(bm),
+            tiles,
             self.mma_split_blocks,
             partial.len() / (m * w.n).max(1),
         );

@@ -117,10 +117,16 @@ fn awq_matmul_matches_cpu() {
     let _ = NEEDS_GPU;
     let (s, mut k) = setup();
     let mut g = SplitMix64::new(21);
+    // Thread block clusters (the fragment GEMM's cluster splits) from Hopper.
+    let hopper = s.context().compute_capability().unwrap().0 >= 9;
+    let mut clustered = 0;
+    let mut clustered_gemv = 0;
     // (rows, K, N, group): ragged rows and columns (N not a multiple of the
     // 64-column GEMM tile), one and many K splits, both kernels' row ranges.
     for &(m, kk, n, group) in &[
         (1, 128, 64, 64),
+        (1, 1024, 3072, 128),
+        (1, 512, 200, 128),
         (3, 256, 200, 128),
         (8, 384, 1000, 128),
         (13, 1024, 3072, 128),
@@ -165,9 +171,15 @@ fn awq_matmul_matches_cpu() {
         // gemv_mma_on off) through the f32 GEMV.
         // The fragment GEMM (gemm_frag_on) in its 64-row tiles
         // (tall rows usize::MAX) with weight rings of 2, 3 and 4 chunks, and
-        // its 128-row tiles (tall rows 1).
+        // its 128-row tiles (tall rows 1); the 64-row tiles with their K
+        // splits added up in a thread block cluster (the default on Hopper)
+        // where 2-8 splits, with partial sums and a second kernel elsewhere.
         let mut frag64_bits: Option<Vec<f32>> = None;
-        for (mma_min, precision, gemv_mma, frag_gemm, tall, stages) in [
+        // Every f32 GEMV form (fused, with the reduce kernel, in a cluster)
+        // adds the same sums in the same order.
+        let mut gemv_bits: Option<Vec<f32>> = None;
+        use lhama_cuda::kernels::ClusterSplits::{Off, Undeferred};
+        for (mma_min, precision, gemv_mma, frag_gemm, tall, stages, cluster) in [
             (
                 lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS,
                 Precision::Exact,
@@ -175,17 +187,49 @@ fn awq_matmul_matches_cpu() {
                 false,
                 usize::MAX,
                 4,
+                Off,
             ),
-            (1, Precision::Exact, true, false, usize::MAX, 4),
-            (1, Precision::Fast, true, false, usize::MAX, 4),
-            (usize::MAX, Precision::Fast, true, false, usize::MAX, 4),
-            (usize::MAX, Precision::Fast, false, false, usize::MAX, 4),
-            (1, Precision::Fast, true, true, usize::MAX, 2),
-            (1, Precision::Fast, true, true, usize::MAX, 3),
-            (1, Precision::Fast, true, true, usize::MAX, 4),
+            (1, Precision::Exact, true, false, usize::MAX, 4, Off),
+            (1, Precision::Fast, true, false, usize::MAX, 4, Off),
+            (usize::MAX, Precision::Fast, true, false, usize::MAX, 4, Off),
+            (
+                usize::MAX,
+                Precision::Fast,
+                false,
+                false,
+                usize::MAX,
+                4,
+                Off,
+            ),
+            (1, Precision::Fast, true, true, usize::MAX, 2, Off),
+            (1, Precision::Fast, true, true, usize::MAX, 3, Off),
+            (1, Precision::Fast, true, true, usize::MAX, 4, Off),
+            (1, Precision::Fast, true, true, usize::MAX, 4, Undeferred),
+            (
+                usize::MAX,
+                Precision::Exact,
+                true,
+                false,
+                usize::MAX,
+                4,
+                Undeferred,
+            ),
+            (
+                usize::MAX,
+                Precision::Fast,
+                false,
+                false,
+                usize::MAX,
+                4,
+                Undeferred,
+            ),
             // (128-row tiles always take a ring of 2.)
-            (1, Precision::Fast, true, true, 1, 2),
+            (1, Precision::Fast, true, true, 1, 2, Off),
         ] {
+            if cluster != Off && !hopper {
+                continue;
+            }
+            k.cluster_mode = cluster;
             k.gemm_frag_stages = stages;
             k.mma_min_rows = mma_min;
             k.precision = precision;
@@ -200,9 +244,19 @@ fn awq_matmul_matches_cpu() {
             let tc_frag = mma && fast && frag_gemm && w.frag.is_some();
             let path = match (mma, precision) {
                 (false, _) if tc_gemv => "gemv mma f16 x",
+                (false, _) if k.gemv_cluster(m, kk, false, false) => {
+                    clustered_gemv += 1;
+                    "gemv, splits in a cluster"
+                }
                 (false, _) => "gemv",
                 (true, Precision::Exact) => "mma exact",
                 (true, Precision::Fast) if tc_frag && tall == 1 => "frag gemm 128-row tiles",
+                (true, Precision::Fast)
+                    if tc_frag && k.gemm_frag_cluster_split(m, kk, n, false).is_some() =>
+                {
+                    clustered += 1;
+                    "frag gemm 64-row tiles, splits in a cluster"
+                }
                 (true, Precision::Fast) if tc_frag => "frag gemm 64-row tiles",
                 (true, Precision::Fast) => "mma f16 x",
             };
@@ -242,7 +296,20 @@ fn awq_matmul_matches_cpu() {
                             .iter()
                             .zip(&runs[0])
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "frag gemm m={m} k={kk} n={n}: a ring of {stages} chunks changes the bits"
+                        "frag gemm m={m} k={kk} n={n}: a ring of {stages} chunks \
+                         ({cluster:?} cluster splits) changes the bits"
+                    ),
+                }
+            }
+            if path.starts_with("gemv") && !path.starts_with("gemv mma") {
+                match &gemv_bits {
+                    None => gemv_bits = Some(runs[0].clone()),
+                    Some(first) => assert!(
+                        first
+                            .iter()
+                            .zip(&runs[0])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{path} m={m} k={kk} n={n}: not the bits of the other f32 GEMV forms"
                     ),
                 }
             }
@@ -252,6 +319,19 @@ fn awq_matmul_matches_cpu() {
                 "{path} m={m} k={kk} n={n}: second launch differs"
             );
         }
+    }
+    // 13×1024×3072 and 16×1024×1024 (8 splits), 100×1024×8192 (3),
+    // 257×4096×1024 (7) go through the cluster.
+    if hopper {
+        assert!(
+            clustered >= 4,
+            "only {clustered} shapes took the cluster splits"
+        );
+        // 1×1024×3072, 1×512×200, 2×1024×3072 (8, 4, 8 splits), twice each.
+        assert!(
+            clustered_gemv >= 6,
+            "only {clustered_gemv} GEMV runs took the cluster splits"
+        );
     }
 }
 
