@@ -1,8 +1,8 @@
 //! The AWQ matrix product on every model shape against cuBLAS fp16 (f32
 //! accumulation) on the same shapes, in one run: the yardstick for the
 //! GEMM work of issue 8. cuBLAS is used here only, never in the forward
-//! pass. Times are CUDA-event medians of repeated launches (after a
-//! warm-up), with the inputs on the device.
+//! pass. Times are CUDA-event medians of replays of a graph of repeated
+//! launches (after a warm-up), with the inputs on the device.
 
 use std::sync::Arc;
 
@@ -82,27 +82,42 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median microseconds of `launch` over `reps` timed runs of 10 launches each.
+/// Launches of one product in a timed graph.
+const LAUNCHES: usize = 10;
+
+/// Median microseconds of one `launch` over `reps` timed replays of a CUDA
+/// graph of LAUNCHES back-to-back launches (captured after a warm-up): the
+/// GPU's time, as the forward pass replays its steps from graphs, not the
+/// host's cost of issuing each launch (which bounds eager launches of
+/// small products at 7-15 us, both ours and cuBLAS's).
 fn time(
     ctx: &Arc<CudaContext>,
     s: &Arc<CudaStream>,
     reps: usize,
     mut launch: impl FnMut() -> Result<(), CudaError>,
 ) -> Result<f64, CudaError> {
+    use cudarc::driver::sys;
     for _ in 0..3 {
         launch()?;
     }
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    s.synchronize()?;
+    s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let launched = (0..LAUNCHES).try_for_each(|_| launch());
+    // The capture ends whether or not the launches succeeded.
+    let graph = s.end_capture(sys::CUgraphInstantiate_flags(0));
+    launched?;
+    let graph =
+        graph?.ok_or_else(|| CudaError::Driver("graph capture produced no graph".into()))?;
+    graph.launch()?;
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
     let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = ctx.new_event(flags)?;
         let end = ctx.new_event(flags)?;
         start.record(s)?;
-        for _ in 0..10 {
-            launch()?;
-        }
+        graph.launch()?;
         end.record(s)?;
-        runs.push(f64::from(start.elapsed_ms(&end)?) * 1e3 / 10.0);
+        runs.push(f64::from(start.elapsed_ms(&end)?) * 1e3 / LAUNCHES as f64);
     }
     Ok(median(runs))
 }

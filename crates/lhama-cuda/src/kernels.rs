@@ -377,10 +377,14 @@ pub struct Kernels {
     /// Chunks of weights in the 64-row fragment GEMM's cp.async ring, 2 to 4
     /// (LHAMA_GEMM_FRAG_STAGES; every count gives the same bits).
     pub gemm_frag_stages: usize,
-    /// Where the 64-row fragment GEMM and the 1-2 row f32 GEMV add their K
-    /// splits up inside a thread block cluster instead of in a second
-    /// kernel, the last block or the consumer (LHAMA_CLUSTER_SPLITS).
+    /// Where the 64-row fragment GEMM adds its K splits up inside a thread
+    /// block cluster instead of in a second kernel or the consumer
+    /// (LHAMA_CLUSTER_SPLITS).
     pub cluster_mode: ClusterSplits,
+    /// Up to this many rows (at most AWQ_FUSED_MAX_ROWS) the f32 GEMV adds
+    /// its K splits up in a cluster instead of its last block, where no
+    /// consumer adds them (LHAMA_CLUSTER_GEMV_ROWS; 0 before Hopper).
+    pub cluster_gemv_rows: usize,
     /// Steps with prompt tokens on the f16 cache attend on the tensor cores
     /// (attention_mma.cu) where head_dim is 32, 64 or 128
     /// (LHAMA_PREFILL_MMA=0: the f32-accumulating kernel, for comparisons).
@@ -440,9 +444,8 @@ pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
 /// Rows from which the fast path's GEMV runs on the tensor cores.
 pub const DEFAULT_GEMV_MMA_MIN_ROWS: usize = 3;
 /// Where the K splits (2 to CLUSTER_MAX_SPLITS of them) of the 64-row
-/// fragment GEMM and of the 1-2 row f32 GEMV are added up in a thread block
-/// cluster, through distributed shared memory, rather than written out as
-/// partial sums.
+/// fragment GEMM are added up in a thread block cluster, through
+/// distributed shared memory, rather than written out as partial sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterSplits {
     /// Never (LHAMA_GEMM_FRAG_CLUSTER=0; also before Hopper).
@@ -453,6 +456,9 @@ pub enum ClusterSplits {
     /// Also instead of leaving them to the consumer (=2).
     Always,
 }
+
+/// Rows up to which the f32 GEMV adds its splits up in a cluster by default.
+pub const DEFAULT_CLUSTER_GEMV_ROWS: usize = 1;
 
 /// The most K splits one cluster reduction takes (the portable cluster size).
 pub(crate) const CLUSTER_MAX_SPLITS: usize = 8;
@@ -762,6 +768,16 @@ impl Kernels {
                 Ok(v) => {
                     return Err(CudaError::Unsupported(format!(
                         "LHAMA_CLUSTER_SPLITS={v}: 0 (off), 1 (where no consumer adds the splits) or 2 (always)"
+                    )));
+                }
+            },
+            cluster_gemv_rows: match env_rows("LHAMA_CLUSTER_GEMV_ROWS")? {
+                _ if major < 9 => 0,
+                None => DEFAULT_CLUSTER_GEMV_ROWS,
+                Some(n @ 0..=AWQ_FUSED_MAX_ROWS) => n,
+                Some(n) => {
+                    return Err(CudaError::Unsupported(format!(
+                        "LHAMA_CLUSTER_GEMV_ROWS={n}: the cluster GEMV takes 0 to {AWQ_FUSED_MAX_ROWS} rows"
                     )));
                 }
             },
@@ -1506,9 +1522,9 @@ impl Kernels {
     pub fn gemv_cluster(&self, m: usize, k: usize, silu: bool, defer: bool) -> bool {
         let splits = k.div_ceil(AWQ_ROWS_PER_BLOCK);
         !silu
-            && m <= AWQ_FUSED_MAX_ROWS
+            && m <= self.cluster_gemv_rows.min(AWQ_FUSED_MAX_ROWS)
             && (2..=CLUSTER_MAX_SPLITS).contains(&splits)
-            && self.cluster_splits(defer && self.gemv_defer && splits > 1)
+            && !(defer && self.gemv_defer)
     }
 
     /// The K splits (count, k each) of an M×K×N fragment GEMM added up in a

@@ -159,7 +159,12 @@ fn awq_matmul_matches_cpu() {
         let want_frag = f16_product(&f16_rounded(&x), m, &f);
         let w = GpuAwq::upload(&s, &f).unwrap();
         let xd = s.clone_htod(&x).unwrap();
-        let mut partial = s.alloc_zeros::<f32>(w.partial_len()).unwrap();
+        // Room for 8 splits of every row: the fragment GEMM's splits are
+        // then the same with partial sums as in a cluster (which needs
+        // none), so the two give the same bits.
+        let mut partial = s
+            .alloc_zeros::<f32>(w.partial_len().max(8 * m * n))
+            .unwrap();
         let mut counters = s
             .alloc_zeros::<u32>(lhama_cuda::kernels::counters_len(n))
             .unwrap();
@@ -230,6 +235,7 @@ fn awq_matmul_matches_cpu() {
                 continue;
             }
             k.cluster_mode = cluster;
+            k.cluster_gemv_rows = if cluster == Off { 0 } else { 2 };
             k.gemm_frag_stages = stages;
             k.mma_min_rows = mma_min;
             k.precision = precision;
