@@ -124,8 +124,15 @@ __device__ __forceinline__ void awq_gemv_partial(
             const int rj = e / 32, l = e % 32;
             const int w = blockIdx.x * 32 + l;
             if (w < n8) {
+                // Every rank's sum in flight, then added in rank order.
+                float p[CLUSTER_MAX];
+#pragma unroll
+                for (int z = 0; z < CLUSTER_MAX; ++z)
+                    if (z < splits) p[z] = ld_cluster_f32(cluster_map(&mine[rj][l], (unsigned)z));
                 float v = 0.0f;
-                for (int z = 0; z < splits; ++z) v += ld_cluster_f32(cluster_map(&mine[rj][l], (unsigned)z));
+#pragma unroll
+                for (int z = 0; z < CLUSTER_MAX; ++z)
+                    if (z < splits) v += p[z];
                 y[(size_t)(rj / 8) * n + w * 8 + rj % 8] = v;
             }
         }

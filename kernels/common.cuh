@@ -42,17 +42,17 @@ __device__ __forceinline__ unsigned cluster_map(const void* p, unsigned rank) {
                  : "r"((unsigned)__cvta_generic_to_shared(p)), "r"(rank));
     return r;
 }
+// Loads through an address from cluster_map (itself ordered after the
+// barrier that publishes the data, which these depend on): not volatile, so
+// that the loads of several ranks are all in flight before any is used.
 __device__ __forceinline__ float ld_cluster_f32(unsigned addr) {
     float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
+    asm("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(addr));
     return v;
 }
 __device__ __forceinline__ float4 ld_cluster_f4(unsigned addr) {
     float4 v;
-    asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "r"(addr)
-                 : "memory");
+    asm("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
     return v;
 }
 // Every thread of every block of the cluster: writes before are visible

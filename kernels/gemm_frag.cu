@@ -272,14 +272,20 @@ __device__ __forceinline__ void awq_gemm_frag(
         for (int e = (int)rank * FRAG_THREADS + tid; e < BM * 32; e += (int)splits * FRAG_THREADS) {
             const int row = e / 32, c = 4 * (e % 32);
             const float* src = tile + row * FRAG_TILE_LD + c;
+            // Every rank's piece in flight, then added in rank order.
+            float4 p[CLUSTER_MAX];
+#pragma unroll
+            for (unsigned z = 0; z < CLUSTER_MAX; ++z)
+                if (z < splits) p[z] = ld_cluster_f4(cluster_map(src, z));
             float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-            for (unsigned z = 0; z < splits; ++z) {
-                const float4 p = ld_cluster_f4(cluster_map(src, z));
-                v.x += p.x;
-                v.y += p.y;
-                v.z += p.z;
-                v.w += p.w;
-            }
+#pragma unroll
+            for (unsigned z = 0; z < CLUSTER_MAX; ++z)
+                if (z < splits) {
+                    v.x += p[z].x;
+                    v.y += p[z].y;
+                    v.z += p[z].z;
+                    v.w += p[z].w;
+                }
             const int gr = m0 + row, gc = n0 + c;
             // N % 16 == 0: a float4 of columns is all in or all out.
             if (gr < m && gc < n) *reinterpret_cast<float4*>(out + (size_t)gr * n + gc) = v;

@@ -133,6 +133,10 @@ pub fn run(
 ) -> Result<Vec<GemmTiming>, CudaError> {
     crate::probe()?;
     let ctx = CudaContext::new(0)?;
+    // One stream does everything (and is captured into graphs, where
+    // cudarc's per-buffer events would be foreign work).
+    // SAFETY: no buffer of this context is ever used from a second stream.
+    unsafe { ctx.disable_event_tracking() };
     let s = ctx.new_stream()?;
     let mut k = Kernels::load(&ctx)?;
     let blas = CudaBlas::new(s.clone()).map_err(|e| CudaError::Driver(format!("cuBLAS: {e}")))?;

@@ -102,7 +102,7 @@ pub fn fragment_order(qweight: &[u32], k: usize, n: usize) -> Vec<u32> {
 /// kernels' source gets them as `#define`s (`compile::program_source`), and
 /// no kernel file defines them itself (a unit test), so the two sides
 /// cannot drift apart.
-pub(crate) fn shared_defines() -> [(&'static str, usize); 13] {
+pub(crate) fn shared_defines() -> [(&'static str, usize); 14] {
     [
         ("AWQ_MAX_M", AWQ_MAX_M),
         ("AWQ_ROWS_PER_BLOCK", AWQ_ROWS_PER_BLOCK),
@@ -117,6 +117,7 @@ pub(crate) fn shared_defines() -> [(&'static str, usize); 13] {
         ("SAMPLE_THREADS", SAMPLE_THREADS as usize),
         ("LM_HEAD_ROWS", LM_HEAD_ROWS),
         ("LM_HEAD_VR", LM_HEAD_VR),
+        ("CLUSTER_MAX", CLUSTER_MAX_SPLITS),
     ]
 }
 
