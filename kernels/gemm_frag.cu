@@ -267,9 +267,10 @@ __device__ __forceinline__ void awq_gemm_frag(
             }
         cluster_barrier();
         const unsigned rank = cluster_rank(), splits = cluster_size();
-        // float4 e of the tile: row e / 32, columns 4 (e % 32) onwards;
-        // this block takes every splits-th run of 256 (one a thread).
-        for (int e = (int)rank * FRAG_THREADS + tid; e < BM * 32; e += (int)splits * FRAG_THREADS) {
+        // float4 e of the tile's rows below M: row e / 32, columns 4 (e % 32)
+        // onwards; this block takes every splits-th run of 256 (one a thread).
+        const int valid = min(BM, m - m0) * 32;
+        for (int e = (int)rank * FRAG_THREADS + tid; e < valid; e += (int)splits * FRAG_THREADS) {
             const int row = e / 32, c = 4 * (e % 32);
             const float* src = tile + row * FRAG_TILE_LD + c;
             // Every rank's piece in flight, then added in rank order.
@@ -288,7 +289,7 @@ __device__ __forceinline__ void awq_gemm_frag(
                 }
             const int gr = m0 + row, gc = n0 + c;
             // N % 16 == 0: a float4 of columns is all in or all out.
-            if (gr < m && gc < n) *reinterpret_cast<float4*>(out + (size_t)gr * n + gc) = v;
+            if (gc < n) *reinterpret_cast<float4*>(out + (size_t)gr * n + gc) = v;
         }
         // No block leaves (its shared memory with it) while others read it.
         cluster_barrier();

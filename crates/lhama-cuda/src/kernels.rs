@@ -386,6 +386,8 @@ pub struct Kernels {
     /// its K splits up in a cluster instead of its last block, where no
     /// consumer adds them (LHAMA_CLUSTER_GEMV_ROWS; 0 before Hopper).
     pub cluster_gemv_rows: usize,
+    /// ... for products of at most this many outputs (LHAMA_CLUSTER_GEMV_MAX_N).
+    pub cluster_gemv_max_n: usize,
     /// Steps with prompt tokens on the f16 cache attend on the tensor cores
     /// (attention_mma.cu) where head_dim is 32, 64 or 128
     /// (LHAMA_PREFILL_MMA=0: the f32-accumulating kernel, for comparisons).
@@ -460,6 +462,9 @@ pub enum ClusterSplits {
 
 /// Rows up to which the f32 GEMV adds its splits up in a cluster by default.
 pub const DEFAULT_CLUSTER_GEMV_ROWS: usize = 1;
+
+/// Outputs up to which the f32 GEMV adds its splits up in a cluster.
+pub const DEFAULT_CLUSTER_GEMV_MAX_N: usize = usize::MAX;
 
 /// The most K splits one cluster reduction takes (the portable cluster size).
 pub(crate) const CLUSTER_MAX_SPLITS: usize = 8;
@@ -782,6 +787,8 @@ impl Kernels {
                     )));
                 }
             },
+            cluster_gemv_max_n: env_rows("LHAMA_CLUSTER_GEMV_MAX_N")?
+                .unwrap_or(DEFAULT_CLUSTER_GEMV_MAX_N),
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_rows_on: std::env::var("LHAMA_LM_HEAD_ROWS").map_or(true, |v| v != "0"),
@@ -1250,7 +1257,7 @@ impl Kernels {
             &self.awq_partial
         };
         let splits = w.k.div_ceil(AWQ_ROWS_PER_BLOCK);
-        let cluster = self.gemv_cluster(m, w.k, silu, defer);
+        let cluster = self.gemv_cluster(m, w.k, w.n, silu, defer);
         let defer = defer && splits > 1 && !cluster;
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
         if cluster {
@@ -1518,11 +1525,12 @@ impl Kernels {
         }
     }
 
-    /// Whether the f32 GEMV of M rows over K inputs adds its splits up in a
+    /// Whether the f32 GEMV of M rows, K inputs, N outputs adds its splits up in a
     /// cluster (`defer`: its consumer could).
-    pub fn gemv_cluster(&self, m: usize, k: usize, silu: bool, defer: bool) -> bool {
+    pub fn gemv_cluster(&self, m: usize, k: usize, n: usize, silu: bool, defer: bool) -> bool {
         let splits = k.div_ceil(AWQ_ROWS_PER_BLOCK);
         !silu
+            && n <= self.cluster_gemv_max_n
             && m <= self.cluster_gemv_rows.min(AWQ_FUSED_MAX_ROWS)
             && (2..=CLUSTER_MAX_SPLITS).contains(&splits)
             && !(defer && self.gemv_defer)

@@ -236,6 +236,7 @@ fn awq_matmul_matches_cpu() {
             }
             k.cluster_mode = cluster;
             k.cluster_gemv_rows = if cluster == Off { 0 } else { 2 };
+            k.cluster_gemv_max_n = usize::MAX;
             k.gemm_frag_stages = stages;
             k.mma_min_rows = mma_min;
             k.precision = precision;
@@ -250,7 +251,7 @@ fn awq_matmul_matches_cpu() {
             let tc_frag = mma && fast && frag_gemm && w.frag.is_some();
             let path = match (mma, precision) {
                 (false, _) if tc_gemv => "gemv mma f16 x",
-                (false, _) if k.gemv_cluster(m, kk, false, false) => {
+                (false, _) if k.gemv_cluster(m, kk, n, false, false) => {
                     clustered_gemv += 1;
                     "gemv, splits in a cluster"
                 }
