@@ -451,20 +451,24 @@ pub const DEFAULT_GEMV_MMA_MIN_ROWS: usize = 3;
 /// distributed shared memory, rather than written out as partial sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterSplits {
-    /// Never (LHAMA_GEMM_FRAG_CLUSTER=0; also before Hopper).
+    /// Never (the default, LHAMA_CLUSTER_SPLITS=0; always before Hopper):
+    /// on an H200 the cluster form was slower than partial sums and a
+    /// second kernel at 16-128 rows (docs/BENCHMARKS.md, round 10).
     Off,
-    /// Where the splits would otherwise need awq_reduce_partials (the
-    /// default, =1); those left to the consumer stay there.
+    /// Where the splits would otherwise need awq_reduce_partials (=1);
+    /// those left to the consumer stay there.
     Undeferred,
     /// Also instead of leaving them to the consumer (=2).
     Always,
 }
 
-/// Rows up to which the f32 GEMV adds its splits up in a cluster by default.
+/// Rows up to which the f32 GEMV adds its splits up in a cluster by default
+/// (H200, docs/BENCHMARKS.md round 10: batch 1 +3%; at 2 rows slower).
 pub const DEFAULT_CLUSTER_GEMV_ROWS: usize = 1;
 
-/// Outputs up to which the f32 GEMV adds its splits up in a cluster.
-pub const DEFAULT_CLUSTER_GEMV_MAX_N: usize = usize::MAX;
+/// Outputs up to which the f32 GEMV adds its splits up in a cluster (H200:
+/// qkv's 3,072 4.0 against 4.5 us a product, gate_up's 8,192 7.4 against 6.8).
+pub const DEFAULT_CLUSTER_GEMV_MAX_N: usize = 4096;
 
 /// The most K splits one cluster reduction takes (the portable cluster size).
 pub(crate) const CLUSTER_MAX_SPLITS: usize = 8;
@@ -768,8 +772,8 @@ impl Kernels {
             },
             cluster_mode: match std::env::var("LHAMA_CLUSTER_SPLITS").as_deref() {
                 _ if major < 9 => ClusterSplits::Off,
-                Err(_) | Ok("1") => ClusterSplits::Undeferred,
-                Ok("0") => ClusterSplits::Off,
+                Err(_) | Ok("0") => ClusterSplits::Off,
+                Ok("1") => ClusterSplits::Undeferred,
                 Ok("2") => ClusterSplits::Always,
                 Ok(v) => {
                     return Err(CudaError::Unsupported(format!(
