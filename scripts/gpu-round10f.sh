@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Round 10f: the defaults of round 10 (the GEMV's cluster splits at 1 row,
+# products of up to 4,096 outputs) against the baseline (.carry/base/lhama,
+# the build of 98f894b): fidelity (check_fidelity), the graph-timed AWQ
+# products against cuBLAS, decode and prefill alternated ROUNDS times, the
+# batch-1 step by kernel family (LHAMA_PROFILE_SKIP), HTTP.
+#   run(command="rm -rf .carry && mv .pack .carry && bash scripts/gpu-round10f.sh 2", carry=[".pack"])
+set -u
+source "$(dirname "$0")/gpu-lib.sh"
+BASE=.carry/base/lhama
+ROUNDS=${1:-2}
+check_fidelity
+timeout 120 $B bench --backend cuda --model /tmp/ttl --gemm 1,2,4,8,16,32,64,128,256,512,2048,4096 >"$logs/gemm.log" 2>&1
+say "gemm rc $?"
+pack
+binary() { [ "$1" = base ] && echo $BASE || echo $B; }
+bench() { # label, prompt length, batches
+  timeout 100 $(binary $1) bench --backend cuda --model /tmp/ttl \
+    --prompt-len "$2" --decode-steps 32 --batch "$3" >"$logs/bench-$1-$2-$round.log" 2>&1
+  say "bench $1 prompt $2 round $round rc $?: $(rows "$logs/bench-$1-$2-$round.log")"
+}
+prefill() { # label
+  timeout 100 $(binary $1) bench --backend cuda --model /tmp/ttl --prompt-len 128 --decode-steps 4 --batch 1 \
+    --prefill-seqs 256 --prefill-tokens 8192 >"$logs/prefill-$1-$round.log" 2>&1
+  say "prefill $1 256x128 round $round rc $?: $(grep -i 'prefill' "$logs/prefill-$1-$round.log" | tr '\n' ' ')"
+  timeout 100 $(binary $1) bench --backend cuda --model /tmp/ttl --prompt-len 512 --decode-steps 4 --batch 1 \
+    >"$logs/prefill512-$1-$round.log" 2>&1
+  say "prefill $1 512 round $round rc $?: $(grep -i 'prefill' "$logs/prefill512-$1-$round.log" | tr '\n' ' ')"
+}
+for round in $(seq "$ROUNDS"); do
+  for v in new base; do
+    bench $v 128 1,2,8,16,64,128,256
+    bench $v 512 64,256
+    bench $v 1536 256
+    prefill $v
+  done
+  pack
+done
+round=skip
+for f in none add_rmsnorm awq_gemv_partial awq_gemv_cluster awq_gemv_silu paged_attention_decode lm_head sample; do
+  LHAMA_PROFILE_SKIP=$f timeout 100 $B bench --backend cuda --model /tmp/ttl --prompt-len 128 --decode-steps 32 \
+    --batch 1 >"$logs/skip-$f.log" 2>&1
+  say "skip $f: $(rows "$logs/skip-$f.log")"
+done
+pack
+say "http new: $(http_load $B new | tail -3 | tr '\n' ' ')"
+pack
