@@ -6,7 +6,7 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH
 out=${OUT:-gpu-logs}
 logs=$out/logs
 mkdir -p "$logs"
-B=.carry/lhama
+B=${B:-.carry/lhama}
 t0=$SECONDS
 # A line of the run's summary, with the seconds since the start.
 say() { echo "[$((SECONDS - t0)) s] $*"; }
