@@ -69,20 +69,6 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// 16 bytes of global memory, or zeros where `ok` is false (predicated: no
-// branch). Volatile: it must stay after the wait on the previous kernel.
-__device__ __forceinline__ float4 ld_f4_or_zero(const float* p, bool ok) {
-    float4 v;
-    asm volatile(
-        "{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n"
-        " mov.f32 %0, 0f00000000;\n mov.f32 %1, 0f00000000;\n mov.f32 %2, 0f00000000;\n mov.f32 %3, 0f00000000;\n"
-        " @q ld.global.v4.f32 {%0, %1, %2, %3}, [%4];\n}\n"
-        : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-        : "l"(p), "r"((int)ok)
-        : "memory");
-    return v;
-}
-
 // One chunk of the weight ring: the block's 8 column tiles' fragments (a
 // 16-byte piece per lane) and its 128 columns' zeros and scales.
 struct FragStage {
@@ -134,36 +120,35 @@ __device__ __forceinline__ void awq_gemm_frag(
         col[j][1] = col[j][0] + 8;
     }
 
-    // Staging: float4 e = i * 256 + tid of the chunk is row e / 16, k 4
-    // (e % 16); rows past M are zeros (a predicated load: no branch).
-    const int xk = (tid % 16) * 4;
+    // Staging: float4 e = i * 256 + tid of the chunk is row e / 16, k 4 (e % 16).
     const float* xrow[XV];
-    bool xok[XV];
 #pragma unroll
     for (int i = 0; i < XV; ++i) {
         const int r = m0 + (i * FRAG_THREADS + tid) / 16;
-        xok[i] = r < m;
-        xrow[i] = x + (size_t)(xok[i] ? r : 0) * k + xk;
+        xrow[i] = r < m ? x + (size_t)r * k : nullptr;
     }
+    const int xk = (tid % 16) * 4;
 
     // The chunk at k0 into ring slot `slot`: thread t copies column tile
     // t / 32's piece for lane t % 32; threads 0-63 copy the 128 columns'
     // zeros (0-31) and scales (32-63), 4 columns each. Tiles and columns
-    // past N are zero-filled. The sources at k 0 are computed once.
-    const int w_tile = tid / LHAMA_WARP, w_lane = tid % LHAMA_WARP;
-    const bool w_ok = n0 / 16 + w_tile < n / 16;
-    const uint4* w_src = frag + (size_t)(w_ok ? n0 / 16 + w_tile : 0) * quads * LHAMA_WARP + w_lane;
-    const int z_col = n0 + 4 * w_lane;
-    const bool z_ok = z_col < n;
-    const float* z_src = (tid / LHAMA_WARP ? scales : zeros) + (z_ok ? z_col : 0);
+    // past N are zero-filled.
     auto issue = [&](int k0, int slot) {
-        cp_async16(&ring[slot].w[w_tile][w_lane], w_src + (k0 / 64) * LHAMA_WARP, w_ok);
-        if (tid < 64) cp_async16(&ring[slot].zs[tid / LHAMA_WARP][4 * w_lane], z_src + (size_t)(k0 / group) * n, z_ok);
+        const int tile = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
+        const int nt = n0 / 16 + tile;
+        const bool ok = nt < n / 16;
+        cp_async16(&ring[slot].w[tile][l], frag + ((size_t)(ok ? nt : 0) * quads + k0 / 64) * LHAMA_WARP + l, ok);
+        if (tid < 64) {
+            const int which = tid / LHAMA_WARP, c = n0 + 4 * l;
+            const float* table = which ? scales : zeros;
+            cp_async16(&ring[slot].zs[which][4 * l], table + (size_t)(k0 / group) * n + (c < n ? c : 0), c < n);
+        }
     };
     float4 xv[XV];
     auto fetch_x = [&](int k0) {
 #pragma unroll
-        for (int i = 0; i < XV; ++i) xv[i] = ld_f4_or_zero(xrow[i] + k0, xok[i]);
+        for (int i = 0; i < XV; ++i)
+            xv[i] = xrow[i] ? *reinterpret_cast<const float4*>(xrow[i] + k0 + xk) : make_float4(0.f, 0.f, 0.f, 0.f);
     };
     auto stage_x = [&](int buf) {
 #pragma unroll
@@ -221,10 +206,12 @@ __device__ __forceinline__ void awq_gemm_frag(
     // registers b0, b1 of the first row tile, then of the second.
     const int ld_row = wr * RT * 8 + (lane / 16) * 8 + lane % 8;
     const int ld_k = ((lane / 8) % 2) * 8;
-    // Rows of M in this warp's row tiles (warp-uniform): pairs of row
-    // tiles wholly past M take no ldmatrix and no mma, and a warp with none
-    // dequantizes nothing (their sums stay zero and are never stored).
-    const int warp_rows = m - (m0 + wr * RT * 8);
+    // Rows of M in this warp's row tiles (warp-uniform). In the 64-row
+    // tiles (RT 4; few rows: 16 of 64 at a 16-row step), pairs of row tiles
+    // wholly past M take no ldmatrix and no mma, and a warp with none
+    // dequantizes nothing (their sums stay zero and are never stored). The
+    // 128-row tiles (256 rows on) check nothing: there it measured slower.
+    const int warp_rows = RT == 4 ? m - (m0 + wr * RT * 8) : BM;
     for (int c = 0; c < chunks; ++c) {
         const int buf = c & 1;
         // Chunk c's copies (this thread's) have landed; the barrier makes

@@ -165,7 +165,9 @@ pub fn run(
         let mut y32 = s.alloc_zeros::<f32>(max_m * n)?;
         let mut y16 = s.alloc_zeros::<f16>(max_m * n)?;
         // Split-K partials for up to max_m rows on the tensor cores.
-        let mut partial = s.alloc_zeros::<f32>(gw.partial_len().max(4 * max_m * n))?;
+        // The forward pass's split-K scratch: the products split K as they
+        // do there (where their splits are not left to the consumer).
+        let mut partial = s.alloc_zeros::<f32>(crate::backend::partial_len(config))?;
         let mut counters = s.alloc_zeros::<u32>(counters_len(n))?;
         for &m in ms {
             let mut awq_time = |k: &Kernels| {

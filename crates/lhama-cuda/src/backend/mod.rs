@@ -11,6 +11,7 @@ mod graphs;
 mod staging;
 mod weights;
 mod workspace;
+pub use workspace::partial_len;
 
 use std::sync::Arc;
 

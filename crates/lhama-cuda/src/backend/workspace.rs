@@ -53,6 +53,23 @@ pub(super) struct Workspace {
     pub masks: Option<CudaSlice<u32>>,
 }
 
+/// Floats of the split-K scratch (`Workspace::partial`) for a model: every
+/// GEMV split of AWQ_MAX_M rows of the widest product; the tensor-core
+/// products split K only as far as it holds (the GEMM microbenchmark sizes
+/// its scratch the same, so that it splits as the forward pass does).
+pub fn partial_len(config: &LlamaConfig) -> usize {
+    let (hidden, inter) = (config.hidden_size, config.intermediate_size);
+    let q_dim = config.num_heads * config.head_dim;
+    let kv_dim = config.num_kv_heads * config.head_dim;
+    [hidden, inter, q_dim]
+        .iter()
+        .map(|&kk| kk.div_ceil(128))
+        .max()
+        .unwrap_or(1)
+        * kernels::AWQ_MAX_M
+        * (2 * inter).max(q_dim + 2 * kv_dim).max(hidden)
+}
+
 /// The lengths of the two scratch buffers whose size is not a row count.
 struct Scratch {
     partial: usize,
@@ -61,17 +78,8 @@ struct Scratch {
 
 impl Scratch {
     fn of(config: &LlamaConfig, t: usize) -> Self {
-        let (hidden, inter) = (config.hidden_size, config.intermediate_size);
-        let q_dim = config.num_heads * config.head_dim;
-        let kv_dim = config.num_kv_heads * config.head_dim;
         Self {
-            partial: [hidden, inter, q_dim]
-                .iter()
-                .map(|&kk| kk.div_ceil(128))
-                .max()
-                .unwrap_or(1)
-                * kernels::AWQ_MAX_M
-                * (2 * inter).max(q_dim + 2 * kv_dim).max(hidden),
+            partial: partial_len(config),
             attn_work: Kernels::attention_work_len(
                 t,
                 config.num_heads,
