@@ -852,6 +852,18 @@ impl Kernels {
         cfg: LaunchConfig,
         args: &mut Args<'_>,
     ) -> Result<(), CudaError> {
+        self.launch_timed(s, f, cfg, args, None)
+    }
+
+    /// Launches (`launch_raw`), between two CUDA events while profiling.
+    fn launch_timed(
+        &self,
+        s: &CudaStream,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut Args<'_>,
+        cluster: Option<(u32, u32, u32)>,
+    ) -> Result<(), CudaError> {
         let timed = match self.profile.lock() {
             Ok(p) if p.is_some() => {
                 let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
@@ -859,7 +871,7 @@ impl Kernels {
             }
             _ => None,
         };
-        self.launch_raw(s, f, cfg, args, None)?;
+        self.launch_raw(s, f, cfg, args, cluster)?;
         if let Some((start, flags)) = timed {
             let end = s.record_event(flags)?;
             if let Ok(mut p) = self.profile.lock()
@@ -880,23 +892,7 @@ impl Kernels {
         args: &mut Args<'_>,
         cluster: (u32, u32, u32),
     ) -> Result<(), CudaError> {
-        let timed = match self.profile.lock() {
-            Ok(p) if p.is_some() => {
-                let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-                Some((s.record_event(flags)?, flags))
-            }
-            _ => None,
-        };
-        self.launch_raw(s, f, cfg, args, Some(cluster))?;
-        if let Some((start, flags)) = timed {
-            let end = s.record_event(flags)?;
-            if let Ok(mut p) = self.profile.lock()
-                && let Some(v) = p.as_mut()
-            {
-                v.push((f.cu_function() as usize, start, end));
-            }
-        }
-        Ok(())
+        self.launch_timed(s, f, cfg, args, Some(cluster))
     }
 
     fn launch_raw(
