@@ -598,6 +598,9 @@ struct SplitGemm {
     splits: usize,
     k_per_split: usize,
     defer: bool,
+    /// The splits are one thread block cluster (1, 1, splits) that adds
+    /// them up and writes y itself (gemm_frag.cu's cluster form).
+    cluster: bool,
 }
 
 /// An argument as the launch passes it.
@@ -1260,48 +1263,24 @@ impl Kernels {
         let cluster = self.gemv_cluster(m, w.k, w.n, silu, defer);
         let defer = defer && splits > 1 && !cluster;
         let (k, n, g) = (i32_of(w.k), i32_of(w.n), i32_of(w.group));
-        if cluster {
-            let cfg = LaunchConfig {
-                grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
-                block_dim: (32, 16, 1),
-                shared_mem_bytes: 0,
-            };
-            // x holds m * K, qweight K * N/8, zeros/scales K/G * N, y m * N
-            // (checked by the callers); one cluster is a column tile's
-            // splits (partial and counters unused).
-            self.launch_cluster(
-                s,
-                &self.awq_partial_cluster[m - 1],
-                cfg,
-                Args::new(s)
-                    .buf(x)
-                    .buf(&w.qweight)
-                    .buf(&w.zeros)
-                    .buf(&w.scales)
-                    .buf_mut(partial)
-                    .buf_mut(y)
-                    .buf_mut(counters)
-                    .i32(k)
-                    .i32(n)
-                    .i32(g)
-                    .i32(0)
-                    .i32(i32_of(m)),
-                (1, splits as u32, 1),
-            )?;
-            return Ok(1);
-        }
         for (row, rows) in row_chunks(m) {
             // Chunks of 8 rows; the rest in one launch of the smallest
             // variant (1, 2, 4 or 8 rows) that takes it, with rows to spare
             // (3 rows in the 4-row kernel: one launch instead of 2 + 1).
-            let (warps, func) = variants
+            let (warps, mut func) = variants
                 .iter()
                 .find(|(v, _, _)| *v >= rows)
                 .map(|(_, w, f)| (*w, f))
                 .expect("the 8-row variant takes any chunk");
+            // The cluster form (1-2 rows: one chunk) has its variant's
+            // warps; the K splits of a column tile are one cluster, which
+            // writes ys itself (partial and counters unused).
+            if cluster {
+                func = &self.awq_partial_cluster[rows - 1];
+            }
             let xs = x.slice(row * x_row..(row + rows) * x_row);
             let mut ys = y.slice_mut(row * w.n..(row + rows) * w.n);
-            let fused = i32::from(!defer && rows <= AWQ_FUSED_MAX_ROWS);
+            let fused = i32::from(cluster || (!defer && rows <= AWQ_FUSED_MAX_ROWS));
             let cfg = LaunchConfig {
                 grid_dim: (grid(w.n / 8, 32), splits as u32, 1),
                 block_dim: (32, warps as u32, 1),
@@ -1310,7 +1289,7 @@ impl Kernels {
             // xs holds rows * K (rows * 2K with silu), qweight K * N/8, zeros/scales K/G * N,
             // partial splits * rows * N, ys rows * N, counters one per 256
             // columns, all zero (checked above; each fused launch re-arms them).
-            self.launch(
+            self.launch_timed(
                 s,
                 func,
                 cfg,
@@ -1327,6 +1306,7 @@ impl Kernels {
                     .i32(g)
                     .i32(fused)
                     .i32(i32_of(rows)),
+                cluster.then_some((1, splits as u32, 1)),
             )?;
             if fused == 0 && !defer {
                 self.reduce_partials(s, partial, &mut ys, splits, rows, w.n)?;
@@ -1471,6 +1451,7 @@ impl Kernels {
             splits,
             k_per_split,
             defer,
+            cluster: false,
         };
         self.launch_split_gemm(s, gemm, cfg, x, &w.qweight, w, m, partial, y, split)
     }
@@ -1497,7 +1478,7 @@ impl Kernels {
     ) -> Result<usize, CudaError> {
         let mut a = Args::new(s);
         a.buf(x).buf(weights).buf(&w.zeros).buf(&w.scales);
-        if split.splits == 1 {
+        if split.splits == 1 || split.cluster {
             a.buf_mut(y);
         } else {
             a.buf_mut(partial);
@@ -1507,6 +1488,10 @@ impl Kernels {
             .i32(i32_of(w.n))
             .i32(i32_of(w.group))
             .i32(i32_of(split.k_per_split));
+        if split.cluster {
+            self.launch_cluster(s, func, cfg, &mut a, (1, 1, split.splits as u32))?;
+            return Ok(1);
+        }
         self.launch(s, func, cfg, &mut a)?;
         if split.splits > 1 && !split.defer {
             self.reduce_partials(s, partial, y, split.splits, m, w.n)?;
@@ -1589,27 +1574,15 @@ impl Kernels {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // x holds m * K, frag K * N/8, zeros/scales K/G * N, y m * N
-            // (checked by the callers); one cluster is a tile's splits.
-            let mut a = Args::new(s);
-            a.buf(x)
-                .buf(frag)
-                .buf(&w.zeros)
-                .buf(&w.scales)
-                .buf_mut(y)
-                .i32(i32_of(m))
-                .i32(i32_of(w.k))
-                .i32(i32_of(w.n))
-                .i32(i32_of(w.group))
-                .i32(i32_of(k_per_split));
-            self.launch_cluster(
-                s,
-                &self.gemm_frag_cluster,
-                cfg,
-                &mut a,
-                (1, 1, splits as u32),
-            )?;
-            return Ok(1);
+            // y holds m * N (checked by the callers); no partial sums.
+            let split = SplitGemm {
+                splits,
+                k_per_split,
+                defer,
+                cluster: true,
+            };
+            let func = &self.gemm_frag_cluster;
+            return self.launch_split_gemm(s, func, cfg, x, frag, w, m, partial, y, split);
         }
         let (splits, k_per_split) = frag_splits(
             w.k,
@@ -1629,6 +1602,7 @@ impl Kernels {
             splits,
             k_per_split,
             defer,
+            cluster: false,
         };
         self.launch_split_gemm(s, func, cfg, x, frag, w, m, partial, y, split)
     }
