@@ -76,6 +76,38 @@ struct FragStage {
     float zs[2][128];
 };
 
+// The chunk at k0 into a ring slot: thread t copies column tile t / 32's
+// piece for lane t % 32; threads 0-63 copy the 128 columns' zeros (0-31) and
+// scales (32-63), 4 columns each. Tiles and columns past N are zero-filled.
+// `quads` is K / 64. (Both fragment GEMMs, gemm_frag.cu and gemm_wgmma.cu.)
+__device__ __forceinline__ void frag_issue(FragStage& slot, const uint4* __restrict__ frag,
+                                           const float* __restrict__ zeros, const float* __restrict__ scales, int n0,
+                                           int n, int quads, int group, int k0, int tid) {
+    const int tile = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
+    const int nt = n0 / 16 + tile;
+    const bool ok = nt < n / 16;
+    cp_async16(&slot.w[tile][l], frag + ((size_t)(ok ? nt : 0) * quads + k0 / 64) * LHAMA_WARP + l, ok);
+    if (tid < 64) {
+        const int which = tid / LHAMA_WARP, c = n0 + 4 * l;
+        const float* table = which ? scales : zeros;
+        cp_async16(&slot.zs[which][4 * l], table + (size_t)(k0 / group) * n + (c < n ? c : 0), c < n);
+    }
+}
+
+// One k16 step's A fragment (4 registers) of a 16-column tile from its
+// packed word: 0x6400 | q is the f16 1024 + q; minus zb (1024 + zero, half2)
+// is q - zero exactly; times sb (the scale, half2) rounds once to f16.
+__device__ __forceinline__ void frag_dequant(unsigned (&a)[4], unsigned word, const unsigned (&zb)[2],
+                                             const unsigned (&sb)[2]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const unsigned biased = ((word >> (4 * i)) & 0x000F000Fu) | 0x64006400u;
+        const __half2 q =
+            __hsub2(*reinterpret_cast<const __half2*>(&biased), *reinterpret_cast<const __half2*>(&zb[i % 2]));
+        a[i] = half2_bits(__hmul2(q, *reinterpret_cast<const __half2*>(&sb[i % 2])));
+    }
+}
+
 // The f32 tile a cluster block leaves for the reduction: BM rows of 128
 // columns, rows padded by 4 floats (the fragment stores of a warp fall in 32
 // distinct banks; rows stay 16-byte aligned for the float4 reads).
@@ -129,21 +161,7 @@ __device__ __forceinline__ void awq_gemm_frag(
     }
     const int xk = (tid % 16) * 4;
 
-    // The chunk at k0 into ring slot `slot`: thread t copies column tile
-    // t / 32's piece for lane t % 32; threads 0-63 copy the 128 columns'
-    // zeros (0-31) and scales (32-63), 4 columns each. Tiles and columns
-    // past N are zero-filled.
-    auto issue = [&](int k0, int slot) {
-        const int tile = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
-        const int nt = n0 / 16 + tile;
-        const bool ok = nt < n / 16;
-        cp_async16(&ring[slot].w[tile][l], frag + ((size_t)(ok ? nt : 0) * quads + k0 / 64) * LHAMA_WARP + l, ok);
-        if (tid < 64) {
-            const int which = tid / LHAMA_WARP, c = n0 + 4 * l;
-            const float* table = which ? scales : zeros;
-            cp_async16(&ring[slot].zs[which][4 * l], table + (size_t)(k0 / group) * n + (c < n ? c : 0), c < n);
-        }
-    };
+    auto issue = [&](int k0, int slot) { frag_issue(ring[slot], frag, zeros, scales, n0, n, quads, group, k0, tid); };
     float4 xv[XV];
     auto fetch_x = [&](int k0) {
 #pragma unroll
@@ -229,14 +247,7 @@ __device__ __forceinline__ void awq_gemm_frag(
         for (int t = 0; t < 4 && warp_rows > 0; ++t) {  // k16 steps of the chunk
             unsigned a[2][4];
 #pragma unroll
-            for (int j = 0; j < 2; ++j)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const unsigned biased = ((wcur[j][t] >> (4 * i)) & 0x000F000Fu) | 0x64006400u;
-                    const __half2 q = __hsub2(*reinterpret_cast<const __half2*>(&biased),
-                                              *reinterpret_cast<const __half2*>(&zb[j][i % 2]));
-                    a[j][i] = half2_bits(__hmul2(q, *reinterpret_cast<const __half2*>(&sb[j][i % 2])));
-                }
+            for (int j = 0; j < 2; ++j) frag_dequant(a[j], wcur[j][t], zb[j], sb[j]);
 #pragma unroll
             for (int rp = 0; rp < RT / 2; ++rp) {
                 if (rp * 16 >= warp_rows) break;

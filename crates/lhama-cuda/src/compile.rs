@@ -31,6 +31,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/gemm_frag.cu"),
     ),
     (
+        "gemm_wgmma.cu",
+        include_str!("../../../kernels/gemm_wgmma.cu"),
+    ),
+    (
         "attention_mma.cu",
         include_str!("../../../kernels/attention_mma.cu"),
     ),
@@ -133,6 +137,7 @@ pub const KERNELS: &[Kernel] = &[
     Kernel::new("awq_gemm_frag64_s4_f16x", GEMM_FRAG),
     Kernel::new("awq_gemm_frag128_s2_f16x", GEMM_FRAG),
     Kernel::new("awq_gemm_frag64_cluster_f16x", GEMM_FRAG),
+    Kernel::new("awq_gemm_wgmma128_f16x", GEMM_FRAG),
     Kernel::new("paged_attention_prefill_mma_f16kv_d32", PREFILL_F16),
     Kernel::new("paged_attention_prefill_mma_f16kv_d64", PREFILL_F16),
     Kernel::new("paged_attention_prefill_mma_f16kv_d128", PREFILL_F16),

@@ -339,6 +339,8 @@ pub struct Kernels {
     /// Its 64-row form with the K splits added up in a thread block cluster
     /// (Hopper; gemm_frag.cu).
     gemm_frag_cluster: CudaFunction,
+    /// The fragment GEMM on the warpgroup tensor cores (gemm_wgmma.cu; sm_90a).
+    gemm_wgmma: CudaFunction,
     /// Kernels touching the KV cache: (f32 cache, f16 cache).
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
@@ -360,6 +362,9 @@ pub struct Kernels {
     /// AWQ products of at least this many rows use the tensor-core GEMM;
     /// fewer rows use the GEMV kernels.
     pub mma_min_rows: usize,
+    /// ... except on the fast path where the layer has fragment-ordered
+    /// weights: from this many rows the fragment GEMM (LHAMA_FRAG_MIN_ROWS).
+    pub frag_min_rows: usize,
     /// Fast-path products of `gemv_mma_min_rows` to 8 rows use the
     /// tensor-core GEMV where the layer has fragment-ordered weights
     /// (LHAMA_GEMV_MMA=0: the f32 GEMV, for comparisons).
@@ -375,6 +380,10 @@ pub struct Kernels {
     /// From this many rows the fragment GEMM takes 128-row block tiles
     /// (fewer: 64-row tiles).
     pub gemm_frag_tall_rows: usize,
+    /// From this many rows the fragment GEMM runs on the warpgroup tensor
+    /// cores (wgmma, 128-row tiles; sm_90a only, else usize::MAX;
+    /// LHAMA_GEMM_WGMMA_MIN_ROWS).
+    pub gemm_wgmma_min_rows: usize,
     /// Chunks of weights in the 64-row fragment GEMM's cp.async ring, 2 to 4
     /// (LHAMA_GEMM_FRAG_STAGES; every count gives the same bits).
     pub gemm_frag_stages: usize,
@@ -444,6 +453,11 @@ pub struct KernelTime {
 /// Rows from which the tensor cores beat looping the GEMV (measured on an
 /// H200, docs/BENCHMARKS.md).
 pub const DEFAULT_MMA_MIN_ROWS: usize = 9;
+/// Rows from which the fast path's products run on the fragment GEMM where
+/// the layer has fragment-ordered weights (H200, docs/BENCHMARKS.md round
+/// 11: at 2-8 rows faster than the GEMVs on every model shape; at 1 row the
+/// f32 GEMV is).
+pub const DEFAULT_FRAG_MIN_ROWS: usize = 2;
 /// Rows from which the fast path's GEMV runs on the tensor cores.
 pub const DEFAULT_GEMV_MMA_MIN_ROWS: usize = 3;
 /// Where the K splits (2 to CLUSTER_MAX_SPLITS of them) of the 64-row
@@ -478,6 +492,10 @@ pub(crate) const CLUSTER_MAX_SPLITS: usize = 8;
 /// 256 rows +4% and a 256-token prefill +4-5%; from 128 the 192-row steps
 /// lost 6.5%.)
 pub const DEFAULT_GEMM_FRAG_TALL_ROWS: usize = 256;
+/// Rows from which the fragment GEMM runs on wgmma where it can (sm_90a;
+/// H200, docs/BENCHMARKS.md round 11: from 128 rows decode +2-6% and
+/// prefill +7%; at 64 rows, its 128-row tile half empty, slower).
+pub const DEFAULT_GEMM_WGMMA_MIN_ROWS: usize = 128;
 /// Chunks of weights in flight in the 64-row fragment GEMM's ring.
 pub const DEFAULT_GEMM_FRAG_STAGES: usize = 4;
 /// Columns of one fragment-GEMM block (gemm_frag.cu), its k chunk, and the
@@ -733,6 +751,7 @@ impl Kernels {
                 f("awq_gemm_frag128_s2_f16x")?,
             ),
             gemm_frag_cluster: f("awq_gemm_frag64_cluster_f16x")?,
+            gemm_wgmma: f("awq_gemm_wgmma128_f16x")?,
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -757,6 +776,7 @@ impl Kernels {
             _module: module,
             pdl: major >= 9 && std::env::var("LHAMA_CUDA_PDL").map_or(true, |v| v != "0"),
             mma_min_rows: env_rows("LHAMA_MMA_MIN_ROWS")?.unwrap_or(DEFAULT_MMA_MIN_ROWS),
+            frag_min_rows: env_rows("LHAMA_FRAG_MIN_ROWS")?.unwrap_or(DEFAULT_FRAG_MIN_ROWS),
             gemv_mma_on: std::env::var("LHAMA_GEMV_MMA").map_or(true, |v| v != "0"),
             gemv_mma_min_rows: env_rows("LHAMA_GEMV_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_GEMV_MMA_MIN_ROWS),
@@ -764,6 +784,13 @@ impl Kernels {
             prefill_mma_on: std::env::var("LHAMA_PREFILL_MMA").map_or(true, |v| v != "0"),
             gemm_frag_tall_rows: env_rows("LHAMA_GEMM_FRAG_TALL_ROWS")?
                 .unwrap_or(DEFAULT_GEMM_FRAG_TALL_ROWS),
+            // wgmma exists on sm_90a alone (the PTX of other GPUs traps).
+            gemm_wgmma_min_rows: match env_rows("LHAMA_GEMM_WGMMA_MIN_ROWS")? {
+                _ if arch != "compute_90a" => usize::MAX,
+                None => DEFAULT_GEMM_WGMMA_MIN_ROWS,
+                Some(0) => usize::MAX,
+                Some(n) => n,
+            },
             gemm_frag_stages: match env_rows("LHAMA_GEMM_FRAG_STAGES")? {
                 None => DEFAULT_GEMM_FRAG_STAGES,
                 Some(n @ 2..=4) => n,
@@ -1081,7 +1108,7 @@ impl Kernels {
         )
     }
 
-    /// y[M, N] = x[M, K] · W. Fewer than `mma_min_rows` rows go through the
+    /// y[M, N] = x[M, K] · W. Fewer than `gemm_min_rows` rows go through the
     /// GEMV kernels (chunks of up to 8 rows, each in the smallest variant that
     /// takes it), more through the tensor-core GEMM. `partial` holds at least `w.partial_len()` floats and
     /// `counters` (zero) at least `counters_len(N)` entries.
@@ -1118,6 +1145,27 @@ impl Kernels {
         y: &mut CudaViewMut<'_, f32>,
     ) -> Result<usize, CudaError> {
         self.awq_matmul_impl(s, x, m, w, partial, counters, y, self.defers(m))
+    }
+
+    /// Whether the tensor-core products of `w` run on its fragment-ordered
+    /// weights (gemm_frag.cu, gemm_wgmma.cu).
+    fn frag_gemm(&self, w: &GpuAwq) -> bool {
+        w.frag.is_some()
+            && self.precision == Precision::Fast
+            && self.gemm_frag_on
+            && gemv_mma_fits(w.k, w.n, w.group)
+    }
+
+    /// Rows from which products of `w` run on the tensor-core GEMM rather
+    /// than the GEMV kernels: `frag_min_rows` where the fragment GEMM takes
+    /// them, else `mma_min_rows` (at least 1).
+    pub fn gemm_min_rows(&self, w: &GpuAwq) -> usize {
+        let rows = if self.frag_gemm(w) {
+            self.frag_min_rows
+        } else {
+            self.mma_min_rows
+        };
+        rows.max(1)
     }
 
     /// Whether an M-row product may leave its splits to its consumer.
@@ -1157,13 +1205,13 @@ impl Kernels {
     ) -> Result<usize, CudaError> {
         check(x.len() >= m * w.k && y.len() >= m * w.n, "awq x/y sizes")?;
         check_awq(w, partial, counters)?;
-        if m >= self.mma_min_rows.max(1) {
+        if m >= self.gemm_min_rows(w) {
             return self.awq_mma(s, x, m, w, partial, y, defer);
         }
         self.awq_gemv(s, x, m, w, partial, counters, y, false, defer)
     }
 
-    /// The down projection of silu(gate) * up for fewer than `mma_min_rows`
+    /// The down projection of silu(gate) * up for fewer than `gemm_min_rows`
     /// rows, `gate_up` [M, 2K] (K = w.k): the GEMV computes its input as it
     /// reads it, saving silu_mul's launch; bit for bit what silu_mul then
     /// `awq_matmul` give.
@@ -1217,7 +1265,7 @@ impl Kernels {
             "awq silu x/y sizes",
         )?;
         check_awq(w, partial, counters)?;
-        check(m < self.mma_min_rows.max(1), "awq silu: GEMV rows only")?;
+        check(m < self.gemm_min_rows(w), "awq silu: GEMV rows only")?;
         self.awq_gemv(s, gate_up, m, w, partial, counters, y, true, defer)
     }
 
@@ -1421,11 +1469,7 @@ impl Kernels {
         y: &mut CudaViewMut<'_, f32>,
         defer: bool,
     ) -> Result<usize, CudaError> {
-        if let Some(frag) = w.frag.as_ref().filter(|_| {
-            self.precision == Precision::Fast
-                && self.gemm_frag_on
-                && gemv_mma_fits(w.k, w.n, w.group)
-        }) {
+        if let Some(frag) = w.frag.as_ref().filter(|_| self.frag_gemm(w)) {
             return self.awq_gemm_frag(s, x, m, w, frag, partial, y, defer);
         }
         let groups = w.k / w.group;
@@ -1532,7 +1576,10 @@ impl Kernels {
         n: usize,
         defer: bool,
     ) -> Option<(usize, usize)> {
-        if !self.cluster_splits(defer) || m >= self.gemm_frag_tall_rows {
+        if !self.cluster_splits(defer)
+            || m >= self.gemm_frag_tall_rows
+            || m >= self.gemm_wgmma_min_rows
+        {
             return None;
         }
         // No partial sums: as many splits as the grid wants.
@@ -1561,7 +1608,9 @@ impl Kernels {
         defer: bool,
     ) -> Result<usize, CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
-        let (func, bm) = if m >= self.gemm_frag_tall_rows {
+        let (func, bm) = if m >= self.gemm_wgmma_min_rows {
+            (&self.gemm_wgmma, 128)
+        } else if m >= self.gemm_frag_tall_rows {
             (&self.gemm_frag.1, 128)
         } else {
             let stages = self.gemm_frag_stages.clamp(2, 4);

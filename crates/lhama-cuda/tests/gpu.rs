@@ -119,6 +119,9 @@ fn awq_matmul_matches_cpu() {
     let mut g = SplitMix64::new(21);
     // Thread block clusters (the fragment GEMM's cluster splits) from Hopper.
     let hopper = s.context().compute_capability().unwrap().0 >= 9;
+    // wgmma: sm_90a alone.
+    let sm90a = s.context().compute_capability().unwrap() == (9, 0);
+    let mut wgmma_runs = 0;
     let mut clustered = 0;
     let mut clustered_gemv = 0;
     // (rows, K, N, group): ragged rows and columns (N not a multiple of the
@@ -184,7 +187,7 @@ fn awq_matmul_matches_cpu() {
         // adds the same sums in the same order.
         let mut gemv_bits: Option<Vec<f32>> = None;
         use lhama_cuda::kernels::ClusterSplits::{Off, Undeferred};
-        for (mma_min, precision, gemv_mma, frag_gemm, tall, stages, cluster) in [
+        for (mma_min, precision, gemv_mma, frag_gemm, tall, stages, cluster, wgmma) in [
             (
                 lhama_cuda::kernels::DEFAULT_MMA_MIN_ROWS,
                 Precision::Exact,
@@ -193,10 +196,20 @@ fn awq_matmul_matches_cpu() {
                 usize::MAX,
                 4,
                 Off,
+                false,
             ),
-            (1, Precision::Exact, true, false, usize::MAX, 4, Off),
-            (1, Precision::Fast, true, false, usize::MAX, 4, Off),
-            (usize::MAX, Precision::Fast, true, false, usize::MAX, 4, Off),
+            (1, Precision::Exact, true, false, usize::MAX, 4, Off, false),
+            (1, Precision::Fast, true, false, usize::MAX, 4, Off, false),
+            (
+                usize::MAX,
+                Precision::Fast,
+                true,
+                false,
+                usize::MAX,
+                4,
+                Off,
+                false,
+            ),
             (
                 usize::MAX,
                 Precision::Fast,
@@ -205,11 +218,21 @@ fn awq_matmul_matches_cpu() {
                 usize::MAX,
                 4,
                 Off,
+                false,
             ),
-            (1, Precision::Fast, true, true, usize::MAX, 2, Off),
-            (1, Precision::Fast, true, true, usize::MAX, 3, Off),
-            (1, Precision::Fast, true, true, usize::MAX, 4, Off),
-            (1, Precision::Fast, true, true, usize::MAX, 4, Undeferred),
+            (1, Precision::Fast, true, true, usize::MAX, 2, Off, false),
+            (1, Precision::Fast, true, true, usize::MAX, 3, Off, false),
+            (1, Precision::Fast, true, true, usize::MAX, 4, Off, false),
+            (
+                1,
+                Precision::Fast,
+                true,
+                true,
+                usize::MAX,
+                4,
+                Undeferred,
+                false,
+            ),
             (
                 usize::MAX,
                 Precision::Exact,
@@ -218,6 +241,7 @@ fn awq_matmul_matches_cpu() {
                 usize::MAX,
                 4,
                 Undeferred,
+                false,
             ),
             (
                 usize::MAX,
@@ -227,18 +251,26 @@ fn awq_matmul_matches_cpu() {
                 usize::MAX,
                 4,
                 Undeferred,
+                false,
             ),
             // (128-row tiles always take a ring of 2.)
-            (1, Precision::Fast, true, true, 1, 2, Off),
+            (1, Precision::Fast, true, true, 1, 2, Off, false),
+            // The 128-row tiles on the warpgroup tensor cores (sm_90a).
+            (1, Precision::Fast, true, true, 1, 2, Off, true),
         ] {
             if cluster != Off && !hopper {
                 continue;
             }
+            if wgmma && !sm90a {
+                continue;
+            }
+            k.gemm_wgmma_min_rows = if wgmma { 1 } else { usize::MAX };
             k.cluster_mode = cluster;
             k.cluster_gemv_rows = if cluster == Off { 0 } else { 2 };
             k.cluster_gemv_max_n = usize::MAX;
             k.gemm_frag_stages = stages;
             k.mma_min_rows = mma_min;
+            k.frag_min_rows = mma_min;
             k.precision = precision;
             k.gemv_mma_on = gemv_mma;
             // Every row count through the tensor-core GEMV when it is on.
@@ -257,6 +289,10 @@ fn awq_matmul_matches_cpu() {
                 }
                 (false, _) => "gemv",
                 (true, Precision::Exact) => "mma exact",
+                (true, Precision::Fast) if tc_frag && wgmma => {
+                    wgmma_runs += 1;
+                    "frag gemm on wgmma, 128-row tiles"
+                }
                 (true, Precision::Fast) if tc_frag && tall == 1 => "frag gemm 128-row tiles",
                 (true, Precision::Fast)
                     if tc_frag && k.gemm_frag_cluster_split(m, kk, n, false).is_some() =>
@@ -329,6 +365,12 @@ fn awq_matmul_matches_cpu() {
     }
     // 13×1024×3072 and 16×1024×1024 (8 splits), 100×1024×8192 (3),
     // 257×4096×1024 (7) go through the cluster.
+    if sm90a {
+        assert!(
+            wgmma_runs >= 10,
+            "only {wgmma_runs} shapes took the wgmma GEMM"
+        );
+    }
     if hopper {
         assert!(
             clustered >= 4,
@@ -503,6 +545,9 @@ fn the_down_gemv_takes_silu_of_gate_up() {
         k.precision = precision;
         k.gemv_mma_on = true;
         k.gemv_mma_min_rows = 1;
+        // The GEMVs for every row count (the fragment GEMM takes 2+ rows
+        // by default).
+        k.frag_min_rows = usize::MAX;
         let a = random_awq(&mut g, kk, n, group);
         let w = GpuAwq::upload(&s, &FusedAwq::new(&[&a])).unwrap();
         let gu: Vec<f32> = randn(&mut g, m * 2 * kk).iter().map(|v| v * 3.0).collect();

@@ -364,8 +364,9 @@ impl CudaBackend {
             )?;
             // At 1-2 rows the down GEMV reads gate_up itself (below), so
             // gate_up's splits are added up where it is made.
-            let silu_in_down =
-                self.fused_silu && t <= crate::kernels::AWQ_FUSED_MAX_ROWS && t < k.mma_min_rows;
+            let silu_in_down = self.fused_silu
+                && t <= crate::kernels::AWQ_FUSED_MAX_ROWS
+                && t < k.gemm_min_rows(&layer.down);
             let splits = k.awq_matmul_split_if(
                 s,
                 &ws.h.slice(0..t * hidden),

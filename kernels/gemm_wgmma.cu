@@ -1,0 +1,204 @@
+// AWQ int4 GEMM for many rows on Hopper's warpgroup tensor cores (wgmma,
+// sm_90a), on the fragment-ordered weights of gemm_frag.cu and with its
+// weight ring (frag_issue) and dequantization (frag_dequant).
+//
+// A block computes 128 columns x 128 rows, as gemm_frag.cu's 128-row tiles
+// (the same grid, arguments and split-K partial sums): two warpgroups, each a
+// 64-column slab, warp w of the block taking column tile w (the rows
+// 16 (w % 4) .. of its warpgroup's A). Each k16 step is one
+// wgmma.m64n128k16 per warpgroup, D[64 columns, 128 rows] += A · B with
+//   A = W^T[64 columns, 16 k]: registers, dequantized from the ring as in
+//       gemm_frag.cu (the mma.m16n8k16 A fragment of each warp's 16 rows);
+//   B = x^T[16 k, 128 rows]: shared memory through a matrix descriptor, x
+//       staged as f16 rows of a 64-k chunk (128 bytes) in the 128-byte
+//       swizzle (16-byte piece p of row r at p ^ (r % 8)), 8-row groups
+//       1,024 bytes apart; the k16 steps of a chunk are 32 bytes apart.
+// The weights come through a ring of WG_STAGES chunks by cp.async, x is
+// loaded one chunk ahead into registers and converted as it is staged
+// (double-buffered); the staging of chunk c + 1 runs while the tensor cores
+// work on chunk c. (Tried: x through the cp.async ring in f32, converted in
+// shared memory, WG_STAGES 4 in 180 KB of dynamic shared memory: slower,
+// docs/BENCHMARKS.md round 11.) Each thread keeps 64 f32 sums: row 8 i + 2 tig (+1) of
+// column gid (+8) of its warp's tile in d[4 i ..].
+// Where the tensor cores' order of adding up a k16 step differs from
+// mma.sync's, the sums may differ from gemm_frag.cu's in the last bits.
+// Host guarantees: those of gemm_frag.cu; launched only on sm_90a.
+#define WG_ROWS 128
+// Chunks of weights in the ring (static shared memory stays under 48 KB:
+// x's two buffers take 32 KB, each ring slot 5 KB).
+#define WG_STAGES 3
+// A chunk of staged x: WG_ROWS rows of 64 k f16.
+#define WG_XBYTES (WG_ROWS * 128)
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LHAMA_WGMMA 1
+// A K-major operand in the 128-byte swizzle at shared address `p` (1,024-byte
+// aligned): stride between 8-row groups 1,024 bytes (the leading offset is
+// unused in this layout).
+__device__ __forceinline__ unsigned long long wgmma_desc(const void* p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    return (unsigned long long)((a & 0x3FFFFu) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) |
+           (1ull << 62);
+}
+// Keeps the compiler from moving accesses of the sums across the
+// asynchronous tensor-core operations.
+__device__ __forceinline__ void wgmma_fence_sums(float (&d)[64]) {
+    asm volatile("" : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]) :: "memory");
+    asm volatile("" : "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) :: "memory");
+    asm volatile("" : "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]) :: "memory");
+    asm volatile("" : "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) :: "memory");
+    asm volatile("" : "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]) :: "memory");
+    asm volatile("" : "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]) :: "memory");
+    asm volatile("" : "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]) :: "memory");
+    asm volatile("" : "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) :: "memory");
+}
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], const unsigned (&a)[4], unsigned long long desc) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+#endif
+
+template <int STAGES>
+__device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, const uint4* __restrict__ frag,
+                                               const float* __restrict__ zeros, const float* __restrict__ scales,
+                                               float* __restrict__ out, int m, int k, int n, int group,
+                                               int k_per_split) {
+#ifdef LHAMA_WGMMA
+    static_assert(STAGES >= 2, "the ring holds this chunk and the next");
+    constexpr int XV = WG_ROWS * 16 / FRAG_THREADS;  // float4 of x per thread per chunk
+    __shared__ __align__(1024) unsigned char smem[2 * WG_XBYTES + STAGES * sizeof(FragStage)];
+    FragStage* ring = reinterpret_cast<FragStage*>(smem + 2 * WG_XBYTES);
+
+    const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
+    const int gid = lane / 4, tig = lane % 4;
+    const int m0 = blockIdx.y * WG_ROWS, n0 = blockIdx.x * 128;
+    const int kb = blockIdx.z * k_per_split;
+    const int ke = min(k, kb + k_per_split);
+    const int chunks = (ke - kb) / 64;
+    const int quads = k / 64;
+
+    // Staging: float4 e = i * 256 + tid of the chunk is row e / 16, k 4 (e % 16):
+    // 8 bytes of the row's 16-byte piece (tid % 16) / 2, swizzled.
+    const float* xrow[XV];
+#pragma unroll
+    for (int i = 0; i < XV; ++i) {
+        const int r = m0 + (i * FRAG_THREADS + tid) / 16;
+        xrow[i] = r < m ? x + (size_t)r * k : nullptr;
+    }
+    const int xk = (tid % 16) * 4;
+    float4 xv[XV];
+    auto fetch_x = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < XV; ++i)
+            xv[i] = xrow[i] ? *reinterpret_cast<const float4*>(xrow[i] + k0 + xk) : make_float4(0.f, 0.f, 0.f, 0.f);
+    };
+    // Generic-proxy stores, read by the tensor cores (the async proxy): each
+    // thread fences its own before the barrier that publishes them.
+    auto stage_x = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < XV; ++i) {
+            const int r = (i * FRAG_THREADS + tid) / 16;
+            const int off = r * 128 + (((tid % 16) / 2) ^ (r % 8)) * 16 + (tid % 2) * 8;
+            const __half2 h01 = __floats2half2_rn(xv[i].x, xv[i].y);
+            const __half2 h23 = __floats2half2_rn(xv[i].z, xv[i].w);
+            *reinterpret_cast<uint2*>(smem + buf * WG_XBYTES + off) = make_uint2(half2_bits(h01), half2_bits(h23));
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    };
+
+    float d[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) d[i] = 0.0f;
+
+    // The first STAGES - 1 chunks' weights (constant) before the wait on the
+    // previous kernel; one copy group per chunk, empty past the split's end.
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < chunks) frag_issue(ring[st], frag, zeros, scales, n0, n, quads, group, kb + 64 * st, tid);
+        cp_async_commit();
+    }
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
+    if (chunks > 0) {
+        fetch_x(kb);
+        stage_x(0);
+    }
+    for (int c = 0; c < chunks; ++c) {
+        const int buf = c & 1;
+        // Chunk c's weights have landed and x sits in buffer buf (every
+        // thread's, after the barrier); the slot and buffer of chunk c - 1
+        // are free (its tensor-core work was waited for).
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int ahead = c + STAGES - 1;
+        if (ahead < chunks)
+            frag_issue(ring[ahead % STAGES], frag, zeros, scales, n0, n, quads, group, kb + 64 * ahead, tid);
+        cp_async_commit();
+        if (c + 1 < chunks) fetch_x(kb + 64 * (c + 1));
+        const FragStage& st = ring[c % STAGES];
+        const uint4 v = st.w[warp][lane];
+        const unsigned words[4] = {v.x, v.y, v.z, v.w};
+        unsigned zb[2], sb[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int cl = warp * 16 + gid + 8 * h;
+            zb[h] = half2_bits(__float2half2_rn(1024.0f + st.zs[0][cl]));
+            sb[h] = half2_bits(__float2half2_rn(st.zs[1][cl]));
+        }
+        unsigned a[4][4];
+#pragma unroll
+        for (int t = 0; t < 4; ++t) frag_dequant(a[t], words[t], zb, sb);
+        const unsigned long long desc = wgmma_desc(smem + buf * WG_XBYTES);
+        wgmma_fence_sums(d);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int t = 0; t < 4; ++t) wgmma_m64n128k16(d, a[t], desc + 2 * t);  // + 32 bytes a step
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        if (c + 1 < chunks) stage_x(buf ^ 1);
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wgmma_fence_sums(d);
+    }
+
+    // d[4 i + e]: column gid (+8 for e >= 2) of the warp's tile, row 8 i +
+    // 2 tig (+1 for odd e).
+    if (n0 / 16 + warp >= n / 16) return;
+    float* dst = out + (size_t)blockIdx.z * m * n;
+    const int col = n0 + warp * 16 + gid;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        const int row = m0 + 8 * i + 2 * tig;
+        if (row < m) {
+            dst[(size_t)row * n + col] = d[4 * i];
+            dst[(size_t)row * n + col + 8] = d[4 * i + 2];
+        }
+        if (row + 1 < m) {
+            dst[(size_t)(row + 1) * n + col] = d[4 * i + 1];
+            dst[(size_t)(row + 1) * n + col + 8] = d[4 * i + 3];
+        }
+    }
+#else
+    LHAMA_GRID_WAIT();
+    __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 1) awq_gemm_wgmma128_f16x(
+    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
+    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
+    awq_gemm_wgmma<WG_STAGES>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);
+}
