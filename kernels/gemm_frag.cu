@@ -94,6 +94,33 @@ __device__ __forceinline__ void frag_issue(FragStage& slot, const uint4* __restr
     }
 }
 
+// Where a thread stages x from: float4 e = i * 256 + tid of a 64-k chunk
+// is row e / 16 of the block's, k 4 (e % 16); rows past M read as zeros.
+template <int XV>
+struct FragX {
+    const float* row[XV];
+    int xk;
+    __device__ __forceinline__ FragX(const float* __restrict__ x, int m0, int m, int k, int tid) {
+#pragma unroll
+        for (int i = 0; i < XV; ++i) {
+            const int r = m0 + (i * FRAG_THREADS + tid) / 16;
+            row[i] = r < m ? x + (size_t)r * k : nullptr;
+        }
+        xk = (tid % 16) * 4;
+    }
+    // The thread's float4s of the chunk at k0.
+    __device__ __forceinline__ void fetch(float4 (&xv)[XV], int k0) const {
+#pragma unroll
+        for (int i = 0; i < XV; ++i)
+            xv[i] = row[i] ? *reinterpret_cast<const float4*>(row[i] + k0 + xk) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+};
+
+// Four floats rounded to f16, as the 8 bytes that hold them.
+__device__ __forceinline__ uint2 half4_bits(float4 v) {
+    return make_uint2(half2_bits(__floats2half2_rn(v.x, v.y)), half2_bits(__floats2half2_rn(v.z, v.w)));
+}
+
 // One k16 step's A fragment (4 registers) of a 16-column tile from its
 // packed word: 0x6400 | q is the f16 1024 + q; minus zb (1024 + zero, half2)
 // is q - zero exactly; times sb (the scale, half2) rounds once to f16.
@@ -152,29 +179,17 @@ __device__ __forceinline__ void awq_gemm_frag(
         col[j][1] = col[j][0] + 8;
     }
 
-    // Staging: float4 e = i * 256 + tid of the chunk is row e / 16, k 4 (e % 16).
-    const float* xrow[XV];
-#pragma unroll
-    for (int i = 0; i < XV; ++i) {
-        const int r = m0 + (i * FRAG_THREADS + tid) / 16;
-        xrow[i] = r < m ? x + (size_t)r * k : nullptr;
-    }
-    const int xk = (tid % 16) * 4;
+    const FragX<XV> xsrc(x, m0, m, k, tid);
+    const int xk = xsrc.xk;
 
     auto issue = [&](int k0, int slot) { frag_issue(ring[slot], frag, zeros, scales, n0, n, quads, group, k0, tid); };
     float4 xv[XV];
-    auto fetch_x = [&](int k0) {
-#pragma unroll
-        for (int i = 0; i < XV; ++i)
-            xv[i] = xrow[i] ? *reinterpret_cast<const float4*>(xrow[i] + k0 + xk) : make_float4(0.f, 0.f, 0.f, 0.f);
-    };
+    auto fetch_x = [&](int k0) { xsrc.fetch(xv, k0); };
     auto stage_x = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < XV; ++i) {
             const int r = (i * FRAG_THREADS + tid) / 16;
-            const __half2 h01 = __floats2half2_rn(xv[i].x, xv[i].y);
-            const __half2 h23 = __floats2half2_rn(xv[i].z, xv[i].w);
-            *reinterpret_cast<uint2*>(&xs[buf][r * FRAG_XS + xk]) = make_uint2(half2_bits(h01), half2_bits(h23));
+            *reinterpret_cast<uint2*>(&xs[buf][r * FRAG_XS + xk]) = half4_bits(xv[i]);
         }
     };
     // The chunk the tensor cores work on, from its ring slot: its weight

@@ -92,21 +92,10 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
     const int chunks = (ke - kb) / 64;
     const int quads = k / 64;
 
-    // Staging: float4 e = i * 256 + tid of the chunk is row e / 16, k 4 (e % 16):
-    // 8 bytes of the row's 16-byte piece (tid % 16) / 2, swizzled.
-    const float* xrow[XV];
-#pragma unroll
-    for (int i = 0; i < XV; ++i) {
-        const int r = m0 + (i * FRAG_THREADS + tid) / 16;
-        xrow[i] = r < m ? x + (size_t)r * k : nullptr;
-    }
-    const int xk = (tid % 16) * 4;
+    // Staging (FragX): 8 bytes of row r's 16-byte piece (tid % 16) / 2, swizzled.
+    const FragX<XV> xsrc(x, m0, m, k, tid);
     float4 xv[XV];
-    auto fetch_x = [&](int k0) {
-#pragma unroll
-        for (int i = 0; i < XV; ++i)
-            xv[i] = xrow[i] ? *reinterpret_cast<const float4*>(xrow[i] + k0 + xk) : make_float4(0.f, 0.f, 0.f, 0.f);
-    };
+    auto fetch_x = [&](int k0) { xsrc.fetch(xv, k0); };
     // Generic-proxy stores, read by the tensor cores (the async proxy): each
     // thread fences its own before the barrier that publishes them.
     auto stage_x = [&](int buf) {
@@ -114,9 +103,7 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
         for (int i = 0; i < XV; ++i) {
             const int r = (i * FRAG_THREADS + tid) / 16;
             const int off = r * 128 + (((tid % 16) / 2) ^ (r % 8)) * 16 + (tid % 2) * 8;
-            const __half2 h01 = __floats2half2_rn(xv[i].x, xv[i].y);
-            const __half2 h23 = __floats2half2_rn(xv[i].z, xv[i].w);
-            *reinterpret_cast<uint2*>(smem + buf * WG_XBYTES + off) = make_uint2(half2_bits(h01), half2_bits(h23));
+            *reinterpret_cast<uint2*>(smem + buf * WG_XBYTES + off) = half4_bits(xv[i]);
         }
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };

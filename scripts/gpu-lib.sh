@@ -59,3 +59,24 @@ check_fidelity() {
   done
   pack
 }
+# `lhama bench` on ttl-460m with the VAR=value words before `--` in its
+# environment and the bench arguments after it, into $logs/LABEL.log; says
+# its batch:tok/s pairs and prefill lines.
+#   bench_env LABEL [VAR=value...] -- ARGS...
+bench_env() {
+  local l=$1 e=(X=1)
+  shift
+  while [ "$1" != "--" ]; do e+=("$1"); shift; done
+  shift
+  env "${e[@]}" timeout 100 $B bench --backend cuda --model /tmp/ttl "$@" >"$logs/$l.log" 2>&1
+  say "$l rc $?: $(rows "$logs/$l.log") $(grep -i 'prefill' "$logs/$l.log" | tr '\n' ' ')"
+}
+# The graph-timed AWQ products against cuBLAS at the rows M_LIST, with the
+# VAR=value words in the environment, into $logs/gemm-LABEL.log.
+#   gemm_env LABEL M_LIST [VAR=value...]
+gemm_env() {
+  local l=$1 ms=$2
+  shift 2
+  env X=1 "$@" timeout 120 $B bench --backend cuda --model /tmp/ttl --gemm "$ms" >"$logs/gemm-$l.log" 2>&1
+  say "gemm $l rc $?"
+}

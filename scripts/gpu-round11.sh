@@ -15,34 +15,20 @@ say "awq test rc $?: $(grep 'test result' "$logs/awq.log")"
 grep -E "panicked" -A4 "$logs/awq.log" | head
 grep "wgmma" "$logs/awq.log" | head -12
 pack
-g() { # label, env...
-  local l=$1
-  shift
-  env "$@" timeout 120 $B bench --backend cuda --model /tmp/ttl --gemm "${GEMM_M:-128,256,512,2048,4096}" >"$logs/gemm-$l.log" 2>&1
-  say "gemm $l rc $?"
-}
-g base
-g wgmma LHAMA_GEMM_WGMMA_MIN_ROWS=1
-GEMM_M=1,2,4,8,16 g small-frag LHAMA_MMA_MIN_ROWS=2
+gemm_env base 128,256,512,2048,4096
+gemm_env wgmma 128,256,512,2048,4096 LHAMA_GEMM_WGMMA_MIN_ROWS=1
+gemm_env small-frag 1,2,4,8,16 LHAMA_MMA_MIN_ROWS=2
 pack
-b() { # label, env..., --, bench args
-  local l=$1 e=()
-  shift
-  while [ "$1" != "--" ]; do e+=("$1"); shift; done
-  shift
-  env "${e[@]}" timeout 100 $B bench --backend cuda --model /tmp/ttl "$@" >"$logs/$l.log" 2>&1
-  say "$l rc $?: $(rows "$logs/$l.log") $(grep -i 'prefill' "$logs/$l.log" | tr '\n' ' ')"
-}
 for r in 1 2; do
-  b "pf256-base-$r" X=1 -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192
-  b "pf256-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192
-  b "pf512-base-$r" X=1 -- --prompt-len 512 --decode-steps 4 --batch 1
-  b "pf512-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 512 --decode-steps 4 --batch 1
-  b "dec-base-$r" X=1 -- --prompt-len 128 --decode-steps 32 --batch 128,256
-  b "dec-wg128-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 128 --decode-steps 32 --batch 128,256
-  b "small-9-$r" X=1 -- --prompt-len 128 --decode-steps 32 --batch 2,4,8
-  b "small-2-$r" LHAMA_MMA_MIN_ROWS=2 -- --prompt-len 128 --decode-steps 32 --batch 2,4,8
-  b "small-5-$r" LHAMA_MMA_MIN_ROWS=5 -- --prompt-len 128 --decode-steps 32 --batch 2,4,8
+  bench_env "pf256-base-$r" -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192
+  bench_env "pf256-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192
+  bench_env "pf512-base-$r" -- --prompt-len 512 --decode-steps 4 --batch 1
+  bench_env "pf512-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 512 --decode-steps 4 --batch 1
+  bench_env "dec-base-$r" -- --prompt-len 128 --decode-steps 32 --batch 128,256
+  bench_env "dec-wg128-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 128 --decode-steps 32 --batch 128,256
+  bench_env "small-9-$r" -- --prompt-len 128 --decode-steps 32 --batch 2,4,8
+  bench_env "small-2-$r" LHAMA_MMA_MIN_ROWS=2 -- --prompt-len 128 --decode-steps 32 --batch 2,4,8
+  bench_env "small-5-$r" LHAMA_MMA_MIN_ROWS=5 -- --prompt-len 128 --decode-steps 32 --batch 2,4,8
   pack
 done
 export LHAMA_GEMM_WGMMA_MIN_ROWS=128

@@ -15,36 +15,22 @@ say "awq tests rc $?: $(grep 'test result' "$logs/awq.log")"
 grep -E "panicked" -A4 "$logs/awq.log" | head
 grep "wgmma" "$logs/awq.log" | head -12
 pack
-g() { # label, env...
-  local l=$1
-  shift
-  env "$@" timeout 120 $B bench --backend cuda --model /tmp/ttl --gemm "${GEMM_M:-32,64,128,256,512,2048,4096}" >"$logs/gemm-$l.log" 2>&1
-  say "gemm $l rc $?"
-}
-g base
-g wgmma LHAMA_GEMM_WGMMA_MIN_ROWS=1
-GEMM_M=1,2,4,8,16,32,64 g small
+gemm_env base 32,64,128,256,512,2048,4096
+gemm_env wgmma 32,64,128,256,512,2048,4096 LHAMA_GEMM_WGMMA_MIN_ROWS=1
+gemm_env small 1,2,4,8,16,32,64
 pack
-b() { # label, env..., --, bench args
-  local l=$1 e=()
-  shift
-  while [ "$1" != "--" ]; do e+=("$1"); shift; done
-  shift
-  env "${e[@]}" timeout 100 $B bench --backend cuda --model /tmp/ttl "$@" >"$logs/$l.log" 2>&1
-  say "$l rc $?: $(rows "$logs/$l.log") $(grep -i 'prefill' "$logs/$l.log" | tr '\n' ' ')"
-}
 for r in 1 2; do
-  b "pf256-base-$r" X=1 -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192
-  b "pf256-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192
-  b "pf-base-$r" X=1 -- --prompt-len 512 --decode-steps 4 --batch 1
-  b "pf-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 512 --decode-steps 4 --batch 1
-  b "pf1536-base-$r" X=1 -- --prompt-len 1536 --decode-steps 4 --batch 1
-  b "pf1536-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 1536 --decode-steps 4 --batch 1
-  b "dec-base-$r" X=1 -- --prompt-len 128 --decode-steps 32 --batch 64,128,256
-  b "dec-wg128-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 128 --decode-steps 32 --batch 64,128,256
-  b "dec-wg64-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=64 -- --prompt-len 128 --decode-steps 32 --batch 64,128,256
-  b "small-new-$r" X=1 -- --prompt-len 128 --decode-steps 32 --batch 1,2,4,8,16
-  b "small-old-$r" LHAMA_FRAG_MIN_ROWS=9 -- --prompt-len 128 --decode-steps 32 --batch 1,2,4,8,16
+  bench_env "pf256-base-$r" -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192
+  bench_env "pf256-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192
+  bench_env "pf-base-$r" -- --prompt-len 512 --decode-steps 4 --batch 1
+  bench_env "pf-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 512 --decode-steps 4 --batch 1
+  bench_env "pf1536-base-$r" -- --prompt-len 1536 --decode-steps 4 --batch 1
+  bench_env "pf1536-wg-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 1536 --decode-steps 4 --batch 1
+  bench_env "dec-base-$r" -- --prompt-len 128 --decode-steps 32 --batch 64,128,256
+  bench_env "dec-wg128-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=128 -- --prompt-len 128 --decode-steps 32 --batch 64,128,256
+  bench_env "dec-wg64-$r" LHAMA_GEMM_WGMMA_MIN_ROWS=64 -- --prompt-len 128 --decode-steps 32 --batch 64,128,256
+  bench_env "small-new-$r" -- --prompt-len 128 --decode-steps 32 --batch 1,2,4,8,16
+  bench_env "small-old-$r" LHAMA_FRAG_MIN_ROWS=9 -- --prompt-len 128 --decode-steps 32 --batch 1,2,4,8,16
   pack
 done
 export LHAMA_GEMM_WGMMA_MIN_ROWS=128
