@@ -1616,42 +1616,35 @@ impl Kernels {
             let stages = self.gemm_frag_stages.clamp(2, 4);
             (&self.gemm_frag.0[stages - 2], 64)
         };
-        let tiles = w.n.div_ceil(GEMM_FRAG_COLS) * m.div_ceil(bm);
-        if let Some((splits, k_per_split)) = self.gemm_frag_cluster_split(m, w.k, w.n, defer) {
-            let cfg = LaunchConfig {
-                grid_dim: (grid(w.n, GEMM_FRAG_COLS), grid(m, bm), splits as u32),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // y holds m * N (checked by the callers); no partial sums.
-            let split = SplitGemm {
-                splits,
-                k_per_split,
-                defer,
-                cluster: true,
-            };
-            let func = &self.gemm_frag_cluster;
-            return self.launch_split_gemm(s, func, cfg, x, frag, w, m, partial, y, split);
-        }
-        let (splits, k_per_split) = frag_splits(
-            w.k,
-            tiles,
-            self.mma_split_blocks,
-            partial.len() / (m * w.n).max(1),
-        );
+        // Split K: in a cluster that adds the splits up (no partial sums:
+        // as many splits as the grid wants), or into `partial`, as far as
+        // it holds them.
+        let cluster = self.gemm_frag_cluster_split(m, w.k, w.n, defer);
+        let (func, (splits, k_per_split)) = match cluster {
+            Some(split) => (&self.gemm_frag_cluster, split),
+            None => (
+                func,
+                frag_splits(
+                    w.k,
+                    w.n.div_ceil(GEMM_FRAG_COLS) * m.div_ceil(bm),
+                    self.mma_split_blocks,
+                    partial.len() / (m * w.n).max(1),
+                ),
+            ),
+        };
         let cfg = LaunchConfig {
             grid_dim: (grid(w.n, GEMM_FRAG_COLS), grid(m, bm), splits as u32),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // x holds m * K, frag K * N/8, zeros/scales K/G * N, partial
-        // splits * m * N as frag_splits ensures; k_per_split is a multiple
-        // of 64.
+        // x holds m * K, frag K * N/8, zeros/scales K/G * N, y m * N
+        // (checked by the callers), partial splits * m * N as frag_splits
+        // ensures (a cluster uses none); k_per_split is a multiple of 64.
         let split = SplitGemm {
             splits,
             k_per_split,
             defer,
-            cluster: false,
+            cluster: cluster.is_some(),
         };
         self.launch_split_gemm(s, func, cfg, x, frag, w, m, partial, y, split)
     }
