@@ -2,14 +2,14 @@
 // sm_90a), on the fragment-ordered weights of gemm_frag.cu and with its
 // weight ring (frag_issue) and dequantization (frag_dequant).
 //
-// A block computes 128 columns x 128 rows, as gemm_frag.cu's 128-row tiles
-// (the same grid, arguments and split-K partial sums): two warpgroups, each a
-// 64-column slab, warp w of the block taking column tile w (the rows
-// 16 (w % 4) .. of its warpgroup's A). Each k16 step is one
-// wgmma.m64n128k16 per warpgroup, D[64 columns, 128 rows] += A · B with
+// A block computes 128 columns x R rows (R = 16, 32, 64 or 128; at 64 and
+// 128 as gemm_frag.cu's tiles: the same grid, arguments and split-K partial
+// sums): two warpgroups, each a 64-column slab, warp w of the block taking
+// column tile w (the rows 16 (w % 4) .. of its warpgroup's A). Each k16 step
+// is one wgmma.m64nRk16 per warpgroup, D[64 columns, R rows] += A · B with
 //   A = W^T[64 columns, 16 k]: registers, dequantized from the ring as in
 //       gemm_frag.cu (the mma.m16n8k16 A fragment of each warp's 16 rows);
-//   B = x^T[16 k, 128 rows]: shared memory through a matrix descriptor, x
+//   B = x^T[16 k, R rows]: shared memory through a matrix descriptor, x
 //       staged as f16 rows of a 64-k chunk (128 bytes) in the 128-byte
 //       swizzle (16-byte piece p of row r at p ^ (r % 8)), 8-row groups
 //       1,024 bytes apart; the k16 steps of a chunk are 32 bytes apart.
@@ -18,17 +18,14 @@
 // (double-buffered); the staging of chunk c + 1 runs while the tensor cores
 // work on chunk c. (Tried: x through the cp.async ring in f32, converted in
 // shared memory, WG_STAGES 4 in 180 KB of dynamic shared memory: slower,
-// docs/BENCHMARKS.md round 11.) Each thread keeps 64 f32 sums: row 8 i + 2 tig (+1) of
-// column gid (+8) of its warp's tile in d[4 i ..].
+// docs/BENCHMARKS.md round 11.) Each thread keeps R / 2 f32 sums: row 8 i + 2 tig (+1)
+// of column gid (+8) of its warp's tile in d[4 i ..].
 // Where the tensor cores' order of adding up a k16 step differs from
 // mma.sync's, the sums may differ from gemm_frag.cu's in the last bits.
 // Host guarantees: those of gemm_frag.cu; launched only on sm_90a.
-#define WG_ROWS 128
 // Chunks of weights in the ring (static shared memory stays under 48 KB:
-// x's two buffers take 32 KB, each ring slot 5 KB).
+// at 128 rows x's two buffers take 32 KB, each ring slot 5 KB).
 #define WG_STAGES 3
-// A chunk of staged x: WG_ROWS rows of 64 k f16.
-#define WG_XBYTES (WG_ROWS * 128)
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LHAMA_WGMMA 1
@@ -42,25 +39,55 @@ __device__ __forceinline__ unsigned long long wgmma_desc(const void* p) {
 }
 // Keeps the compiler from moving accesses of the sums across the
 // asynchronous tensor-core operations.
-__device__ __forceinline__ void wgmma_fence_sums(float (&d)[64]) {
-    asm volatile("" : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]) :: "memory");
-    asm volatile("" : "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) :: "memory");
-    asm volatile("" : "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]) :: "memory");
-    asm volatile("" : "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) :: "memory");
-    asm volatile("" : "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]) :: "memory");
-    asm volatile("" : "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]) :: "memory");
-    asm volatile("" : "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]) :: "memory");
-    asm volatile("" : "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) :: "memory");
+template <int F>
+__device__ __forceinline__ void wgmma_fence_sums(float (&d)[F]) {
+    static_assert(F % 8 == 0, "sums in groups of 8");
+#pragma unroll
+    for (int g = 0; g < F / 8; ++g)
+        asm volatile("" : "+f"(d[8 * g]), "+f"(d[8 * g + 1]), "+f"(d[8 * g + 2]), "+f"(d[8 * g + 3]),
+                     "+f"(d[8 * g + 4]), "+f"(d[8 * g + 5]), "+f"(d[8 * g + 6]), "+f"(d[8 * g + 7])::"memory");
 }
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], const unsigned (&a)[4], unsigned long long desc) {
+// One wgmma.m64nRk16 (R rows of x, the N of the instruction): D[64 columns,
+// R rows] += A (registers) * B (descriptor); each thread holds R / 2 sums.
+template <int R>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[R / 2], const unsigned (&a)[4], unsigned long long desc);
+template <>
+__device__ __forceinline__ void wgmma_m64k16<16>(float (&d)[8], const unsigned (&a)[4], unsigned long long desc) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+        "{%8, %9, %10, %11}, %12, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+template <>
+__device__ __forceinline__ void wgmma_m64k16<32>(float (&d)[16], const unsigned (&a)[4], unsigned long long desc) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "{%16, %17, %18, %19}, %20, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+template <>
+__device__ __forceinline__ void wgmma_m64k16<64>(float (&d)[32], const unsigned (&a)[4], unsigned long long desc) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+template <>
+__device__ __forceinline__ void wgmma_m64k16<128>(float (&d)[64], const unsigned (&a)[4], unsigned long long desc) {
     asm volatile(
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 0;\n"
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, 1, 1, 1, 0;\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -73,20 +100,22 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], const unsigned 
 }
 #endif
 
-template <int STAGES>
+template <int R, int STAGES>
 __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, const uint4* __restrict__ frag,
                                                const float* __restrict__ zeros, const float* __restrict__ scales,
                                                float* __restrict__ out, int m, int k, int n, int group,
                                                int k_per_split) {
 #ifdef LHAMA_WGMMA
     static_assert(STAGES >= 2, "the ring holds this chunk and the next");
-    constexpr int XV = WG_ROWS * 16 / FRAG_THREADS;  // float4 of x per thread per chunk
-    __shared__ __align__(1024) unsigned char smem[2 * WG_XBYTES + STAGES * sizeof(FragStage)];
-    FragStage* ring = reinterpret_cast<FragStage*>(smem + 2 * WG_XBYTES);
+    static_assert(R == 16 || R == 32 || R == 64 || R == 128, "a wgmma N");
+    constexpr int XV = R * 16 / FRAG_THREADS;  // float4 of x per thread per chunk
+    constexpr int XBYTES = R * 128;            // a chunk of staged x: R rows of 64 k f16
+    __shared__ __align__(1024) unsigned char smem[2 * XBYTES + STAGES * sizeof(FragStage)];
+    FragStage* ring = reinterpret_cast<FragStage*>(smem + 2 * XBYTES);
 
     const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
     const int gid = lane / 4, tig = lane % 4;
-    const int m0 = blockIdx.y * WG_ROWS, n0 = blockIdx.x * 128;
+    const int m0 = blockIdx.y * R, n0 = blockIdx.x * 128;
     const int kb = blockIdx.z * k_per_split;
     const int ke = min(k, kb + k_per_split);
     const int chunks = (ke - kb) / 64;
@@ -103,14 +132,14 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
         for (int i = 0; i < XV; ++i) {
             const int r = (i * FRAG_THREADS + tid) / 16;
             const int off = r * 128 + (((tid % 16) / 2) ^ (r % 8)) * 16 + (tid % 2) * 8;
-            *reinterpret_cast<uint2*>(smem + buf * WG_XBYTES + off) = half4_bits(xv[i]);
+            *reinterpret_cast<uint2*>(smem + buf * XBYTES + off) = half4_bits(xv[i]);
         }
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };
 
-    float d[64];
+    float d[R / 2];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) d[i] = 0.0f;
+    for (int i = 0; i < R / 2; ++i) d[i] = 0.0f;
 
     // The first STAGES - 1 chunks' weights (constant) before the wait on the
     // previous kernel; one copy group per chunk, empty past the split's end.
@@ -150,11 +179,11 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
         unsigned a[4][4];
 #pragma unroll
         for (int t = 0; t < 4; ++t) frag_dequant(a[t], words[t], zb, sb);
-        const unsigned long long desc = wgmma_desc(smem + buf * WG_XBYTES);
+        const unsigned long long desc = wgmma_desc(smem + buf * XBYTES);
         wgmma_fence_sums(d);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-        for (int t = 0; t < 4; ++t) wgmma_m64n128k16(d, a[t], desc + 2 * t);  // + 32 bytes a step
+        for (int t = 0; t < 4; ++t) wgmma_m64k16<R>(d, a[t], desc + 2 * t);  // + 32 bytes a step
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         if (c + 1 < chunks) stage_x(buf ^ 1);
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -167,7 +196,7 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
     float* dst = out + (size_t)blockIdx.z * m * n;
     const int col = n0 + warp * 16 + gid;
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < R / 8; ++i) {
         const int row = m0 + 8 * i + 2 * tig;
         if (row < m) {
             dst[(size_t)row * n + col] = d[4 * i];
@@ -184,8 +213,16 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 1) awq_gemm_wgmma128_f16x(
-    const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,
-    const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
-    awq_gemm_wgmma<WG_STAGES>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);
-}
+// One kernel a tile height (the host takes the smallest that holds M, else
+// 128); the smaller tiles leave room for two blocks an SM.
+#define LHAMA_WGMMA_KERNEL(R, BLOCKS)                                                                         \
+    extern "C" __global__ void __launch_bounds__(FRAG_THREADS, BLOCKS) awq_gemm_wgmma##R##_f16x(                \
+        const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,          \
+        const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group,             \
+        int k_per_split) {                                                                                      \
+        awq_gemm_wgmma<R, WG_STAGES>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);                 \
+    }
+LHAMA_WGMMA_KERNEL(16, 2)
+LHAMA_WGMMA_KERNEL(32, 2)
+LHAMA_WGMMA_KERNEL(64, 2)
+LHAMA_WGMMA_KERNEL(128, 1)

@@ -339,8 +339,9 @@ pub struct Kernels {
     /// Its 64-row form with the K splits added up in a thread block cluster
     /// (Hopper; gemm_frag.cu).
     gemm_frag_cluster: CudaFunction,
-    /// The fragment GEMM on the warpgroup tensor cores (gemm_wgmma.cu; sm_90a).
-    gemm_wgmma: CudaFunction,
+    /// The fragment GEMM on the warpgroup tensor cores (gemm_wgmma.cu;
+    /// sm_90a), in tiles of WGMMA_TILE_ROWS rows.
+    gemm_wgmma: [CudaFunction; 4],
     /// Kernels touching the KV cache: (f32 cache, f16 cache).
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
@@ -381,7 +382,8 @@ pub struct Kernels {
     /// (fewer: 64-row tiles).
     pub gemm_frag_tall_rows: usize,
     /// From this many rows the fragment GEMM runs on the warpgroup tensor
-    /// cores (wgmma, 128-row tiles; sm_90a only, else usize::MAX;
+    /// cores (wgmma, in the smallest of WGMMA_TILE_ROWS that holds the rows,
+    /// else 128-row tiles; sm_90a only, else usize::MAX;
     /// LHAMA_GEMM_WGMMA_MIN_ROWS).
     pub gemm_wgmma_min_rows: usize,
     /// Chunks of weights in the 64-row fragment GEMM's cp.async ring, 2 to 4
@@ -492,10 +494,13 @@ pub(crate) const CLUSTER_MAX_SPLITS: usize = 8;
 /// 256 rows +4% and a 256-token prefill +4-5%; from 128 the 192-row steps
 /// lost 6.5%.)
 pub const DEFAULT_GEMM_FRAG_TALL_ROWS: usize = 256;
-/// Rows from which the fragment GEMM runs on wgmma where it can (sm_90a;
-/// H200, docs/BENCHMARKS.md round 11: from 128 rows decode +2-6% and
-/// prefill +7%; at 64 rows, its 128-row tile half empty, slower).
-pub const DEFAULT_GEMM_WGMMA_MIN_ROWS: usize = 128;
+/// Rows from which the fragment GEMM runs on wgmma where it can (sm_90a):
+/// every row count the fragment GEMM takes, in the smallest tile holding
+/// them (docs/BENCHMARKS.md round 12, H100: decode +3-12% at 2-64 rows
+/// against wgmma from 128; round 11, H200: from 128 rows +2-6%).
+pub const DEFAULT_GEMM_WGMMA_MIN_ROWS: usize = 2;
+/// Row tiles of the wgmma GEMM (one kernel each, gemm_wgmma.cu).
+pub const WGMMA_TILE_ROWS: [usize; 4] = [16, 32, 64, 128];
 /// Chunks of weights in flight in the 64-row fragment GEMM's ring.
 pub const DEFAULT_GEMM_FRAG_STAGES: usize = 4;
 /// Columns of one fragment-GEMM block (gemm_frag.cu), its k chunk, and the
@@ -751,7 +756,12 @@ impl Kernels {
                 f("awq_gemm_frag128_s2_f16x")?,
             ),
             gemm_frag_cluster: f("awq_gemm_frag64_cluster_f16x")?,
-            gemm_wgmma: f("awq_gemm_wgmma128_f16x")?,
+            gemm_wgmma: [
+                f("awq_gemm_wgmma16_f16x")?,
+                f("awq_gemm_wgmma32_f16x")?,
+                f("awq_gemm_wgmma64_f16x")?,
+                f("awq_gemm_wgmma128_f16x")?,
+            ],
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -1609,7 +1619,11 @@ impl Kernels {
     ) -> Result<usize, CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
         let (func, bm) = if m >= self.gemm_wgmma_min_rows {
-            (&self.gemm_wgmma, 128)
+            let t = WGMMA_TILE_ROWS
+                .iter()
+                .position(|&rows| rows >= m)
+                .unwrap_or(WGMMA_TILE_ROWS.len() - 1);
+            (&self.gemm_wgmma[t], WGMMA_TILE_ROWS[t])
         } else if m >= self.gemm_frag_tall_rows {
             (&self.gemm_frag.1, 128)
         } else {

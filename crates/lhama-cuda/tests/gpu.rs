@@ -122,6 +122,8 @@ fn awq_matmul_matches_cpu() {
     // wgmma: sm_90a alone.
     let sm90a = s.context().compute_capability().unwrap() == (9, 0);
     let mut wgmma_runs = 0;
+    // The wgmma tile heights taken (smallest of WGMMA_TILE_ROWS holding M).
+    let mut wgmma_tiles = std::collections::BTreeSet::new();
     let mut clustered = 0;
     let mut clustered_gemv = 0;
     // (rows, K, N, group): ragged rows and columns (N not a multiple of the
@@ -138,6 +140,11 @@ fn awq_matmul_matches_cpu() {
         (64, 256, 200, 64),
         (100, 1024, 8192, 128),
         (257, 4096, 1024, 128),
+        // The wgmma tiles of 32, 64 and 128 rows, part-filled (N = 1,040:
+        // a block of 128 columns holds one 16-column tile).
+        (24, 1024, 3072, 128),
+        (50, 1024, 1024, 128),
+        (130, 1024, 1040, 128),
         // The tensor-core GEMV's shapes (N % 16, K % 256, G % 64): one to
         // eight rows and a chunk of 8 + 3, a column tile short of its
         // block's four (N = 48), groups of 64 to 256.
@@ -255,7 +262,7 @@ fn awq_matmul_matches_cpu() {
             ),
             // (128-row tiles always take a ring of 2.)
             (1, Precision::Fast, true, true, 1, 2, Off, false),
-            // The 128-row tiles on the warpgroup tensor cores (sm_90a).
+            // The warpgroup tensor cores (sm_90a), in tiles of 16 to 128 rows.
             (1, Precision::Fast, true, true, 1, 2, Off, true),
         ] {
             if cluster != Off && !hopper {
@@ -291,7 +298,9 @@ fn awq_matmul_matches_cpu() {
                 (true, Precision::Exact) => "mma exact",
                 (true, Precision::Fast) if tc_frag && wgmma => {
                     wgmma_runs += 1;
-                    "frag gemm on wgmma, 128-row tiles"
+                    let tiles = lhama_cuda::kernels::WGMMA_TILE_ROWS;
+                    wgmma_tiles.insert(tiles.into_iter().find(|&t| t >= m).unwrap_or(128));
+                    "frag gemm on wgmma"
                 }
                 (true, Precision::Fast) if tc_frag && tall == 1 => "frag gemm 128-row tiles",
                 (true, Precision::Fast)
@@ -367,8 +376,13 @@ fn awq_matmul_matches_cpu() {
     // 257×4096×1024 (7) go through the cluster.
     if sm90a {
         assert!(
-            wgmma_runs >= 10,
+            wgmma_runs >= 12,
             "only {wgmma_runs} shapes took the wgmma GEMM"
+        );
+        assert_eq!(
+            wgmma_tiles.into_iter().collect::<Vec<_>>(),
+            lhama_cuda::kernels::WGMMA_TILE_ROWS,
+            "wgmma tile heights taken"
         );
     }
     if hopper {
