@@ -53,7 +53,10 @@ extern "C" __global__ void paged_attention_combine_f32(
 // (token, head) to finish (an atomic counter, re-armed after use) combines
 // the partitions, in partition order.
 //
-// qkv      [T, (H + 2 * KVH) * D] f32, unrotated
+// qkv      [qkv_splits, T, (H + 2 * KVH) * D] f32, unrotated: the qkv product
+//          (1 split) or its K-split partial sums, which each block adds up
+//          for the rows it reads (in awq_reduce_partials_f32's order: the
+//          same bits), so the product needs no reduce launch of its own
 // cos, sin [max_pos, D/2] f32; slots [T] u32 (the new token's slot)
 // counters [T * H] u32, zero between launches
 // Others as above. D is 32, 64 or 128.
@@ -151,13 +154,17 @@ __device__ __forceinline__ void rope8(float (&x)[8], const float (&c)[8], const 
     }
 }
 
+// Splits of the qkv product a decode block loads at once (shared memory:
+// ATTN_QKV_STAGE * 3 * D floats).
+#define ATTN_QKV_STAGE 8
+
 template <typename KV, int D, bool MULTI>
 __device__ __forceinline__ void paged_attention_decode(
     const float* __restrict__ qkv, const unsigned* __restrict__ positions, const float* __restrict__ cos_table,
     const float* __restrict__ sin_table, const unsigned* __restrict__ slots, KV* __restrict__ k_cache,
     KV* __restrict__ v_cache, const unsigned* __restrict__ block_tables, const unsigned* __restrict__ seq_of,
     float* __restrict__ work, unsigned* __restrict__ counters, float* __restrict__ out, int heads, int kv_heads,
-    int part_chunks, int block_size, int max_blocks, int max_parts, float scale) {
+    int part_chunks, int block_size, int max_blocks, int max_parts, float scale, int qkv_splits) {
     constexpr int LPR = D / 8;                          // lanes per K/V row
     constexpr int RPI = LHAMA_WARP / LPR;               // rows per warp load
     constexpr int U = ATTN_PART / (ATTN_WARPS * RPI);   // loads per warp and chunk (of K, and of V)
@@ -165,6 +172,8 @@ __device__ __forceinline__ void paged_attention_decode(
     __shared__ float w_m[ATTN_WARPS], w_l[ATTN_WARPS];
     __shared__ float w_acc[ATTN_WARPS][D];
     __shared__ float s_kn[D], s_vn[D];
+    __shared__ __align__(16) float s_in[3 * D];
+    __shared__ __align__(16) float s_parts[ATTN_QKV_STAGE][3 * D];
     __shared__ bool last_block;
     const int lane = threadIdx.x % LHAMA_WARP;
     const int warp = threadIdx.x / LHAMA_WARP;
@@ -236,9 +245,46 @@ __device__ __forceinline__ void paged_attention_decode(
     LHAMA_GRID_LAUNCH_DEPENDENTS();
 
     const bool first_half = sl < LPR / 2;
-    const float* row = qkv + (size_t)t * (heads + 2 * kv_heads) * D;
+    // qkv: the product, or its K splits ([qkv_splits, tokens, row]).
+    const size_t qkv_row = (size_t)(heads + 2 * kv_heads) * D;
+    const size_t split_stride = (size_t)gridDim.x * qkv_row;
+    const float* row = qkv + (size_t)t * qkv_row;
+    const bool newest_here = end == ctx;  // uniform across the block
+    // This block's rows of the product: q of head h and, where the newest
+    // position is, k and v of its KV head. From K splits: the float4
+    // pieces of ATTN_QKV_STAGE splits loaded at once across the block into
+    // shared memory, then each element added up by one thread in split
+    // order from 0.0f (awq_reduce_partials_f32's order: the same bits);
+    // one split: read where it is.
+    const float* q_src = row + h * D;
+    const float* k_src = row + (heads + kvh) * D;
+    const float* v_src = row + (heads + kv_heads + kvh) * D;
+    if (qkv_splits > 1) {  // uniform across the block
+        const int n4 = (newest_here ? 3 : 1) * D / 4;  // float4 of the rows read
+        for (int sp0 = 0; sp0 < qkv_splits; sp0 += ATTN_QKV_STAGE) {
+            const int ns = min(ATTN_QKV_STAGE, qkv_splits - sp0);
+#pragma unroll 1
+            for (int idx = threadIdx.x; idx < ns * n4; idx += blockDim.x) {
+                const int sp = idx / n4, e = 4 * (idx % n4), part = e / D;
+                const float* src = (part == 0 ? q_src : part == 1 ? k_src : v_src) + e % D;
+                *reinterpret_cast<float4*>(&s_parts[sp][e]) =
+                    *reinterpret_cast<const float4*>(src + (size_t)(sp0 + sp) * split_stride);
+            }
+            __syncthreads();
+            for (int e = threadIdx.x; e < 4 * n4; e += blockDim.x) {
+                float v = sp0 == 0 ? 0.0f : s_in[e];
+#pragma unroll 1
+                for (int sp = 0; sp < ns; ++sp) v += s_parts[sp][e];
+                s_in[e] = v;
+            }
+            __syncthreads();
+        }
+        q_src = s_in;
+        k_src = s_in + D;
+        v_src = s_in + 2 * D;
+    }
     float qv[8];
-    load8_f32(row + h * D + sl * 8, qv);
+    load8_f32(q_src + sl * 8, qv);
     rope8<LPR / 2>(qv, cv, sv, first_half);
 #pragma unroll
     for (int i = 0; i < 8; ++i) qv[i] *= scale;
@@ -246,11 +292,10 @@ __device__ __forceinline__ void paged_attention_decode(
     // the cache holds them: computed by warp 0's first row group, kept in
     // shared memory (not in every lane's registers) for the one lane group
     // that meets position `pos`.
-    const bool newest_here = end == ctx;  // uniform across the block
     if (newest_here && warp == 0) {
         float kn[8], vn[8];
-        load8_f32(row + (heads + kvh) * D + sl * 8, kn);
-        load8_f32(row + (heads + kv_heads + kvh) * D + sl * 8, vn);
+        load8_f32(k_src + sl * 8, kn);
+        load8_f32(v_src + sl * 8, vn);
         rope8<LPR / 2>(kn, cv, sv, first_half);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -410,10 +455,10 @@ __device__ __forceinline__ void paged_attention_decode(
         const float *__restrict__ sin_table, const unsigned *__restrict__ slots, KV *__restrict__ k_cache,          \
         KV *__restrict__ v_cache, const unsigned *__restrict__ block_tables, const unsigned *__restrict__ seq_of,   \
         float *__restrict__ work, unsigned *__restrict__ counters, float *__restrict__ out, int heads, int kv_heads, \
-        int part_chunks, int block_size, int max_blocks, int max_parts, float scale
+        int part_chunks, int block_size, int max_blocks, int max_parts, float scale, int qkv_splits
 #define LHAMA_DECODE_ARGS                                                                                      \
     qkv, positions, cos_table, sin_table, slots, k_cache, v_cache, block_tables, seq_of, work, counters, out, \
-        heads, kv_heads, part_chunks, block_size, max_blocks, max_parts, scale
+        heads, kv_heads, part_chunks, block_size, max_blocks, max_parts, scale, qkv_splits
 
 // One kernel per cache type and head size: registers sized for the head,
 // not for the largest one; and each in two forms: partitions of one chunk

@@ -76,9 +76,13 @@ const GEMM: &[&str] = &[F, U, F, F, FM, I, I, I, I, I];
 /// Parameters of the fragment GEMM (gemm_frag.cu).
 const GEMM_FRAG: &[&str] = &[F, U4, F, F, FM, I, I, I, I, I];
 /// Parameters of decode attention on the f32 cache (LHAMA_DECODE_PARAMS(float)).
-const DECODE_F32: &[&str] = &[F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R];
+const DECODE_F32: &[&str] = &[
+    F, U, F, F, U, FM, FM, U, U, FM, UM, FM, I, I, I, I, I, I, R, I,
+];
 /// Parameters of decode attention on the f16 cache (LHAMA_DECODE_PARAMS(__half)).
-const DECODE_F16: &[&str] = &[F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R];
+const DECODE_F16: &[&str] = &[
+    F, U, F, F, U, HM, HM, U, U, FM, UM, FM, I, I, I, I, I, I, R, I,
+];
 /// Parameters of prompt-step attention on the f32 cache (LHAMA_PREFILL_PARAMS(float)).
 const PREFILL_F32: &[&str] = &[F, F, F, U, U, U, U, FM, I, I, I, I, I, I, R];
 /// Parameters of prompt-step attention on the f16 cache (LHAMA_PREFILL_PARAMS(__half);

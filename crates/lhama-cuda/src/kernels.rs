@@ -592,7 +592,7 @@ fn profile_skip() -> Vec<String> {
 }
 
 /// A row-count threshold from the environment (for tuning runs), if set.
-fn env_rows(var: &str) -> Result<Option<usize>, CudaError> {
+pub(crate) fn env_rows(var: &str) -> Result<Option<usize>, CudaError> {
     match std::env::var(var) {
         Ok(v) => v
             .parse()
@@ -1881,12 +1881,15 @@ impl Kernels {
     /// A decode step's attention (one new token per sequence): rotary
     /// embedding of q and k from the raw qkv rows, the K/V write, attention
     /// over the context and the combine of its partitions, in one launch.
-    /// `counters` holds T * heads zeros (re-armed by the kernel).
+    /// `qkv` is the qkv product or, with `qkv_splits` > 1, its K splits as
+    /// `awq_matmul_split` leaves them ([splits, T, row]), added up as they
+    /// are read. `counters` holds T * heads zeros (re-armed by the kernel).
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention_decode(
         &self,
         s: &CudaStream,
         qkv: &CudaView<'_, f32>,
+        qkv_splits: usize,
         positions: &CudaView<'_, u32>,
         cos: &CudaSlice<f32>,
         sin: &CudaSlice<f32>,
@@ -1916,7 +1919,8 @@ impl Kernels {
         check(
             seq_of.len() == t
                 && slots.len() == t
-                && qkv.len() >= t * (heads + 2 * kv_heads) * hd
+                && qkv_splits >= 1
+                && qkv.len() >= qkv_splits * t * (heads + 2 * kv_heads) * hd
                 && out.len() >= t * heads * hd
                 && counters.len() >= t * heads,
             "decode attention sizes",
@@ -1966,7 +1970,8 @@ impl Kernels {
                 .i32(i32_of(block_size))
                 .i32(i32_of(max_blocks))
                 .i32(i32_of(parts))
-                .f32(scale),
+                .f32(scale)
+                .i32(i32_of(qkv_splits)),
         )
     }
 

@@ -1203,8 +1203,16 @@ fn fused_decode_attention_matches_cpu() {
         let num_blocks = t * max_blocks;
         let mut cpu_k = randn(&mut g, num_blocks * bs * kv_dim);
         let mut cpu_v = randn(&mut g, num_blocks * bs * kv_dim);
-        let mut cache = KvCache::from_host(&s, precision, &cpu_k, &cpu_v).unwrap();
-        let qkv = randn(&mut g, t * (q_dim + 2 * kv_dim));
+        let (k0, v0) = (cpu_k.clone(), cpu_v.clone());
+        // The product as 3 K-split partial sums, and their sum in split
+        // order from 0.0 (awq_reduce_partials_f32's): the kernel takes
+        // either and must give the same bits.
+        let splits = 3;
+        let qkv_len = t * (q_dim + 2 * kv_dim);
+        let parts = randn(&mut g, splits * qkv_len);
+        let qkv: Vec<f32> = (0..qkv_len)
+            .map(|i| (0..splits).fold(0.0f32, |a, sp| a + parts[sp * qkv_len + i]))
+            .collect();
         let slots: Vec<u32> = positions
             .iter()
             .enumerate()
@@ -1250,6 +1258,7 @@ fn fused_decode_attention_matches_cpu() {
         let (cos, sin) = rope.tables();
         let (cd, sd) = (s.clone_htod(cos).unwrap(), s.clone_htod(sin).unwrap());
         let qkvd = s.clone_htod(&qkv).unwrap();
+        let partsd = s.clone_htod(&parts).unwrap();
         let pd = s.clone_htod(&positions).unwrap();
         let sld = s.clone_htod(&slots).unwrap();
         let flat: Vec<u32> = tables.concat();
@@ -1260,13 +1269,23 @@ fn fused_decode_attention_matches_cpu() {
             .alloc_zeros::<f32>(Kernels::attention_work_len(t, heads, hd, max_ctx))
             .unwrap();
         let mut counters = s.alloc_zeros::<u32>(t * heads).unwrap();
+        // An f16 cache may hold the neighbouring f16 of a k whose f32
+        // rotation differed by rounding: one ulp (2^-11) of a few elements.
+        let bound = if precision == Precision::Fast {
+            1e-4
+        } else {
+            1e-6
+        };
         let mut first = None;
-        // Twice: the partition counters re-arm themselves.
-        for _ in 0..2 {
+        // The whole product, then its splits, each on a fresh cache (the
+        // second launch also checks that the partition counters re-arm).
+        for (input, n_splits) in [(&qkvd, 1), (&partsd, splits)] {
+            let mut cache = KvCache::from_host(&s, precision, &k0, &v0).unwrap();
             let mut out = poisoned(&s, t * q_dim);
             k.paged_attention_decode(
                 &s,
-                &qkvd.slice(..),
+                &input.slice(..),
+                n_splits,
                 &pd.slice(..),
                 &cd,
                 &sd,
@@ -1287,27 +1306,23 @@ fn fused_decode_attention_matches_cpu() {
             let got = back(&s, &out, t * q_dim);
             let e = rel_err(&got, &want);
             eprintln!(
-                "decode attention heads={heads}/{kv_heads} d={hd} {precision:?} context {batch_context}, {chunks} chunks a block: rel err {e:.2e}"
+                "decode attention heads={heads}/{kv_heads} d={hd} {precision:?} context {batch_context}, {chunks} chunks a block, {n_splits} qkv splits: rel err {e:.2e}"
             );
             assert!(
                 e < 1e-5,
                 "decode attention d={hd} {precision:?}: rel err {e}"
             );
-            if let Some(f) = &first {
-                assert!(&got == f, "second launch differs");
+            let (gk, gv) = cache.to_host(&s).unwrap();
+            assert!(rel_err(&gk, &cpu_k) < bound, "k cache, {n_splits} splits");
+            assert!(rel_err(&gv, &cpu_v) < 1e-7, "v cache, {n_splits} splits");
+            match &first {
+                Some((f, fk, fv)) => assert!(
+                    &got == f && &gk == fk && &gv == fv,
+                    "the qkv splits give other bits than their sum"
+                ),
+                None => first = Some((got, gk, gv)),
             }
-            first = Some(got);
         }
-        // An f16 cache may hold the neighbouring f16 of a k whose f32
-        // rotation differed by rounding: one ulp (2^-11) of a few elements.
-        let bound = if precision == Precision::Fast {
-            1e-4
-        } else {
-            1e-6
-        };
-        let (gk, gv) = cache.to_host(&s).unwrap();
-        assert!(rel_err(&gk, &cpu_k) < bound, "k cache");
-        assert!(rel_err(&gv, &cpu_v) < 1e-7, "v cache");
     }
 }
 

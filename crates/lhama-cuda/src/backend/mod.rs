@@ -82,6 +82,10 @@ pub struct CudaBackend {
     /// Decode attention fuses rotary embedding and the K/V write
     /// (LHAMA_CUDA_FUSED_DECODE=0 turns it off, for comparisons).
     fused_decode: bool,
+    /// From this many rows, decode steps leave the qkv product's K splits
+    /// for the fused decode attention to add up as it reads them (no reduce
+    /// launch); `LHAMA_QKV_DEFER_MIN_ROWS`, 0: never.
+    qkv_defer_min_rows: usize,
     /// Masks set for the next forward_sample (Backend::set_masks).
     pending_masks: Vec<(usize, Vec<u32>)>,
     /// `forward` asks for every row's logits.
@@ -89,6 +93,10 @@ pub struct CudaBackend {
 }
 
 const MIB: usize = 1 << 20;
+
+/// Rows from which a decode step's fused attention adds up the qkv
+/// product's K splits itself (docs/BENCHMARKS.md round 13).
+pub const DEFAULT_QKV_DEFER_MIN_ROWS: usize = 1;
 
 impl CudaBackend {
     pub fn new(
@@ -186,6 +194,8 @@ impl CudaBackend {
             max_blocks,
             fused_decode: std::env::var("LHAMA_CUDA_FUSED_DECODE").map_or(true, |v| v != "0"),
             fused_silu: std::env::var("LHAMA_CUDA_FUSED_SILU").map_or(true, |v| v != "0"),
+            qkv_defer_min_rows: crate::kernels::env_rows("LHAMA_QKV_DEFER_MIN_ROWS")?
+                .unwrap_or(DEFAULT_QKV_DEFER_MIN_ROWS),
             pending_masks: Vec::new(),
             all_logits: vec![RowSampling::Logits; t],
         };
@@ -254,6 +264,7 @@ impl CudaBackend {
         };
         let fused_decode =
             decode && self.fused_decode && Kernels::fused_decode_supported(self.config.head_dim);
+        let qkv_defer = self.qkv_defer_min_rows > 0 && t >= self.qkv_defer_min_rows;
         let cfg = &self.config;
         let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -285,7 +296,9 @@ impl CudaBackend {
                 t,
                 eps,
             )?;
-            k.awq_matmul(
+            // The fused decode attention can add up the qkv product's
+            // splits itself; elsewhere the product is whole in ws.qkv.
+            let qkv_splits = k.awq_matmul_split_if(
                 s,
                 &ws.h.slice(0..t * hidden),
                 t,
@@ -293,11 +306,15 @@ impl CudaBackend {
                 &mut ws.partial,
                 &mut ws.counters,
                 &mut ws.qkv.slice_mut(..),
+                fused_decode && qkv_defer,
             )?;
             if fused_decode {
+                let qkv_len = t * (shape.0 + 2 * shape.1) * shape.2;
+                let (qkv, qkv_splits) = Self::product(&ws.partial, &ws.qkv, qkv_splits, qkv_len);
                 k.paged_attention_decode(
                     s,
-                    &ws.qkv.slice(..),
+                    &qkv,
+                    qkv_splits,
                     &ws.positions.slice(0..t),
                     &w.cos,
                     &w.sin,
