@@ -16,7 +16,10 @@
 // The weights come through a ring of WG_STAGES chunks by cp.async, x is
 // loaded one chunk ahead into registers and converted as it is staged
 // (double-buffered); the staging of chunk c + 1 runs while the tensor cores
-// work on chunk c. (Tried: x through the cp.async ring in f32, converted in
+// work on chunk c, and each k16 step is a commit group of its own, so step
+// t + 1's A fragments are dequantized while step t runs. For many rows the
+// wide tile (awq_gemm_wgmma_wide_f16x, below: 256 columns a block) halves
+// the instructions a product takes around the tensor cores. (Tried: x through the cp.async ring in f32, converted in
 // shared memory, WG_STAGES 4 in 180 KB of dynamic shared memory: slower,
 // docs/BENCHMARKS.md round 11.) Each thread keeps R / 2 f32 sums: row 8 i + 2 tig (+1)
 // of column gid (+8) of its warp's tile in d[4 i ..].
@@ -100,6 +103,86 @@ __device__ __forceinline__ void wgmma_m64k16<128>(float (&d)[64], const unsigned
 }
 #endif
 
+// Where a thread stages x from (the wgmma tiles' FragX): float4 i of a
+// 64-k chunk is row i * 16 + tid / 16 of the block's, k 4 (tid % 16). Rows
+// past M read row M - 1 instead of zeros: a row of x reaches only its own
+// row of the product, and those rows are never stored. So the loads need no
+// predicate and no zero fill.
+template <int XV>
+struct WgmmaX {
+    const float* row[XV];
+    __device__ __forceinline__ WgmmaX(const float* __restrict__ x, int m0, int m, int k, int tid) {
+#pragma unroll
+        for (int i = 0; i < XV; ++i)
+            row[i] = x + (size_t)min(m0 + i * 16 + tid / 16, m - 1) * k + (tid % 16) * 4;
+    }
+    __device__ __forceinline__ void fetch(float4 (&xv)[XV], int k0) const {
+#pragma unroll
+        for (int i = 0; i < XV; ++i) xv[i] = *reinterpret_cast<const float4*>(row[i] + k0);
+    }
+};
+
+// frag_issue's copies with the thread's sources worked out once: the piece
+// of column tile tid / 32 (lane tid % 32) and, for threads 0-63, 4 columns'
+// zeros (0-31) or scales (32-63). The zero/scale row of the next chunk to
+// issue is counted along (K % group == 0, group % 64 == 0), not divided out.
+struct WgmmaIssue {
+    const uint4* w;
+    const float* zs;
+    bool w_ok, zs_ok;
+    int zrow, zrem;
+    __device__ __forceinline__ WgmmaIssue(const uint4* __restrict__ frag, const float* __restrict__ zeros,
+                                          const float* __restrict__ scales, int n0, int n, int quads, int group,
+                                          int kb, int tid) {
+        const int tile = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
+        const int nt = n0 / 16 + tile;
+        w_ok = nt < n / 16;
+        w = frag + (size_t)(w_ok ? nt : 0) * quads * LHAMA_WARP + l;
+        const int c = n0 + 4 * (l % LHAMA_WARP);
+        zs_ok = tid < 64 && c < n;
+        zs = (tid / LHAMA_WARP ? scales : zeros) + (c < n ? c : 0);
+        zrow = kb / group;
+        zrem = kb % group;
+    }
+    // The chunk at k0 (the one after the previous call's) into `slot`.
+    __device__ __forceinline__ void issue(FragStage& slot, int k0, int n, int group, int tid) {
+        const int tile = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
+        cp_async16(&slot.w[tile][l], w + (size_t)(k0 / 64) * LHAMA_WARP, w_ok);
+        if (tid < 64) cp_async16(&slot.zs[tile][4 * l], zs + (size_t)zrow * n, zs_ok);
+        zrem += 64;
+        if (zrem == group) {
+            zrem = 0;
+            ++zrow;
+        }
+    }
+};
+
+// frag_issue behind WgmmaIssue's interface.
+struct FragIssue {
+    const uint4* frag;
+    const float *zeros, *scales;
+    int n0, quads;
+    __device__ __forceinline__ FragIssue(const uint4* __restrict__ frag, const float* __restrict__ zeros,
+                                         const float* __restrict__ scales, int n0, int, int quads, int, int, int)
+        : frag(frag), zeros(zeros), scales(scales), n0(n0), quads(quads) {}
+    __device__ __forceinline__ void issue(FragStage& slot, int k0, int n, int group, int tid) {
+        frag_issue(slot, frag, zeros, scales, n0, n, quads, group, k0, tid);
+    }
+};
+// The loaders of a tile height: WgmmaX and WgmmaIssue (fewer instructions a
+// chunk) in the 128-row tile, FragX and frag_issue in the smaller ones,
+// where WgmmaX and WgmmaIssue measured slower (docs/BENCHMARKS.md round 14).
+template <int R, int XV>
+struct WgmmaLoaders {
+    using X = FragX<XV>;
+    using W = FragIssue;
+};
+template <int XV>
+struct WgmmaLoaders<128, XV> {
+    using X = WgmmaX<XV>;
+    using W = WgmmaIssue;
+};
+
 template <int R, int STAGES>
 __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, const uint4* __restrict__ frag,
                                                const float* __restrict__ zeros, const float* __restrict__ scales,
@@ -121,8 +204,8 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
     const int chunks = (ke - kb) / 64;
     const int quads = k / 64;
 
-    // Staging (FragX): 8 bytes of row r's 16-byte piece (tid % 16) / 2, swizzled.
-    const FragX<XV> xsrc(x, m0, m, k, tid);
+    // Staging (WgmmaLoaders): 8 bytes of row r's 16-byte piece (tid % 16) / 2, swizzled.
+    const typename WgmmaLoaders<R, XV>::X xsrc(x, m0, m, k, tid);
     float4 xv[XV];
     auto fetch_x = [&](int k0) { xsrc.fetch(xv, k0); };
     // Generic-proxy stores, read by the tensor cores (the async proxy): each
@@ -141,11 +224,12 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
 #pragma unroll
     for (int i = 0; i < R / 2; ++i) d[i] = 0.0f;
 
+    typename WgmmaLoaders<R, XV>::W wsrc(frag, zeros, scales, n0, n, quads, group, kb, tid);
     // The first STAGES - 1 chunks' weights (constant) before the wait on the
     // previous kernel; one copy group per chunk, empty past the split's end.
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < chunks) frag_issue(ring[st], frag, zeros, scales, n0, n, quads, group, kb + 64 * st, tid);
+        if (st < chunks) wsrc.issue(ring[st], kb + 64 * st, n, group, tid);
         cp_async_commit();
     }
     LHAMA_GRID_WAIT();
@@ -163,7 +247,7 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
         __syncthreads();
         const int ahead = c + STAGES - 1;
         if (ahead < chunks)
-            frag_issue(ring[ahead % STAGES], frag, zeros, scales, n0, n, quads, group, kb + 64 * ahead, tid);
+            wsrc.issue(ring[ahead % STAGES], kb + 64 * ahead, n, group, tid);
         cp_async_commit();
         if (c + 1 < chunks) fetch_x(kb + 64 * (c + 1));
         const FragStage& st = ring[c % STAGES];
@@ -176,15 +260,19 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
             zb[h] = half2_bits(__float2half2_rn(1024.0f + st.zs[0][cl]));
             sb[h] = half2_bits(__float2half2_rn(st.zs[1][cl]));
         }
+        // One group a k16 step: step t + 1's A fragments are dequantized
+        // while the tensor cores work on step t.
         unsigned a[4][4];
-#pragma unroll
-        for (int t = 0; t < 4; ++t) frag_dequant(a[t], words[t], zb, sb);
+        frag_dequant(a[0], words[0], zb, sb);
         const unsigned long long desc = wgmma_desc(smem + buf * XBYTES);
         wgmma_fence_sums(d);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-        for (int t = 0; t < 4; ++t) wgmma_m64k16<R>(d, a[t], desc + 2 * t);  // + 32 bytes a step
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        for (int t = 0; t < 4; ++t) {
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+            wgmma_m64k16<R>(d, a[t], desc + 2 * t);  // + 32 bytes a step
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            if (t < 3) frag_dequant(a[t + 1], words[t + 1], zb, sb);
+        }
         if (c + 1 < chunks) stage_x(buf ^ 1);
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         wgmma_fence_sums(d);
@@ -226,3 +314,168 @@ LHAMA_WGMMA_KERNEL(16, 2)
 LHAMA_WGMMA_KERNEL(32, 2)
 LHAMA_WGMMA_KERNEL(64, 2)
 LHAMA_WGMMA_KERNEL(128, 1)
+
+// The wide tile: 128 rows x 256 columns a block, for many rows (prefill).
+// Each warpgroup takes two 64-column slabs (columns s * 128 + 64 g .. of
+// the block's, s = 0, 1): two wgmma.m64n128k16 a k16 step on the same staged
+// x, so every chunk of x staged and every instruction of the loop around the
+// tensor cores serve twice the products of the 128-row tile. The ring and x
+// take 63 KB of dynamic shared memory (WG_WIDE_SMEM, from the host, which
+// sets it on the function at load). Rows, splits, sums and their order as awq_gemm_wgmma128_f16x, per
+// 128-column half of the block.
+// Host guarantees: those of gemm_frag.cu; launched only on sm_90a, with
+// WG_WIDE_SMEM bytes of dynamic shared memory.
+struct WideStage {
+    uint4 w[16][LHAMA_WARP];  // column tile t (16 columns) at 16 t of the block's
+    float zs[2][256];         // zeros, scales of the block's 256 columns
+};
+#define WG_WIDE_STAGES 3
+#define WG_WIDE_XBYTES (128 * 128)
+
+extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 1)
+    awq_gemm_wgmma_wide_f16x(const float* __restrict__ x, const uint4* __restrict__ frag,
+                             const float* __restrict__ zeros, const float* __restrict__ scales,
+                             float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
+#ifdef LHAMA_WGMMA
+    static_assert(WG_WIDE_SMEM >= 1024 + 2 * WG_WIDE_XBYTES + WG_WIDE_STAGES * sizeof(WideStage),
+                  "the host's dynamic shared memory holds the aligned buffers and the ring");
+    constexpr int R = 128, STAGES = WG_WIDE_STAGES, XV = R * 16 / FRAG_THREADS, XBYTES = WG_WIDE_XBYTES;
+    // The swizzle is of shared addresses: x's buffers start 1,024-aligned.
+    extern __shared__ unsigned char wide_smem[];
+    unsigned char* smem = wide_smem + ((1024u - ((unsigned)__cvta_generic_to_shared(wide_smem) & 1023u)) & 1023u);
+    WideStage* ring = reinterpret_cast<WideStage*>(smem + 2 * XBYTES);
+
+    const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
+    const int gid = lane / 4, tig = lane % 4;
+    const int m0 = blockIdx.y * R, n0 = blockIdx.x * 256;
+    const int kb = blockIdx.z * k_per_split;
+    const int ke = min(k, kb + k_per_split);
+    const int chunks = (ke - kb) / 64;
+    const int quads = k / 64;
+
+    const WgmmaX<XV> xsrc(x, m0, m, k, tid);
+    float4 xv[XV];
+    auto stage_x = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < XV; ++i) {
+            const int r = (i * FRAG_THREADS + tid) / 16;
+            const int off = r * 128 + (((tid % 16) / 2) ^ (r % 8)) * 16 + (tid % 2) * 8;
+            *reinterpret_cast<uint2*>(smem + buf * XBYTES + off) = half4_bits(xv[i]);
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    };
+
+    // Copies: column tiles warp and warp + 8 for this lane; threads 0-127
+    // 4 columns' zeros (0-63) or scales (64-127); the zero/scale row counted
+    // along as in WgmmaIssue.
+    const uint4* wsrc[2];
+    bool w_ok[2];
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+        const int nt = n0 / 16 + 8 * s + warp;
+        w_ok[s] = nt < n / 16;
+        wsrc[s] = frag + (size_t)(w_ok[s] ? nt : 0) * quads * LHAMA_WARP + lane;
+    }
+    const int zc = n0 + 4 * (tid % 64);
+    const bool zs_ok = tid < 128 && zc < n;
+    const float* zsrc = (tid / 64 ? scales : zeros) + (zc < n ? zc : 0);
+    int zrow = kb / group, zrem = kb % group;
+    auto issue = [&](WideStage& slot, int k0) {
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+            cp_async16(&slot.w[8 * s + warp][lane], wsrc[s] + (size_t)(k0 / 64) * LHAMA_WARP, w_ok[s]);
+        if (tid < 128) cp_async16(&slot.zs[(tid / 64) & 1][4 * (tid % 64)], zsrc + (size_t)zrow * n, zs_ok);
+        zrem += 64;
+        if (zrem == group) {
+            zrem = 0;
+            ++zrow;
+        }
+    };
+
+    float d[2][R / 2];
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+#pragma unroll
+        for (int i = 0; i < R / 2; ++i) d[s][i] = 0.0f;
+
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < chunks) issue(ring[st], kb + 64 * st);
+        cp_async_commit();
+    }
+    LHAMA_GRID_WAIT();
+    LHAMA_GRID_LAUNCH_DEPENDENTS();
+    if (chunks > 0) {
+        xsrc.fetch(xv, kb);
+        stage_x(0);
+    }
+    for (int c = 0; c < chunks; ++c) {
+        const int buf = c & 1;
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int ahead = c + STAGES - 1;
+        if (ahead < chunks) issue(ring[ahead % STAGES], kb + 64 * ahead);
+        cp_async_commit();
+        if (c + 1 < chunks) xsrc.fetch(xv, kb + 64 * (c + 1));
+        const WideStage& st = ring[c % STAGES];
+        unsigned words[2][4], zb[2][2], sb[2][2];
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            const uint4 v = st.w[8 * s + warp][lane];
+            words[s][0] = v.x;
+            words[s][1] = v.y;
+            words[s][2] = v.z;
+            words[s][3] = v.w;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int cl = 128 * s + warp * 16 + gid + 8 * h;
+                zb[s][h] = half2_bits(__float2half2_rn(1024.0f + st.zs[0][cl]));
+                sb[s][h] = half2_bits(__float2half2_rn(st.zs[1][cl]));
+            }
+        }
+        const unsigned long long desc = wgmma_desc(smem + buf * XBYTES);
+        unsigned a[2][2][4];  // [step parity][slab]
+        frag_dequant(a[0][0], words[0][0], zb[0], sb[0]);
+        frag_dequant(a[0][1], words[1][0], zb[1], sb[1]);
+        wgmma_fence_sums(d[0]);
+        wgmma_fence_sums(d[1]);
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+            wgmma_m64k16<R>(d[0], a[t & 1][0], desc + 2 * t);
+            wgmma_m64k16<R>(d[1], a[t & 1][1], desc + 2 * t);
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            if (t < 3) {
+                frag_dequant(a[(t + 1) & 1][0], words[0][t + 1], zb[0], sb[0]);
+                frag_dequant(a[(t + 1) & 1][1], words[1][t + 1], zb[1], sb[1]);
+            }
+        }
+        if (c + 1 < chunks) stage_x(buf ^ 1);
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wgmma_fence_sums(d[0]);
+        wgmma_fence_sums(d[1]);
+    }
+
+    float* dst = out + (size_t)blockIdx.z * m * n;
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+        if (n0 / 16 + 8 * s + warp >= n / 16) continue;
+        const int col = n0 + 128 * s + warp * 16 + gid;
+#pragma unroll
+        for (int i = 0; i < R / 8; ++i) {
+            const int row = m0 + 8 * i + 2 * tig;
+            if (row < m) {
+                dst[(size_t)row * n + col] = d[s][4 * i];
+                dst[(size_t)row * n + col + 8] = d[s][4 * i + 2];
+            }
+            if (row + 1 < m) {
+                dst[(size_t)(row + 1) * n + col] = d[s][4 * i + 1];
+                dst[(size_t)(row + 1) * n + col + 8] = d[s][4 * i + 3];
+            }
+        }
+    }
+#else
+    LHAMA_GRID_WAIT();
+    __trap();
+#endif
+}

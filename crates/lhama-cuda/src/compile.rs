@@ -145,6 +145,7 @@ pub const KERNELS: &[Kernel] = &[
     Kernel::new("awq_gemm_wgmma32_f16x", GEMM_FRAG),
     Kernel::new("awq_gemm_wgmma64_f16x", GEMM_FRAG),
     Kernel::new("awq_gemm_wgmma128_f16x", GEMM_FRAG),
+    Kernel::new("awq_gemm_wgmma_wide_f16x", GEMM_FRAG),
     Kernel::new("paged_attention_prefill_mma_f16kv_d32", PREFILL_F16),
     Kernel::new("paged_attention_prefill_mma_f16kv_d64", PREFILL_F16),
     Kernel::new("paged_attention_prefill_mma_f16kv_d128", PREFILL_F16),

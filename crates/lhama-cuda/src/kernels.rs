@@ -102,7 +102,7 @@ pub fn fragment_order(qweight: &[u32], k: usize, n: usize) -> Vec<u32> {
 /// kernels' source gets them as `#define`s (`compile::program_source`), and
 /// no kernel file defines them itself (a unit test), so the two sides
 /// cannot drift apart.
-pub(crate) fn shared_defines() -> [(&'static str, usize); 14] {
+pub(crate) fn shared_defines() -> [(&'static str, usize); 15] {
     [
         ("AWQ_MAX_M", AWQ_MAX_M),
         ("AWQ_ROWS_PER_BLOCK", AWQ_ROWS_PER_BLOCK),
@@ -118,6 +118,7 @@ pub(crate) fn shared_defines() -> [(&'static str, usize); 14] {
         ("LM_HEAD_ROWS", LM_HEAD_ROWS),
         ("LM_HEAD_VR", LM_HEAD_VR),
         ("CLUSTER_MAX", CLUSTER_MAX_SPLITS),
+        ("WG_WIDE_SMEM", WGMMA_WIDE_SMEM),
     ]
 }
 
@@ -342,6 +343,9 @@ pub struct Kernels {
     /// The fragment GEMM on the warpgroup tensor cores (gemm_wgmma.cu;
     /// sm_90a), in tiles of WGMMA_TILE_ROWS rows.
     gemm_wgmma: [CudaFunction; 4],
+    /// Its wide tile (128 rows x 256 columns, WGMMA_WIDE_SMEM bytes of
+    /// dynamic shared memory) for many rows.
+    gemm_wgmma_wide: CudaFunction,
     /// Kernels touching the KV cache: (f32 cache, f16 cache).
     rope_kv: (CudaFunction, CudaFunction),
     awq_reduce: CudaFunction,
@@ -386,6 +390,11 @@ pub struct Kernels {
     /// else 128-row tiles; sm_90a only, else usize::MAX;
     /// LHAMA_GEMM_WGMMA_MIN_ROWS).
     pub gemm_wgmma_min_rows: usize,
+    /// The wgmma GEMM takes its wide tile (256 columns a block) where that
+    /// grid has at least this many blocks before any K split
+    /// (LHAMA_GEMM_WIDE_MIN_BLOCKS, 0 = never; default 7/10 of the SMs;
+    /// usize::MAX where wgmma is off).
+    pub gemm_wide_min_blocks: usize,
     /// Chunks of weights in the 64-row fragment GEMM's cp.async ring, 2 to 4
     /// (LHAMA_GEMM_FRAG_STAGES; every count gives the same bits).
     pub gemm_frag_stages: usize,
@@ -501,6 +510,17 @@ pub const DEFAULT_GEMM_FRAG_TALL_ROWS: usize = 256;
 pub const DEFAULT_GEMM_WGMMA_MIN_ROWS: usize = 2;
 /// Row tiles of the wgmma GEMM (one kernel each, gemm_wgmma.cu).
 pub const WGMMA_TILE_ROWS: [usize; 4] = [16, 32, 64, 128];
+/// Dynamic shared memory of the wgmma GEMM's wide tile (WG_WIDE_SMEM):
+/// 1,024 bytes of alignment slack, two 16 KB x buffers and a ring of three
+/// 10 KB chunks of weights.
+pub const WGMMA_WIDE_SMEM: usize = 1024 + 2 * 128 * 128 + 3 * 10240;
+/// Columns a block of the wide tile covers.
+pub const WGMMA_WIDE_COLS: usize = 256;
+/// The wide tile's grid fills at least this share of the SMs (tenths)
+/// where it is taken: below, each SM's one block runs alone and the 128-row
+/// tile's twice as many blocks win (docs/BENCHMARKS.md round 14, H100: the
+/// wide tile lost at 64 blocks, 0.48 of the SMs, and won at 96 and more).
+pub const GEMM_WIDE_MIN_SM_TENTHS: usize = 7;
 /// Chunks of weights in flight in the 64-row fragment GEMM's ring.
 pub const DEFAULT_GEMM_FRAG_STAGES: usize = 4;
 /// Columns of one fragment-GEMM block (gemm_frag.cu), its k chunk, and the
@@ -762,6 +782,16 @@ impl Kernels {
                 f("awq_gemm_wgmma64_f16x")?,
                 f("awq_gemm_wgmma128_f16x")?,
             ],
+            gemm_wgmma_wide: {
+                let w = f("awq_gemm_wgmma_wide_f16x")?;
+                if arch == "compute_90a" {
+                    w.set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        WGMMA_WIDE_SMEM as i32,
+                    )?;
+                }
+                w
+            },
             rope_kv: (f("rope_kv_write_f32")?, f("rope_kv_write_f16kv")?),
             awq_reduce: f("awq_reduce_partials_f32")?,
             attention_combine: f("paged_attention_combine_f32")?,
@@ -798,6 +828,14 @@ impl Kernels {
             gemm_wgmma_min_rows: match env_rows("LHAMA_GEMM_WGMMA_MIN_ROWS")? {
                 _ if arch != "compute_90a" => usize::MAX,
                 None => DEFAULT_GEMM_WGMMA_MIN_ROWS,
+                Some(0) => usize::MAX,
+                Some(n) => n,
+            },
+            gemm_wide_min_blocks: match env_rows("LHAMA_GEMM_WIDE_MIN_BLOCKS")? {
+                _ if arch != "compute_90a" => usize::MAX,
+                None => (usize::try_from(sm_count).unwrap_or(1) * GEMM_WIDE_MIN_SM_TENTHS)
+                    .div_ceil(10)
+                    .max(1),
                 Some(0) => usize::MAX,
                 Some(n) => n,
             },
@@ -1618,38 +1656,44 @@ impl Kernels {
         defer: bool,
     ) -> Result<usize, CudaError> {
         check(frag.len() == w.k * w.n / 8, "awq fragment-ordered weights")?;
-        let (func, bm) = if m >= self.gemm_wgmma_min_rows {
-            let t = WGMMA_TILE_ROWS
-                .iter()
-                .position(|&rows| rows >= m)
-                .unwrap_or(WGMMA_TILE_ROWS.len() - 1);
-            (&self.gemm_wgmma[t], WGMMA_TILE_ROWS[t])
-        } else if m >= self.gemm_frag_tall_rows {
-            (&self.gemm_frag.1, 128)
-        } else {
-            let stages = self.gemm_frag_stages.clamp(2, 4);
-            (&self.gemm_frag.0[stages - 2], 64)
-        };
+        let wide_blocks = w.n.div_ceil(WGMMA_WIDE_COLS) * m.div_ceil(128);
+        let (func, bm, cols, smem) =
+            if m >= self.gemm_wgmma_min_rows && wide_blocks >= self.gemm_wide_min_blocks {
+                (&self.gemm_wgmma_wide, 128, WGMMA_WIDE_COLS, WGMMA_WIDE_SMEM)
+            } else if m >= self.gemm_wgmma_min_rows {
+                let t = WGMMA_TILE_ROWS
+                    .iter()
+                    .position(|&rows| rows >= m)
+                    .unwrap_or(WGMMA_TILE_ROWS.len() - 1);
+                (&self.gemm_wgmma[t], WGMMA_TILE_ROWS[t], GEMM_FRAG_COLS, 0)
+            } else if m >= self.gemm_frag_tall_rows {
+                (&self.gemm_frag.1, 128, GEMM_FRAG_COLS, 0)
+            } else {
+                let stages = self.gemm_frag_stages.clamp(2, 4);
+                (&self.gemm_frag.0[stages - 2], 64, GEMM_FRAG_COLS, 0)
+            };
         // Split K: in a cluster that adds the splits up (no partial sums:
         // as many splits as the grid wants), or into `partial`, as far as
         // it holds them.
         let cluster = self.gemm_frag_cluster_split(m, w.k, w.n, defer);
-        let (func, (splits, k_per_split)) = match cluster {
-            Some(split) => (&self.gemm_frag_cluster, split),
+        let (func, cols, smem, (splits, k_per_split)) = match cluster {
+            Some(split) => (&self.gemm_frag_cluster, GEMM_FRAG_COLS, 0, split),
             None => (
                 func,
+                cols,
+                smem,
                 frag_splits(
                     w.k,
-                    w.n.div_ceil(GEMM_FRAG_COLS) * m.div_ceil(bm),
+                    w.n.div_ceil(cols) * m.div_ceil(bm),
                     self.mma_split_blocks,
                     partial.len() / (m * w.n).max(1),
                 ),
             ),
         };
         let cfg = LaunchConfig {
-            grid_dim: (grid(w.n, GEMM_FRAG_COLS), grid(m, bm), splits as u32),
+            grid_dim: (grid(w.n, cols), grid(m, bm), splits as u32),
             block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem as u32,
         };
         // x holds m * K, frag K * N/8, zeros/scales K/G * N, y m * N
         // (checked by the callers), partial splits * m * N as frag_splits

@@ -122,6 +122,7 @@ fn awq_matmul_matches_cpu() {
     // wgmma: sm_90a alone.
     let sm90a = s.context().compute_capability().unwrap() == (9, 0);
     let mut wgmma_runs = 0;
+    let mut wide_runs = 0;
     // The wgmma tile heights taken (smallest of WGMMA_TILE_ROWS holding M).
     let mut wgmma_tiles = std::collections::BTreeSet::new();
     let mut clustered = 0;
@@ -262,8 +263,10 @@ fn awq_matmul_matches_cpu() {
             ),
             // (128-row tiles always take a ring of 2.)
             (1, Precision::Fast, true, true, 1, 2, Off, false),
-            // The warpgroup tensor cores (sm_90a), in tiles of 16 to 128 rows.
+            // The warpgroup tensor cores (sm_90a), in tiles of 16 to 128 rows;
+            // then (ring 3) in the wide tile (256 columns) for every row count.
             (1, Precision::Fast, true, true, 1, 2, Off, true),
+            (1, Precision::Fast, true, true, 1, 3, Off, true),
         ] {
             if cluster != Off && !hopper {
                 continue;
@@ -272,6 +275,8 @@ fn awq_matmul_matches_cpu() {
                 continue;
             }
             k.gemm_wgmma_min_rows = if wgmma { 1 } else { usize::MAX };
+            let wide = wgmma && stages == 3;
+            k.gemm_wide_min_blocks = if wide { 1 } else { usize::MAX };
             k.cluster_mode = cluster;
             k.cluster_gemv_rows = if cluster == Off { 0 } else { 2 };
             k.cluster_gemv_max_n = usize::MAX;
@@ -296,6 +301,10 @@ fn awq_matmul_matches_cpu() {
                 }
                 (false, _) => "gemv",
                 (true, Precision::Exact) => "mma exact",
+                (true, Precision::Fast) if tc_frag && wide => {
+                    wide_runs += 1;
+                    "frag gemm on wgmma, wide tile"
+                }
                 (true, Precision::Fast) if tc_frag && wgmma => {
                     wgmma_runs += 1;
                     let tiles = lhama_cuda::kernels::WGMMA_TILE_ROWS;
@@ -384,6 +393,7 @@ fn awq_matmul_matches_cpu() {
             lhama_cuda::kernels::WGMMA_TILE_ROWS,
             "wgmma tile heights taken"
         );
+        assert_eq!(wide_runs, wgmma_runs, "shapes that took the wide tile");
     }
     if hopper {
         assert!(
