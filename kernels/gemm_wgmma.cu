@@ -122,33 +122,58 @@ struct WgmmaX {
     }
 };
 
-// frag_issue's copies with the thread's sources worked out once: the piece
-// of column tile tid / 32 (lane tid % 32) and, for threads 0-63, 4 columns'
-// zeros (0-31) or scales (32-63). The zero/scale row of the next chunk to
-// issue is counted along (K % group == 0, group % 64 == 0), not divided out.
+// A ring slot of the wide tile (SLABS = 2): the chunk of 256 columns, laid
+// out as FragStage's 128 (which is the slot of one slab).
+struct WideStage {
+    uint4 w[16][LHAMA_WARP];  // column tile t (16 columns) at 16 t of the block's
+    float zs[2][256];         // zeros, scales of the block's 256 columns
+};
+template <int SLABS>
+struct WgmmaStage {
+    using T = FragStage;
+};
+template <>
+struct WgmmaStage<2> {
+    using T = WideStage;
+};
+
+// frag_issue's copies for SLABS x 128 columns with the thread's sources
+// worked out once: the pieces of column tiles warp + 8 s (lane tid % 32)
+// and, for threads 0 .. 64 SLABS - 1, 4 columns' zeros (the first half) or
+// scales (the second). The zero/scale row of the next chunk to issue is
+// counted along (K % group == 0, group % 64 == 0), not divided out.
+template <int SLABS>
 struct WgmmaIssue {
-    const uint4* w;
+    static constexpr int PER = 32 * SLABS;  // threads a table
+    const uint4* w[SLABS];
+    bool w_ok[SLABS];
     const float* zs;
-    bool w_ok, zs_ok;
+    bool zs_ok;
     int zrow, zrem;
     __device__ __forceinline__ WgmmaIssue(const uint4* __restrict__ frag, const float* __restrict__ zeros,
                                           const float* __restrict__ scales, int n0, int n, int quads, int group,
                                           int kb, int tid) {
-        const int tile = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
-        const int nt = n0 / 16 + tile;
-        w_ok = nt < n / 16;
-        w = frag + (size_t)(w_ok ? nt : 0) * quads * LHAMA_WARP + l;
-        const int c = n0 + 4 * (l % LHAMA_WARP);
-        zs_ok = tid < 64 && c < n;
-        zs = (tid / LHAMA_WARP ? scales : zeros) + (c < n ? c : 0);
+        const int warp = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
+#pragma unroll
+        for (int s = 0; s < SLABS; ++s) {
+            const int nt = n0 / 16 + 8 * s + warp;
+            w_ok[s] = nt < n / 16;
+            w[s] = frag + (size_t)(w_ok[s] ? nt : 0) * quads * LHAMA_WARP + l;
+        }
+        const int c = n0 + 4 * (tid % PER);
+        zs_ok = tid < 2 * PER && c < n;
+        zs = (tid / PER ? scales : zeros) + (c < n ? c : 0);
         zrow = kb / group;
         zrem = kb % group;
     }
     // The chunk at k0 (the one after the previous call's) into `slot`.
-    __device__ __forceinline__ void issue(FragStage& slot, int k0, int n, int group, int tid) {
-        const int tile = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
-        cp_async16(&slot.w[tile][l], w + (size_t)(k0 / 64) * LHAMA_WARP, w_ok);
-        if (tid < 64) cp_async16(&slot.zs[tile][4 * l], zs + (size_t)zrow * n, zs_ok);
+    template <typename Stage>
+    __device__ __forceinline__ void issue(Stage& slot, int k0, int n, int group, int tid) {
+        const int warp = tid / LHAMA_WARP, l = tid % LHAMA_WARP;
+#pragma unroll
+        for (int s = 0; s < SLABS; ++s)
+            cp_async16(&slot.w[8 * s + warp][l], w[s] + (size_t)(k0 / 64) * LHAMA_WARP, w_ok[s]);
+        if (tid < 2 * PER) cp_async16(&slot.zs[tid / PER][4 * (tid % PER)], zs + (size_t)zrow * n, zs_ok);
         zrem += 64;
         if (zrem == group) {
             zrem = 0;
@@ -169,21 +194,28 @@ struct FragIssue {
         frag_issue(slot, frag, zeros, scales, n0, n, quads, group, k0, tid);
     }
 };
-// The loaders of a tile height: WgmmaX and WgmmaIssue (fewer instructions a
-// chunk) in the 128-row tile, FragX and frag_issue in the smaller ones,
-// where WgmmaX and WgmmaIssue measured slower (docs/BENCHMARKS.md round 14).
-template <int R, int XV>
+// The loaders of a tile: WgmmaX and WgmmaIssue (fewer instructions a chunk)
+// in the 128-row tiles, FragX and frag_issue in the smaller ones, where
+// WgmmaX and WgmmaIssue measured slower (docs/BENCHMARKS.md round 14).
+template <int R, int XV, int SLABS>
 struct WgmmaLoaders {
+    static_assert(SLABS == 1, "the wide tile has 128 rows");
     using X = FragX<XV>;
     using W = FragIssue;
 };
-template <int XV>
-struct WgmmaLoaders<128, XV> {
+template <int XV, int SLABS>
+struct WgmmaLoaders<128, XV, SLABS> {
     using X = WgmmaX<XV>;
-    using W = WgmmaIssue;
+    using W = WgmmaIssue<SLABS>;
 };
 
-template <int R, int STAGES>
+// A block: R rows x SLABS 128-column slabs. With SLABS = 2 (the wide tile,
+// 128 rows) each warpgroup takes two 64-column slabs (columns s * 128 + 64 g
+// .. of the block's): two wgmma a k16 step on the same staged x, so every
+// chunk of x staged and every instruction around the tensor cores serve
+// twice the products; its ring and x take WG_WIDE_SMEM bytes of dynamic
+// shared memory (from the host, which sets it on the function at load).
+template <int R, int STAGES, int SLABS>
 __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, const uint4* __restrict__ frag,
                                                const float* __restrict__ zeros, const float* __restrict__ scales,
                                                float* __restrict__ out, int m, int k, int n, int group,
@@ -191,21 +223,34 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
 #ifdef LHAMA_WGMMA
     static_assert(STAGES >= 2, "the ring holds this chunk and the next");
     static_assert(R == 16 || R == 32 || R == 64 || R == 128, "a wgmma N");
+    static_assert(SLABS == 1 || SLABS == 2, "one or two slabs");
+    using Stage = typename WgmmaStage<SLABS>::T;
+    using L = WgmmaLoaders<R, R * 16 / FRAG_THREADS, SLABS>;
     constexpr int XV = R * 16 / FRAG_THREADS;  // float4 of x per thread per chunk
     constexpr int XBYTES = R * 128;            // a chunk of staged x: R rows of 64 k f16
-    __shared__ __align__(1024) unsigned char smem[2 * XBYTES + STAGES * sizeof(FragStage)];
-    FragStage* ring = reinterpret_cast<FragStage*>(smem + 2 * XBYTES);
+    unsigned char* smem;
+    if constexpr (SLABS == 1) {
+        __shared__ __align__(1024) unsigned char tile_smem[2 * XBYTES + STAGES * sizeof(Stage)];
+        smem = tile_smem;
+    } else {
+        static_assert(WG_WIDE_SMEM >= 1024 + 2 * XBYTES + STAGES * sizeof(Stage),
+                      "the host's dynamic shared memory holds the aligned buffers and the ring");
+        // The swizzle is of shared addresses: x's buffers start 1,024-aligned.
+        extern __shared__ unsigned char wide_smem[];
+        smem = wide_smem + ((1024u - ((unsigned)__cvta_generic_to_shared(wide_smem) & 1023u)) & 1023u);
+    }
+    Stage* ring = reinterpret_cast<Stage*>(smem + 2 * XBYTES);
 
     const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
     const int gid = lane / 4, tig = lane % 4;
-    const int m0 = blockIdx.y * R, n0 = blockIdx.x * 128;
+    const int m0 = blockIdx.y * R, n0 = blockIdx.x * 128 * SLABS;
     const int kb = blockIdx.z * k_per_split;
     const int ke = min(k, kb + k_per_split);
     const int chunks = (ke - kb) / 64;
     const int quads = k / 64;
 
-    // Staging (WgmmaLoaders): 8 bytes of row r's 16-byte piece (tid % 16) / 2, swizzled.
-    const typename WgmmaLoaders<R, XV>::X xsrc(x, m0, m, k, tid);
+    // Staging: 8 bytes of row r's 16-byte piece (tid % 16) / 2, swizzled.
+    const typename L::X xsrc(x, m0, m, k, tid);
     float4 xv[XV];
     auto fetch_x = [&](int k0) { xsrc.fetch(xv, k0); };
     // Generic-proxy stores, read by the tensor cores (the async proxy): each
@@ -220,11 +265,13 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };
 
-    float d[R / 2];
+    float d[SLABS][R / 2];
 #pragma unroll
-    for (int i = 0; i < R / 2; ++i) d[i] = 0.0f;
+    for (int s = 0; s < SLABS; ++s)
+#pragma unroll
+        for (int i = 0; i < R / 2; ++i) d[s][i] = 0.0f;
 
-    typename WgmmaLoaders<R, XV>::W wsrc(frag, zeros, scales, n0, n, quads, group, kb, tid);
+    typename L::W wsrc(frag, zeros, scales, n0, n, quads, group, kb, tid);
     // The first STAGES - 1 chunks' weights (constant) before the wait on the
     // previous kernel; one copy group per chunk, empty past the split's end.
 #pragma unroll
@@ -246,181 +293,13 @@ __device__ __forceinline__ void awq_gemm_wgmma(const float* __restrict__ x, cons
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int ahead = c + STAGES - 1;
-        if (ahead < chunks)
-            wsrc.issue(ring[ahead % STAGES], kb + 64 * ahead, n, group, tid);
+        if (ahead < chunks) wsrc.issue(ring[ahead % STAGES], kb + 64 * ahead, n, group, tid);
         cp_async_commit();
         if (c + 1 < chunks) fetch_x(kb + 64 * (c + 1));
-        const FragStage& st = ring[c % STAGES];
-        const uint4 v = st.w[warp][lane];
-        const unsigned words[4] = {v.x, v.y, v.z, v.w};
-        unsigned zb[2], sb[2];
+        const Stage& st = ring[c % STAGES];
+        unsigned words[SLABS][4], zb[SLABS][2], sb[SLABS][2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int cl = warp * 16 + gid + 8 * h;
-            zb[h] = half2_bits(__float2half2_rn(1024.0f + st.zs[0][cl]));
-            sb[h] = half2_bits(__float2half2_rn(st.zs[1][cl]));
-        }
-        // One group a k16 step: step t + 1's A fragments are dequantized
-        // while the tensor cores work on step t.
-        unsigned a[4][4];
-        frag_dequant(a[0], words[0], zb, sb);
-        const unsigned long long desc = wgmma_desc(smem + buf * XBYTES);
-        wgmma_fence_sums(d);
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-            wgmma_m64k16<R>(d, a[t], desc + 2 * t);  // + 32 bytes a step
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            if (t < 3) frag_dequant(a[t + 1], words[t + 1], zb, sb);
-        }
-        if (c + 1 < chunks) stage_x(buf ^ 1);
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        wgmma_fence_sums(d);
-    }
-
-    // d[4 i + e]: column gid (+8 for e >= 2) of the warp's tile, row 8 i +
-    // 2 tig (+1 for odd e).
-    if (n0 / 16 + warp >= n / 16) return;
-    float* dst = out + (size_t)blockIdx.z * m * n;
-    const int col = n0 + warp * 16 + gid;
-#pragma unroll
-    for (int i = 0; i < R / 8; ++i) {
-        const int row = m0 + 8 * i + 2 * tig;
-        if (row < m) {
-            dst[(size_t)row * n + col] = d[4 * i];
-            dst[(size_t)row * n + col + 8] = d[4 * i + 2];
-        }
-        if (row + 1 < m) {
-            dst[(size_t)(row + 1) * n + col] = d[4 * i + 1];
-            dst[(size_t)(row + 1) * n + col + 8] = d[4 * i + 3];
-        }
-    }
-#else
-    LHAMA_GRID_WAIT();
-    __trap();
-#endif
-}
-
-// One kernel a tile height (the host takes the smallest that holds M, else
-// 128); the smaller tiles leave room for two blocks an SM.
-#define LHAMA_WGMMA_KERNEL(R, BLOCKS)                                                                         \
-    extern "C" __global__ void __launch_bounds__(FRAG_THREADS, BLOCKS) awq_gemm_wgmma##R##_f16x(                \
-        const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,          \
-        const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group,             \
-        int k_per_split) {                                                                                      \
-        awq_gemm_wgmma<R, WG_STAGES>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);                 \
-    }
-LHAMA_WGMMA_KERNEL(16, 2)
-LHAMA_WGMMA_KERNEL(32, 2)
-LHAMA_WGMMA_KERNEL(64, 2)
-LHAMA_WGMMA_KERNEL(128, 1)
-
-// The wide tile: 128 rows x 256 columns a block, for many rows (prefill).
-// Each warpgroup takes two 64-column slabs (columns s * 128 + 64 g .. of
-// the block's, s = 0, 1): two wgmma.m64n128k16 a k16 step on the same staged
-// x, so every chunk of x staged and every instruction of the loop around the
-// tensor cores serve twice the products of the 128-row tile. The ring and x
-// take 63 KB of dynamic shared memory (WG_WIDE_SMEM, from the host, which
-// sets it on the function at load). Rows, splits, sums and their order as awq_gemm_wgmma128_f16x, per
-// 128-column half of the block.
-// Host guarantees: those of gemm_frag.cu; launched only on sm_90a, with
-// WG_WIDE_SMEM bytes of dynamic shared memory.
-struct WideStage {
-    uint4 w[16][LHAMA_WARP];  // column tile t (16 columns) at 16 t of the block's
-    float zs[2][256];         // zeros, scales of the block's 256 columns
-};
-#define WG_WIDE_STAGES 3
-#define WG_WIDE_XBYTES (128 * 128)
-
-extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 1)
-    awq_gemm_wgmma_wide_f16x(const float* __restrict__ x, const uint4* __restrict__ frag,
-                             const float* __restrict__ zeros, const float* __restrict__ scales,
-                             float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
-#ifdef LHAMA_WGMMA
-    static_assert(WG_WIDE_SMEM >= 1024 + 2 * WG_WIDE_XBYTES + WG_WIDE_STAGES * sizeof(WideStage),
-                  "the host's dynamic shared memory holds the aligned buffers and the ring");
-    constexpr int R = 128, STAGES = WG_WIDE_STAGES, XV = R * 16 / FRAG_THREADS, XBYTES = WG_WIDE_XBYTES;
-    // The swizzle is of shared addresses: x's buffers start 1,024-aligned.
-    extern __shared__ unsigned char wide_smem[];
-    unsigned char* smem = wide_smem + ((1024u - ((unsigned)__cvta_generic_to_shared(wide_smem) & 1023u)) & 1023u);
-    WideStage* ring = reinterpret_cast<WideStage*>(smem + 2 * XBYTES);
-
-    const int tid = threadIdx.x, lane = tid % LHAMA_WARP, warp = tid / LHAMA_WARP;
-    const int gid = lane / 4, tig = lane % 4;
-    const int m0 = blockIdx.y * R, n0 = blockIdx.x * 256;
-    const int kb = blockIdx.z * k_per_split;
-    const int ke = min(k, kb + k_per_split);
-    const int chunks = (ke - kb) / 64;
-    const int quads = k / 64;
-
-    const WgmmaX<XV> xsrc(x, m0, m, k, tid);
-    float4 xv[XV];
-    auto stage_x = [&](int buf) {
-#pragma unroll
-        for (int i = 0; i < XV; ++i) {
-            const int r = (i * FRAG_THREADS + tid) / 16;
-            const int off = r * 128 + (((tid % 16) / 2) ^ (r % 8)) * 16 + (tid % 2) * 8;
-            *reinterpret_cast<uint2*>(smem + buf * XBYTES + off) = half4_bits(xv[i]);
-        }
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    };
-
-    // Copies: column tiles warp and warp + 8 for this lane; threads 0-127
-    // 4 columns' zeros (0-63) or scales (64-127); the zero/scale row counted
-    // along as in WgmmaIssue.
-    const uint4* wsrc[2];
-    bool w_ok[2];
-#pragma unroll
-    for (int s = 0; s < 2; ++s) {
-        const int nt = n0 / 16 + 8 * s + warp;
-        w_ok[s] = nt < n / 16;
-        wsrc[s] = frag + (size_t)(w_ok[s] ? nt : 0) * quads * LHAMA_WARP + lane;
-    }
-    const int zc = n0 + 4 * (tid % 64);
-    const bool zs_ok = tid < 128 && zc < n;
-    const float* zsrc = (tid / 64 ? scales : zeros) + (zc < n ? zc : 0);
-    int zrow = kb / group, zrem = kb % group;
-    auto issue = [&](WideStage& slot, int k0) {
-#pragma unroll
-        for (int s = 0; s < 2; ++s)
-            cp_async16(&slot.w[8 * s + warp][lane], wsrc[s] + (size_t)(k0 / 64) * LHAMA_WARP, w_ok[s]);
-        if (tid < 128) cp_async16(&slot.zs[(tid / 64) & 1][4 * (tid % 64)], zsrc + (size_t)zrow * n, zs_ok);
-        zrem += 64;
-        if (zrem == group) {
-            zrem = 0;
-            ++zrow;
-        }
-    };
-
-    float d[2][R / 2];
-#pragma unroll
-    for (int s = 0; s < 2; ++s)
-#pragma unroll
-        for (int i = 0; i < R / 2; ++i) d[s][i] = 0.0f;
-
-#pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < chunks) issue(ring[st], kb + 64 * st);
-        cp_async_commit();
-    }
-    LHAMA_GRID_WAIT();
-    LHAMA_GRID_LAUNCH_DEPENDENTS();
-    if (chunks > 0) {
-        xsrc.fetch(xv, kb);
-        stage_x(0);
-    }
-    for (int c = 0; c < chunks; ++c) {
-        const int buf = c & 1;
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        const int ahead = c + STAGES - 1;
-        if (ahead < chunks) issue(ring[ahead % STAGES], kb + 64 * ahead);
-        cp_async_commit();
-        if (c + 1 < chunks) xsrc.fetch(xv, kb + 64 * (c + 1));
-        const WideStage& st = ring[c % STAGES];
-        unsigned words[2][4], zb[2][2], sb[2][2];
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
+        for (int s = 0; s < SLABS; ++s) {
             const uint4 v = st.w[8 * s + warp][lane];
             words[s][0] = v.x;
             words[s][1] = v.y;
@@ -433,32 +312,36 @@ extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 1)
                 sb[s][h] = half2_bits(__float2half2_rn(st.zs[1][cl]));
             }
         }
+        // One group a k16 step: step t + 1's A fragments are dequantized
+        // while the tensor cores work on step t.
         const unsigned long long desc = wgmma_desc(smem + buf * XBYTES);
-        unsigned a[2][2][4];  // [step parity][slab]
-        frag_dequant(a[0][0], words[0][0], zb[0], sb[0]);
-        frag_dequant(a[0][1], words[1][0], zb[1], sb[1]);
-        wgmma_fence_sums(d[0]);
-        wgmma_fence_sums(d[1]);
+        unsigned a[2][SLABS][4];  // [step parity][slab]
+#pragma unroll
+        for (int s = 0; s < SLABS; ++s) {
+            frag_dequant(a[0][s], words[s][0], zb[s], sb[s]);
+            wgmma_fence_sums(d[s]);
+        }
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-            wgmma_m64k16<R>(d[0], a[t & 1][0], desc + 2 * t);
-            wgmma_m64k16<R>(d[1], a[t & 1][1], desc + 2 * t);
+#pragma unroll
+            for (int s = 0; s < SLABS; ++s) wgmma_m64k16<R>(d[s], a[t & 1][s], desc + 2 * t);  // + 32 bytes a step
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            if (t < 3) {
-                frag_dequant(a[(t + 1) & 1][0], words[0][t + 1], zb[0], sb[0]);
-                frag_dequant(a[(t + 1) & 1][1], words[1][t + 1], zb[1], sb[1]);
-            }
+            if (t < 3)
+#pragma unroll
+                for (int s = 0; s < SLABS; ++s) frag_dequant(a[(t + 1) & 1][s], words[s][t + 1], zb[s], sb[s]);
         }
         if (c + 1 < chunks) stage_x(buf ^ 1);
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        wgmma_fence_sums(d[0]);
-        wgmma_fence_sums(d[1]);
+#pragma unroll
+        for (int s = 0; s < SLABS; ++s) wgmma_fence_sums(d[s]);
     }
 
+    // d[s][4 i + e]: column gid (+8 for e >= 2) of the warp's tile in slab
+    // s, row 8 i + 2 tig (+1 for odd e).
     float* dst = out + (size_t)blockIdx.z * m * n;
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
+    for (int s = 0; s < SLABS; ++s) {
         if (n0 / 16 + 8 * s + warp >= n / 16) continue;
         const int col = n0 + 128 * s + warp * 16 + gid;
 #pragma unroll
@@ -478,4 +361,29 @@ extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 1)
     LHAMA_GRID_WAIT();
     __trap();
 #endif
+}
+
+// One kernel a tile height (the host takes the smallest that holds M, else
+// 128); the smaller tiles leave room for two blocks an SM.
+#define LHAMA_WGMMA_KERNEL(R, BLOCKS)                                                                         \
+    extern "C" __global__ void __launch_bounds__(FRAG_THREADS, BLOCKS) awq_gemm_wgmma##R##_f16x(                \
+        const float* __restrict__ x, const uint4* __restrict__ frag, const float* __restrict__ zeros,          \
+        const float* __restrict__ scales, float* __restrict__ out, int m, int k, int n, int group,             \
+        int k_per_split) {                                                                                      \
+        awq_gemm_wgmma<R, WG_STAGES, 1>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);              \
+    }
+LHAMA_WGMMA_KERNEL(16, 2)
+LHAMA_WGMMA_KERNEL(32, 2)
+LHAMA_WGMMA_KERNEL(64, 2)
+LHAMA_WGMMA_KERNEL(128, 1)
+
+// The wide tile: 128 rows x 256 columns a block, for many rows (prefill);
+// rows, splits, sums and their order as awq_gemm_wgmma128_f16x, per
+// 128-column slab. Host guarantees: those of gemm_frag.cu; launched only on
+// sm_90a, with WG_WIDE_SMEM bytes of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(FRAG_THREADS, 1)
+    awq_gemm_wgmma_wide_f16x(const float* __restrict__ x, const uint4* __restrict__ frag,
+                             const float* __restrict__ zeros, const float* __restrict__ scales,
+                             float* __restrict__ out, int m, int k, int n, int group, int k_per_split) {
+    awq_gemm_wgmma<128, WG_STAGES, 2>(x, frag, zeros, scales, out, m, k, n, group, k_per_split);
 }

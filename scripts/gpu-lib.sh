@@ -80,3 +80,6 @@ gemm_env() {
   env X=1 "$@" timeout 120 $B bench --backend cuda --model /tmp/ttl --gemm "$ms" >"$logs/gemm-$l.log" 2>&1
   say "gemm $l rc $?"
 }
+# A gemm log's lhama lines, one "shape/rows:µs(TFLOP/s)" word each.
+#   gemm_summary $logs/gemm-LABEL.log
+gemm_summary() { awk 'NF>=10 && $2~/^[0-9]+$/ {printf "%s/%s:%s(%s) ", substr($1,1,index($1,"[")-1), $2, $4, $5}' "$1"; echo; }

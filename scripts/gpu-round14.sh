@@ -12,12 +12,11 @@ source "$(dirname "$0")/gpu-lib.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 .carry/lhama synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
 gpu_tests
-fast() { awk 'NF>=10 && $2~/^[0-9]+$/ {printf "%s/%s:%s(%s) ", substr($1,1,index($1,"[")-1), $2, $4, $5}' "$1"; echo; }
 for r in 1 2; do
   B=.carry/base gemm_env "base-$r" 16,32,64,128,256,512,2048,4096 LHAMA_GEMM_F16X_MIN_ROWS=0
   B=.carry/lhama gemm_env "new-$r" 16,32,64,128,256,512,2048,4096
 done
-for f in base-1 new-1 base-2 new-2; do echo "$f: $(fast "$logs/gemm-$f.log")"; done
+for f in base-1 new-1 base-2 new-2; do echo "$f: $(gemm_summary "$logs/gemm-$f.log")"; done
 pack
 for r in 1 2; do
   B=.carry/base bench_env "dec-base-$r" LHAMA_GEMM_F16X_MIN_ROWS=0 -- --prompt-len 128 --decode-steps 32 --batch 32,64,128,256

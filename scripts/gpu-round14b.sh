@@ -13,14 +13,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 .carry/lhama synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
 gpu_tests
 grep -E "wide tile" "$logs/gpu.log" | head -3
-fast() { awk 'NF>=10 && $2~/^[0-9]+$/ {printf "%s/%s:%s(%s) ", substr($1,1,index($1,"[")-1), $2, $4, $5}' "$1"; echo; }
 M=64,128,256,512,1024,2048,4096
 for r in 1 2; do
   B=.carry/base gemm_env "base-$r" $M LHAMA_GEMM_F16X_MIN_ROWS=0
   B=.carry/lhama gemm_env "narrow-$r" $M LHAMA_GEMM_WIDE_MIN_ROWS=0
   B=.carry/lhama gemm_env "wide-$r" $M LHAMA_GEMM_WIDE_MIN_ROWS=1
 done
-for f in base-1 narrow-1 wide-1 base-2 narrow-2 wide-2; do echo "$f: $(fast "$logs/gemm-$f.log")"; done
+for f in base-1 narrow-1 wide-1 base-2 narrow-2 wide-2; do echo "$f: $(gemm_summary "$logs/gemm-$f.log")"; done
 pack
 for r in 1 2; do
   B=.carry/base bench_env "p1536-base-$r" LHAMA_GEMM_F16X_MIN_ROWS=0 -- --prompt-len 1536 --decode-steps 4 --batch 1

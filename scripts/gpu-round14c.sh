@@ -9,10 +9,9 @@ set -u
 (cd .carry && python3 -c "import tarfile; tarfile.open('bins.tar.xz').extractall()")
 source "$(dirname "$0")/gpu-lib.sh"
 check_fidelity
-fast() { awk 'NF>=10 && $2~/^[0-9]+$/ {printf "%s/%s:%s(%s) ", substr($1,1,index($1,"[")-1), $2, $4, $5}' "$1"; echo; }
 gemm_env new 1,2,4,8,16,32,64,128,256,512,1024,1536,2048,4096
 B=.carry/base gemm_env base 512,1024,1536,2048,4096 LHAMA_GEMM_F16X_MIN_ROWS=0
-for f in new base; do echo "$f: $(fast "$logs/gemm-$f.log")"; done
+for f in new base; do echo "$f: $(gemm_summary "$logs/gemm-$f.log")"; done
 pack
 for r in 1 2; do
   B=.carry/base bench_env "pre-base-$r" LHAMA_GEMM_F16X_MIN_ROWS=0 -- --prompt-len 128 --decode-steps 4 --batch 1 --prefill-seqs 256 --prefill-tokens 8192

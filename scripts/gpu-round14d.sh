@@ -14,12 +14,11 @@ $B synth --preset tiny --seed 0 --out /tmp/tiny >/dev/null
 gpu_tests --skip ttl460m
 timeout 120 $B verify --backend cuda --precision fast --model /tmp/tiny --golden tests/goldens/tiny.json >"$logs/verify-tiny.log" 2>&1
 say "verify tiny rc $?: $(grep -E 'max_abs_logit_diff|max_top5|verify:' "$logs/verify-tiny.log" | tr -s ' ' | tr '\n' ' ')"
-fast() { awk 'NF>=10 && $2~/^[0-9]+$/ {printf "%s/%s:%s(%s) ", substr($1,1,index($1,"[")-1), $2, $4, $5}' "$1"; echo; }
 for r in 1 2; do
   gemm_env "s528-$r" 2,4,8,16,32
   gemm_env "s264-$r" 2,4,8,16,32 LHAMA_MMA_SPLIT_BLOCKS_16=264
 done
-for f in s528-1 s264-1 s528-2 s264-2; do echo "$f: $(fast "$logs/gemm-$f.log")"; done
+for f in s528-1 s264-1 s528-2 s264-2; do echo "$f: $(gemm_summary "$logs/gemm-$f.log")"; done
 for r in 1 2; do
   bench_env "dec528-$r" -- --prompt-len 128 --decode-steps 32 --batch 2,4,8,16
   bench_env "dec264-$r" LHAMA_MMA_SPLIT_BLOCKS_16=264 -- --prompt-len 128 --decode-steps 32 --batch 2,4,8,16
