@@ -14,7 +14,7 @@
 // logits   [R, V] f32, read only
 // params   [R] SampleParams; mode SAMPLE_LOGITS rows are left alone
 // tokens   [R] u32 out
-// Grid: (R), block: SAMPLE_THREADS.
+// Grid: (R, argmax slices), block: SAMPLE_THREADS.
 // SAMPLE_THREADS: defined by the host (kernels::shared_defines).
 #define SAMPLE_LOGITS 0
 #define SAMPLE_GREEDY 1
@@ -154,9 +154,17 @@ __device__ __forceinline__ u64 largest_ge(const unsigned (&w)[SAMPLE_REG], const
     return lo;
 }
 
+// The argmax is split over gridDim.y blocks a row (ids [z * span, (z + 1)
+// * span) in block z): each leaves its slice's best (value, id) in part_v /
+// part_i [R, gridDim.y]; the last block of the row to finish (counters [R],
+// zero between launches, re-armed) takes the best of them, in slice order
+// by the same rule (larger value, then lower id: a total order, so the same
+// token as one block over the row), and goes on alone: the greedy token, or
+// the draw over the whole row. One block a row (gridDim.y = 1) needs no
+// scratch.
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     const float* __restrict__ logits, const SampleParams* __restrict__ params, unsigned* __restrict__ tokens,
-    int vocab) {
+    int vocab, float* __restrict__ part_v, unsigned* __restrict__ part_i, unsigned* __restrict__ counters) {
     __shared__ u64 scratch[32];
     __shared__ u64 red_buf[2][32];
     __shared__ float best_v[32];
@@ -170,10 +178,13 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
 
     // The largest logit, the lowest id on ties (NaN never wins), read
     // coalesced: thread i takes ids i, i + blockDim, ...
+    const int slices = (int)gridDim.y;
+    const int span = (vocab + slices - 1) / slices;
+    const int lo = (int)blockIdx.y * span, hi = min(vocab, lo + span);
     float bv = LHAMA_NEG_INF;
     int bi = vocab;
 #pragma unroll 8
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const float x = row[i];
         if (x > bv) bv = x, bi = i;
     }
@@ -187,6 +198,26 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(
     bv = best_v[0], bi = best_i[0];
     for (int k = 1; k < (int)(blockDim.x / LHAMA_WARP); ++k)
         if (best_v[k] > bv || (best_v[k] == bv && best_i[k] < bi)) bv = best_v[k], bi = best_i[k];
+    if (slices > 1) {
+        __shared__ bool last;
+        const size_t at = (size_t)blockIdx.x * slices;
+        if (threadIdx.x == 0) {
+            part_v[at + blockIdx.y] = bv;
+            part_i[at + blockIdx.y] = (unsigned)bi;
+            __threadfence();
+            last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)slices - 1u;
+        }
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        bv = LHAMA_NEG_INF, bi = vocab;
+        for (int z = 0; z < slices; ++z) {
+            const float ov = __ldcg(&part_v[at + z]);
+            const int oi = (int)__ldcg(&part_i[at + z]);
+            if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+        }
+        if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
+    }
     if (bi >= vocab) bi = 0;  // every logit NaN: the host's argmax says 0 too
     if (p.mode == SAMPLE_GREEDY) {
         if (threadIdx.x == 0) tokens[blockIdx.x] = (unsigned)bi;

@@ -149,7 +149,7 @@ pub const KERNELS: &[Kernel] = &[
     Kernel::new("paged_attention_prefill_mma_f16kv_d32", PREFILL_F16),
     Kernel::new("paged_attention_prefill_mma_f16kv_d64", PREFILL_F16),
     Kernel::new("paged_attention_prefill_mma_f16kv_d128", PREFILL_F16),
-    Kernel::new("sample_rows_f32", &[F, SP, UM, I]),
+    Kernel::new("sample_rows_f32", &[F, SP, UM, I, FM, UM, UM]),
     Kernel::new("apply_token_masks", &[FM, U, I, I]),
 ];
 

@@ -418,6 +418,13 @@ pub struct Kernels {
     /// weights in registers (lm_head_rows_f16_f32; LHAMA_LM_HEAD_ROWS=0:
     /// the warp-per-row kernel, for comparisons).
     pub lm_head_rows_on: bool,
+    /// Blocks a row of the sampler's argmax (1 to SAMPLE_MAX_SLICES,
+    /// LHAMA_SAMPLE_SLICES; 1: one block over the row, no scratch).
+    pub sample_slices: usize,
+    /// ... as far as the launch has at most this many blocks (at least one
+    /// a row; LHAMA_SAMPLE_BLOCKS, default twice the SMs): many rows fill
+    /// the GPU already.
+    pub sample_blocks: usize,
     /// The tensor-core AWQ GEMM splits K until its grid has this many blocks
     /// (at most one split per group; default twice the SMs).
     pub mma_split_blocks: usize,
@@ -582,6 +589,40 @@ pub fn sample_params(s: &lhama_model::RowSampling) -> [u32; SAMPLE_PARAM_WORDS] 
             p.min_p.to_bits(),
             p.u.to_bits(),
         ],
+    }
+}
+
+/// Most blocks a row of the sampler's argmax.
+pub const SAMPLE_MAX_SLICES: usize = 32;
+/// Blocks a row of the sampler's argmax by default (docs/BENCHMARKS.md
+/// round 15).
+pub const DEFAULT_SAMPLE_SLICES: usize = 16;
+
+/// The sampler's scratch for up to `rows` rows: each argmax slice's best
+/// value and id, a row's counter of finished slices (zero between
+/// launches).
+pub struct SampleScratch {
+    values: CudaSlice<f32>,
+    ids: CudaSlice<u32>,
+    counters: CudaSlice<u32>,
+}
+
+impl SampleScratch {
+    pub fn alloc(s: &Arc<CudaStream>, rows: usize) -> Result<Self, CudaError> {
+        Ok(Self {
+            values: s.alloc_zeros(rows * SAMPLE_MAX_SLICES)?,
+            ids: s.alloc_zeros(rows * SAMPLE_MAX_SLICES)?,
+            counters: s.alloc_zeros(rows)?,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// Bytes of the scratch for `rows` rows.
+    pub fn bytes(rows: usize) -> usize {
+        rows * (2 * SAMPLE_MAX_SLICES + 1) * 4
     }
 }
 
@@ -874,9 +915,20 @@ impl Kernels {
             lm_head_mma_min_rows: env_rows("LHAMA_LM_HEAD_MMA_MIN_ROWS")?
                 .unwrap_or(DEFAULT_MMA_MIN_ROWS),
             lm_head_rows_on: std::env::var("LHAMA_LM_HEAD_ROWS").map_or(true, |v| v != "0"),
+            sample_slices: match env_rows("LHAMA_SAMPLE_SLICES")? {
+                None => DEFAULT_SAMPLE_SLICES,
+                Some(n @ 1..=SAMPLE_MAX_SLICES) => n,
+                Some(n) => {
+                    return Err(CudaError::Unsupported(format!(
+                        "LHAMA_SAMPLE_SLICES={n}: the sampler's argmax takes 1 to {SAMPLE_MAX_SLICES} blocks a row"
+                    )));
+                }
+            },
             // Kernel-level tests compare with the f32 reference; the backend
             // sets this from its options (fast by default).
             precision: Precision::Exact,
+            sample_blocks: env_rows("LHAMA_SAMPLE_BLOCKS")?
+                .unwrap_or(2 * usize::try_from(sm_count).unwrap_or(1).max(1)),
             mma_split_blocks: env_rows("LHAMA_MMA_SPLIT_BLOCKS")?
                 .unwrap_or(2 * usize::try_from(sm_count).unwrap_or(1).max(1)),
             defer_splits: std::env::var("LHAMA_DEFER_SPLITS").map_or(true, |v| v != "0"),
@@ -2104,7 +2156,9 @@ impl Kernels {
     }
 
     /// Turns each row of logits[R, vocab] into tokens[r] as params[r] (R
-    /// rows of `sample_params` words) says (`Logits` rows: nothing).
+    /// rows of `sample_params` words) says (`Logits` rows: nothing); the
+    /// argmax in up to `sample_slices` blocks a row (`sample_blocks` in
+    /// all), through `scratch` (at least R rows).
     pub fn sample(
         &self,
         s: &CudaStream,
@@ -2112,15 +2166,28 @@ impl Kernels {
         params: &CudaView<'_, u32>,
         tokens: &mut CudaViewMut<'_, u32>,
         vocab: usize,
+        scratch: &mut SampleScratch,
     ) -> Result<(), CudaError> {
         let r = tokens.len();
         check(
             logits.len() >= r * vocab && params.len() >= r * SAMPLE_PARAM_WORDS && vocab > 0,
             "sampling sizes",
         )?;
-        let cfg = cfg_1d(r as u32, SAMPLE_THREADS);
-        // logits hold r rows of vocab, params r records, tokens r entries
-        // (checked above); the parameters were range-checked on the host.
+        check(scratch.rows() >= r, "sampling scratch rows")?;
+        let slices = self
+            .sample_slices
+            .min(self.sample_blocks / r.max(1))
+            .clamp(1, SAMPLE_MAX_SLICES)
+            .min(vocab);
+        let cfg = LaunchConfig {
+            grid_dim: (r as u32, slices as u32, 1),
+            block_dim: (SAMPLE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // logits hold r rows of vocab, params r records, tokens r entries,
+        // the scratch SAMPLE_MAX_SLICES values and ids a row and a counter
+        // a row, zero (checked above; each launch re-arms the counters);
+        // the parameters were range-checked on the host.
         self.launch(
             s,
             &self.sample,
@@ -2129,7 +2196,10 @@ impl Kernels {
                 .buf(logits)
                 .buf(params)
                 .buf_mut(tokens)
-                .i32(i32_of(vocab)),
+                .i32(i32_of(vocab))
+                .buf_mut(&mut scratch.values)
+                .buf_mut(&mut scratch.ids)
+                .buf_mut(&mut scratch.counters),
         )
     }
 }

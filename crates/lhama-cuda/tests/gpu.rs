@@ -844,8 +844,10 @@ fn elementwise_kernels_match_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn sampling_kernel_matches_the_host_definition() {
+    use lhama_cuda::kernels::{SAMPLE_MAX_SLICES, SampleScratch};
     use lhama_model::sampling::sample_row;
-    let (s, k) = setup();
+    let (s, mut k) = setup();
+    k.sample_blocks = usize::MAX;
     let mut g = SplitMix64::new(24);
     let draw = |temperature, top_k, top_p, min_p, u| {
         RowSampling::Draw(lhama_model::DrawParams {
@@ -877,6 +879,17 @@ fn sampling_kernel_matches_the_host_definition() {
             };
             rows.push((l, how));
         }
+        // Greedy rows whose best value is tied across the argmax's slices
+        // (the lowest id wins): all equal; the best at an early and a late
+        // id; all -inf but one late id.
+        let mut tied = vec![0.5f32; vocab];
+        tied[vocab - 1] = 2.0;
+        tied[vocab / 3] = 2.0;
+        let mut lone = vec![f32::NEG_INFINITY; vocab];
+        lone[vocab - 2] = -3.0;
+        for l in [vec![1.0f32; vocab], tied, lone] {
+            rows.push((l, RowSampling::Greedy));
+        }
         let r = rows.len();
         let flat: Vec<f32> = rows.iter().flat_map(|(l, _)| l.clone()).collect();
         let params: Vec<u32> = rows
@@ -885,23 +898,33 @@ fn sampling_kernel_matches_the_host_definition() {
             .collect();
         let ld = s.clone_htod(&flat).unwrap();
         let pd = s.clone_htod(&params).unwrap();
-        let mut td = s.clone_htod(&vec![u32::MAX; r]).unwrap();
-        k.sample(
-            &s,
-            &ld.slice(..),
-            &pd.slice(..),
-            &mut td.slice_mut(..),
-            vocab,
-        )
-        .unwrap();
-        let mut got = vec![0u32; r];
-        s.memcpy_dtoh(&td, got.as_mut_slice()).unwrap();
-        assert_eq!(back(&s, &ld, r * vocab), flat, "logits are read only");
-        let mut scratch = Vec::new();
-        for (i, (l, how)) in rows.iter().enumerate() {
-            match sample_row(l, how, &mut scratch) {
-                Some(want) => assert_eq!(got[i], want, "vocab {vocab} row {i}: {how:?}"),
-                None => assert_eq!(got[i], u32::MAX, "a logits row gets no token"),
+        let mut sample_scratch = SampleScratch::alloc(&s, r).unwrap();
+        // One block a row, and the argmax split over several (twice each:
+        // the counters re-arm).
+        for slices in [1, 7, 16, SAMPLE_MAX_SLICES, 16] {
+            k.sample_slices = slices;
+            let mut td = s.clone_htod(&vec![u32::MAX; r]).unwrap();
+            k.sample(
+                &s,
+                &ld.slice(..),
+                &pd.slice(..),
+                &mut td.slice_mut(..),
+                vocab,
+                &mut sample_scratch,
+            )
+            .unwrap();
+            let mut got = vec![0u32; r];
+            s.memcpy_dtoh(&td, got.as_mut_slice()).unwrap();
+            assert_eq!(back(&s, &ld, r * vocab), flat, "logits are read only");
+            let mut scratch = Vec::new();
+            for (i, (l, how)) in rows.iter().enumerate() {
+                match sample_row(l, how, &mut scratch) {
+                    Some(want) => assert_eq!(
+                        got[i], want,
+                        "vocab {vocab} row {i}, {slices} slices: {how:?}"
+                    ),
+                    None => assert_eq!(got[i], u32::MAX, "a logits row gets no token"),
+                }
             }
         }
     }
@@ -971,12 +994,14 @@ fn token_masks_match_the_host() {
             .collect();
         let pd = s.clone_htod(&params).unwrap();
         let mut td = s.clone_htod(&vec![u32::MAX; r]).unwrap();
+        let mut sample_scratch = lhama_cuda::kernels::SampleScratch::alloc(&s, r).unwrap();
         k.sample(
             &s,
             &ld.slice(..),
             &pd.slice(..),
             &mut td.slice_mut(..),
             vocab,
+            &mut sample_scratch,
         )
         .unwrap();
         let mut tokens = vec![0u32; r];

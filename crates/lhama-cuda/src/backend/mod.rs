@@ -473,6 +473,7 @@ impl CudaBackend {
             &ws.sample_params.slice(0..r * SAMPLE_PARAM_WORDS),
             &mut ws.sampled.slice_mut(0..r),
             vocab,
+            &mut ws.sample_scratch,
         )
     }
 

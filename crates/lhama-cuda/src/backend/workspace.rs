@@ -6,7 +6,7 @@ use lhama_model::LlamaConfig;
 use std::sync::Arc;
 
 use crate::CudaError;
-use crate::kernels::{self, Kernels, SAMPLE_PARAM_WORDS};
+use crate::kernels::{self, Kernels, SAMPLE_PARAM_WORDS, SampleScratch};
 
 pub(super) struct Workspace {
     /// [T, hidden] residual stream
@@ -47,6 +47,8 @@ pub(super) struct Workspace {
     pub sample_params: CudaSlice<u32>,
     /// [T] the sampled tokens
     pub sampled: CudaSlice<u32>,
+    /// The sampler's argmax slices
+    pub sample_scratch: SampleScratch,
     /// [T, mask words] token masks of the step's rows (structured output),
     /// allocated at the first masked step, at full size so that graphs
     /// captured with it stay valid.
@@ -111,6 +113,7 @@ impl Workspace {
                 + (SAMPLE_PARAM_WORDS + 1) * t
                 + t * config.num_heads)
                 * 4
+            + SampleScratch::bytes(t)
     }
 
     pub fn alloc(
@@ -153,6 +156,7 @@ impl Workspace {
             rows: stream.alloc_zeros(t)?,
             sample_params: stream.alloc_zeros(t * SAMPLE_PARAM_WORDS)?,
             sampled: stream.alloc_zeros(t)?,
+            sample_scratch: SampleScratch::alloc(stream, t)?,
             masks: None,
         })
     }
