@@ -42,13 +42,25 @@ http_load() {
   wait $srv 2>/dev/null
   python3 bench/http_aggregate.py "$logs" "$label"
 }
+# The card and both synthetic presets in /tmp.
+card_and_models() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
+  $B synth --preset tiny --seed 0 --out /tmp/tiny >/dev/null
+}
+# A short check: card_and_models, every GPU test but the ttl-460m golden one
+# (no golden is made), `verify --precision fast` on the committed tiny golden.
+quick_fidelity() {
+  card_and_models
+  gpu_tests --skip ttl460m
+  timeout 120 $B verify --backend cuda --precision fast --model /tmp/tiny --golden tests/goldens/tiny.json >"$logs/verify-tiny.log" 2>&1
+  say "verify tiny rc $?: $(grep -E 'max_abs_logit_diff|max_top5|verify:' "$logs/verify-tiny.log" | tr -s ' ' | tr '\n' ' ')"
+}
 # The card, both synthetic presets in /tmp, the ttl-460m golden made here,
 # every GPU test, and `verify --precision fast` on both presets: the start of
 # each round's device script.
 check_fidelity() {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  $B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
-  $B synth --preset tiny --seed 0 --out /tmp/tiny >/dev/null
+  card_and_models
   python3 tests/reference/make_goldens.py --model /tmp/ttl --out /tmp/ttl.json >"$logs/golden.log" 2>&1
   say "ttl golden rc $?: $(tail -1 "$logs/golden.log")"
   LHAMA_TTL_MODEL=/tmp/ttl LHAMA_TTL_GOLDEN=/tmp/ttl.json gpu_tests

@@ -8,12 +8,7 @@
 set -u
 (cd .carry && python3 -c "import tarfile; tarfile.open('bins.tar.xz').extractall()")
 source "$(dirname "$0")/gpu-lib.sh"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
-$B synth --preset tiny --seed 0 --out /tmp/tiny >/dev/null
-gpu_tests --skip ttl460m
-timeout 120 $B verify --backend cuda --precision fast --model /tmp/tiny --golden tests/goldens/tiny.json >"$logs/verify-tiny.log" 2>&1
-say "verify tiny rc $?: $(grep -E 'max_abs_logit_diff|max_top5|verify:' "$logs/verify-tiny.log" | tr -s ' ' | tr '\n' ' ')"
+quick_fidelity
 for r in 1 2; do
   gemm_env "s528-$r" 2,4,8,16,32
   gemm_env "s264-$r" 2,4,8,16,32 LHAMA_MMA_SPLIT_BLOCKS_16=264

@@ -10,12 +10,7 @@ set -u
 (cd .carry && python3 -c "import tarfile; tarfile.open('bins.tar.xz').extractall()")
 source "$(dirname "$0")/gpu-lib.sh"
 NCU=${NCU:-$(command -v ncu || echo /usr/local/cuda/bin/ncu)}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$B synth --preset ttl-460m --seed 0 --out /tmp/ttl >/dev/null
-$B synth --preset tiny --seed 0 --out /tmp/tiny >/dev/null
-gpu_tests --skip ttl460m
-timeout 120 $B verify --backend cuda --precision fast --model /tmp/tiny --golden tests/goldens/tiny.json >"$logs/verify-tiny.log" 2>&1
-say "verify tiny rc $?: $(grep -E 'max_abs_logit_diff|max_top5|verify:' "$logs/verify-tiny.log" | tr -s ' ' | tr '\n' ' ')"
+quick_fidelity
 for sl in 1 16; do
   for b in 1 256; do
     env X=1 LHAMA_SAMPLE_SLICES=$sl timeout 120 "$NCU" --clock-control none --kernel-name sample_rows_f32 --launch-skip 4 --launch-count 3 \

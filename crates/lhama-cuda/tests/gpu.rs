@@ -841,6 +841,32 @@ fn elementwise_kernels_match_cpu() {
     k.lm_head_rows_on = true;
 }
 
+/// The sampler's tokens for `r` rows of `logits` under `params` (the
+/// output poisoned with u32::MAX first).
+fn sampled_tokens(
+    s: &Arc<CudaStream>,
+    k: &Kernels,
+    logits: &CudaSlice<f32>,
+    params: &CudaSlice<u32>,
+    r: usize,
+    vocab: usize,
+    scratch: &mut lhama_cuda::kernels::SampleScratch,
+) -> Vec<u32> {
+    let mut td = s.clone_htod(&vec![u32::MAX; r]).unwrap();
+    k.sample(
+        s,
+        &logits.slice(..),
+        &params.slice(..),
+        &mut td.slice_mut(..),
+        vocab,
+        scratch,
+    )
+    .unwrap();
+    let mut tokens = vec![0u32; r];
+    s.memcpy_dtoh(&td, tokens.as_mut_slice()).unwrap();
+    tokens
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-tests.sh on the device"]
 fn sampling_kernel_matches_the_host_definition() {
@@ -903,18 +929,7 @@ fn sampling_kernel_matches_the_host_definition() {
         // the counters re-arm).
         for slices in [1, 7, 16, SAMPLE_MAX_SLICES, 16] {
             k.sample_slices = slices;
-            let mut td = s.clone_htod(&vec![u32::MAX; r]).unwrap();
-            k.sample(
-                &s,
-                &ld.slice(..),
-                &pd.slice(..),
-                &mut td.slice_mut(..),
-                vocab,
-                &mut sample_scratch,
-            )
-            .unwrap();
-            let mut got = vec![0u32; r];
-            s.memcpy_dtoh(&td, got.as_mut_slice()).unwrap();
+            let got = sampled_tokens(&s, &k, &ld, &pd, r, vocab, &mut sample_scratch);
             assert_eq!(back(&s, &ld, r * vocab), flat, "logits are read only");
             let mut scratch = Vec::new();
             for (i, (l, how)) in rows.iter().enumerate() {
@@ -993,19 +1008,8 @@ fn token_masks_match_the_host() {
             .flat_map(lhama_cuda::kernels::sample_params)
             .collect();
         let pd = s.clone_htod(&params).unwrap();
-        let mut td = s.clone_htod(&vec![u32::MAX; r]).unwrap();
         let mut sample_scratch = lhama_cuda::kernels::SampleScratch::alloc(&s, r).unwrap();
-        k.sample(
-            &s,
-            &ld.slice(..),
-            &pd.slice(..),
-            &mut td.slice_mut(..),
-            vocab,
-            &mut sample_scratch,
-        )
-        .unwrap();
-        let mut tokens = vec![0u32; r];
-        s.memcpy_dtoh(&td, tokens.as_mut_slice()).unwrap();
+        let tokens = sampled_tokens(&s, &k, &ld, &pd, r, vocab, &mut sample_scratch);
         let mut scratch = Vec::new();
         for i in 0..r {
             let row = &want[i * vocab..(i + 1) * vocab];
