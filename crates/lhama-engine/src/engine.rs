@@ -212,6 +212,7 @@ pub fn spawn(
     let config = Arc::new(config);
     let (output, ended) = output::spawn(tokenizer, stats.clone());
     let engine = Engine {
+        _alive: Alive(stats.clone()),
         scheduler: Scheduler::new(config.scheduler),
         backend,
         config: config.clone(),
@@ -222,20 +223,9 @@ pub fn spawn(
         output,
         ended,
     };
-    let thread_stats = stats.clone();
     std::thread::Builder::new()
         .name("lhama-engine".into())
-        .spawn(move || {
-            // Marks the engine dead however the loop ends (panics included).
-            struct Alive(Arc<EngineStats>);
-            impl Drop for Alive {
-                fn drop(&mut self) {
-                    self.0.alive.store(false, Ordering::SeqCst);
-                }
-            }
-            let _alive = Alive(thread_stats);
-            engine.run(rx);
-        })
+        .spawn(move || engine.run(rx))
         .expect("spawning the engine thread");
     EngineHandle {
         commands,
@@ -266,7 +256,20 @@ impl Active {
     }
 }
 
+/// Marks the engine dead when dropped, however its loop ends (panics
+/// included).
+struct Alive(Arc<EngineStats>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::SeqCst);
+    }
+}
+
 struct Engine {
+    /// First, so dropped first: the engine counts as dead (`/health` 503)
+    /// before the channels below close and requests in flight fail.
+    _alive: Alive,
     scheduler: Scheduler,
     backend: Box<dyn Backend>,
     config: Arc<EngineConfig>,
