@@ -13,7 +13,22 @@ use lhama_server::{AppState, Loaded, ServerConfig, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-struct PanickingBackend(LlamaConfig);
+/// The engine's stats once spawned, and whether the engine counted as
+/// alive when its backend was dropped (during the panic's unwinding).
+type Seen = Arc<std::sync::Mutex<(Option<Arc<lhama_engine::engine::EngineStats>>, Option<bool>)>>;
+
+struct PanickingBackend(LlamaConfig, Seen);
+
+impl Drop for PanickingBackend {
+    fn drop(&mut self) {
+        let mut seen = self.1.lock().unwrap();
+        let alive = seen
+            .0
+            .as_ref()
+            .map(|s| s.alive.load(std::sync::atomic::Ordering::SeqCst));
+        seen.1 = alive;
+    }
+}
 
 impl Backend for PanickingBackend {
     fn name(&self) -> &'static str {
@@ -49,8 +64,9 @@ async fn a_dead_engine_gives_500_then_503() {
     write_metadata(Preset::Tiny, dir.path()).unwrap();
     let config = LlamaConfig::from_file(&dir.path().join("config.json")).unwrap();
     let tokenizer = Arc::new(Tokenizer::from_dir(dir.path()).unwrap());
+    let seen: Seen = Default::default();
     let engine = spawn(
-        Box::new(PanickingBackend(config.clone())),
+        Box::new(PanickingBackend(config.clone(), seen.clone())),
         tokenizer.clone(),
         EngineConfig {
             scheduler: SchedulerConfig {
@@ -65,6 +81,7 @@ async fn a_dead_engine_gives_500_then_503() {
             step_delay: None,
         },
     );
+    seen.lock().unwrap().0 = Some(engine.stats.clone());
     let state = AppState::new(ServerConfig {
         served_model_names: vec!["tiny".into()],
         api_keys: Vec::new(),
@@ -111,4 +128,7 @@ async fn a_dead_engine_gives_500_then_503() {
     let (status, health) = call(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(health["error"]["message"], "The engine has stopped.");
+    // The engine was marked dead before its parts (the backend, then the
+    // channels whose closing fails the requests in flight) were dropped.
+    assert_eq!(seen.lock().unwrap().1, Some(false));
 }
